@@ -66,6 +66,9 @@ class BadGateway(GatewayError):
     status = 502
     code = "bad_gateway"
     default_message = "upstream connection failed"
+    # Set where raised: False means no byte of the response arrived, so an
+    # idempotent request may be tried again on another target.
+    response_started = False
 
 
 class UpstreamConnectError(BadGateway):
@@ -96,6 +99,7 @@ class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
     default_message = "upstream timed out"
+    response_started = False
 
 
 def render(err: GatewayError, request_id: str) -> bytes:
