@@ -1,0 +1,127 @@
+"""The command line: thin wrappers that build objects and call them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import sys
+
+import click
+
+from . import __version__
+from .config import Config
+from .config_load import ConfigError, Loaded, load
+
+
+def _load_or_exit(path: str) -> Loaded:
+    try:
+        return load(path)
+    except ConfigError as e:
+        for line in e.lines():
+            click.echo(line, err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pyproxyd")
+def main() -> None:
+    """pyproxyd: a config-driven API gateway."""
+
+
+@main.command()
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
+def validate(path: str) -> None:
+    """Parse, validate and compile FILE without binding ports."""
+    from .compile import compile_snapshot, unsupported
+
+    loaded = _load_or_exit(path)
+    try:
+        compile_snapshot(loaded)
+    except (ValueError, OSError) as e:
+        click.echo(f"{path}: (compile): {e}", err=True)
+        sys.exit(1)
+    cfg = loaded.config
+    for p in unsupported(cfg):
+        click.echo(f"{path}: {p.path}: warning: {p.message}", err=True)
+    click.echo(
+        f"{path}: ok: {len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams, "
+        f"{len(cfg.rate_limits)} rate-limit policies"
+    )
+
+
+@main.command()
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
+def run(path: str) -> None:
+    """Run the gateway in the foreground."""
+    from .compile import unsupported
+    from .observe.logging import configure
+
+    loaded = _load_or_exit(path)
+    problems = unsupported(loaded.config)
+    if problems:
+        for p in problems:
+            click.echo(p.format(path), err=True)
+        sys.exit(1)
+    lc = loaded.config.logging
+    configure(lc.format, lc.level, lc.file)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        pass
+    asyncio.run(_serve(loaded))
+
+
+async def _serve(loaded: Loaded) -> None:
+    from .reload import Reloader
+    from .server import Gateway
+
+    gateway = Gateway(loaded)
+    await gateway.start()
+    reloader = Reloader(gateway)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    await stop.wait()
+    await gateway.stop()
+
+
+@main.command()
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
+@click.argument("method")
+@click.argument("request_path", metavar="PATH")
+@click.option("-H", "--header", "headers", multiple=True, help="'Name: value'")
+@click.option("--ip", default="127.0.0.1", help="client address")
+def explain(path: str, method: str, request_path: str, headers: tuple[str, ...], ip: str) -> None:
+    """Say which route takes METHOD PATH, and why the others did not."""
+    from .explain import explain_request
+
+    loaded = _load_or_exit(path)
+    text, matched = explain_request(loaded, method, request_path, headers, ip)
+    click.echo(text)
+    sys.exit(0 if matched else 1)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the config file."""
+    click.echo(json.dumps(Config.model_json_schema(), indent=2))
+
+
+@main.command("hash-key")
+def hash_key() -> None:
+    """Read an API key on stdin; print the api_key_sha256 line for [consumers.*]."""
+    key = sys.stdin.readline().strip()
+    if not key:
+        click.echo("no key on stdin", err=True)
+        sys.exit(1)
+    click.echo(f'api_key_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"')
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,191 @@
+"""Config -> Snapshot: the only reader of the config models.
+
+Everything the hot path needs is computed here once: header sets, parsed
+networks, path functions, balancers, and the pools (carried over from the
+previous snapshot when their settings did not change).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config import Config, RouteConfig, UpstreamConfig
+from .config_load import Loaded, Problem
+from .forwarding import HOP_BY_HOP_B, REPLACED_B, TrustedProxies
+from .routing import Router, RouteRule, compile_rewrite, strip_segments
+from .snapshot import LogSettings, Route, ServerSettings, Snapshot, Split, Target, Upstream
+from .upstream.balance import LeastConn, SmoothRoundRobin, WeightedRandom
+from .upstream.pool import PoolSettings, TargetPool
+
+
+def unsupported(cfg: Config) -> list[Problem]:
+    """Settings this build validates but cannot enforce yet.
+
+    `run` refuses them rather than ignoring them: an ignored `auth = "jwt"`
+    would be a hole, an ignored rate limit an outage waiting to happen.
+    """
+    out: list[Problem] = []
+
+    def no(path: str, what: str) -> None:
+        out.append(Problem(path, f"{what} is not supported by this version of pyproxyd yet"))
+
+    if cfg.server.workers != 1:
+        no("server.workers", "workers other than 1")
+    for i, r in enumerate(cfg.routes):
+        if r.auth != "none":
+            no(f"routes[{i}].auth", f"auth = {r.auth!r}")
+        if r.claims:
+            no(f"routes[{i}].claims", "the claims predicate")
+        if r.rate_limit:
+            no(f"routes[{i}].rate_limit", "rate limiting")
+        if r.hash_on != "random":
+            no(f"routes[{i}].hash_on", "sticky splits (hash_on other than 'random')")
+    for name, up in cfg.upstreams.items():
+        if up.balance == "ip_hash" or up.balance.startswith("hash:"):
+            no(f"upstreams.{name}.balance", f"balance = {up.balance!r}")
+        if up.circuit_breaker is not None:
+            no(f"upstreams.{name}.circuit_breaker", "circuit breaking")
+        if up.health is not None:
+            no(f"upstreams.{name}.health", "health checking")
+    return out
+
+
+def pool_settings(up: UpstreamConfig) -> PoolSettings:
+    return PoolSettings(
+        max_connections=up.max_connections,
+        keepalive=up.keepalive,
+        keepalive_requests=up.keepalive_requests,
+        keepalive_timeout=up.keepalive_timeout,
+        keepalive_time=up.keepalive_time,
+        connect_timeout=up.connect_timeout,
+        read_timeout=up.read_timeout,
+    )
+
+
+def _target(
+    upstream: str,
+    url: str,
+    weight: int,
+    settings: PoolSettings,
+    old: dict[Hashable, Any],
+    state: dict[Hashable, Any],
+) -> Target:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    key = ("pool", upstream, url, settings)
+    pool = old.get(key)
+    if not isinstance(pool, TargetPool):
+        context = ssl.create_default_context() if tls else None
+        pool = TargetPool(
+            host, port, settings, ssl=context, server_hostname=host if tls else None, label=label
+        )
+    state[key] = pool
+    return Target(url, label, f"Host: {label}\r\n".encode(), weight, pool)
+
+
+def _upstream(
+    name: str, up: UpstreamConfig, old: dict[Hashable, Any], state: dict[Hashable, Any]
+) -> Upstream:
+    settings = pool_settings(up)
+    targets = tuple(_target(name, t.url, t.weight, settings, old, state) for t in up.targets)
+    weights = [t.weight for t in targets]
+    balancer: Any
+    if up.balance == "least_conn":
+        balancer = LeastConn(weights, lambda i: targets[i].pool.busy)
+    elif up.balance == "random":
+        balancer = WeightedRandom(weights)
+    else:
+        balancer = SmoothRoundRobin(weights)
+    return Upstream(name, targets, balancer, up.retries, up.read_timeout)
+
+
+def _path_fn(r: RouteConfig) -> Callable[[str, dict[str, str]], str]:
+    if r.rewrite is not None:
+        render = compile_rewrite(r.rewrite)
+        return lambda path, params: render(params)
+    if r.strip_prefix:
+        n = r.strip_prefix
+        return lambda path, params: strip_segments(path, n)
+    return lambda path, params: path
+
+
+def _route(r: RouteConfig, upstreams: dict[str, Upstream]) -> Route:
+    split = None
+    if r.split is not None:
+        sides = [(upstreams[s.upstream], s.weight) for s in r.split if s.weight > 0]
+        cumulative, total = [], 0
+        for _, w in sides:
+            total += w
+            cumulative.append(total)
+        split = Split(tuple(u for u, _ in sides), tuple(cumulative), total)
+    return Route(
+        id=r.id,
+        upstream=upstreams[r.upstream] if r.upstream is not None else None,
+        split=split,
+        path_fn=_path_fn(r),
+        preserve_host=r.preserve_host,
+        timeout=r.timeout,
+    )
+
+
+def _rule(r: RouteConfig, route: Route) -> RouteRule:
+    return RouteRule(
+        id=r.id,
+        pattern=r.path,
+        methods=frozenset(r.methods) if r.methods else None,
+        headers=tuple((k.lower(), None if v == "*" else v) for k, v in r.headers.items()),
+        query=tuple((k, None if v == "*" else v) for k, v in r.query.items()),
+        claims=tuple(r.claims.items()),
+        target=route,
+    )
+
+
+def _rel(loaded: Loaded, path: str) -> str:
+    # Relative paths in the config are relative to the config file's folder.
+    return str(loaded.path.parent / path)
+
+
+def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapshot:
+    cfg = loaded.config
+    old: dict[Hashable, Any] = previous.state if previous is not None else {}
+    state: dict[Hashable, Any] = {}
+    upstreams = {name: _upstream(name, up, old, state) for name, up in cfg.upstreams.items()}
+    routes = tuple(_route(r, upstreams) for r in cfg.routes)
+    router = Router([_rule(r, route) for r, route in zip(cfg.routes, routes, strict=True)])
+    s = cfg.server
+    forwarded_claims = frozenset(
+        h.lower().encode() for h in (cfg.auth.jwt.forward_claims.values() if cfg.auth.jwt else ())
+    )
+    return Snapshot(
+        router=router,
+        routes=routes,
+        upstreams=upstreams,
+        server=ServerSettings(
+            listen=tuple(s.listen),
+            workers=s.workers,
+            trusted=TrustedProxies.parse(s.trusted_proxies),
+            client_max_body_size=s.client_max_body_size,
+            client_header_timeout=s.client_header_timeout,
+            keepalive_timeout=s.keepalive_timeout,
+            graceful_timeout=s.graceful_timeout,
+            max_header_size=s.max_header_size,
+            tls=(_rel(loaded, s.tls.cert), _rel(loaded, s.tls.key)) if s.tls else None,
+        ),
+        admin_listen=cfg.admin.listen,
+        admin_token_env=cfg.admin.token_env,
+        logging=LogSettings(
+            cfg.logging.format, cfg.logging.level, cfg.logging.access_log, cfg.logging.file
+        ),
+        drop_request_headers=HOP_BY_HOP_B | REPLACED_B | forwarded_claims,
+        state=state,
+        digest=loaded.digest,
+        file=str(loaded.path),
+        loaded_at=time.time(),
+    )

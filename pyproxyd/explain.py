@@ -1,0 +1,63 @@
+"""`pyproxyd explain`: which route takes a request, and why the others did not."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from multidict import CIMultiDict, MultiDict
+
+from .compile import compile_snapshot
+from .config_load import Loaded
+from .errors import BadRequest
+from .routing import normalise_path
+from .snapshot import Route
+
+
+def explain_request(
+    loaded: Loaded, method: str, raw: str, header_args: tuple[str, ...], ip: str
+) -> tuple[str, bool]:
+    snap = compile_snapshot(loaded)
+    method = method.upper()
+    headers: CIMultiDict[str] = CIMultiDict()
+    for h in header_args:
+        name, sep, value = h.partition(":")
+        if not sep:
+            return f"bad header {h!r}: expected 'Name: value'", False
+        headers.add(name.strip(), value.strip())
+    raw_path, sep, query = raw.partition("?")
+    try:
+        path = normalise_path(raw_path)
+    except BadRequest as e:
+        return f"{method} {raw}: 400 bad_request: {e.message}", False
+    q: MultiDict[str] = MultiDict(parse_qsl(query, keep_blank_values=True))
+    result = snap.router.explain(method, path, headers, q)
+    lines = [f"request: {method} {path}" + (f"?{query}" if sep else "") + f" from {ip}"]
+    if path != raw_path:
+        lines.append(f"normalised from: {raw_path}")
+    if result.candidates:
+        lines.append("candidates (most specific first):")
+        for c in result.candidates:
+            lines.append(f"  {c[0]:<24} {c[1]:<28} {c[2]}")
+    if result.match is None:
+        lines.append("no route matched: 404 no_route")
+        return "\n".join(lines), False
+    route: Route = result.match.rule.target
+    upstream_path = route.path_fn(path, result.match.params) + (f"?{query}" if sep else "")
+    lines.append(f"route: {route.id}")
+    if result.match.params:
+        lines.append("captured: " + ", ".join(f"{k}={v}" for k, v in result.match.params.items()))
+    if route.upstream is not None:
+        targets = ", ".join(t.label for t in route.upstream.targets)
+        lines.append(f"upstream: {route.upstream.name} ({targets})")
+    elif route.split is not None:
+        prev = 0
+        sides = []
+        for up, bound in zip(route.split.upstreams, route.split.cumulative, strict=True):
+            sides.append(f"{up.name} {100 * (bound - prev) / route.split.total:.1f}%")
+            prev = bound
+        lines.append("upstream: split (random per request): " + ", ".join(sides))
+    lines.append(f"path sent upstream: {upstream_path}")
+    lines.append(
+        "host sent upstream: " + ("client's Host" if route.preserve_host else "target's host:port")
+    )
+    return "\n".join(lines), True

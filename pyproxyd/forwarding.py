@@ -1,0 +1,142 @@
+"""Header rules between client and upstream: hop-by-hop, X-Forwarded-*, client IP.
+
+Everything per request here is a set lookup or a byte operation; the sets and
+parsed networks are built once per snapshot by `compile.py`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+HOP_BY_HOP_B = frozenset(h.encode() for h in HOP_BY_HOP)
+
+# Headers the gateway sets itself on the way upstream; the client's copies are
+# dropped (X-Forwarded-* are rebuilt from the trusted part of the chain).
+REPLACED_B = frozenset(
+    {
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+        b"traceparent",
+    }
+)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    """Parsed once: single addresses go in a set, ranges stay networks."""
+
+    addresses: frozenset[str]
+    networks: tuple[IPNetwork, ...]
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> TrustedProxies:
+        addresses: set[str] = set()
+        networks: list[IPNetwork] = []
+        for entry in entries:
+            net = ipaddress.ip_network(entry, strict=False)
+            if net.num_addresses == 1:
+                addresses.add(str(net.network_address))
+            else:
+                networks.append(net)
+        return cls(frozenset(addresses), tuple(networks))
+
+    def __contains__(self, addr: str) -> bool:
+        if addr in self.addresses:
+            return True
+        if not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+
+def _clean(addr: str) -> str:
+    addr = addr.strip()
+    if addr.startswith("["):  # "[::1]:1234" or "[::1]"
+        return addr[1 : addr.find("]")] if "]" in addr else addr
+    if addr.count(":") == 1:  # "1.2.3.4:5678"
+        return addr.split(":", 1)[0]
+    return addr
+
+
+def client_address(peer: str, xff_values: Sequence[str], trusted: TrustedProxies) -> str:
+    """The right-most X-Forwarded-For entry that is not a trusted proxy.
+
+    Only a trusted peer's X-Forwarded-For is believed at all; from anyone else
+    the peer address itself is the client.
+    """
+    if not xff_values or peer not in trusted:
+        return peer
+    hops = [_clean(h) for v in xff_values for h in v.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return hops[0] if hops else peer
+
+
+def forwarded_for(peer: str, xff_values: Sequence[str], trusted: TrustedProxies) -> str:
+    """The X-Forwarded-For sent upstream: the trusted incoming chain plus the peer."""
+    if xff_values and peer in trusted:
+        return ", ".join([*(v.strip() for v in xff_values), peer])
+    return peer
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Header names listed in Connection, which are hop-by-hop too."""
+    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+def filter_request_headers(
+    raw: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> tuple[list[tuple[bytes, bytes]], dict[bytes, list[bytes]]]:
+    """Split the client's raw headers into those passed on and those the gateway reads.
+
+    `drop` is the per-snapshot set (hop-by-hop, replaced and forward_claims
+    names). Returns (kept, seen) where `seen` holds the dropped headers the
+    proxy still needs to look at (Connection, X-Forwarded-*, ...).
+    """
+    kept: list[tuple[bytes, bytes]] = []
+    seen: dict[bytes, list[bytes]] = {}
+    conn_listed: frozenset[bytes] = frozenset()
+    for name, value in raw:
+        lname = name.lower()
+        if lname == b"connection":
+            conn_listed = conn_listed | connection_tokens((value,))
+        if lname in drop:
+            seen.setdefault(lname, []).append(value)
+        else:
+            kept.append((name, value))
+    if conn_listed:
+        kept = [(n, v) for n, v in kept if n.lower() not in conn_listed]
+    return kept, seen
+
+
+def filter_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop hop-by-hop and Connection-listed headers from an upstream response."""
+    listed: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            listed.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return [(n, v) for n, v in headers if (ln := n.lower()) not in HOP_BY_HOP and ln not in listed]

@@ -1,0 +1,301 @@
+"""Forward one request: route it, stream it upstream, stream the answer back.
+
+The one catch-all aiohttp handler. It reads the snapshot once, so a request
+sees one config from start to end even when a reload swaps it meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import errors
+from .errors import GatewayError
+from .forwarding import (
+    client_address,
+    filter_request_headers,
+    filter_response_headers,
+    forwarded_for,
+)
+from .routing import normalise_path
+from .snapshot import Route, Snapshot, SnapshotHolder, Upstream
+from .tracing import request_id, traceparent
+from .upstream.http1 import UpstreamResponse, chunked, exchange
+from .websocket import proxy_websocket
+
+if TYPE_CHECKING:
+    from .observe.logging import AccessLog
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_EMPTY: tuple[str, ...] = ()
+
+
+class LazyQuery:
+    """Parses the query string only when a route has a query predicate."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.BaseRequest):
+        self._request = request
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._request.query.get(name, default)
+
+
+class RequestInfo:
+    """Per-request facts the log line and the forwarder share."""
+
+    __slots__ = ("client_ip", "path", "request_id", "route", "status", "trace_id", "upstream")
+
+    def __init__(self) -> None:
+        self.request_id = ""
+        self.trace_id = ""
+        self.route = ""
+        self.upstream = ""
+        self.path = ""
+        self.client_ip = ""
+        self.status = 0
+
+
+class Proxy:
+    __slots__ = ("access_log", "holder", "loop")
+
+    def __init__(self, holder: SnapshotHolder, access_log: AccessLog | None):
+        self.holder = holder
+        self.access_log = access_log
+        self.loop = asyncio.get_event_loop()
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = self.loop.time()
+        snap = self.holder.current
+        ex = RequestInfo()
+        headers = request.headers
+        ex.request_id = request_id(headers.get("X-Request-ID"))
+        trace_id, parent = traceparent(headers.get("traceparent"))
+        ex.trace_id = trace_id
+        peer = request.remote or ""
+        xff = headers.getall("X-Forwarded-For", _EMPTY)
+        ex.client_ip = client_address(peer, xff, snap.server.trusted)
+        resp: web.StreamResponse
+        try:
+            resp = await self._serve(request, snap, ex, peer, xff, parent)
+        except GatewayError as err:
+            resp = error_response(err, ex.request_id)
+        except asyncio.CancelledError:
+            ex.status = 499  # the client went away (nginx's convention)
+            self._log(request, ex, started)
+            raise
+        ex.status = ex.status or resp.status
+        self._log(request, ex, started)
+        return resp
+
+    def _log(self, request: web.BaseRequest, ex: RequestInfo, started: float) -> None:
+        if self.access_log is not None:
+            self.access_log.request(request.method, ex, (self.loop.time() - started) * 1000.0)
+
+    async def _serve(
+        self,
+        request: web.BaseRequest,
+        snap: Snapshot,
+        ex: RequestInfo,
+        peer: str,
+        xff: tuple[str, ...] | list[str],
+        parent: str,
+    ) -> web.StreamResponse:
+        raw_path, sep, query = request.raw_path.partition("?")
+        path = normalise_path(raw_path)
+        ex.path = path
+        match = snap.router.match(request.method, path, request.headers, LazyQuery(request))
+        if match is None:
+            raise errors.NoRoute(f"no route for {request.method} {path}")
+        route: Route = match.rule.target
+        ex.route = route.id
+        upstream = route.pick_upstream()
+        ex.upstream = upstream.name
+
+        length = request.content_length
+        if length is not None and length > snap.server.client_max_body_size:
+            raise errors.PayloadTooLarge(
+                f"request body of {length} bytes is over {snap.server.client_max_body_size}"
+            )
+
+        kept, seen = filter_request_headers(request.raw_headers, snap.drop_request_headers)
+        target_path = route.path_fn(path, match.params)
+        if sep:
+            target_path = f"{target_path}?{query}"
+        if _is_websocket(seen):
+            return await proxy_websocket(request, upstream, target_path, kept, ex)
+
+        host = request.host
+        lines = [f"{request.method} {target_path} HTTP/1.1\r\n".encode()]
+        lines.extend(b"%s: %s\r\n" % hv for hv in kept)
+        proto = b"https" if request.secure else b"http"
+        if peer in snap.server.trusted:
+            proto = seen.get(b"x-forwarded-proto", (proto,))[0]
+            host = seen.get(b"x-forwarded-host", (host.encode(),))[0].decode("latin-1")
+        lines.append(
+            b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+            b"X-Request-ID: %s\r\ntraceparent: %s\r\n"
+            % (
+                forwarded_for(peer, xff, snap.server.trusted).encode(),
+                proto,
+                host.encode("latin-1", "replace"),
+                ex.request_id.encode(),
+                parent.encode(),
+            )
+        )
+        body: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            body = _limited(request, snap.server.client_max_body_size)
+            if length is None:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+                body = chunked(body)
+        head_common = b"".join(lines)
+        host_line = (
+            b"Host: %s\r\n" % request.host.encode("latin-1", "replace")
+            if route.preserve_host
+            else None
+        )
+
+        if route.timeout is None:
+            return await self._forward(request, upstream, head_common, host_line, body, ex)
+        prepared: list[web.StreamResponse] = []
+        try:
+            async with asyncio.timeout(route.timeout):
+                return await self._forward(
+                    request, upstream, head_common, host_line, body, ex, prepared
+                )
+        except TimeoutError:
+            if prepared:
+                _abort_client(request)
+                return prepared[0]
+            raise errors.UpstreamTimeout(f"route timeout of {route.timeout:g}s passed") from None
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        upstream: Upstream,
+        head_common: bytes,
+        host_line: bytes | None,
+        body: AsyncIterator[bytes] | None,
+        ex: RequestInfo,
+        prepared: list[web.StreamResponse] | None = None,
+    ) -> web.StreamResponse:
+        up = await self._send(request, upstream, head_common, host_line, body, ex)
+        try:
+            return await _relay(request, up, ex, prepared)
+        except BaseException:
+            up.abort()
+            raise
+
+    async def _send(
+        self,
+        request: web.BaseRequest,
+        upstream: Upstream,
+        head_common: bytes,
+        host_line: bytes | None,
+        body: AsyncIterator[bytes] | None,
+        ex: RequestInfo,
+    ) -> UpstreamResponse:
+        """Try targets until one answers, within what is safe to repeat."""
+        tried: set[int] = set()
+        is_head = request.method == "HEAD"
+        idempotent = request.method in IDEMPOTENT and body is None
+        last: GatewayError | None = None
+        for _ in range(upstream.retries + 1):
+            index = upstream.choose(tried)
+            if index is None:
+                break
+            tried.add(index)
+            target = upstream.targets[index]
+            head = head_common + (host_line or target.host_header) + b"\r\n"
+            try:
+                return await exchange(
+                    target.pool, head, body, is_head=is_head, read_timeout=upstream.read_timeout
+                )
+            except errors.UpstreamConnectError as err:
+                last = err  # never sent: always safe to try elsewhere
+            except (errors.BadGateway, errors.UpstreamTimeout) as err:
+                if not idempotent or err.response_started:
+                    raise
+                last = err
+        if last is None:
+            raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target to try")
+        raise last
+
+
+async def _relay(
+    request: web.BaseRequest,
+    up: UpstreamResponse,
+    ex: RequestInfo,
+    prepared: list[web.StreamResponse] | None,
+) -> web.StreamResponse:
+    headers = CIMultiDict(filter_response_headers(up.headers))
+    headers["X-Request-ID"] = ex.request_id
+    ex.status = up.status
+    if (
+        up.content_length is not None
+        and up.content_length <= 65536
+        and request.method != "HEAD"
+        and up.status not in (204, 304)
+    ):
+        # Small bodies: one buffer and aiohttp's single-write path.
+        chunks = []
+        while chunk := await up.read():
+            chunks.append(chunk)
+        up.release()
+        return web.Response(
+            status=up.status, reason=up.reason, headers=headers, body=b"".join(chunks)
+        )
+    resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+    if prepared is not None:
+        prepared.append(resp)
+    await resp.prepare(request)
+    try:
+        while chunk := await up.read():
+            await resp.write(chunk)
+    except GatewayError:
+        # The upstream broke or stalled mid-body: the status line is gone, so the
+        # only honest signal left is to cut the client connection.
+        up.abort()
+        _abort_client(request)
+        return resp
+    up.release()
+    await resp.write_eof()
+    return resp
+
+
+async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            raise errors.PayloadTooLarge(f"request body is over {limit} bytes")
+        yield chunk
+
+
+def _is_websocket(seen: dict[bytes, list[bytes]]) -> bool:
+    upgrade = seen.get(b"upgrade")
+    return bool(upgrade) and upgrade[0].strip().lower() == b"websocket"  # type: ignore[index]
+
+
+def _abort_client(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.abort()
+
+
+def error_response(err: GatewayError, rid: str) -> web.Response:
+    resp = web.Response(
+        status=err.status,
+        body=errors.render(err, rid),
+        content_type="application/json",
+        headers={"X-Request-ID": rid, **err.headers},
+    )
+    return resp

@@ -1,0 +1,78 @@
+"""Reload: load -> compile -> swap, or keep the old snapshot and say why."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .compile import compile_snapshot, unsupported
+from .config_load import ConfigError, Problem, load
+from .observe.logging import get_logger
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+log = get_logger("pyproxyd.reload")
+
+
+class Reloader:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.last_error: list[str] | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def trigger(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> bool:
+        """True when a new snapshot was installed."""
+        async with self._lock:
+            gw = self.gateway
+            assert gw.holder is not None
+            current = gw.holder.current
+            try:
+                loaded = load(current.file)
+                if loaded.digest == current.digest:
+                    return False
+                problems = unsupported(loaded.config)
+                if problems:
+                    raise ConfigError(current.file, problems)
+                fixed = _fixed_settings(current, loaded.config)
+                new = compile_snapshot(loaded, current)
+            except ConfigError as e:
+                self.last_error = e.lines()
+                log.error("config_reload_failed", file=current.file, errors=self.last_error)
+                return False
+            except (ValueError, OSError) as e:
+                self.last_error = [
+                    ConfigError(current.file, [Problem("(compile)", str(e))]).lines()[0]
+                ]
+                log.error("config_reload_failed", file=current.file, errors=self.last_error)
+                return False
+            for msg in fixed:
+                log.warning("config_change_needs_restart", setting=msg)
+            gw.holder.swap(new)
+            gw.loaded = loaded
+            self.last_error = None
+            log.info(
+                "config_reloaded", file=current.file, digest=loaded.digest, routes=len(new.routes)
+            )
+            return True
+
+
+def _fixed_settings(current: object, cfg: object) -> list[str]:
+    from .config import Config
+    from .snapshot import Snapshot
+
+    assert isinstance(current, Snapshot) and isinstance(cfg, Config)
+    out = []
+    if tuple(cfg.server.listen) != current.server.listen:
+        out.append("server.listen")
+    if cfg.server.workers != current.server.workers:
+        out.append("server.workers")
+    if cfg.admin.listen != current.admin_listen:
+        out.append("admin.listen")
+    return out

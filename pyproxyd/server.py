@@ -1,0 +1,224 @@
+"""Listeners, the admin endpoints, signals and graceful drain.
+
+`Gateway` is what both `pyproxyd run` and the end-to-end tests start: a real
+server on real sockets (port 0 works), in the current event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
+
+from . import errors
+from .compile import compile_snapshot
+from .config_load import Loaded
+from .observe.logging import AccessLog, get_logger
+from .proxy import Proxy, error_response
+from .snapshot import Snapshot, SnapshotHolder
+from .tracing import new_id
+from .websocket import close_client
+
+log = get_logger("pyproxyd.server")
+
+
+class GatewayRequestHandler(RequestHandler):
+    """aiohttp's connection handler plus a header deadline and JSON errors.
+
+    aiohttp has no client_header_timeout: its keep-alive timer is the only
+    guard against a client that trickles its headers (slowloris). This arms a
+    deadline when a request head starts arriving and disarms it once the head
+    is parsed. It reads aiohttp internals (`_request_count`, `_messages`,
+    `_request_in_progress`), hence the pinned aiohttp range and the e2e test.
+    """
+
+    __slots__ = ("_header_handle", "_header_timeout")
+
+    def __init__(self, manager: Server, *, header_timeout: float, **kwargs: Any):
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_handle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._header_timeout > 0:
+            self._header_handle = self._loop.call_later(self._header_timeout, self._header_late)
+
+    def _header_late(self) -> None:
+        self._header_handle = None
+        if not self._request_in_progress and not self._messages:
+            self.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            if self._header_handle is not None:
+                self._header_handle.cancel()
+                self._header_handle = None
+        elif self._header_handle is None and not self._request_in_progress and not self._upgraded:
+            self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_handle is not None:
+            self._header_handle.cancel()
+            self._header_handle = None
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        err: errors.GatewayError
+        if isinstance(exc, LineTooLong):
+            err = errors.HeadersTooLarge()
+        elif status == 400:
+            err = errors.BadRequest(f"malformed request: {message or exc}"[:200])
+        elif status == 504:
+            err = errors.UpstreamTimeout()
+        else:
+            log.error("internal_error", error=repr(exc))
+            err = errors.GatewayError()
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        resp = error_response(err, new_id())
+        resp.force_close()
+        return resp
+
+
+class GatewayServer(Server):
+    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any):
+        super().__init__(handler, handler_cancellation=True, **kwargs)
+        self._header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return GatewayRequestHandler(
+            self, loop=self._loop, header_timeout=self._header_timeout, **self._kwargs
+        )
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def bind(addr: str, *, reuse_port: bool = False) -> socket.socket:
+    host, port = split_host_port(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Gateway:
+    """One serving process: listeners, admin, the snapshot holder."""
+
+    def __init__(self, loaded: Loaded):
+        self.loaded = loaded
+        self.holder: SnapshotHolder | None = None
+        self.ready = False
+        self.ports: list[int] = []
+        self.admin_port: int | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._http: GatewayServer | None = None
+        self._admin: web.AppRunner | None = None
+        self.stopped = asyncio.Event()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        assert self.holder is not None
+        return self.holder.current
+
+    async def start(self) -> None:
+        snap = compile_snapshot(self.loaded)
+        self.holder = SnapshotHolder(snap)
+        s = snap.server
+        proxy = Proxy(self.holder, AccessLog() if snap.logging.access_log else None)
+        self._http = GatewayServer(
+            proxy,
+            header_timeout=s.client_header_timeout,
+            keepalive_timeout=s.keepalive_timeout,
+            max_line_size=s.max_header_size,
+            max_field_size=s.max_header_size,
+            access_log=None,
+            auto_decompress=False,
+        )
+        context = None
+        if s.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*s.tls)
+        loop = asyncio.get_running_loop()
+        for addr in s.listen:
+            sock = bind(addr, reuse_port=s.workers != 1)
+            server = await loop.create_server(self._http, sock=sock, ssl=context)
+            self._servers.append(server)
+            self.ports.append(sock.getsockname()[1])
+        await self._start_admin(snap.admin_listen)
+        self.ready = True
+        log.info("listening", listen=list(s.listen), ports=self.ports, admin=self.admin_port)
+
+    async def _start_admin(self, listen: str) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._admin = web.AppRunner(app, access_log=None)
+        await self._admin.setup()
+        sock = bind(listen)
+        await web.SockSite(self._admin, sock).start()
+        self.admin_port = sock.getsockname()[1]
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "draining"}, status=503)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within graceful_timeout."""
+        if not self.ready and not self._servers:
+            return
+        self.ready = False
+        timeout = self.snapshot.server.graceful_timeout
+        for server in self._servers:
+            server.close()
+        if self._http is not None:
+            await self._http.shutdown(timeout)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()
+        for pool in self.snapshot.pools():
+            await pool.aclose()
+        await close_client()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        self.stopped.set()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,149 @@
+"""The immutable runtime objects a request sees, and the holder that swaps them.
+
+A snapshot is built whole by `compile.py`, then installed with one
+assignment. Stateful parts (pools now; breakers and limiter buckets later)
+live in `Snapshot.state`, keyed by name plus settings, so the next compile
+can carry the very same objects over when their settings did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Container, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .forwarding import TrustedProxies
+from .routing import Router
+from .upstream.pool import TargetPool
+
+
+class Balancer(Protocol):
+    def choose(self, skip: Container[int] = ()) -> int | None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Target:
+    url: str
+    label: str  # "host:port", as in metrics and logs
+    host_header: bytes  # b"Host: host:port\r\n", prebuilt
+    weight: int
+    pool: TargetPool
+
+
+@dataclass(slots=True, eq=False)
+class Upstream:
+    name: str
+    targets: tuple[Target, ...]
+    balancer: Balancer
+    retries: int
+    read_timeout: float
+
+    def choose(self, skip: Container[int] = ()) -> int | None:
+        return self.balancer.choose(skip)
+
+
+@dataclass(slots=True, eq=False)
+class Split:
+    """A weighted choice between upstreams (hash_on = "random")."""
+
+    upstreams: tuple[Upstream, ...]
+    cumulative: tuple[int, ...]
+    total: int
+    rng: random.Random = field(default_factory=random.Random)
+
+    def choose(self) -> Upstream:
+        r = self.rng.randrange(self.total)
+        for up, bound in zip(self.upstreams, self.cumulative, strict=True):
+            if r < bound:
+                return up
+        return self.upstreams[-1]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    id: str
+    upstream: Upstream | None
+    split: Split | None
+    path_fn: Callable[[str, dict[str, str]], str]  # normalised path, captures -> upstream path
+    preserve_host: bool
+    timeout: float | None
+
+    def pick_upstream(self) -> Upstream:
+        if self.upstream is not None:
+            return self.upstream
+        assert self.split is not None
+        return self.split.choose()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: tuple[str, ...]
+    workers: int
+    trusted: TrustedProxies
+    client_max_body_size: int
+    client_header_timeout: float
+    keepalive_timeout: float
+    graceful_timeout: float
+    max_header_size: int
+    tls: tuple[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    format: str
+    level: str
+    access_log: bool
+    file: str | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    router: Router
+    routes: tuple[Route, ...]
+    upstreams: dict[str, Upstream]
+    server: ServerSettings
+    admin_listen: str
+    admin_token_env: str | None
+    logging: LogSettings
+    drop_request_headers: frozenset[bytes]  # lowered names never passed upstream
+    state: dict[Hashable, Any]  # carried-over stateful objects, by name + settings
+    digest: str
+    file: str
+    loaded_at: float
+
+    def pools(self) -> Iterator[TargetPool]:
+        for up in self.upstreams.values():
+            for t in up.targets:
+                yield t.pool
+
+
+class SnapshotHolder:
+    """The only mutable global: the current snapshot."""
+
+    __slots__ = ("_retire_tasks", "current")
+
+    def __init__(self, snapshot: Snapshot):
+        self.current = snapshot
+        self._retire_tasks: set[asyncio.Task[None]] = set()
+
+    def swap(self, new: Snapshot) -> Snapshot:
+        """Install `new`; retire the state objects it did not carry over."""
+        old, self.current = self.current, new
+        kept = {id(v) for v in new.state.values()}
+        retired = [v for v in old.state.values() if id(v) not in kept]
+        if retired:
+            task = asyncio.get_running_loop().create_task(_retire(retired))
+            self._retire_tasks.add(task)
+            task.add_done_callback(self._retire_tasks.discard)
+        return old
+
+
+async def _retire(objects: list[Any]) -> None:
+    # Pools close their idle connections now and busy ones as they are released,
+    # so requests in flight on the old snapshot finish normally.
+    for obj in objects:
+        close = getattr(obj, "aclose", None)
+        if close is not None:
+            await close()

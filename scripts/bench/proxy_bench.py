@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Throughput of pyproxyd against the same backend hit directly, and against nginx.
+
+    .venv/bin/python scripts/bench/proxy_bench.py [--duration 5] [--rounds 3]
+
+Everything runs on 127.0.0.1. The backend is nginx `return 200` (a Python
+backend would be the bottleneck) on core 0 with wrk; the proxy under test is
+pinned alone on core 1. Rows (each round runs every row, order rotated):
+
+  direct        wrk -> backend                      (ceiling)
+  nginx         wrk -> nginx proxy (keepalive 32) -> backend
+  pyproxyd      wrk -> pyproxyd (keepalive = 32)  -> backend
+  pyproxyd-ka0  wrk -> pyproxyd (keepalive = 0)   -> backend   (the pool experiment)
+
+Prints the median req/s, p50 and p99 per row and ratios against direct and
+nginx. Needs wrk and nginx (`apt-get install -y wrk nginx-light`).
+Every process started here is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BACKEND_PORT, NGINX_PORT, PY_PORT, PY0_PORT = 18380, 18381, 18382, 18383
+BODY = '{"id":1,"name":"Ada Lovelace","email":"ada@example.com","ok":1}'
+
+NGINX_BACKEND = f"""
+worker_processes 1;
+pid {{tmp}}/backend.pid;
+error_log {{tmp}}/backend-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000000;
+  server {{
+    listen 127.0.0.1:{BACKEND_PORT};
+    location / {{ default_type application/json; return 200 '{BODY}'; }}
+  }}
+}}
+"""
+
+NGINX_PROXY = f"""
+worker_processes 1;
+pid {{tmp}}/proxy.pid;
+error_log {{tmp}}/proxy-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{NGINX_PORT};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+PYPROXYD = """
+[server]
+listen = ["127.0.0.1:{port}"]
+[admin]
+listen = "127.0.0.1:0"
+[logging]
+access_log = true
+file = "/dev/null"
+[upstreams.backend]
+targets = [{{ url = "http://127.0.0.1:{backend}" }}]
+keepalive = {keepalive}
+[[routes]]
+id = "all"
+path = "/**"
+upstream = "backend"
+"""
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port} after {timeout}s")
+
+
+def start(cmd: list[str], cpu: str, log: Path) -> subprocess.Popen[bytes]:
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", cpu, *cmd]
+    return subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def to_ms(value: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", value)
+    assert m, value
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def wrk(port: int, duration: str, connections: int) -> tuple[float, float, float, int]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--latency",
+           f"http://127.0.0.1:{port}/api/users/1"]  # fmt: skip
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return rps, p50, p99, errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", default="5s")
+    ap.add_argument("--warmup", default="1s")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light")
+    pyproxyd = [sys.executable, "-m", "pyproxyd", "run", "-c"]
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "backend.conf").write_text(NGINX_BACKEND.replace("{tmp}", tmpdir))
+        (tmp / "proxy.conf").write_text(NGINX_PROXY.replace("{tmp}", tmpdir))
+        for name, port, ka in (("py", PY_PORT, 32), ("py0", PY0_PORT, 0)):
+            (tmp / f"{name}.toml").write_text(
+                PYPROXYD.format(port=port, backend=BACKEND_PORT, keepalive=ka)
+            )
+        nginx = ["nginx", "-g", "daemon off;", "-c"]
+        try:
+            procs.append(start([*nginx, str(tmp / "backend.conf")], "0", tmp / "b.log"))
+            procs.append(start([*nginx, str(tmp / "proxy.conf")], "1", tmp / "n.log"))
+            procs.append(start([*pyproxyd, str(tmp / "py.toml")], "1", tmp / "p.log"))
+            procs.append(start([*pyproxyd, str(tmp / "py0.toml")], "1", tmp / "p0.log"))
+            for port in (BACKEND_PORT, NGINX_PORT, PY_PORT, PY0_PORT):
+                wait_port(port)
+            rows = {"direct": BACKEND_PORT, "nginx": NGINX_PORT, "pyproxyd": PY_PORT,
+                    "pyproxyd-ka0": PY0_PORT}  # fmt: skip
+            results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in rows}
+            names = list(rows)
+            for r in range(args.rounds):
+                order = names[r % len(names) :] + names[: r % len(names)]
+                for name in order:
+                    wrk(rows[name], args.warmup, args.connections)
+                    results[name].append(wrk(rows[name], args.duration, args.connections))
+                    print(f"round {r + 1} {name}: {results[name][-1][0]:.0f} req/s",
+                          file=sys.stderr)  # fmt: skip
+        finally:
+            stop(procs)
+    med = {
+        k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in results.items()
+    }
+    errs = {k: sum(x[3] for x in v) for k, v in results.items()}
+    print(f"\n{args.rounds} rounds x {args.duration}, {args.connections} connections; medians\n")
+    print("| row | req/s | p50 ms | p99 ms | errors | vs direct | vs nginx |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for k, (rps, p50, p99) in med.items():
+        print(f"| {k} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errs[k]} | "
+              f"{rps / med['direct'][0]:.2f}x | {rps / med['nginx'][0]:.2f}x |")  # fmt: skip
+    ratio = med["pyproxyd"][0] / med["pyproxyd-ka0"][0]
+    print(f"\npool experiment: keepalive=32 vs keepalive=0 throughput: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
