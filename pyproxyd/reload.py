@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from pathlib import Path
+
+import watchfiles
+
+from . import sdnotify
 from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, Problem, load
 from .observe.logging import get_logger
@@ -21,6 +26,31 @@ class Reloader:
         self.last_error: list[str] | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reload when the file changes on disk.
+
+        Watches the folder, not the file: an editor's atomic save (write a
+        temp file, rename it over) replaces the inode, after which a watch on
+        the file itself goes silent (field notes). Any event naming the file
+        triggers a re-read; an unchanged digest makes it a no-op.
+        """
+        assert self.gateway.holder is not None
+        path = Path(self.gateway.holder.current.file)
+        name = path.name
+
+        def relevant(change: watchfiles.Change, changed: str) -> bool:
+            return Path(changed).name == name
+
+        async for _ in watchfiles.awatch(
+            path.parent,
+            watch_filter=relevant,
+            stop_event=stop,
+            debounce=400,
+            step=50,
+            recursive=False,
+        ):
+            await self.reload()
 
     def trigger(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload())
@@ -54,9 +84,11 @@ class Reloader:
                 return False
             for msg in fixed:
                 log.warning("config_change_needs_restart", setting=msg)
+            sdnotify.reloading()
             gw.holder.swap(new)
             gw.loaded = loaded
             self.last_error = None
+            sdnotify.ready()
             log.info(
                 "config_reloaded", file=current.file, digest=loaded.digest, routes=len(new.routes)
             )

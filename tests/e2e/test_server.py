@@ -1,0 +1,165 @@
+"""The listener's own answers: errors, limits, admin endpoints, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.gateway import config, free_port, gateway, url
+
+DEAD = """
+[upstreams.dead]
+targets = [{{ url = "http://127.0.0.1:{port}" }}]
+connect_timeout = "1s"
+retries = 0
+[[routes]]
+id = "dead"
+path = "/dead/**"
+upstream = "dead"
+"""
+
+
+async def raw(port: int, data: bytes, *, read_timeout: float = 5.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), read_timeout)
+    finally:
+        writer.close()
+
+
+def body_of(response: bytes) -> dict[str, object]:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+async def test_no_route_is_json_404(tmp_path: Path) -> None:
+    async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
+        async with aiohttp.ClientSession() as s, s.get(url(gw, "/nothing")) as r:
+            assert r.status == 404
+            body = await r.json()
+            assert body["error"] == "no_route"
+            assert body["status"] == 404
+            assert body["request_id"] == r.headers["X-Request-ID"]
+
+
+async def test_path_climbing_above_root_is_400(tmp_path: Path) -> None:
+    async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
+        resp = await raw(gw.ports[0], b"GET /dead/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 400")
+        assert body_of(resp)["error"] == "bad_request"
+
+
+async def test_connect_refused_is_502(tmp_path: Path) -> None:
+    async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
+        async with aiohttp.ClientSession() as s, s.get(url(gw, "/dead/x")) as r:
+            assert r.status == 502
+            assert (await r.json())["error"] == "bad_gateway"
+
+
+async def test_oversize_header_is_431_json(tmp_path: Path) -> None:
+    toml = config(DEAD.format(port=free_port()), server="max_header_size = 1024")
+    async with gateway(tmp_path, toml) as gw:
+        big = b"X-Big: " + b"a" * 2000 + b"\r\n"
+        resp = await raw(gw.ports[0], b"GET /dead/x HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        assert resp.startswith(b"HTTP/1.1 431")
+        assert body_of(resp)["error"] == "request_header_fields_too_large"
+
+
+async def test_malformed_request_is_json_400(tmp_path: Path) -> None:
+    async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
+        resp = await raw(gw.ports[0], b"GET /x HTTP/1.1\r\nBad Header Line\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 400")
+        assert body_of(resp)["error"] == "bad_request"
+        assert b"Traceback" not in resp
+
+
+async def test_slow_headers_are_cut_after_client_header_timeout(tmp_path: Path) -> None:
+    toml = config(DEAD.format(port=free_port()), server='client_header_timeout = "300ms"')
+    async with gateway(tmp_path, toml) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports[0])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        writer.write(b"GET /dead/x HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(20):  # a slowloris trickle: one header every 100 ms
+                await asyncio.sleep(0.1)
+                writer.write(b"X-A: b\r\n")
+            closed_after = None
+        except ConnectionError:
+            closed_after = loop.time() - started
+        if closed_after is None:
+            data = await asyncio.wait_for(reader.read(), 2)
+            assert data == b""
+            closed_after = loop.time() - started
+        writer.close()
+        assert closed_after < 1.5
+
+
+async def test_idle_keepalive_client_is_not_cut_by_the_header_timeout(tmp_path: Path) -> None:
+    toml = config(DEAD.format(port=free_port()), server='client_header_timeout = "200ms"')
+    async with gateway(tmp_path, toml) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports[0])
+        writer.write(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+        assert first.startswith(b"HTTP/1.1 404")
+        await asyncio.sleep(0.5)  # idle between requests: keepalive_timeout governs
+        writer.write(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+        assert second.startswith(b"HTTP/1.1 404")
+        writer.close()
+
+
+async def test_admin_health_and_readiness(tmp_path: Path) -> None:
+    async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
+        admin = f"http://127.0.0.1:{gw.admin_port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(admin + "/healthz") as r:
+                assert r.status == 200
+            async with s.get(admin + "/readyz") as r:
+                assert r.status == 200
+            gw.ready = False  # what a drain does first
+            async with s.get(admin + "/readyz") as r:
+                assert r.status == 503
+
+
+async def test_several_listeners_and_ipv6(tmp_path: Path) -> None:
+    toml = config(DEAD.format(port=free_port())).replace(
+        'listen = ["127.0.0.1:0"]', 'listen = ["127.0.0.1:0", "[::1]:0"]'
+    )
+    try:
+        async with gateway(tmp_path, toml) as gw:
+            assert len(gw.ports) == 2
+            async with aiohttp.ClientSession() as s:
+                for host in ("127.0.0.1", "[::1]"):
+                    async with s.get(f"http://{host}:{gw.ports[-1 if ':' in host else 0]}/x") as r:
+                        assert r.status == 404
+    except OSError as e:  # pragma: no cover - a machine without IPv6 loopback
+        pytest.fail(f"IPv6 loopback unavailable: {e}")
+
+
+async def test_tls_listener(tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    toml = config(
+        DEAD.format(port=free_port()), server='tls = { cert = "tls.crt", key = "tls.key" }'
+    )
+    async with gateway(tmp_path, toml) as gw:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"https://127.0.0.1:{gw.ports[0]}/x", ssl=ctx) as r,
+        ):
+            assert r.status == 404
+            assert (await r.json())["error"] == "no_route"
