@@ -431,34 +431,54 @@ class Config(Model):
 Problem = tuple[tuple[Any, ...], str]
 
 
-def cross_check(cfg: Config) -> list[Problem]:
-    """References between tables, reported with the dotted path of the bad key."""
+def cross_check(data: dict[str, Any]) -> list[Problem]:
+    """References between tables, reported with the dotted path of the bad key.
+
+    Reads the raw TOML data rather than a validated `Config`, so that these
+    problems are listed together with any validation errors elsewhere in the
+    file. Values of the wrong type are skipped here: validation reports them.
+    """
+
+    def table(key: str) -> dict[str, Any] | None:
+        value = data.get(key, {})
+        return value if isinstance(value, dict) else None
+
+    upstreams, rate_limits, auth = table("upstreams"), table("rate_limits"), table("auth")
+    has_jwt = auth is not None and "jwt" in auth
+    routes = data.get("routes", [])
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for i, r in enumerate(cfg.routes):
+    for i, r in enumerate(routes if isinstance(routes, list) else []):
+        if not isinstance(r, dict):
+            continue
         here: tuple[Any, ...] = ("routes", i)
-        if r.id in seen:
-            problems.append(
-                (here + ("id",), f"duplicate route id {r.id!r} (first at routes[{seen[r.id]}])")
-            )
-        seen.setdefault(r.id, i)
-        if r.upstream is not None and r.upstream not in cfg.upstreams:
-            problems.append((here + ("upstream",), f"unknown upstream {r.upstream!r}"))
-        for j, s in enumerate(r.split or ()):
-            if s.upstream not in cfg.upstreams:
+        rid = r.get("id")
+        if isinstance(rid, str):
+            if rid in seen:
                 problems.append(
-                    (here + ("split", j, "upstream"), f"unknown upstream {s.upstream!r}")
+                    ((*here, "id"), f"duplicate route id {rid!r} (first at routes[{seen[rid]}])")
                 )
-        names = [r.rate_limit] if isinstance(r.rate_limit, str) else (r.rate_limit or [])
+            seen.setdefault(rid, i)
+        upstream = r.get("upstream")
+        if upstreams is not None and isinstance(upstream, str) and upstream not in upstreams:
+            problems.append(((*here, "upstream"), f"unknown upstream {upstream!r}"))
+        split = r.get("split")
+        for j, s in enumerate(split if isinstance(split, list) else []):
+            name = s.get("upstream") if isinstance(s, dict) else None
+            if upstreams is not None and isinstance(name, str) and name not in upstreams:
+                problems.append(((*here, "split", j, "upstream"), f"unknown upstream {name!r}"))
+        limit = r.get("rate_limit")
+        names = [limit] if isinstance(limit, str) else limit if isinstance(limit, list) else []
         for name in names:
-            if name not in cfg.rate_limits:
-                problems.append((here + ("rate_limit",), f"unknown rate limit {name!r}"))
-        if r.auth in ("jwt", "optional_jwt") and cfg.auth.jwt is None:
-            problems.append((here + ("auth",), f"auth = {r.auth!r} needs an [auth.jwt] table"))
-        if r.claims and r.auth not in ("jwt", "optional_jwt"):
-            problems.append((here + ("claims",), "claims need auth = 'jwt' or 'optional_jwt'"))
-    for name, rl in cfg.rate_limits.items():
-        if rl.backend == "redis" and cfg.redis is None:
+            if rate_limits is not None and isinstance(name, str) and name not in rate_limits:
+                problems.append(((*here, "rate_limit"), f"unknown rate limit {name!r}"))
+        kind = r.get("auth", "none")
+        if kind in ("jwt", "optional_jwt") and auth is not None and not has_jwt:
+            problems.append(((*here, "auth"), f"auth = {kind!r} needs an [auth.jwt] table"))
+        if r.get("claims") and kind not in ("jwt", "optional_jwt"):
+            problems.append(((*here, "claims"), "claims need auth = 'jwt' or 'optional_jwt'"))
+    for name, rl in (rate_limits or {}).items():
+        if isinstance(rl, dict) and rl.get("backend") == "redis" and "redis" not in data:
             problems.append(
                 (("rate_limits", name, "backend"), "backend = 'redis' needs a [redis] table")
             )

@@ -66,7 +66,12 @@ def _message(err: dict[str, Any]) -> str:
 
 
 def parse(text: str, file: str = "<config>") -> Config:
-    """Parse and validate TOML text; raise ConfigError listing every problem."""
+    """Parse and validate TOML text; raise ConfigError listing every problem.
+
+    Cross-references are checked on the raw data, so that they are reported
+    together with the other problems rather than only once those are fixed.
+    Problems come in file order.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -75,17 +80,20 @@ def parse(text: str, file: str = "<config>") -> Config:
             file, [Problem("(toml)", str(e), int(m.group(1)) if m else None)]
         ) from None
     locate = _Locator(text)
+    problems: list[Problem] = []
+    cfg: Config | None = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        problems = []
         for err in e.errors():
-            loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            loc = _clean_loc(err["loc"], data)
             problems.append(Problem(dotted(loc), _message(dict(err)), locate(loc)))
-        raise ConfigError(file, _dedupe(problems)) from None
-    cross = cross_check(cfg)
-    if cross:
-        raise ConfigError(file, [Problem(dotted(loc), msg, locate(loc)) for loc, msg in cross])
+    for loc, msg in cross_check(data):
+        problems.append(Problem(dotted(loc), msg, locate(loc)))
+    if problems:
+        problems = sorted(_dedupe(problems), key=lambda p: (p.line is None, p.line or 0))
+        raise ConfigError(file, problems)
+    assert cfg is not None
     return cfg
 
 
@@ -100,6 +108,31 @@ def load(path: str | Path) -> Loaded:
     except UnicodeDecodeError:
         raise ConfigError(str(path), [Problem("(file)", "not valid UTF-8")]) from None
     return Loaded(parse(text, str(path)), p.resolve(), hashlib.sha256(raw).hexdigest())
+
+
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Drop the union-member tags pydantic puts into a loc ('str', 'list[str]', ...).
+
+    A part that names something present in the data is always kept, so an
+    upstream called "int" keeps its name in the path.
+    """
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if _has(node, part):
+            node = node[part]
+        elif _is_union_tag(part):
+            continue
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
 def _is_union_tag(part: Any) -> bool:
