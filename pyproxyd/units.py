@@ -5,6 +5,7 @@ Parsed once when the config is loaded; the runtime only sees floats and ints.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, NamedTuple
 
@@ -39,6 +40,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '250ms', '2s', '1m'")
     if isinstance(value, int | float):
+        if not math.isfinite(value):  # TOML has inf and nan
+            raise ValueError(f"invalid duration {value!r}: must be a finite number of seconds")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)

@@ -75,6 +75,15 @@ def test_invalid_durations(bad: object) -> None:
         parse_duration(bad)
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_toml_infinities_are_not_durations(value: str) -> None:
+    # tomllib accepts `inf` and `nan`; a NaN timeout would compare false with everything
+    assert problems(f"[server]\nkeepalive_timeout = {value}\n") == [
+        f"f.toml: server.keepalive_timeout: invalid duration {float(value)!r}: "
+        "must be a finite number of seconds (line 2)"
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [
