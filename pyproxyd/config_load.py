@@ -7,6 +7,7 @@ format `pyproxyd validate` prints and a failed reload logs.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -46,13 +47,24 @@ class Loaded:
     digest: str
 
 
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
 def dotted(loc: tuple[Any, ...]) -> str:
+    """('routes', 2, 'strip_prefx') -> 'routes[2].strip_prefx'.
+
+    Names that are not bare TOML keys are quoted as in TOML, so that
+    [upstreams."api.v1"] stays one part: upstreams."api.v1".targets.
+    """
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            name = str(part)
+            if not _BARE_KEY.match(name):
+                name = json.dumps(name, ensure_ascii=False)
+            out += ("." if out else "") + name
     return out or "(root)"
 
 
@@ -153,43 +165,93 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)\s*=""")
+_KEY_PART = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)"""
+_KEY = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
 
 
 class _Locator:
-    """Finds the TOML line of a dotted location (best effort: tables and keys)."""
+    """Finds the TOML line of a dotted location (best effort: tables, keys and
+    the elements of arrays written over several lines)."""
 
     def __init__(self, text: str):
-        self.tables: list[tuple[tuple[Any, ...], int]] = []
-        self.keys: dict[tuple[Any, ...], int] = {}
-        counts: dict[tuple[Any, ...], int] = {}
+        self.lines: dict[tuple[Any, ...], int] = {}
+        arrays: dict[tuple[Any, ...], int] = {}  # [[array]] of tables -> its last index
         current: tuple[Any, ...] = ()
-        for n, line in enumerate(text.splitlines(), 1):
+        lines = text.splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            i += 1
             h = _HEADER.match(line)
             if h:
-                parts = tuple(_unquote(p) for p in _split_dotted(h.group(2)))
+                current = _resolve(_parts(h.group(2)), arrays)
                 if h.group(1) == "[[":
-                    idx = counts.get(parts, 0)
-                    counts[parts] = idx + 1
-                    current = (*parts, idx)
-                else:
-                    current = parts
-                self.tables.append((current, n))
+                    arrays[current] = arrays.get(current, -1) + 1
+                    current = (*current, arrays[current])
+                self.lines.setdefault(current, i)
                 continue
             k = _KEY.match(line)
             if k:
-                key = (*current, *(_unquote(p) for p in _split_dotted(k.group(1))))
-                self.keys.setdefault(key, n)
+                key = (*current, *_parts(k.group(1)))
+                for cut in range(len(current) + 1, len(key) + 1):  # a.b = 1 makes table a
+                    self.lines.setdefault(key[:cut], i)
+                i = self._value(key, lines, i - 1, k.end())
+
+    def _value(self, key: tuple[Any, ...], lines: list[str], i: int, col: int) -> int:
+        """Skip the value that starts at lines[i][col]; note where array elements
+        start. Returns the index of the line after the value."""
+        depth, quote, array, expect, element = 0, "", False, False, -1
+        while i < len(lines):
+            text = lines[i]
+            j = col
+            while j < len(text):
+                c = text[j]
+                if quote:
+                    if c == "\\" and quote == '"':
+                        j += 1
+                    elif c == quote:
+                        quote = ""
+                elif c == "#":
+                    break
+                else:
+                    if array and depth == 1 and expect and not c.isspace() and c not in ",]":
+                        element, expect = element + 1, False
+                        self.lines.setdefault((*key, element), i + 1)
+                    if c in "\"'":
+                        quote = c
+                    elif c in "[{":
+                        if depth == 0 and c == "[":
+                            array = expect = True
+                        depth += 1
+                    elif c in "]}":
+                        depth -= 1
+                    elif c == "," and depth == 1:
+                        expect = True
+                j += 1
+            i, col = i + 1, 0
+            if depth <= 0 and not quote:
+                break
+        return i
 
     def __call__(self, loc: tuple[Any, ...]) -> int | None:
         for cut in range(len(loc), 0, -1):
-            prefix = loc[:cut]
-            if prefix in self.keys:
-                return self.keys[prefix]
-            for table, n in self.tables:
-                if table == prefix:
-                    return n
+            if loc[:cut] in self.lines:
+                return self.lines[loc[:cut]]
         return None
+
+
+def _resolve(parts: tuple[str, ...], arrays: dict[tuple[Any, ...], int]) -> tuple[Any, ...]:
+    """[routes.headers] after [[routes]] is a table of the last route."""
+    out: tuple[Any, ...] = ()
+    for n, part in enumerate(parts):
+        out = (*out, part)
+        if n < len(parts) - 1 and out in arrays:
+            out = (*out, arrays[out])
+    return out
+
+
+def _parts(dotted_key: str) -> tuple[str, ...]:
+    return tuple(_unquote(p) for p in _split_dotted(dotted_key))
 
 
 def _split_dotted(s: str) -> list[str]:

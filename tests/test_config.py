@@ -483,3 +483,66 @@ def test_union_type_errors_name_the_bad_element() -> None:
         f"f.toml: routes[0].hash_on: Input should be a valid string (line {n})",
         f"f.toml: routes[0].hash_on[1]: Input should be a valid string (line {n})",
     ]
+
+
+# ------------------------------------------------------ where problems point
+
+
+def test_elements_of_a_multi_line_array_have_their_own_lines() -> None:
+    text = """\
+[upstreams.a]
+targets = [
+  { url = "http://127.0.0.1:9001" },   # first
+  { url = "http://127.0.0.1:9002", weight = 0 },
+  "http://127.0.0.1:9003",
+]
+"""
+    assert problems(text) == [
+        "f.toml: upstreams.a.targets[1].weight: Input should be greater than or equal to 1 "
+        "(line 4)",
+        "f.toml: upstreams.a.targets[2]: Input should be a valid dictionary or instance of "
+        "TargetConfig (line 5)",
+    ]
+
+
+def test_split_entries_written_one_a_line() -> None:
+    text = UPSTREAMS + route(
+        'split = [\n  { upstream = "a", weight = 9 },\n  { upstream = "nope", weight = 1 },\n]'
+    )
+    assert problems(text) == [
+        f"f.toml: routes[0].split[1].upstream: unknown upstream 'nope' "
+        f"(line {line_of(text, 'nope')})"
+    ]
+
+
+def test_dotted_keys_and_sub_tables_of_array_elements() -> None:
+    text = (
+        UPSTREAMS
+        + "circuit_breaker.timeout = 'soon'\n"
+        + route('upstream = "a"')
+        + route('upstream = "b"', rid="r2", path="/r2")
+        + "[routes.query]\npage = 1\n"
+    )
+    assert problems(text) == [
+        "f.toml: upstreams.b.circuit_breaker.timeout: invalid duration 'soon': expected e.g. "
+        f"'250ms', '2s', '1m', '1h' (line {line_of(text, 'soon')})",
+        "f.toml: routes[1].query.page: Input should be a valid string "
+        f"(line {line_of(text, 'page')})",
+    ]
+
+
+def test_a_multi_line_string_does_not_confuse_the_lines() -> None:
+    text = UPSTREAMS + route(
+        'upstream = "a"\nrewrite = """/x\n[[routes]]\nstrip_prefx = 1"""\nstrip_prefx = 1'
+    )
+    n = len(text.splitlines())
+    assert text.splitlines()[-1] == "strip_prefx = 1"
+    assert f"f.toml: routes[0].strip_prefx: unknown key (line {n})" in problems(text)
+
+
+def test_names_with_dots_are_quoted_in_the_path() -> None:
+    text = '[upstreams."api.v1"]\ntargets = [{ url = "http://127.0.0.1:1" }]\nkeepalive = -1\n'
+    assert problems(text) == [
+        'f.toml: upstreams."api.v1".keepalive: Input should be greater than or equal to 0 (line 3)'
+    ]
+    assert set(parse(text.replace("-1", "1")).upstreams) == {"api.v1"}
