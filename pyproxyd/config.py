@@ -321,14 +321,15 @@ class JWTConfig(Model):
                 raise ValueError("algorithm 'none' is never allowed")
             if a not in allowed:
                 raise ValueError(f"unsupported algorithm {a!r}")
+        hs = [a for a in v if a.startswith("HS")]
+        if hs and len(hs) != len(v):
+            raise ValueError("HS* and RS*/PS*/ES*/EdDSA algorithms cannot be mixed")
         return v
 
     @model_validator(mode="after")
     def _keys(self) -> JWTConfig:
         sources = [s for s in (self.jwks_file, self.jwks_url) if s]
         hs = [a for a in self.algorithms if a.startswith("HS")]
-        if hs and len(hs) != len(self.algorithms):
-            raise ValueError("HS* and RS*/PS*/ES*/EdDSA algorithms cannot be mixed")
         if hs and not self.hs_secret_env:
             raise ValueError("HS* algorithms need hs_secret_env")
         if not hs and len(sources) != 1:

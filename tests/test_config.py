@@ -485,6 +485,21 @@ def test_union_type_errors_name_the_bad_element() -> None:
     ]
 
 
+def test_hs_and_rs_algorithms_cannot_be_mixed() -> None:
+    text = '[auth.jwt]\nhs_secret_env = "S"\njwks_file = "j"\nalgorithms = ["HS256", "RS256"]\n'
+    assert problems(text) == [
+        "f.toml: auth.jwt.algorithms: HS* and RS*/PS*/ES*/EdDSA algorithms cannot be mixed (line 4)"
+    ]
+
+
+def test_jwt_key_source() -> None:
+    text = '[auth.jwt]\nalgorithms = ["RS256"]\n'
+    assert problems(text) == ["f.toml: auth.jwt: set exactly one of jwks_file or jwks_url (line 1)"]
+    assert problems(text + 'jwks_file = "a"\njwks_url = "https://b"\n') == [
+        "f.toml: auth.jwt: set exactly one of jwks_file or jwks_url (line 1)"
+    ]
+
+
 # ------------------------------------------------------ where problems point
 
 
