@@ -7,6 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
+from multidict import CIMultiDictProxy
+
 from pyproxyd.config_load import load
 from pyproxyd.server import Gateway
 
@@ -46,3 +49,11 @@ async def gateway(tmp_path: Path, toml: str) -> AsyncIterator[Gateway]:
 
 def url(gw: Gateway, path: str = "/") -> str:
     return f"http://127.0.0.1:{gw.ports[0]}{path}"
+
+
+async def fetch(
+    target: str, method: str = "GET", **kwargs: object
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    """One request on a fresh client session: (status, headers, body)."""
+    async with aiohttp.ClientSession() as s, s.request(method, target, **kwargs) as r:  # type: ignore[arg-type]
+        return r.status, r.headers, await r.read()

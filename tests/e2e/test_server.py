@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.gateway import config, free_port, gateway, url
+from tests.gateway import config, fetch, free_port, gateway, url
 
 DEAD = """
 [upstreams.dead]
@@ -41,12 +41,12 @@ def body_of(response: bytes) -> dict[str, object]:
 
 async def test_no_route_is_json_404(tmp_path: Path) -> None:
     async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
-        async with aiohttp.ClientSession() as s, s.get(url(gw, "/nothing")) as r:
-            assert r.status == 404
-            body = await r.json()
-            assert body["error"] == "no_route"
-            assert body["status"] == 404
-            assert body["request_id"] == r.headers["X-Request-ID"]
+        status, headers, raw_body = await fetch(url(gw, "/nothing"))
+        body = json.loads(raw_body)
+        assert status == 404
+        assert body["error"] == "no_route"
+        assert body["status"] == 404
+        assert body["request_id"] == headers["X-Request-ID"]
 
 
 async def test_path_climbing_above_root_is_400(tmp_path: Path) -> None:
@@ -58,9 +58,9 @@ async def test_path_climbing_above_root_is_400(tmp_path: Path) -> None:
 
 async def test_connect_refused_is_502(tmp_path: Path) -> None:
     async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
-        async with aiohttp.ClientSession() as s, s.get(url(gw, "/dead/x")) as r:
-            assert r.status == 502
-            assert (await r.json())["error"] == "bad_gateway"
+        status, _, body = await fetch(url(gw, "/dead/x"))
+        assert status == 502
+        assert json.loads(body)["error"] == "bad_gateway"
 
 
 async def test_oversize_header_is_431_json(tmp_path: Path) -> None:
