@@ -68,14 +68,14 @@ async def test_oversize_header_is_431_json(tmp_path: Path) -> None:
     async with gateway(tmp_path, toml) as gw:
         big = b"X-Big: " + b"a" * 2000 + b"\r\n"
         resp = await raw(gw.ports[0], b"GET /dead/x HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
-        assert resp.startswith(b"HTTP/1.1 431")
+        assert resp.split(b" ", 2)[1] == b"431"
         assert body_of(resp)["error"] == "request_header_fields_too_large"
 
 
 async def test_malformed_request_is_json_400(tmp_path: Path) -> None:
     async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
         resp = await raw(gw.ports[0], b"GET /x HTTP/1.1\r\nBad Header Line\r\n\r\n")
-        assert resp.startswith(b"HTTP/1.1 400")
+        assert resp.split(b" ", 2)[1] == b"400"
         assert body_of(resp)["error"] == "bad_request"
         assert b"Traceback" not in resp
 
@@ -87,19 +87,19 @@ async def test_slow_headers_are_cut_after_client_header_timeout(tmp_path: Path) 
         loop = asyncio.get_running_loop()
         started = loop.time()
         writer.write(b"GET /dead/x HTTP/1.1\r\nHost: x\r\n")
-        try:
-            for _ in range(20):  # a slowloris trickle: one header every 100 ms
-                await asyncio.sleep(0.1)
+
+        async def trickle() -> None:  # a slowloris: one header line every 100 ms
+            while not writer.is_closing() and not reader.at_eof():
                 writer.write(b"X-A: b\r\n")
-            closed_after = None
-        except ConnectionError:
-            closed_after = loop.time() - started
-        if closed_after is None:
-            data = await asyncio.wait_for(reader.read(), 2)
-            assert data == b""
-            closed_after = loop.time() - started
+                await asyncio.sleep(0.1)
+
+        task = asyncio.create_task(trickle())
+        data = await asyncio.wait_for(reader.read(), 3)
+        closed_after = loop.time() - started
+        task.cancel()
         writer.close()
-        assert closed_after < 1.5
+        assert data == b""  # closed without an answer
+        assert 0.25 < closed_after < 1.5
 
 
 async def test_idle_keepalive_client_is_not_cut_by_the_header_timeout(tmp_path: Path) -> None:
