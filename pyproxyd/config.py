@@ -62,20 +62,47 @@ def check_host_port(value: str) -> str:
 
 
 class TLSConfig(Model):
-    cert: str
-    key: str
+    """TLS for the client listener."""
+
+    cert: str = Field(
+        description="PEM certificate chain file (relative to the config file's folder)"
+    )
+    key: str = Field(description="PEM private key file (relative to the config file's folder)")
 
 
 class ServerConfig(Model):
-    listen: list[str] = Field(default_factory=lambda: ["0.0.0.0:8080"], min_length=1)
-    workers: int = Field(1, ge=0, le=256)
-    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32"])
-    client_max_body_size: Size = 10 * 1024 * 1024
-    client_header_timeout: Duration = 10.0
-    keepalive_timeout: Duration = 75.0
-    graceful_timeout: Duration = 30.0
-    max_header_size: Size = Field(8190, description="largest request line or header line; 431")
-    tls: TLSConfig | None = None
+    """The client-facing listener."""
+
+    listen: list[str] = Field(
+        default_factory=lambda: ["0.0.0.0:8080"],
+        min_length=1,
+        description='addresses to listen on, "host:port" ("[::]:8080" for IPv6)',
+    )
+    workers: int = Field(
+        1, ge=0, le=256, description="processes sharing the port (SO_REUSEPORT); 0 = one per CPU"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32"],
+        description="addresses or CIDRs whose X-Forwarded-For is believed",
+    )
+    client_max_body_size: Size = Field(
+        10 * 1024 * 1024, description="largest request body accepted; a larger one gets 413"
+    )
+    client_header_timeout: Duration = Field(
+        10.0, description="a client that has not sent its headers by then is closed"
+    )
+    keepalive_timeout: Duration = Field(
+        75.0, description="idle client connections are closed after this"
+    )
+    graceful_timeout: Duration = Field(
+        30.0, description="on SIGTERM/SIGINT, how long in-flight requests may take to finish"
+    )
+    max_header_size: Size = Field(
+        8190, description="longest request line or header line accepted; a longer one gets 431"
+    )
+    tls: TLSConfig | None = Field(
+        None, description="serve HTTPS with this certificate and key; plain HTTP when absent"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -94,8 +121,15 @@ class ServerConfig(Model):
 
 
 class AdminConfig(Model):
-    listen: str = "127.0.0.1:9901"
-    token_env: str | None = None
+    """The operator listener (health and readiness endpoints)."""
+
+    listen: str = Field(
+        "127.0.0.1:9901",
+        description='"host:port" of the operator listener (/healthz, /readyz); keep it on loopback',
+    )
+    token_env: str | None = Field(
+        None, description="environment variable holding the bearer token required by /admin/*"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -104,18 +138,30 @@ class AdminConfig(Model):
 
 
 class LoggingConfig(Model):
-    format: Literal["json", "console"] = "json"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = True
-    file: str | None = Field(None, description="write logs here instead of stdout")
+    """Logs: structured events, one a line."""
+
+    format: Literal["json", "console"] = Field(
+        "json", description='"json" (one object a line) or "console" (for humans)'
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="least severe level written"
+    )
+    access_log: bool = Field(True, description="log a `request` event for every request")
+    file: str | None = Field(
+        None, description="append the logs to this file instead of writing them to stdout"
+    )
 
 
 # --------------------------------------------------------------- upstreams
 
 
 class TargetConfig(Model):
-    url: str
-    weight: int = Field(1, ge=1, le=10000)
+    """One backend server of an upstream."""
+
+    url: str = Field(description='"http://host:port" or "https://host:port" of the backend')
+    weight: int = Field(
+        1, ge=1, le=10000, description="relative share of the requests this target gets"
+    )
 
     @field_validator("url")
     @classmethod
@@ -129,39 +175,107 @@ class TargetConfig(Model):
 
 
 class CircuitBreakerConfig(Model):
-    consecutive_failures: int = Field(5, ge=1)
-    failure_ratio: float = Field(0.5, gt=0, le=1)
-    min_requests: int = Field(20, ge=1)
-    interval: Duration = 10.0
-    timeout: Duration = 60.0
-    max_requests: int = Field(3, ge=1)
-    failure_statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])
+    """A circuit breaker in front of an upstream (Closed -> Open -> Half-Open -> Closed)."""
+
+    consecutive_failures: int = Field(
+        5, ge=1, description="trip when this many failures happen in a row"
+    )
+    failure_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="... or when failures / requests reaches this (after `min_requests`)",
+    )
+    min_requests: int = Field(
+        20, ge=1, description="requests counted in the interval before `failure_ratio` applies"
+    )
+    interval: Duration = Field(
+        10.0, description='Closed: the counts are reset every interval ("0s" = never)'
+    )
+    timeout: Duration = Field(
+        60.0, description="Open: requests get 503 at once for this long, then Half-Open"
+    )
+    max_requests: int = Field(
+        3,
+        ge=1,
+        description="Half-Open: probes let through; all succeed -> Closed, one fails -> Open",
+    )
+    failure_statuses: list[int] = Field(
+        default_factory=lambda: [502, 503, 504],
+        description="upstream statuses that count as failures (errors and timeouts always do)",
+    )
 
 
 class HealthConfig(Model):
-    max_fails: int = Field(3, ge=0)
-    eject_for: Duration = 10.0
-    path: str | None = None
-    interval: Duration = 5.0
-    timeout: Duration = 1.0
-    healthy_threshold: int = Field(2, ge=1)
-    unhealthy_threshold: int = Field(3, ge=1)
-    expected_statuses: list[int] = Field(default_factory=lambda: [200])
+    """Passive health checks of an upstream's targets, and active ones when `path` is set."""
+
+    max_fails: int = Field(
+        3, ge=0, description="connect errors or timeouts in a row that eject a target"
+    )
+    eject_for: Duration = Field(10.0, description="how long the balancer skips an ejected target")
+    path: str | None = Field(
+        None,
+        description="active checks: GET this path on every target; no active checks when unset",
+    )
+    interval: Duration = Field(
+        5.0, description="active checks: time between two checks of a target"
+    )
+    timeout: Duration = Field(1.0, description="active checks: a check that takes longer fails")
+    healthy_threshold: int = Field(
+        2, ge=1, description="active checks: passes in a row that bring a target back"
+    )
+    unhealthy_threshold: int = Field(
+        3, ge=1, description="active checks: failures in a row that take a target out"
+    )
+    expected_statuses: list[int] = Field(
+        default_factory=lambda: [200], description="active checks: statuses that count as a pass"
+    )
 
 
 class UpstreamConfig(Model):
-    targets: list[TargetConfig] = Field(min_length=1)
-    balance: str = "round_robin"
-    connect_timeout: Duration = 2.0
-    read_timeout: Duration = 30.0
-    max_connections: int = Field(1024, ge=1)
-    keepalive: int = Field(32, ge=0)
-    keepalive_requests: int = Field(1000, ge=1)
-    keepalive_timeout: Duration = 60.0
-    keepalive_time: Duration = 3600.0
-    retries: int = Field(1, ge=0, le=10)
-    circuit_breaker: CircuitBreakerConfig | None = None
-    health: HealthConfig | None = None
+    """A named pool of targets; routes refer to it by name."""
+
+    targets: list[TargetConfig] = Field(
+        min_length=1, description="the backend servers (at least one)"
+    )
+    balance: str = Field(
+        "round_robin", description="round_robin | least_conn | random | ip_hash | hash:<key>"
+    )
+    connect_timeout: Duration = Field(
+        2.0, description="deadline to get a connection (pool wait + TCP/TLS connect); past it, 502"
+    )
+    read_timeout: Duration = Field(
+        30.0, description="504 when the upstream sends nothing for this long"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="connections per target, busy + idle; further requests wait"
+    )
+    keepalive: int = Field(
+        32,
+        ge=0,
+        description="idle connections kept per target (nginx keepalive); extra ones are closed",
+    )
+    keepalive_requests: int = Field(
+        1000, ge=1, description="a connection is closed after serving this many requests"
+    )
+    keepalive_timeout: Duration = Field(
+        60.0, description="an idle connection is closed after this long"
+    )
+    keepalive_time: Duration = Field(
+        3600.0, description="a connection is not reused once it has been open this long"
+    )
+    retries: int = Field(
+        1,
+        ge=0,
+        le=10,
+        description="extra tries on another target, for requests never sent or idempotent ones",
+    )
+    circuit_breaker: CircuitBreakerConfig | None = Field(
+        None, description="a circuit breaker for this upstream; none when absent"
+    )
+    health: HealthConfig | None = Field(
+        None, description="health checks of the targets; none when absent"
+    )
 
     @field_validator("balance")
     @classmethod
@@ -180,30 +294,71 @@ class UpstreamConfig(Model):
 
 
 class SplitEntry(Model):
-    upstream: str
-    weight: int = Field(ge=0)
+    """One side of a route's weighted split."""
+
+    upstream: str = Field(description="name of an [upstreams.*] table")
+    weight: int = Field(ge=0, description="relative weight of this side; 0 takes it out")
 
 
 KeySpec = str | list[str]
 
 
 class RouteConfig(Model):
-    id: str = Field(min_length=1)
-    path: str
-    methods: list[str] | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    query: dict[str, str] = Field(default_factory=dict)
-    claims: dict[str, str] = Field(default_factory=dict)
-    upstream: str | None = None
-    split: list[SplitEntry] | None = None
-    hash_on: KeySpec = "random"
-    strip_prefix: int = Field(0, ge=0)
-    rewrite: str | None = None
-    preserve_host: bool = False
-    auth: Literal["none", "jwt", "optional_jwt", "api_key"] = "none"
-    require_roles: list[str] = Field(default_factory=list)
-    rate_limit: str | list[str] | None = None
-    timeout: Duration | None = None
+    """A route: the predicates that select requests, and where those requests go."""
+
+    id: str = Field(
+        min_length=1, description="unique name of the route, used in logs, metrics and `explain`"
+    )
+    path: str = Field(
+        description='pattern: literal segments, "{name}" or "*" (one segment), "**" (the rest)'
+    )
+    methods: list[str] | None = Field(
+        None, description="HTTP methods the route takes (every method when unset)"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description='request headers that must have these values ("*" = present)',
+    )
+    query: dict[str, str] = Field(
+        default_factory=dict,
+        description='query parameters that must have these values ("*" = present)',
+    )
+    claims: dict[str, str] = Field(
+        default_factory=dict,
+        description="claims of the verified JWT that must equal (or contain) these values",
+    )
+    upstream: str | None = Field(
+        None, description="the upstream that serves the route (set this or `split`)"
+    )
+    split: list[SplitEntry] | None = Field(
+        None, description="a weighted choice of upstreams, e.g. a canary (set this or `upstream`)"
+    )
+    hash_on: KeySpec = Field(
+        "random",
+        description='"random" (per request) or a key (or keys) that makes the split sticky',
+    )
+    strip_prefix: int = Field(
+        0, ge=0, description="leading path segments removed: 1 turns /api/users/7 into /users/7"
+    )
+    rewrite: str | None = Field(
+        None, description='path sent upstream, with captured variables, e.g. "/users/{id}"'
+    )
+    preserve_host: bool = Field(
+        False, description="send the client's Host header instead of the target's host:port"
+    )
+    auth: Literal["none", "jwt", "optional_jwt", "api_key"] = Field(
+        "none", description="credential required: none, a JWT, an optional JWT or an API key"
+    )
+    require_roles: list[str] = Field(
+        default_factory=list,
+        description="the token's roles claim must contain one of these, else 403",
+    )
+    rate_limit: str | list[str] | None = Field(
+        None, description="name of a [rate_limits.*] policy, or a list of names that must all allow"
+    )
+    timeout: Duration | None = Field(
+        None, description="deadline of the whole request; past it, 504"
+    )
 
     @field_validator("path")
     @classmethod
@@ -299,15 +454,32 @@ class RouteConfig(Model):
 
 
 class JWTConfig(Model):
-    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
-    jwks_file: str | None = None
-    jwks_url: str | None = None
-    hs_secret_env: str | None = None
-    issuer: str | None = None
-    audience: str | list[str] | None = None
-    leeway: Duration = 30.0
-    roles_claim: str = "roles"
-    forward_claims: dict[str, str] = Field(default_factory=dict)
+    """Verification of JSON Web Tokens."""
+
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        min_length=1,
+        description='accepted signature algorithms; never "none", HS* not mixed with the others',
+    )
+    jwks_file: str | None = Field(
+        None, description="JWKS file of public keys (relative to the config file's folder)"
+    )
+    jwks_url: str | None = Field(None, description="URL of the identity provider's JWKS")
+    hs_secret_env: str | None = Field(
+        None, description="environment variable holding the HS* shared secret"
+    )
+    issuer: str | None = Field(None, description="the `iss` claim a token must have")
+    audience: str | list[str] | None = Field(
+        None, description="the `aud` a token must name (or one of a list)"
+    )
+    leeway: Duration = Field(30.0, description="clock skew allowed when checking exp, nbf and iat")
+    roles_claim: str = Field(
+        "roles", description="claim holding the roles that `require_roles` checks"
+    )
+    forward_claims: dict[str, str] = Field(
+        default_factory=dict,
+        description="claim -> header sent upstream; removed from every incoming request first",
+    )
 
     @field_validator("algorithms")
     @classmethod
@@ -338,28 +510,50 @@ class JWTConfig(Model):
 
 
 class APIKeyConfig(Model):
-    header: str = "X-API-Key"
+    """API keys, matched against the consumers' `api_key_sha256`."""
+
+    header: str = Field("X-API-Key", description="request header carrying the API key")
 
 
 class AuthConfig(Model):
-    jwt: JWTConfig | None = None
-    api_key: APIKeyConfig | None = None
+    """How clients authenticate."""
+
+    jwt: JWTConfig | None = Field(
+        None, description='JWT verification, for routes with auth = "jwt" or "optional_jwt"'
+    )
+    api_key: APIKeyConfig | None = Field(
+        None, description='API key lookup, for routes with auth = "api_key"'
+    )
 
 
 class ConsumerConfig(Model):
-    tier: str | None = None
-    api_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    client_ids: list[str] = Field(default_factory=list)
+    """A known client: its tier and how it is recognised."""
+
+    tier: str | None = Field(None, description="the consumer's tier, for rate-limit tiers")
+    api_key_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the consumer's API key, as `pyproxyd hash-key` prints it",
+    )
+    client_ids: list[str] = Field(
+        default_factory=list, description="X-Client-ID values that identify this consumer"
+    )
 
 
 # -------------------------------------------------------------- rate limits
 
 
 class RedisConfig(Model):
-    url: str = "redis://127.0.0.1:6379/0"
-    timeout: Duration = 0.05
-    on_error: Literal["local", "allow", "deny"] = "local"
-    key_prefix: str = "pyproxyd:"
+    """The Redis server shared by `backend = "redis"` rate limits."""
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0", description="redis://, rediss:// or redis+cluster:// URL"
+    )
+    timeout: Duration = Field(0.05, description="deadline of one rate-limit call")
+    on_error: Literal["local", "allow", "deny"] = Field(
+        "local", description='Redis down: "local" (per-instance limiter), "allow" or "deny" (503)'
+    )
+    key_prefix: str = Field("pyproxyd:", description="prefix of every Redis key written")
 
     @field_validator("url")
     @classmethod
@@ -370,23 +564,52 @@ class RedisConfig(Model):
 
 
 class TierConfig(Model):
-    rate: RateValue | None = None
-    burst: int | None = Field(None, ge=0)
-    limit: int | None = Field(None, ge=1)
-    window: Duration | None = None
+    """A tier's own limits, replacing the policy's."""
+
+    rate: RateValue | None = Field(None, description="the tier's rate (token_bucket, leaky_bucket)")
+    burst: int | None = Field(
+        None, ge=0, description="the tier's burst (token_bucket, leaky_bucket)"
+    )
+    limit: int | None = Field(None, ge=1, description="the tier's limit (sliding_window)")
+    window: Duration | None = Field(None, description="the tier's window (sliding_window)")
 
 
 class RateLimitConfig(Model):
-    algorithm: Literal["token_bucket", "leaky_bucket", "sliding_window"]
-    backend: Literal["local", "redis"] = "local"
-    key: KeySpec = "ip"
-    rate: RateValue | None = None
-    burst: int | None = Field(None, ge=0)
-    limit: int | None = Field(None, ge=1)
-    window: Duration | None = None
-    mode: Literal["delay", "reject"] = "reject"
-    tier_key: KeySpec | None = None
-    tiers: dict[str, TierConfig] = Field(default_factory=dict)
+    """A named rate-limit policy."""
+
+    algorithm: Literal["token_bucket", "leaky_bucket", "sliding_window"] = Field(
+        description="token_bucket, leaky_bucket (rate, burst) or sliding_window (limit, window)"
+    )
+    backend: Literal["local", "redis"] = Field(
+        "local", description='"local" (per instance) or "redis" (shared by every instance)'
+    )
+    key: KeySpec = Field(
+        "ip",
+        description="what is counted: a key, or a list of keys of which the first present is used",
+    )
+    rate: RateValue | None = Field(
+        None,
+        description="token_bucket, leaky_bucket: the sustained rate (for clients with no tier)",
+    )
+    burst: int | None = Field(
+        None, ge=0, description="token_bucket: bucket capacity; leaky_bucket: queue depth"
+    )
+    limit: int | None = Field(
+        None, ge=1, description="sliding_window: requests allowed in any `window`"
+    )
+    window: Duration | None = Field(None, description="sliding_window: the window length")
+    mode: Literal["delay", "reject"] = Field(
+        "reject",
+        description='leaky_bucket: "delay" queues excess requests (up to `burst`); "reject": 429',
+    )
+    tier_key: KeySpec | None = Field(
+        None,
+        description='how a request\'s tier is found: "consumer", "claim:<name>" or "header:<Name>"',
+    )
+    tiers: dict[str, TierConfig] = Field(
+        default_factory=dict,
+        description="limits per tier name, replacing `rate`/`burst`/`limit`/`window`",
+    )
 
     @field_validator("key", "tier_key")
     @classmethod
@@ -418,15 +641,30 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
 class Config(Model):
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    admin: AdminConfig = Field(default_factory=AdminConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    upstreams: dict[Name, UpstreamConfig] = Field(default_factory=dict)
-    routes: list[RouteConfig] = Field(default_factory=list)
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    consumers: dict[Name, ConsumerConfig] = Field(default_factory=dict)
-    redis: RedisConfig | None = None
-    rate_limits: dict[Name, RateLimitConfig] = Field(default_factory=dict)
+    """The whole configuration file."""
+
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="the client-facing listener"
+    )
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="the operator listener")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logs")
+    upstreams: dict[Name, UpstreamConfig] = Field(
+        default_factory=dict, description="upstreams by name"
+    )
+    routes: list[RouteConfig] = Field(
+        default_factory=list,
+        description="the routes; among equal path patterns the first whose predicates hold wins",
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="authentication")
+    consumers: dict[Name, ConsumerConfig] = Field(
+        default_factory=dict, description="known clients by name"
+    )
+    redis: RedisConfig | None = Field(
+        None, description='the Redis server, needed by rate limits with backend = "redis"'
+    )
+    rate_limits: dict[Name, RateLimitConfig] = Field(
+        default_factory=dict, description="rate-limit policies by name"
+    )
 
 
 Problem = tuple[tuple[Any, ...], str]
