@@ -53,7 +53,8 @@ def validate(path: str) -> None:
 
 @main.command()
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
-def run(path: str) -> None:
+@click.option("--no-watch", is_flag=True, help="reload on SIGHUP only, not on file changes")
+def run(path: str, no_watch: bool) -> None:
     """Run the gateway in the foreground."""
     from .compile import unsupported
     from .observe.logging import configure
@@ -72,23 +73,39 @@ def run(path: str) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
-    asyncio.run(_serve(loaded))
+    asyncio.run(_serve(loaded, watch=not no_watch))
 
 
-async def _serve(loaded: Loaded) -> None:
+async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
+    import os
+
+    from . import sdnotify
     from .reload import Reloader
     from .server import Gateway
+    from .supervisor import WORKER_ENV, Supervisor
 
-    gateway = Gateway(loaded)
+    worker = os.environ.get(WORKER_ENV) is not None
+    workers = loaded.config.server.workers or (os.cpu_count() or 1)
+    if workers > 1 and not worker:
+        await Supervisor(loaded, workers, watch=watch).run()
+        return
+    gateway = Gateway(loaded, admin=not worker, reuse_port=worker)
     await gateway.start()
     reloader = Reloader(gateway)
+    gateway.reloader = reloader
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    # A worker is told to reload by its supervisor; a single process watches itself.
+    watcher = asyncio.create_task(reloader.watch(stop)) if watch and not worker else None
+    sdnotify.ready()
     await stop.wait()
+    sdnotify.stopping()
     await gateway.stop()
+    if watcher is not None:
+        await watcher
 
 
 @main.command()

@@ -33,8 +33,6 @@ def unsupported(cfg: Config) -> list[Problem]:
     def no(path: str, what: str) -> None:
         out.append(Problem(path, f"{what} is not supported by this version of pyproxyd yet"))
 
-    if cfg.server.workers != 1:
-        no("server.workers", "workers other than 1")
     for i, r in enumerate(cfg.routes):
         if r.auth != "none":
             no(f"routes[{i}].auth", f"auth = {r.auth!r}")

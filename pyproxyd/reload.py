@@ -10,7 +10,7 @@ import watchfiles
 
 from . import sdnotify
 from .compile import compile_snapshot, unsupported
-from .config_load import ConfigError, Problem, load
+from .config_load import ConfigError, load
 from .observe.logging import get_logger
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ class Reloader:
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
         self.last_error: list[str] | None = None
+        self.successes = 0
+        self.failures = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -57,41 +59,49 @@ class Reloader:
         task.add_done_callback(self._tasks.discard)
 
     async def reload(self) -> bool:
-        """True when a new snapshot was installed."""
+        """True when a new snapshot was installed.
+
+        Parsing and compiling run in a thread: with the GIL handing the loop
+        a turn every few milliseconds, a 5,000-route compile does not stall
+        the requests in flight.
+        """
         async with self._lock:
             gw = self.gateway
             assert gw.holder is not None
             current = gw.holder.current
             try:
-                loaded = load(current.file)
+                loaded = await asyncio.to_thread(load, current.file)
                 if loaded.digest == current.digest:
+                    self.last_error = None
                     return False
                 problems = unsupported(loaded.config)
                 if problems:
                     raise ConfigError(current.file, problems)
                 fixed = _fixed_settings(current, loaded.config)
-                new = compile_snapshot(loaded, current)
+                new = await asyncio.to_thread(compile_snapshot, loaded, current)
             except ConfigError as e:
-                self.last_error = e.lines()
-                log.error("config_reload_failed", file=current.file, errors=self.last_error)
+                self._failed(current.file, e.lines())
                 return False
             except (ValueError, OSError) as e:
-                self.last_error = [
-                    ConfigError(current.file, [Problem("(compile)", str(e))]).lines()[0]
-                ]
-                log.error("config_reload_failed", file=current.file, errors=self.last_error)
+                self._failed(current.file, [f"{current.file}: (compile): {e}"])
                 return False
-            for msg in fixed:
-                log.warning("config_change_needs_restart", setting=msg)
+            for setting in fixed:
+                log.warning("config_change_needs_restart", setting=setting, kept="old value")
             sdnotify.reloading()
             gw.holder.swap(new)
             gw.loaded = loaded
             self.last_error = None
+            self.successes += 1
             sdnotify.ready()
             log.info(
                 "config_reloaded", file=current.file, digest=loaded.digest, routes=len(new.routes)
             )
             return True
+
+    def _failed(self, file: str, lines: list[str]) -> None:
+        self.last_error = lines
+        self.failures += 1
+        log.error("config_reload_failed", file=file, errors=lines)
 
 
 def _fixed_settings(current: object, cfg: object) -> list[str]:

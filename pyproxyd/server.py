@@ -133,8 +133,11 @@ def bind(addr: str, *, reuse_port: bool = False) -> socket.socket:
 class Gateway:
     """One serving process: listeners, admin, the snapshot holder."""
 
-    def __init__(self, loaded: Loaded):
+    def __init__(self, loaded: Loaded, *, admin: bool = True, reuse_port: bool = False):
         self.loaded = loaded
+        self.with_admin = admin
+        self.reuse_port = reuse_port
+        self.reloader: Any = None
         self.holder: SnapshotHolder | None = None
         self.ready = False
         self.ports: list[int] = []
@@ -169,11 +172,12 @@ class Gateway:
             context.load_cert_chain(*s.tls)
         loop = asyncio.get_running_loop()
         for addr in s.listen:
-            sock = bind(addr, reuse_port=s.workers != 1)
+            sock = bind(addr, reuse_port=self.reuse_port)
             server = await loop.create_server(self._http, sock=sock, ssl=context)
             self._servers.append(server)
             self.ports.append(sock.getsockname()[1])
-        await self._start_admin(snap.admin_listen)
+        if self.with_admin:
+            await self._start_admin(snap.admin_listen)
         self.ready = True
         log.info("listening", listen=list(s.listen), ports=self.ports, admin=self.admin_port)
 
@@ -181,6 +185,8 @@ class Gateway:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/admin/config", self._config)
+        app.router.add_get("/admin/routes", self._routes)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         sock = bind(listen)
@@ -194,6 +200,27 @@ class Gateway:
         if self.ready:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "draining"}, status=503)
+
+    async def _config(self, request: web.Request) -> web.Response:
+        snap = self.snapshot
+        reloader = self.reloader
+        return web.json_response(
+            {
+                "file": snap.file,
+                "sha256": snap.digest,
+                "loaded_at": snap.loaded_at,
+                "routes": len(snap.routes),
+                "upstreams": len(snap.upstreams),
+                "last_reload_error": reloader.last_error if reloader is not None else None,
+                "reloads": {
+                    "success": reloader.successes if reloader is not None else 0,
+                    "error": reloader.failures if reloader is not None else 0,
+                },
+            }
+        )
+
+    async def _routes(self, request: web.Request) -> web.Response:
+        return web.json_response({"routes": self.snapshot.router.table()})
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within graceful_timeout."""

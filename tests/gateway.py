@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,3 +61,52 @@ async def fetch(
     """One request on a fresh client session: (status, headers, body)."""
     async with aiohttp.ClientSession() as s, s.request(method, target, **kwargs) as r:  # type: ignore[arg-type]
         return r.status, r.headers, await r.read()
+
+
+class GatewayProcess:
+    """`pyproxyd run` as a real child process, stopped by PID."""
+
+    def __init__(self, config_path: Path, *args: str, env: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.args = args
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.output = b""
+
+    async def __aenter__(self) -> GatewayProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pyproxyd", "run", "-c", str(self.config_path), *self.args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})},
+        )  # fmt: skip
+        return self
+
+    async def wait_ready(self, admin_port: int, timeout: float = 15.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with aiohttp.ClientSession() as s:
+            while loop.time() < deadline:
+                assert self.proc is not None and self.proc.returncode is None, "gateway exited"
+                try:
+                    async with s.get(f"http://127.0.0.1:{admin_port}/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError("gateway not ready in time")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        out, _ = await asyncio.wait_for(self.proc.communicate(), timeout)
+        self.output += out or b""
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            out, _ = await self.proc.communicate()
+            self.output += out or b""

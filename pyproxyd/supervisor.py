@@ -1,0 +1,209 @@
+"""`server.workers = N`: N worker processes sharing the listeners (SO_REUSEPORT).
+
+The supervisor serves the admin listener, watches the config file, passes
+SIGHUP and SIGTERM on to the workers, and restarts a worker that dies, with
+exponential backoff. Workers report readiness to it with the sd_notify
+protocol over a private datagram socket, so one mechanism serves both
+systemd and the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from . import sdnotify
+from .compile import compile_snapshot, unsupported
+from .config_load import ConfigError, Loaded, load
+from .observe.logging import get_logger
+from .server import bind
+
+WORKER_ENV = "PYPROXYD_WORKER"
+log = get_logger("pyproxyd.supervisor")
+
+BACKOFF_START, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
+
+
+class Worker:
+    def __init__(self, index: int):
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = False
+        self.backoff = BACKOFF_START
+        self.started_at = 0.0
+
+
+class Supervisor:
+    def __init__(self, loaded: Loaded, workers: int, *, watch: bool = True):
+        self.loaded = loaded
+        self.watch = watch
+        self.workers = [Worker(i) for i in range(workers)]
+        self.stopping = False
+        self.last_error: list[str] | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="pyproxyd-")
+        self._notify_path = str(Path(self._tmp.name) / "notify.sock")
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(self._notify_path)
+        self._notify.setblocking(False)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sent_ready = False
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._notify.fileno(), self._on_notify)
+        runner = await self._start_admin()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        for w in self.workers:
+            self._spawn(self._keep_running(w))
+        watcher = asyncio.create_task(self._watch(stop)) if self.watch else None
+        await stop.wait()
+        self.stopping = True
+        sdnotify.stopping()
+        await self._stop_workers()
+        if watcher is not None:
+            await watcher
+        loop.remove_reader(self._notify.fileno())
+        self._notify.close()
+        self._tmp.cleanup()
+        await runner.cleanup()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep_running(self, w: Worker) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            env = dict(os.environ, **{WORKER_ENV: str(w.index), "NOTIFY_SOCKET": self._notify_path})
+            w.ready = False
+            w.started_at = loop.time()
+            w.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pyproxyd", "run", "-c", str(self.loaded.path), env=env
+            )
+            log.info("worker_started", worker=w.index, pid=w.proc.pid)
+            code = await w.proc.wait()
+            w.ready = False
+            if self.stopping:
+                return
+            if loop.time() - w.started_at > STABLE_AFTER:
+                w.backoff = BACKOFF_START
+            log.error("worker_exited", worker=w.index, pid=w.proc.pid, code=code,
+                      restart_in=w.backoff)  # fmt: skip
+            await asyncio.sleep(w.backoff)
+            w.backoff = min(w.backoff * 2, BACKOFF_MAX)
+
+    async def _stop_workers(self) -> None:
+        grace = self.loaded.config.server.graceful_timeout + 5.0
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
+        except TimeoutError:
+            for p in procs:
+                if p.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+            await asyncio.gather(*(p.wait() for p in procs))
+
+    # ---------------------------------------------------------------- notify
+
+    def _on_notify(self) -> None:
+        try:
+            data, _ = self._notify.recvfrom(4096)
+        except OSError:
+            return
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        pid = int(fields.get("MAINPID", "0"))
+        for w in self.workers:
+            if w.proc is not None and w.proc.pid == pid and fields.get("READY") == "1":
+                w.ready = True
+        if not self._sent_ready and all(w.ready for w in self.workers):
+            self._sent_ready = True
+            log.info("workers_ready", workers=len(self.workers))
+            sdnotify.ready()
+
+    # ---------------------------------------------------------------- reload
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        import watchfiles
+
+        path = Path(self.loaded.path)
+
+        def relevant(change: watchfiles.Change, changed: str) -> bool:
+            return Path(changed).name == path.name
+
+        async for _ in watchfiles.awatch(
+            path.parent, watch_filter=relevant, stop_event=stop, debounce=400, step=50,
+            recursive=False,
+        ):  # fmt: skip
+            await self.reload()
+
+    async def reload(self) -> None:
+        """Validate first, so a bad file is reported once and no worker tries it."""
+        try:
+            loaded = await asyncio.to_thread(load, self.loaded.path)
+            problems = unsupported(loaded.config)
+            if problems:
+                raise ConfigError(str(self.loaded.path), problems)
+            await asyncio.to_thread(compile_snapshot, loaded)
+        except ConfigError as e:
+            self.last_error = e.lines()
+            log.error("config_reload_failed", file=str(self.loaded.path), errors=e.lines())
+            return
+        except (ValueError, OSError) as e:
+            self.last_error = [f"{self.loaded.path}: (compile): {e}"]
+            log.error("config_reload_failed", file=str(self.loaded.path), errors=self.last_error)
+            return
+        if loaded.digest == self.loaded.digest:
+            self.last_error = None
+            return
+        self.loaded = loaded
+        self.last_error = None
+        sdnotify.reloading()
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGHUP)
+        sdnotify.ready()
+        log.info("config_reloaded", file=str(self.loaded.path), digest=loaded.digest,
+                 workers=len(self.workers))  # fmt: skip
+
+    # ----------------------------------------------------------------- admin
+
+    async def _start_admin(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        sock = bind(self.loaded.config.admin.listen)
+        await web.SockSite(runner, sock).start()
+        log.info("supervisor_listening", admin=sock.getsockname()[1],
+                 workers=len(self.workers))  # fmt: skip
+        return runner
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready = [w.ready for w in self.workers]
+        body = {"ready_workers": sum(ready), "workers": len(ready)}
+        if not self.stopping and all(ready):
+            return web.json_response({"status": "ready", **body})
+        return web.json_response({"status": "not_ready", **body}, status=503)

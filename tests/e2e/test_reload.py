@@ -1,0 +1,257 @@
+"""Live reload, graceful stop, systemd notify and workers: the real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import aiohttp
+
+from tests.backends import Backend, wait_for
+from tests.gateway import GatewayProcess, free_port
+
+BASE = """
+[server]
+listen = ["127.0.0.1:{port}"]
+workers = {workers}
+graceful_timeout = "10s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[logging]
+access_log = false
+[upstreams.app]
+targets = [{{ url = "{backend}" }}]
+
+[[routes]]
+id = "a"
+path = "/a/**"
+upstream = "app"
+strip_prefix = 1
+"""
+
+ROUTE_B = """
+[[routes]]
+id = "b"
+path = "/b/**"
+upstream = "app"
+strip_prefix = 1
+"""
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, backend: Backend, workers: int = 1):
+        self.port, self.admin = free_port(), free_port()
+        self.path = tmp_path / "gateway.toml"
+        self.base = BASE.format(
+            port=self.port, admin=self.admin, backend=backend.url, workers=workers
+        )
+        self.path.write_text(self.base)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def save_atomically(self, text: str) -> None:
+        """What editors do: write a temp file, rename it over the config."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
+
+
+async def status_of(s: aiohttp.ClientSession, url: str) -> int:
+    async with s.get(url) as r:
+        await r.read()
+        return r.status
+
+
+async def eventually_status(s: aiohttp.ClientSession, url: str, want: int, within: float) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < within:
+        if await status_of(s, url) == want:
+            return loop.time() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} did not answer {want} within {within}s")
+
+
+async def test_file_edit_makes_a_new_route_live_in_the_same_process(tmp_path: Path) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin)
+            assert await status_of(s, st.url("/b/echo")) == 404
+            pid = gw.proc.pid  # type: ignore[union-attr]
+            st.save_atomically(st.base + ROUTE_B)
+            took = await eventually_status(s, st.url("/b/echo"), 200, within=2.0)
+            assert took < 2.0
+            assert gw.proc.pid == pid and gw.proc.returncode is None  # type: ignore[union-attr]
+            # and a second atomic save is seen too (the watch survives the rename)
+            st.save_atomically(st.base)
+            await eventually_status(s, st.url("/b/echo"), 404, within=2.0)
+            assert await gw.stop() == 0
+
+
+async def test_invalid_edit_keeps_the_old_config_and_reports_it(tmp_path: Path) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin)
+            st.save_atomically(st.base + ROUTE_B.replace("strip_prefix", "strip_prefx"))
+            admin = f"http://127.0.0.1:{st.admin}/admin/config"
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3
+            info: dict[str, object] = {}
+            while loop.time() < deadline:
+                async with s.get(admin) as r:
+                    info = await r.json()
+                if info["last_reload_error"]:
+                    break
+                await asyncio.sleep(0.05)
+            errors = info["last_reload_error"]
+            assert isinstance(errors, list)
+            assert any("routes[1].strip_prefx: unknown key" in e for e in errors)
+            assert await status_of(s, st.url("/a/echo")) == 200  # still serving
+            # a good file clears the error and applies
+            st.save_atomically(st.base + ROUTE_B)
+            await eventually_status(s, st.url("/b/echo"), 200, within=2.0)
+            async with s.get(admin) as r:
+                assert (await r.json())["last_reload_error"] is None
+            assert await gw.stop() == 0
+        log = gw.output.decode()
+        assert '"event":"config_reload_failed"' in log.replace(" ", "")
+
+
+async def test_sighup_reloads(tmp_path: Path) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        async with GatewayProcess(st.path, "--no-watch") as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin)
+            st.path.write_text(st.base + ROUTE_B)
+            await asyncio.sleep(0.6)
+            assert await status_of(s, st.url("/b/echo")) == 404  # not watching
+            gw.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            await eventually_status(s, st.url("/b/echo"), 200, within=2.0)
+            assert await gw.stop() == 0
+
+
+async def test_no_request_fails_while_the_file_is_rewritten_20_times(tmp_path: Path) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin)
+            results: list[int] = []
+            done = asyncio.Event()
+
+            async def client() -> None:
+                while not done.is_set():
+                    results.append(await status_of(s, st.url("/a/echo")))
+
+            clients = [asyncio.create_task(client()) for _ in range(4)]
+            for i in range(20):
+                extra = ROUTE_B.replace('id = "b"', f'id = "b{i}"') if i % 2 else ""
+                st.save_atomically(st.base + extra + f"\n# edit {i}\n")
+                await asyncio.sleep(0.15)
+            await asyncio.sleep(1.0)  # let the last reloads land under load
+            done.set()
+            await asyncio.gather(*clients)
+            assert len(results) > 100
+            assert set(results) == {200}
+            assert await gw.stop() == 0
+        assert gw.output.decode().count("config_reloaded") >= 2
+
+
+async def test_warm_upstream_connection_survives_an_unrelated_edit(tmp_path: Path) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin)
+            assert await status_of(s, st.url("/a/echo")) == 200
+            assert b.connections_opened == 1
+            st.save_atomically(st.base + ROUTE_B)
+            await eventually_status(s, st.url("/b/echo"), 200, within=2.0)
+            for _ in range(5):
+                assert await status_of(s, st.url("/a/echo")) == 200
+            assert b.connections_opened == 1  # the pool and its connection were carried over
+            assert await gw.stop() == 0
+
+
+async def test_sigterm_lets_a_slow_request_finish_then_exits_0(tmp_path: Path) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin)
+            slow = asyncio.create_task(status_of(s, st.url("/a/sleep?s=1")))
+            await wait_for(lambda: b.hits == 0 and b.open_connections == 1, timeout=3)
+            await asyncio.sleep(0.1)
+            gw.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            assert await slow == 200
+            assert await gw.stop() == 0
+
+
+async def test_ready_is_sent_on_notify_socket(tmp_path: Path) -> None:
+    sock_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(sock_path)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        async with GatewayProcess(st.path, env={"NOTIFY_SOCKET": sock_path}) as gw:
+            data = await asyncio.wait_for(loop.sock_recv(listener, 4096), 15)
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            assert fields["READY"] == "1"
+            assert int(fields["MAINPID"]) == gw.proc.pid  # type: ignore[union-attr]
+            gw.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            assert await gw.stop() == 0
+            messages = []
+            while True:
+                try:
+                    messages.append(listener.recv(4096).decode())
+                except BlockingIOError:
+                    break
+            assert any("STOPPING=1" in m for m in messages)
+    listener.close()
+
+
+async def test_two_workers_serve_survive_a_kill_and_reload_together(tmp_path: Path) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b, workers=2)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin, timeout=20)
+            async with s.get(f"http://127.0.0.1:{st.admin}/readyz") as r:
+                assert (await r.json())["ready_workers"] == 2
+            pids = _children(gw.proc.pid)  # type: ignore[union-attr]
+            assert len(pids) == 2
+            # fresh connections spread over both workers via SO_REUSEPORT; all succeed
+            for _ in range(20):
+                async with aiohttp.ClientSession() as fresh:
+                    assert await status_of(fresh, st.url("/a/echo")) == 200
+            os.kill(pids[0], signal.SIGKILL)
+            await wait_for(lambda: len(_children(gw.proc.pid)) == 2 and  # type: ignore[union-attr]
+                           pids[0] not in _children(gw.proc.pid), timeout=10)  # type: ignore[union-attr]  # fmt: skip
+            await gw.wait_ready(st.admin, timeout=20)
+            st.save_atomically(st.base + ROUTE_B)
+            for _ in range(20):  # every worker has the new route
+                async with aiohttp.ClientSession() as fresh:
+                    await eventually_status(fresh, st.url("/b/echo"), 200, within=3.0)
+            assert await gw.stop() == 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _unused() -> None:
+    json.dumps({})
