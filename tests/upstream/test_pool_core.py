@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ class FakeConn:
         return self.name
 
 
-def core(**changes: object) -> PoolCore[FakeConn]:
+def core(**changes: Any) -> PoolCore[FakeConn]:
     return PoolCore(replace(BASE, **changes))
 
 
