@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .routing import check_pattern
 from .units import Duration, RateValue, Size
 
 KEY_RE = re.compile(r"^(ip|consumer|(header|cookie|claim):[A-Za-z0-9_\-.]+)$")
@@ -22,7 +23,6 @@ BALANCE_RE = re.compile(r"^(round_robin|least_conn|random|ip_hash|hash:.+)$")
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
-PATTERN_SEGMENT_RE = re.compile(r"^(\{[A-Za-z_][A-Za-z0-9_]*\}|\*\*?|[^{}*]*)$")
 
 
 class Model(BaseModel):
@@ -363,22 +363,10 @@ class RouteConfig(Model):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"path pattern {v!r} must start with '/'")
-        segments = v[1:].split("/")
-        names: set[str] = set()
-        for i, seg in enumerate(segments):
-            if not PATTERN_SEGMENT_RE.match(seg):
-                raise ValueError(
-                    f"invalid segment {seg!r} in {v!r}: a segment is literal text, "
-                    "'{name}', '*' or '**'"
-                )
-            if seg == "**" and i != len(segments) - 1:
-                raise ValueError(f"'**' must be the last segment of {v!r}")
-            if seg.startswith("{"):
-                if seg in names:
-                    raise ValueError(f"variable {seg} appears twice in {v!r}")
-                names.add(seg)
+        try:
+            check_pattern(v)
+        except ValueError as e:
+            raise ValueError(str(e).replace("route '': ", "")) from None
         return v
 
     @field_validator("methods")

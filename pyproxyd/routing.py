@@ -517,3 +517,11 @@ def strip_segments(path: str, n: int) -> str:
     if len(parts) <= n + 1:
         return "/"
     return "/" + parts[n + 1]
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise ValueError when `pattern` is malformed or could never match.
+
+    For config validation, so that `validate` reports it at `routes[N].path`.
+    """
+    _compile_pattern(RouteRule(id="", pattern=pattern))

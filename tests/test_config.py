@@ -410,10 +410,11 @@ def test_rewrite_with_captured_variables_is_fine() -> None:
 
 def test_double_star_must_be_last() -> None:
     text = UPSTREAMS + route('upstream = "a"', path="/api/**/x")
-    assert problems(text) == [
-        "f.toml: routes[0].path: '**' must be the last segment of '/api/**/x' "
-        f"(line {line_of(text, '/api/**/x')})"
-    ]
+    (line,) = problems(text)
+    # the wording is routing.check_pattern's; the path and the line are ours
+    assert line.startswith("f.toml: routes[0].path: ")
+    assert line.endswith(f"(line {line_of(text, '/api/**/x')})")
+    assert "'**' must be the last segment" in line and "'/api/**/x'" in line
 
 
 def test_route_needs_exactly_one_destination() -> None:
