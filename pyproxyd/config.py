@@ -121,11 +121,11 @@ class ServerConfig(Model):
 
 
 class AdminConfig(Model):
-    """The operator listener (health and readiness endpoints)."""
+    """The operator listener: /healthz, /readyz and /admin/*."""
 
     listen: str = Field(
         "127.0.0.1:9901",
-        description='"host:port" of the operator listener (/healthz, /readyz); keep it on loopback',
+        description='"host:port" of the operator listener; keep it on loopback',
     )
     token_env: str | None = Field(
         None, description="environment variable holding the bearer token required by /admin/*"
