@@ -1,373 +1,39 @@
-"""The upstream HTTP/1.1 client: one asyncio.Protocol per connection.
+"""The upstream HTTP/1.1 exchange: send one request, hand back the response.
 
-Responses are parsed by httptools (llhttp). The request head goes out in one
-transport.write. Timers exist only while a read actually has to wait.
-Exchanges are strictly sequential on a connection (no pipelining), which is
-what makes the HEAD trick below safe.
+`exchange()` takes a pooled connection, writes the request head in one
+transport.write, streams the body, waits for the response head, and turns
+every failure into the gateway's errors. Timers exist only while a read
+actually has to wait. The connection protocol itself is in connection.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
-
 from .. import errors
+from .connection import READ_HIGH_WATER, Lost, UpstreamConnection, WaitTimeout
 
 if TYPE_CHECKING:
     from .pool import TargetPool
 
-# Unread response body above this pauses the socket until read() catches up.
-READ_HIGH_WATER = 256 * 1024
+__all__ = [
+    "READ_HIGH_WATER",
+    "REPLAY_LIMIT",
+    "UpstreamConnection",
+    "UpstreamResponse",
+    "chunked",
+    "exchange",
+]
+
 # Body bytes kept to replay a request after the keep-alive race.
 REPLAY_LIMIT = 64 * 1024
 # A first body chunk this small rides in the same write as the head.
 COALESCE_LIMIT = 16 * 1024
 
 
-class _Lost(Exception):
-    """The connection broke (or spoke garbage) before the response head was complete."""
-
-
-class _Timeout(Exception):
-    pass
-
-
 class _Stale(Exception):
     """A reused connection failed before any response byte: the keep-alive race."""
-
-
-class UpstreamConnection(asyncio.Protocol):
-    __slots__ = (
-        "_active",
-        "_body_done",
-        "_buffer",
-        "_buffered",
-        "_chunked",
-        "_code",
-        "_conn_close",
-        "_conn_keepalive",
-        "_content_length",
-        "_dirty",
-        "_error",
-        "_head_done",
-        "_headers",
-        "_informational",
-        "_is_head",
-        "_loop",
-        "_parser",
-        "_pool",
-        "_reading_paused",
-        "_reason",
-        "_received",
-        "_te",
-        "_version",
-        "_waiter",
-        "_write_paused",
-        "idle_since",
-        "opened_at",
-        "requests",
-        "transport",
-    )
-
-    def __init__(self, pool: TargetPool, loop: asyncio.AbstractEventLoop) -> None:
-        self._pool = pool
-        self._loop = loop
-        self.transport: asyncio.Transport | None = None
-        self._parser = HttpResponseParser(self)
-        self.requests = 0  # completed exchanges
-        self.opened_at = loop.time()
-        self.idle_since = self.opened_at
-        self._waiter: asyncio.Future[bool] | None = None
-        self._reading_paused = False
-        self._write_paused = False
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._reset(False)
-
-    def _reset(self, is_head: bool) -> None:
-        self._active = False  # an exchange owns the connection and expects bytes
-        self._is_head = is_head
-        self._received = False  # any byte of this exchange's response arrived
-        self._head_done = False
-        self._body_done = False
-        self._dirty = False  # something happened that forbids reuse
-        self._error: str | None = None
-        self._informational = False
-        self._new_message()
-
-    def _new_message(self) -> None:
-        self._code = 0
-        self._version = "1.1"
-        self._headers: list[tuple[str, str]] = []
-        self._reason = ""
-        self._content_length: int | None = None
-        self._te = False
-        self._chunked = False
-        self._conn_close = False
-        self._conn_keepalive = False
-
-    @property
-    def is_closed(self) -> bool:
-        return self.transport is None
-
-    def __repr__(self) -> str:
-        state = "closed" if self.transport is None else "active" if self._active else "idle"
-        return f"<UpstreamConnection {self._pool.label} {state} requests={self.requests}>"
-
-    # -- asyncio.Protocol --------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._active:
-            # Nothing was asked: a stray byte (a 408, junk) poisons the connection.
-            self.abort()
-            return
-        self._received = True
-        try:
-            self._parser.feed_data(data)
-        except HttpParserUpgrade:
-            self._fail("upstream switched protocols unasked")
-        except HttpParserError as exc:
-            self._fail(f"malformed response from upstream: {exc}")
-
-    def eof_received(self) -> bool | None:
-        return False  # close our side too; connection_lost does the bookkeeping
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if not self._active:
-            self._pool._lost_idle(self)
-        elif self._head_done and not self._body_done:
-            if exc is None and self._error is None and self._until_close():
-                self._body_done = True  # the read-until-close body ends here
-                self.requests += 1
-            elif self._error is None:
-                self._error = "upstream closed the connection mid-body"
-        elif not self._head_done and self._error is None:
-            self._error = (
-                f"upstream connection lost: {exc}" if exc else "upstream closed the connection"
-            )
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake()
-
-    # -- httptools callbacks -----------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._head_done:
-            # A second message after the final one: we never pipeline, so the
-            # upstream is confused (or this is the stale parser of a HEAD).
-            self._dirty = True
-        else:
-            self._new_message()
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason = reason.decode("latin-1")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        n = len(name)
-        # Only three names matter here; their lengths are 10, 14 and 17.
-        if n == 14 and name.lower() == b"content-length":
-            self._content_length = int(value)
-        elif n == 17 and name.lower() == b"transfer-encoding":
-            self._te = True
-            self._chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-        elif n == 10 and name.lower() == b"connection":
-            tokens = value.lower()
-            if b"close" in tokens:
-                self._conn_close = True
-            if b"keep-alive" in tokens:
-                self._conn_keepalive = True
-
-    def on_headers_complete(self) -> None:
-        if self._head_done:
-            return
-        parser = self._parser
-        status = parser.get_status_code()
-        if status < 200:
-            if status != 101:
-                self._informational = True  # 100 Continue, 103 Early Hints: skipped
-            return
-        self._informational = False
-        self._code = status
-        self._version = parser.get_http_version()
-        if self._te:
-            self._content_length = None
-        self._head_done = True
-        if self._is_head:
-            # llhttp cannot be told this answers a HEAD, and would wait for the
-            # Content-Length body. Finish here and give later bytes a new parser.
-            self._parser = HttpResponseParser(self)
-            self._complete()
-        self._wake()
-
-    def on_body(self, data: bytes) -> None:
-        if self._body_done:
-            self._dirty = True  # bytes after a HEAD response
-            return
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._buffered > READ_HIGH_WATER and not self._reading_paused:
-            transport = self.transport
-            if transport is not None:
-                self._reading_paused = True
-                transport.pause_reading()
-        if self._waiter is not None:
-            self._wake()
-
-    def on_message_complete(self) -> None:
-        if self._informational:
-            self._informational = False
-            return
-        if not self._body_done:
-            self._complete()
-            self._wake()
-
-    # -- state helpers -----------------------------------------------------------
-
-    def _complete(self) -> None:
-        self._body_done = True
-        self.requests += 1
-
-    def _until_close(self) -> bool:
-        return not self._chunked and self._content_length is None
-
-    @property
-    def keep_alive(self) -> bool:
-        if self._conn_close:
-            return False
-        if self._version == "1.0" and not self._conn_keepalive:
-            return False
-        if self._is_head or self._code in (204, 304):
-            return True
-        return not self._until_close()
-
-    def _fail(self, reason: str) -> None:
-        if self._error is None:
-            self._error = reason
-        self._dirty = True
-        self.abort()
-        self._wake()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(True)
-
-    async def _wait(self, deadline: float) -> None:
-        """Wait for any progress; raises _Timeout once `deadline` passes first."""
-        loop = self._loop
-        fut: asyncio.Future[bool] = loop.create_future()
-        self._waiter = fut
-        handle = loop.call_at(deadline, _expire, fut)
-        try:
-            ok = await fut
-        finally:
-            handle.cancel()
-            if self._waiter is fut:
-                self._waiter = None
-        if not ok:
-            raise _Timeout
-
-    def take(self) -> bytes:
-        buf = self._buffer
-        data = buf[0] if len(buf) == 1 else b"".join(buf)
-        buf.clear()
-        self._buffered = 0
-        if self._reading_paused:
-            self._reading_paused = False
-            transport = self.transport
-            if transport is not None:
-                transport.resume_reading()
-        return data
-
-    # -- used by exchange() ------------------------------------------------------
-
-    def begin(self, is_head: bool) -> None:
-        self._reset(is_head)
-        self._active = True
-        if self._buffer or self._reading_paused:
-            # The last response was complete but not all read by its consumer.
-            self.take()
-
-    def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            raise _Lost("upstream connection closed before the request was sent")
-        try:
-            transport.write(data)
-        except (OSError, RuntimeError) as exc:
-            raise _Lost(f"write to upstream failed: {exc}") from None
-
-    async def drain(self, deadline: float) -> None:
-        while self._write_paused and not self._head_done:
-            if self.transport is None or self._error is not None:
-                raise _Lost(self._error or "upstream connection closed while sending")
-            await self._wait(deadline)
-
-    async def wait_head(self, timeout: float) -> None:
-        deadline = 0.0
-        while not self._head_done:
-            if self._error is not None:
-                raise _Lost(self._error)
-            if not deadline:
-                deadline = self._loop.time() + timeout
-            await self._wait(deadline)
-
-    @property
-    def clean(self) -> bool:
-        """The whole response arrived, nothing odd happened, keep-alive allowed."""
-        return (
-            self._body_done
-            and not self._dirty
-            and self._error is None
-            and self.transport is not None
-            and self.keep_alive
-        )
-
-    def finish(self) -> None:
-        self._active = False
-
-    def close(self) -> None:
-        """Close; abruptly unless the connection is between exchanges."""
-        transport = self.transport
-        if transport is None:
-            return
-        if self._active:
-            self.abort()
-        else:
-            self.transport = None
-            transport.close()
-
-    def abort(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            self.transport = None
-            transport.abort()
-
-
-def _expire(fut: asyncio.Future[bool]) -> None:
-    if not fut.done():
-        fut.set_result(False)
 
 
 class UpstreamResponse:
@@ -421,7 +87,7 @@ class UpstreamResponse:
                 deadline = conn._loop.time() + self._timeout
             try:
                 await conn._wait(deadline)
-            except _Timeout:
+            except WaitTimeout:
                 self.abort()
                 err2 = errors.UpstreamTimeout(
                     f"upstream sent nothing for {self._timeout:g}s (read_timeout) mid-body"
@@ -545,7 +211,7 @@ async def _attempt(
         else:
             await _send_body(conn, head, body, timeout, reused)
         await conn.wait_head(timeout)
-    except _Lost as exc:
+    except Lost as exc:
         if reused and not conn._received and (body is None or not body.overflow):
             raise _Stale from None  # renew() closes it and keeps the slot
         pool.release(conn, reusable=False)
@@ -555,7 +221,7 @@ async def _attempt(
         err = errors.BadGateway(message)
         err.response_started = False
         raise err from None
-    except _Timeout:
+    except WaitTimeout:
         pool.release(conn, reusable=False)
         raise errors.UpstreamTimeout(
             f"upstream sent no response head within {timeout:g}s (read_timeout)"
@@ -591,7 +257,7 @@ async def _send_body(
             conn._dirty = True
             return
         if conn.transport is None or conn._error is not None:
-            raise _Lost(conn._error or "upstream connection closed while sending the body")
+            raise Lost(conn._error or "upstream connection closed while sending the body")
         if conn._write_paused:
             # nginx has proxy_send_timeout; read_timeout bounds a stalled upstream here.
             if not deadline:
@@ -604,7 +270,7 @@ async def _send_body(
             break
         try:
             conn.write(chunk)
-        except _Lost:
+        except Lost:
             if not conn._head_done:
                 raise
             conn._dirty = True  # answered, then closed: the answer still counts

@@ -21,12 +21,10 @@ import ssl as ssl_module
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .. import errors
-
-if TYPE_CHECKING:
-    from .http1 import UpstreamConnection
+from .connection import UpstreamConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,8 +373,6 @@ class TargetPool:
 
     async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float) -> UpstreamConnection:
         # The slot is reserved; every way out without a connection gives it back.
-        from .http1 import UpstreamConnection
-
         try:
             async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
