@@ -66,7 +66,9 @@ def run(path: str, no_watch: bool) -> None:
             click.echo(p.format(path), err=True)
         sys.exit(1)
     lc = loaded.config.logging
-    configure(lc.format, lc.level, lc.file)
+    # Like every path in the config, a relative log file is relative to its folder.
+    log_file = str(loaded.path.parent / lc.file) if lc.file else None
+    configure(lc.format, lc.level, log_file)
     try:
         import uvloop
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import os
 import socket
 import ssl
 from typing import Any
@@ -182,7 +184,7 @@ class Gateway:
         log.info("listening", listen=list(s.listen), ports=self.ports, admin=self.admin_port)
 
     async def _start_admin(self, listen: str) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._admin_auth])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/admin/config", self._config)
@@ -192,6 +194,20 @@ class Gateway:
         sock = bind(listen)
         await web.SockSite(self._admin, sock).start()
         self.admin_port = sock.getsockname()[1]
+
+    @web.middleware
+    async def _admin_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """/admin/* wants `Authorization: Bearer <token>` when admin.token_env is set."""
+        env = self.snapshot.admin_token_env
+        if env and request.path.startswith("/admin/"):
+            token = os.environ.get(env, "")
+            given = request.headers.get("Authorization", "")
+            if not token or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                err = errors.Unauthorized("admin endpoints need the bearer token")
+                resp = error_response(err, new_id())
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="pyproxyd-admin"'
+                return resp
+        return await handler(request)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

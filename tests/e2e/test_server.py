@@ -163,3 +163,28 @@ async def test_tls_listener(tmp_path: Path) -> None:
         ):
             assert r.status == 404
             assert (await r.json())["error"] == "no_route"
+
+
+async def test_admin_token_guards_admin_endpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", "s3cret")
+    toml = config(DEAD.format(port=free_port())).replace(
+        'listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\ntoken_env = "TEST_ADMIN_TOKEN"'
+    )
+    async with gateway(tmp_path, toml) as gw:
+        admin = f"http://127.0.0.1:{gw.admin_port}"
+        status, _, body = await fetch(admin + "/admin/config")
+        assert status == 401
+        assert json.loads(body)["error"] == "unauthorized"
+        status, _, _ = await fetch(
+            admin + "/admin/config", headers={"Authorization": "Bearer wrong"}
+        )
+        assert status == 401
+        status, _, body = await fetch(
+            admin + "/admin/routes", headers={"Authorization": "Bearer s3cret"}
+        )
+        assert status == 200
+        assert json.loads(body)["routes"][0]["id"] == "dead"
+        status, _, _ = await fetch(admin + "/healthz")  # probes stay open
+        assert status == 200
