@@ -65,7 +65,7 @@ class RequestInfo:
 class Proxy:
     __slots__ = ("access_log", "holder", "loop")
 
-    def __init__(self, holder: SnapshotHolder, access_log: AccessLog | None):
+    def __init__(self, holder: SnapshotHolder, access_log: AccessLog):
         self.holder = holder
         self.access_log = access_log
         self.loop = asyncio.get_event_loop()
@@ -88,15 +88,16 @@ class Proxy:
             resp = error_response(err, ex.request_id)
         except asyncio.CancelledError:
             ex.status = 499  # the client went away (nginx's convention)
-            self._log(request, ex, started)
+            if snap.logging.access_log:
+                self._log(request, ex, started)
             raise
         ex.status = ex.status or resp.status
-        self._log(request, ex, started)
+        if snap.logging.access_log:  # read per request: a reload may switch it
+            self._log(request, ex, started)
         return resp
 
     def _log(self, request: web.BaseRequest, ex: RequestInfo, started: float) -> None:
-        if self.access_log is not None:
-            self.access_log.request(request.method, ex, (self.loop.time() - started) * 1000.0)
+        self.access_log.request(request.method, ex, (self.loop.time() - started) * 1000.0)
 
     async def _serve(
         self,

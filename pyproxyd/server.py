@@ -158,7 +158,8 @@ class Gateway:
         snap = compile_snapshot(self.loaded)
         self.holder = SnapshotHolder(snap)
         s = snap.server
-        proxy = Proxy(self.holder, AccessLog() if snap.logging.access_log else None)
+        self.access_log = AccessLog()
+        proxy = Proxy(self.holder, self.access_log)
         self._http = GatewayServer(
             proxy,
             header_timeout=s.client_header_timeout,
@@ -255,6 +256,7 @@ class Gateway:
         for pool in self.snapshot.pools():
             await pool.aclose()
         await close_client()
+        self.access_log.flush()
         if self._admin is not None:
             await self._admin.cleanup()
         self.stopped.set()

@@ -6,9 +6,11 @@ throughput (field notes), so it is off and `AccessLog` writes our line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import time
 from typing import IO, TYPE_CHECKING, Any
 
 import structlog
@@ -22,6 +24,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _dumps(obj: Any, **kw: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+_output: dict[str, Any] = {"stream": sys.stdout, "json": True, "level": logging.INFO}
 
 
 def configure(fmt: str = "json", level: str = "info", file: str | None = None) -> IO[str]:
@@ -42,6 +47,7 @@ def configure(fmt: str = "json", level: str = "info", file: str | None = None) -
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    _output.update(stream=stream, json=fmt == "json", level=_LEVELS[level])
     # Keep third-party stdlib logging (asyncio, aiohttp) quiet and off stdout's JSON.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     return stream
@@ -52,23 +58,70 @@ def get_logger(name: str = "pyproxyd") -> Any:
 
 
 class AccessLog:
-    """One `request` event a request, with the fields of behaviour.md."""
+    """One `request` event a request, with the fields of behaviour.md.
 
-    __slots__ = ("_log",)
+    The JSON line is the one structlog renders for any other event (same keys,
+    same timestamp format), but built directly: structlog's processor chain
+    and a datetime per line cost a third of a small request's CPU. Lines are
+    batched and written at most every FLUSH_EVERY seconds, like nginx's
+    `access_log ... buffer=`; `flush()` runs at shutdown.
+    """
+
+    FLUSH_EVERY = 0.05
+    MAX_BUFFER = 256
+
+    __slots__ = ("_buf", "_dumps", "_handle", "_log", "_sec", "_stamp", "_stream")
 
     def __init__(self) -> None:
         self._log = structlog.get_logger("pyproxyd.access")
+        self._stream: IO[str] | None = _output["stream"] if _output["json"] else None
+        self._buf: list[str] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._sec = -1
+        self._stamp = ""
+        self._dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
     def request(self, method: str, ex: RequestInfo, duration_ms: float) -> None:
-        self._log.info(
-            "request",
-            request_id=ex.request_id,
-            trace_id=ex.trace_id,
-            route=ex.route or None,
-            upstream=ex.upstream or None,
-            method=method,
-            path=ex.path,
-            status=ex.status,
-            duration_ms=round(duration_ms, 3),
-            client_ip=ex.client_ip,
-        )
+        if _output["level"] > logging.INFO:
+            return
+        if self._stream is None:
+            self._log.info("request", **_fields(method, ex, duration_ms))
+            return
+        now = time.time()
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        line = _fields(method, ex, duration_ms)
+        line["level"] = "info"
+        line["timestamp"] = f"{self._stamp}.{int((now - sec) * 1e6):06d}Z"
+        self._buf.append(self._dumps(line))
+        if len(self._buf) >= self.MAX_BUFFER:
+            self.flush()
+        elif self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._buf and self._stream is not None:
+            self._buf.append("")
+            self._stream.write("\n".join(self._buf))
+            self._buf.clear()
+            self._stream.flush()
+
+
+def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:
+    return {
+        "event": "request",
+        "request_id": ex.request_id,
+        "trace_id": ex.trace_id,
+        "route": ex.route or None,
+        "upstream": ex.upstream or None,
+        "method": method,
+        "path": ex.path,
+        "status": ex.status,
+        "duration_ms": round(duration_ms, 3),
+        "client_ip": ex.client_ip,
+    }

@@ -11,6 +11,7 @@ pinned alone on core 1. Rows (each round runs every row, order rotated):
   nginx         wrk -> nginx proxy (keepalive 32) -> backend
   pyproxyd      wrk -> pyproxyd (keepalive = 32)  -> backend
   pyproxyd-ka0  wrk -> pyproxyd (keepalive = 0)   -> backend   (the pool experiment)
+  naive-aiohttp wrk -> ../shared/bench's naive aiohttp proxy (uvloop) -> backend, when present
 
 Prints the median req/s, p50 and p99 per row and ratios against direct and
 nginx. Needs wrk and nginx (`apt-get install -y wrk nginx-light`).
@@ -33,7 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BACKEND_PORT, NGINX_PORT, PY_PORT, PY0_PORT = 18380, 18381, 18382, 18383
+BACKEND_PORT, NGINX_PORT, PY_PORT, PY0_PORT, NAIVE_PORT = 18380, 18381, 18382, 18383, 18384
+NAIVE = REPO.parent / "shared" / "bench" / "naive_aiohttp_proxy.py"
 BODY = '{"id":1,"name":"Ada Lovelace","email":"ada@example.com","ok":1}'
 
 NGINX_BACKEND = f"""
@@ -166,10 +168,15 @@ def main() -> None:
             procs.append(start([*nginx, str(tmp / "proxy.conf")], "1", tmp / "n.log"))
             procs.append(start([*pyproxyd, str(tmp / "py.toml")], "1", tmp / "p.log"))
             procs.append(start([*pyproxyd, str(tmp / "py0.toml")], "1", tmp / "p0.log"))
-            for port in (BACKEND_PORT, NGINX_PORT, PY_PORT, PY0_PORT):
-                wait_port(port)
             rows = {"direct": BACKEND_PORT, "nginx": NGINX_PORT, "pyproxyd": PY_PORT,
                     "pyproxyd-ka0": PY0_PORT}  # fmt: skip
+            if NAIVE.exists():  # the naive aiohttp proxy of ../shared/bench, as a floor
+                naive = [sys.executable, str(NAIVE), "--port", str(NAIVE_PORT), "--upstream",
+                         f"http://127.0.0.1:{BACKEND_PORT}", "--uvloop"]  # fmt: skip
+                procs.append(start(naive, "1", tmp / "naive.log"))
+                rows["naive-aiohttp"] = NAIVE_PORT
+            for port in rows.values():
+                wait_port(port)
             results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in rows}
             names = list(rows)
             for r in range(args.rounds):

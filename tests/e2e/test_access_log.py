@@ -1,0 +1,62 @@
+"""One JSON access line a request, with the fields behaviour.md names."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from pyproxyd.observe import logging as plog
+from tests.backends import Backend
+from tests.gateway import config, fetch, gateway, url
+
+FIELDS = {
+    "event", "level", "timestamp", "request_id", "trace_id", "route", "upstream",
+    "method", "path", "status", "duration_ms", "client_ip",
+}  # fmt: skip
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "gateway.log"
+    stream = plog.configure("json", "info", str(path))
+    yield path
+    stream.close()
+    structlog.reset_defaults()
+    plog._output.update(stream=sys.stdout, json=True, level=20)
+
+
+async def test_access_log_lines(tmp_path: Path, log_file: Path) -> None:
+    async with Backend() as b:
+        toml = config(
+            f"""
+[upstreams.app]
+targets = [{{ url = "{b.url}" }}]
+[[routes]]
+id = "echo"
+path = "/api/**"
+upstream = "app"
+strip_prefix = 1
+""",
+            access_log=True,
+        )
+        async with gateway(tmp_path, toml) as gw:
+            await fetch(url(gw, "/api/echo"), headers={"X-Request-ID": "abc"})
+            await fetch(url(gw, "/nowhere"))
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    requests = [line for line in lines if line["event"] == "request"]
+    assert len(requests) == 2
+    ok, missing = requests
+    assert set(ok) >= FIELDS
+    assert ok["request_id"] == "abc"
+    assert (ok["route"], ok["upstream"], ok["status"], ok["method"]) == ("echo", "app", 200, "GET")
+    assert ok["path"] == "/api/echo" and ok["client_ip"] == "127.0.0.1"
+    assert ok["timestamp"].endswith("Z") and ok["timestamp"][10] == "T"
+    assert len(ok["trace_id"]) == 32
+    assert (missing["route"], missing["status"]) == (None, 404)
+    # other events go through structlog to the same file, in the same shape
+    assert any(line["event"] == "listening" for line in lines)
