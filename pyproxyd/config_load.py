@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import Config, cross_check
+from .config import Config, RouteConfig, cross_check
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +93,10 @@ def parse(text: str, file: str = "<config>") -> Config:
         ) from None
     locate = _Locator(text)
     problems: list[Problem] = []
-    cfg: Config | None = None
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as e:
-        for err in e.errors():
-            loc = _clean_loc(err["loc"], data)
-            problems.append(Problem(dotted(loc), _message(dict(err)), locate(loc)))
+    cfg, errs = _validate(data)
+    for err in errs:
+        loc = _clean_loc(err["loc"], data)
+        problems.append(Problem(dotted(loc), _message(dict(err)), locate(loc)))
     for loc, msg in cross_check(data):
         problems.append(Problem(dotted(loc), msg, locate(loc)))
     if problems:
@@ -107,6 +104,35 @@ def parse(text: str, file: str = "<config>") -> Config:
         raise ConfigError(file, problems)
     assert cfg is not None
     return cfg
+
+
+def _validate(data: dict[str, Any]) -> tuple[Config | None, list[Any]]:
+    """Validate route by route, then the rest.
+
+    One model_validate over a 5,000-route file is a single native call that
+    holds the GIL for tens of milliseconds; a reload compiles in a thread,
+    and per-route calls let the event loop in between.
+    """
+    errors: list[Any] = []
+    raw_routes = data.get("routes")
+    routes: list[RouteConfig] = []
+    if isinstance(raw_routes, list):
+        for i, raw in enumerate(raw_routes):
+            try:
+                routes.append(RouteConfig.model_validate(raw))
+            except ValidationError as e:
+                errors.extend({**err, "loc": ("routes", i, *err["loc"])} for err in e.errors())
+        data = {**data, "routes": []}
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        errors.extend(e.errors())
+        return None, errors
+    if errors:
+        return None, errors
+    if isinstance(raw_routes, list):
+        cfg = cfg.model_copy(update={"routes": routes})
+    return cfg, errors
 
 
 def load(path: str | Path) -> Loaded:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import os
 import socket
@@ -182,6 +183,9 @@ class Gateway:
         if self.with_admin:
             await self._start_admin(snap.admin_listen)
         self.ready = True
+        # What is alive now lives as long as the config: keep it out of every
+        # future collection, so a full GC pass never scans the whole route table.
+        gc.freeze()
         log.info("listening", listen=list(s.listen), ports=self.ports, admin=self.admin_port)
 
     async def _start_admin(self, listen: str) -> None:
