@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import shutil
 import signal
 import sys
+import tempfile
 
 import click
 
@@ -75,12 +78,22 @@ def run(path: str, no_watch: bool) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
-    asyncio.run(_serve(loaded, watch=not no_watch))
+    multiproc_dir = None
+    if (loaded.config.server.workers or os.cpu_count() or 1) > 1 and not os.environ.get(
+        "PYPROXYD_WORKER"
+    ):
+        # prometheus-client picks its storage when first imported: the workers'
+        # metrics must go to files the supervisor's /metrics can add up.
+        multiproc_dir = tempfile.mkdtemp(prefix="pyproxyd-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    try:
+        asyncio.run(_serve(loaded, watch=not no_watch))
+    finally:
+        if multiproc_dir is not None:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
 
 
 async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
-    import os
-
     from . import sdnotify
     from .reload import Reloader
     from .server import Gateway

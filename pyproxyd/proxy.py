@@ -22,6 +22,7 @@ from .forwarding import (
     filter_response_headers,
     forwarded_for,
 )
+from .observe.metrics import RequestMetrics
 from .routing import normalise_path
 from .snapshot import Route, Snapshot, SnapshotHolder, Upstream
 from .tracing import request_id, traceparent
@@ -63,11 +64,12 @@ class RequestInfo:
 
 
 class Proxy:
-    __slots__ = ("access_log", "holder", "loop")
+    __slots__ = ("access_log", "holder", "loop", "metrics")
 
     def __init__(self, holder: SnapshotHolder, access_log: AccessLog):
         self.holder = holder
         self.access_log = access_log
+        self.metrics = RequestMetrics()
         self.loop = asyncio.get_event_loop()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -88,16 +90,19 @@ class Proxy:
             resp = error_response(err, ex.request_id)
         except asyncio.CancelledError:
             ex.status = 499  # the client went away (nginx's convention)
-            if snap.logging.access_log:
-                self._log(request, ex, started)
+            self._done(request, ex, started, snap)
             raise
         ex.status = ex.status or resp.status
-        if snap.logging.access_log:  # read per request: a reload may switch it
-            self._log(request, ex, started)
+        self._done(request, ex, started, snap)
         return resp
 
-    def _log(self, request: web.BaseRequest, ex: RequestInfo, started: float) -> None:
-        self.access_log.request(request.method, ex, (self.loop.time() - started) * 1000.0)
+    def _done(
+        self, request: web.BaseRequest, ex: RequestInfo, started: float, snap: Snapshot
+    ) -> None:
+        elapsed = self.loop.time() - started
+        self.metrics.observe(ex.route or "(none)", ex.upstream or "(none)", ex.status, elapsed)
+        if snap.logging.access_log:  # read per request: a reload may switch it
+            self.access_log.request(request.method, ex, elapsed * 1000.0)
 
     async def _serve(
         self,

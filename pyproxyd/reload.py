@@ -13,6 +13,7 @@ import watchfiles
 from . import sdnotify
 from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, load
+from .observe import metrics
 from .observe.logging import get_logger
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Reloader:
     def _failed(self, file: str, lines: list[str]) -> None:
         self.last_error = lines
         self.failures += 1
+        metrics.reloads("error")
         log.error("config_reload_failed", file=file, errors=lines)
 
 

@@ -23,6 +23,7 @@ from aiohttp.web_server import Server
 from . import errors
 from .compile import compile_snapshot
 from .config_load import Loaded
+from .observe import metrics
 from .observe.logging import AccessLog, get_logger
 from .proxy import Proxy, error_response
 from .snapshot import Snapshot, SnapshotHolder
@@ -149,6 +150,7 @@ class Gateway:
         self._http: GatewayServer | None = None
         self._admin: web.AppRunner | None = None
         self.stopped = asyncio.Event()
+        self.sampler = metrics.PoolSampler()
 
     @property
     def snapshot(self) -> Snapshot:
@@ -182,6 +184,7 @@ class Gateway:
             self.ports.append(sock.getsockname()[1])
         if self.with_admin:
             await self._start_admin(snap.admin_listen)
+        self.sampler.start(lambda: self.snapshot)
         self.ready = True
         # What is alive now lives as long as the config: keep it out of every
         # future collection, so a full GC pass never scans the whole route table.
@@ -194,6 +197,7 @@ class Gateway:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/admin/config", self._config)
         app.router.add_get("/admin/routes", self._routes)
+        app.router.add_get("/metrics", self._metrics)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         sock = bind(listen)
@@ -240,6 +244,11 @@ class Gateway:
             }
         )
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.sampler.sample(self.snapshot)
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def _routes(self, request: web.Request) -> web.Response:
         return web.json_response({"routes": self.snapshot.router.table()})
 
@@ -248,6 +257,7 @@ class Gateway:
         if not self.ready and not self._servers:
             return
         self.ready = False
+        self.sampler.stop()
         timeout = self.snapshot.server.graceful_timeout
         for server in self._servers:
             server.close()

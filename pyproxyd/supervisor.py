@@ -23,6 +23,7 @@ from aiohttp import web
 from . import sdnotify
 from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, Loaded, load
+from .observe import metrics
 from .observe.logging import get_logger
 from .server import bind
 
@@ -96,6 +97,7 @@ class Supervisor:
             )
             log.info("worker_started", worker=w.index, pid=w.proc.pid)
             code = await w.proc.wait()
+            metrics.worker_exited(w.proc.pid)
             w.ready = False
             if self.stopping:
                 return
@@ -164,6 +166,7 @@ class Supervisor:
             await asyncio.to_thread(compile_snapshot, loaded)
         except ConfigError as e:
             self.last_error = e.lines()
+            metrics.reloads("error")
             log.error("config_reload_failed", file=str(self.loaded.path), errors=e.lines())
             return
         except (ValueError, OSError) as e:
@@ -190,6 +193,7 @@ class Supervisor:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         sock = bind(self.loaded.config.admin.listen)
@@ -197,6 +201,10 @@ class Supervisor:
         log.info("supervisor_listening", admin=sock.getsockname()[1],
                  workers=len(self.workers))  # fmt: skip
         return runner
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

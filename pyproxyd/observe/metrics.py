@@ -1,0 +1,156 @@
+"""Prometheus metrics, named as behaviour.md lists them.
+
+With `server.workers > 1` every worker writes its samples to the files of
+prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the
+supervisor before anything imports prometheus_client) and the supervisor's
+/metrics adds them up. Label values are bounded: route ids, upstream names,
+target labels, status codes, policy and tier names; never paths or client keys.
+
+The per-request path touches one cached (counter, histogram) pair per
+(route, upstream, status), so no label lookup happens per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as mp
+
+if TYPE_CHECKING:
+    from ..snapshot import Snapshot
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter(
+    "pyproxyd_requests", "Requests answered, by route, upstream and status",
+    ["route", "upstream", "status"],
+)  # fmt: skip
+DURATION = Histogram(
+    "pyproxyd_request_duration_seconds", "Time from request to response end",
+    ["route", "upstream"], buckets=BUCKETS,
+)  # fmt: skip
+UPSTREAM_TIME = Histogram(
+    "pyproxyd_upstream_response_seconds",
+    "Time from sending to the upstream until its response head arrived",
+    ["upstream"], buckets=BUCKETS,
+)  # fmt: skip
+IN_FLIGHT = Gauge(
+    "pyproxyd_requests_in_flight", "Requests being handled", multiprocess_mode="livesum"
+)
+CONNECTIONS = Gauge(
+    "pyproxyd_upstream_connections", "Upstream connections by state (busy|idle)",
+    ["upstream", "target", "state"], multiprocess_mode="livesum",
+)  # fmt: skip
+POOL_QUEUED = Gauge(
+    "pyproxyd_upstream_pool_waiting", "Requests waiting for a free upstream connection slot",
+    ["upstream", "target"], multiprocess_mode="livesum",
+)  # fmt: skip
+OPENED = Counter(
+    "pyproxyd_upstream_connections_opened", "Upstream connections opened",
+    ["upstream", "target"],
+)  # fmt: skip
+RELOADS = Counter("pyproxyd_config_reloads", "Config reloads by result", ["result"])
+CIRCUIT_STATE = Gauge(
+    "pyproxyd_circuit_state", "Circuit state (0 closed, 1 half-open, 2 open)",
+    ["upstream"], multiprocess_mode="max",
+)  # fmt: skip
+CIRCUIT_TRANSITIONS = Counter(
+    "pyproxyd_circuit_transitions", "Circuit state changes",
+    ["upstream", "from", "to"],
+)  # fmt: skip
+RATELIMIT = Counter(
+    "pyproxyd_ratelimit_decisions", "Rate-limit decisions (allowed|rejected|delayed)",
+    ["route", "policy", "tier", "result"],
+)  # fmt: skip
+TARGET_EJECTED = Gauge(
+    "pyproxyd_upstream_target_ejected", "1 while a target is out of rotation",
+    ["upstream", "target"], multiprocess_mode="max",
+)  # fmt: skip
+
+
+class RequestMetrics:
+    """The per-request counters, with label children cached by their labels."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
+        key = (route, upstream, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (
+                REQUESTS.labels(route, upstream, str(status)),
+                DURATION.labels(route, upstream),
+            )
+            if len(self._children) < 10_000:  # bounded even for odd upstream statuses
+                self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+
+class PoolSampler:
+    """Copies pool state into gauges once a second (and before each scrape)."""
+
+    def __init__(self) -> None:
+        self._opened: dict[tuple[str, str], int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self, snap: Snapshot) -> None:
+        for up in snap.upstreams.values():
+            for t in up.targets:
+                pool = t.pool
+                CONNECTIONS.labels(up.name, t.label, "busy").set(pool.busy)
+                CONNECTIONS.labels(up.name, t.label, "idle").set(pool.idle)
+                POOL_QUEUED.labels(up.name, t.label).set(pool.queued)
+                key = (up.name, t.label)
+                delta = pool.opened_total - self._opened.get(key, 0)
+                if delta > 0:
+                    OPENED.labels(up.name, t.label).inc(delta)
+                self._opened[key] = pool.opened_total
+
+    def start(self, current: Any) -> None:
+        async def loop() -> None:
+            while True:
+                self.sample(current())
+                await asyncio.sleep(1.0)
+
+        self._task = asyncio.get_running_loop().create_task(loop())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def render() -> tuple[bytes, str]:
+    """The /metrics body: this process's registry, or every worker's files."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (multiprocess mode)."""
+    if os.environ.get(MULTIPROC_ENV):
+        mp.mark_process_dead(pid)
+
+
+def reloads(result: str) -> None:
+    RELOADS.labels(result).inc()

@@ -1,0 +1,61 @@
+"""/metrics on the admin listener, in Prometheus text format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.backends import Backend
+from tests.gateway import config, fetch, gateway, url
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_requests_durations_and_pool_gauges(tmp_path: Path) -> None:
+    async with Backend() as b:
+        toml = config(
+            f"""
+[upstreams.app]
+targets = [{{ url = "{b.url}" }}]
+[[routes]]
+id = "metered"
+path = "/m/**"
+upstream = "app"
+strip_prefix = 1
+"""
+        )
+        async with gateway(tmp_path, toml) as gw:
+            metrics_url = f"http://127.0.0.1:{gw.admin_port}/metrics"
+            _, _, before = await fetch(metrics_url)
+            for _ in range(3):
+                await fetch(url(gw, "/m/echo"))
+            await fetch(url(gw, "/m/status/503"))
+            await fetch(url(gw, "/nowhere"))
+            status, headers, after = await fetch(metrics_url)
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    old, new = before.decode(), after.decode()
+
+    def delta(name: str, **labels: str) -> float:
+        return value(new, name, **labels) - value(old, name, **labels)
+
+    ok = {"route": "metered", "upstream": "app", "status": "200"}
+    assert delta("pyproxyd_requests_total", **ok) == 3
+    assert delta("pyproxyd_requests_total", route="metered", upstream="app", status="503") == 1
+    assert delta("pyproxyd_requests_total", route="(none)", upstream="(none)", status="404") == 1
+    assert delta("pyproxyd_request_duration_seconds_count", route="metered", upstream="app") == 4
+    target = f"127.0.0.1:{b.port}"
+    assert value(new, "pyproxyd_upstream_connections", upstream="app", target=target,
+                 state="idle") == 1  # fmt: skip
+    assert delta("pyproxyd_upstream_connections_opened_total", upstream="app", target=target) == 1
