@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -116,7 +116,8 @@ class Proxy:
         raw_path, sep, query = request.raw_path.partition("?")
         path = normalise_path(raw_path)
         ex.path = path
-        match = snap.router.match(request.method, path, request.headers, LazyQuery(request))
+        query_view = cast("Mapping[str, str]", LazyQuery(request))
+        match = snap.router.match(request.method, path, request.headers, query_view)
         if match is None:
             raise errors.NoRoute(f"no route for {request.method} {path}")
         route: Route = match.rule.target

@@ -109,6 +109,7 @@ class Reloader:
         for setting in fixed:
             log.warning("config_change_needs_restart", setting=setting, kept="old value")
         sdnotify.reloading()
+        assert gw.holder is not None
         gw.holder.swap(new)
         gw.loaded = loaded
         self.last_error = None

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 import structlog
 
@@ -44,7 +44,7 @@ def configure(fmt: str = "json", level: str = "info", file: str | None = None) -
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, stream)),
         cache_logger_on_first_use=False,
     )
     _output.update(stream=stream, json=fmt == "json", level=_LEVELS[level])
