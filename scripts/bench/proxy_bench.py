@@ -131,9 +131,16 @@ def wrk(port: int, duration: str, connections: int) -> tuple[float, float, float
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", "0", *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    found = [
+        re.search(p, out)
+        for p in (r"Requests/sec:\s+([\d.]+)", r"(?m)^\s+50%\s+(\S+)", r"(?m)^\s+99%\s+(\S+)")
+    ]
+    if not all(found):
+        print(f"wrk output for port {port} could not be read:\n{out}", file=sys.stderr)
+        return 0.0, 0.0, 0.0, 1
+    rps = float(found[0].group(1))  # type: ignore[union-attr]
+    p50 = to_ms(found[1].group(1))  # type: ignore[union-attr]
+    p99 = to_ms(found[2].group(1))  # type: ignore[union-attr]
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
