@@ -73,6 +73,17 @@ class GatewayRequestHandler(RequestHandler):
         elif self._header_handle is None and not self._request_in_progress and not self._upgraded:
             self._arm()
 
+    @property
+    def busy(self) -> bool:
+        return self._request_in_progress or bool(self._messages)
+
+    def drain(self) -> None:
+        """Close once idle. Not aiohttp's close(): that also stops reading, which
+        would cut a WebSocket still in flight."""
+        self.keep_alive(False)
+        if not self.busy:
+            self.close()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_handle is not None:
             self._header_handle.cancel()
@@ -262,7 +273,16 @@ class Gateway:
         for server in self._servers:
             server.close()
         if self._http is not None:
-            await self._http.shutdown(timeout)
+            # aiohttp's shutdown() stops reading from every connection at once,
+            # which cuts WebSockets; drain ourselves, then let it cancel the rest.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            conns = [c for c in self._http.connections if isinstance(c, GatewayRequestHandler)]
+            for conn in conns:
+                conn.drain()
+            while any(c.busy for c in conns) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            await self._http.shutdown(0.5)
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()

@@ -398,3 +398,28 @@ async def test_websocket_is_proxied_both_ways(tmp_path: Path) -> None:
         assert (await ws.receive()).data == "echo:hello"
         await ws.send_bytes(b"abc")
         assert (await ws.receive()).data == b"cba"
+
+
+async def test_websocket_keeps_working_during_graceful_stop(tmp_path: Path) -> None:
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str("echo:" + msg.data)
+        return ws
+
+    async with Backend([web.get("/ws", ws_echo)]) as b:
+        gw_cm = gateway(tmp_path, routes(b.url))
+        gw = await gw_cm.__aenter__()
+        async with aiohttp.ClientSession() as s:
+            ws = await s.ws_connect(f"ws://127.0.0.1:{gw.ports[0]}/api/ws")
+            await ws.send_str("before")
+            assert (await ws.receive()).data == "echo:before"
+            stopping = asyncio.create_task(gw.stop())
+            await asyncio.sleep(0.3)
+            assert not stopping.done()  # the open WebSocket holds the drain
+            await ws.send_str("during")
+            assert (await ws.receive()).data == "echo:during"
+            await ws.close()
+            await asyncio.wait_for(stopping, 5)
+        await gw_cm.__aexit__(None, None, None)
