@@ -1,8 +1,9 @@
 """Config -> Snapshot: the only reader of the config models.
 
 Everything the hot path needs is computed here once: header sets, parsed
-networks, path functions, balancers, and the pools (carried over from the
-previous snapshot when their settings did not change).
+networks, path functions, balancers, and the pools, breakers, retry budgets
+and target health (carried over from the previous snapshot when their
+settings did not change).
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 from .config import Config, RouteConfig, UpstreamConfig
 from .config_load import Loaded, Problem
 from .forwarding import HOP_BY_HOP_B, REPLACED_B, TrustedProxies
+from .resilience.breaker import Breaker, BreakerSettings, transition_logger
+from .resilience.retry import RetryBudget
 from .routing import Router, RouteRule, compile_rewrite, strip_segments
 from .snapshot import LogSettings, Route, ServerSettings, Snapshot, Split, Target, Upstream
 from .upstream.balance import LeastConn, SmoothRoundRobin, WeightedRandom
+from .upstream.health import HealthChecker, HealthSettings, TargetHealth, UpstreamHealth
 from .upstream.pool import PoolSettings, TargetPool
 
 
@@ -45,10 +50,6 @@ def unsupported(cfg: Config) -> list[Problem]:
     for name, up in cfg.upstreams.items():
         if up.balance == "ip_hash" or up.balance.startswith("hash:"):
             no(f"upstreams.{name}.balance", f"balance = {up.balance!r}")
-        if up.circuit_breaker is not None:
-            no(f"upstreams.{name}.circuit_breaker", "circuit breaking")
-        if up.health is not None:
-            no(f"upstreams.{name}.health", "health checking")
     return out
 
 
@@ -101,7 +102,91 @@ def _upstream(
         balancer = WeightedRandom(weights)
     else:
         balancer = SmoothRoundRobin(weights)
-    return Upstream(name, targets, balancer, up.retries, up.read_timeout)
+    return Upstream(
+        name,
+        targets,
+        balancer,
+        up.retries,
+        up.read_timeout,
+        breaker=_breaker(name, up, old, state),
+        budget=_carry(old, state, ("retry_budget", name), RetryBudget) if up.retries else None,
+        health=_health(name, up, targets, old, state),
+    )
+
+
+# -- resilience: breakers, retry budgets and target health, carried over by name + settings
+
+
+def _carry(
+    old: dict[Hashable, Any], state: dict[Hashable, Any], key: Hashable, make: Callable[[], Any]
+) -> Any:
+    obj = old[key] if key in old else make()
+    state[key] = obj
+    return obj
+
+
+def _breaker(
+    name: str, up: UpstreamConfig, old: dict[Hashable, Any], state: dict[Hashable, Any]
+) -> Breaker | None:
+    cb = up.circuit_breaker
+    if cb is None:
+        return None
+    settings = BreakerSettings(
+        consecutive_failures=cb.consecutive_failures,
+        failure_ratio=cb.failure_ratio,
+        min_requests=cb.min_requests,
+        interval=cb.interval,
+        timeout=cb.timeout,
+        max_requests=cb.max_requests,
+        failure_statuses=frozenset(cb.failure_statuses),
+    )
+    make = partial(Breaker, settings, name=name, listener=transition_logger(name))
+    breaker: Breaker = _carry(old, state, ("breaker", name, settings), make)
+    return breaker
+
+
+def _health(
+    name: str,
+    up: UpstreamConfig,
+    targets: tuple[Target, ...],
+    old: dict[Hashable, Any],
+    state: dict[Hashable, Any],
+) -> UpstreamHealth | None:
+    h = up.health
+    if h is None:
+        return None
+    settings = HealthSettings(
+        max_fails=h.max_fails,
+        eject_for=h.eject_for,
+        path=h.path,
+        interval=h.interval,
+        timeout=h.timeout,
+        healthy_threshold=h.healthy_threshold,
+        unhealthy_threshold=h.unhealthy_threshold,
+        expected_statuses=frozenset(h.expected_statuses),
+    )
+    for t in targets:
+        key = ("health", name, t.url, settings)
+        health: TargetHealth = _carry(
+            old, state, key, partial(TargetHealth, settings, name, t.label)
+        )
+        t.health = health
+        if settings.path is not None:
+            pool = t.pool
+            make_checker = partial(
+                HealthChecker,
+                health,
+                pool.host,
+                pool.port,
+                ssl=pool.ssl,
+                server_hostname=pool.server_hostname,
+                label=pool.label,
+            )
+            _carry(old, state, ("health_check", name, t.url, settings), make_checker)
+    upstream_health: UpstreamHealth = _carry(
+        old, state, ("upstream_health", name), lambda: UpstreamHealth(name)
+    )
+    return upstream_health
 
 
 def _path_fn(r: RouteConfig) -> Callable[[str, dict[str, str]], str]:

@@ -23,6 +23,7 @@ from .forwarding import (
     forwarded_for,
 )
 from .observe.metrics import RequestMetrics
+from .resilience.breaker import STATE_NAMES
 from .routing import normalise_path
 from .snapshot import Route, Snapshot, SnapshotHolder, Upstream
 from .tracing import request_id, traceparent
@@ -209,30 +210,84 @@ class Proxy:
         body: AsyncIterator[bytes] | None,
         ex: RequestInfo,
     ) -> UpstreamResponse:
-        """Try targets until one answers, within what is safe to repeat."""
-        tried: set[int] = set()
+        """Try targets until one answers, within what is safe to repeat.
+
+        Targets out of rotation (ejected, failing their checks) are skipped, each
+        retry goes to a target not tried yet and needs the upstream's retry
+        budget, and every try needs a ticket from the circuit breaker, whose
+        outcome is known when the response head arrives. The clock is read once
+        here; only the failure paths read it again.
+        """
+        now = self.loop.time()
+        breaker = upstream.breaker
+        budget = upstream.budget
+        if budget is not None:
+            budget.request(now)
+        skip: set[int] = set()
         is_head = request.method == "HEAD"
         idempotent = request.method in IDEMPOTENT and body is None
         last: GatewayError | None = None
-        for _ in range(upstream.retries + 1):
-            index = upstream.choose(tried)
+        for attempt in range(upstream.retries + 1):
+            index = upstream.pick(skip, now)
             if index is None:
                 break
-            tried.add(index)
+            if attempt and budget is not None and not budget.retry(now):
+                break  # retries would multiply the outage: answer with the last failure
+            ticket = None
+            if breaker is not None:
+                ticket = breaker.allow(now)
+                if ticket is None:
+                    if attempt:
+                        break
+                    raise errors.CircuitOpen(
+                        f"the circuit breaker of upstream {upstream.name!r} is "
+                        f"{STATE_NAMES[breaker.state]}",
+                        headers={"Retry-After": str(breaker.retry_after(now))},
+                    )
             target = upstream.targets[index]
+            health = target.health
             head = head_common + (host_line or target.host_header) + b"\r\n"
             try:
-                return await exchange(
+                up = await exchange(
                     target.pool, head, body, is_head=is_head, read_timeout=upstream.read_timeout
                 )
             except errors.UpstreamConnectError as err:
-                last = err  # never sent: always safe to try elsewhere
-            except (errors.BadGateway, errors.UpstreamTimeout) as err:
-                if not idempotent or err.response_started:
-                    raise
-                last = err
+                last, retry, passive = err, True, True  # never sent: always safe elsewhere
+            except errors.BadGateway as err:
+                last, retry, passive = err, idempotent and not err.response_started, False
+            except errors.UpstreamTimeout as err:
+                last, retry, passive = err, idempotent and not err.response_started, True
+            except asyncio.CancelledError:
+                if ticket is not None:
+                    # The route's timeout (the client is still there) is the upstream's
+                    # failure; a client that left says nothing about the upstream.
+                    transport = request.transport
+                    if transport is not None and not transport.is_closing():
+                        ticket.done(False, self.loop.time())
+                    else:
+                        ticket.abandon()
+                raise
+            except BaseException:
+                if ticket is not None:
+                    ticket.abandon()  # the client's side failed (its body), not the upstream
+                raise
+            else:
+                if ticket is not None:
+                    ticket.answered(up.status, now)
+                if health is not None and health.fails:
+                    health.succeeded()
+                return up
+            failed_at = self.loop.time()
+            if ticket is not None:
+                ticket.done(False, failed_at)
+            if passive and health is not None:
+                health.failed(failed_at, last.message)
+            if not retry:
+                raise last
         if last is None:
-            raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target to try")
+            if upstream.health is not None:
+                upstream.health.no_healthy(now)
+            raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target in rotation")
         raise last
 
 

@@ -26,8 +26,10 @@ from .config_load import Loaded
 from .observe import metrics
 from .observe.logging import AccessLog, get_logger
 from .proxy import Proxy, error_response
+from .resilience.view import upstreams_view
 from .snapshot import Snapshot, SnapshotHolder
 from .tracing import new_id
+from .upstream.pool import TargetPool
 from .websocket import close_client
 
 log = get_logger("pyproxyd.server")
@@ -171,6 +173,7 @@ class Gateway:
     async def start(self) -> None:
         snap = compile_snapshot(self.loaded)
         self.holder = SnapshotHolder(snap)
+        self.holder.activate()  # health checkers; a reload's swap activates its snapshot
         s = snap.server
         self.access_log = AccessLog()
         proxy = Proxy(self.holder, self.access_log)
@@ -208,6 +211,7 @@ class Gateway:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/admin/config", self._config)
         app.router.add_get("/admin/routes", self._routes)
+        app.router.add_get("/admin/upstreams", self._upstreams)
         app.router.add_get("/metrics", self._metrics)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
@@ -263,6 +267,10 @@ class Gateway:
     async def _routes(self, request: web.Request) -> web.Response:
         return web.json_response({"routes": self.snapshot.router.table()})
 
+    async def _upstreams(self, request: web.Request) -> web.Response:
+        now = asyncio.get_running_loop().time()
+        return web.json_response({"upstreams": upstreams_view(self.snapshot, now)})
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within graceful_timeout."""
         if not self.ready and not self._servers:
@@ -289,6 +297,10 @@ class Gateway:
         self._servers.clear()
         for pool in self.snapshot.pools():
             await pool.aclose()
+        for obj in self.snapshot.state.values():  # health checkers and their connections
+            close = getattr(obj, "aclose", None)
+            if close is not None and not isinstance(obj, TargetPool):
+                await close()
         await close_client()
         self.access_log.flush()
         if self._admin is not None:

@@ -1,9 +1,11 @@
 """The immutable runtime objects a request sees, and the holder that swaps them.
 
 A snapshot is built whole by `compile.py`, then installed with one
-assignment. Stateful parts (pools now; breakers and limiter buckets later)
-live in `Snapshot.state`, keyed by name plus settings, so the next compile
-can carry the very same objects over when their settings did not change.
+assignment. Stateful parts (pools, breakers, retry budgets, target health and
+its checkers; limiter buckets later) live in `Snapshot.state`, keyed by name
+plus settings, so the next compile can carry the very same objects over when
+their settings did not change. Installing a snapshot calls `activate()` on
+those that have background work; dropping one calls its `aclose()`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .forwarding import TrustedProxies
+from .resilience.breaker import Breaker
+from .resilience.retry import RetryBudget
 from .routing import Router
+from .upstream.health import TargetHealth, UpstreamHealth
 from .upstream.pool import TargetPool
 
 
@@ -30,6 +35,7 @@ class Target:
     host_header: bytes  # b"Host: host:port\r\n", prebuilt
     weight: int
     pool: TargetPool
+    health: TargetHealth | None = None  # passive/active health; None: always in rotation
 
 
 @dataclass(slots=True, eq=False)
@@ -39,9 +45,26 @@ class Upstream:
     balancer: Balancer
     retries: int
     read_timeout: float
+    breaker: Breaker | None = None
+    budget: RetryBudget | None = None
+    health: UpstreamHealth | None = None  # set when the targets have health settings
 
     def choose(self, skip: Container[int] = ()) -> int | None:
         return self.balancer.choose(skip)
+
+    def pick(self, skip: set[int], now: float) -> int | None:
+        """choose() among the targets in rotation at `now`; adds every pick to `skip`.
+
+        Ejected or unhealthy targets are found lazily, one O(1) check per pick:
+        with every target healthy this costs one choose() and one comparison.
+        """
+        targets = self.targets
+        while (index := self.balancer.choose(skip)) is not None:
+            skip.add(index)
+            health = targets[index].health
+            if health is None or health.available(now):
+                return index
+        return None
 
 
 @dataclass(slots=True, eq=False)
@@ -128,9 +151,18 @@ class SnapshotHolder:
         self.current = snapshot
         self._retire_tasks: set[asyncio.Task[None]] = set()
 
+    def activate(self) -> None:
+        """Start the background work of the current snapshot's state objects (those
+        with `activate()`, e.g. health checkers). Idempotent; needs the running loop."""
+        for obj in self.current.state.values():
+            start = getattr(obj, "activate", None)
+            if start is not None:
+                start()
+
     def swap(self, new: Snapshot) -> Snapshot:
-        """Install `new`; retire the state objects it did not carry over."""
+        """Install `new` and activate it; retire the state objects it did not carry over."""
         old, self.current = self.current, new
+        self.activate()
         kept = {id(v) for v in new.state.values()}
         retired = [v for v in old.state.values() if id(v) not in kept]
         if retired:

@@ -55,7 +55,7 @@ async def proxy_websocket(
     kept: list[tuple[bytes, bytes]],
     ex: RequestInfo,
 ) -> web.StreamResponse:
-    index = upstream.choose()
+    index = upstream.pick(set(), asyncio.get_running_loop().time())  # skips ejected targets
     if index is None:
         raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target to try")
     target = upstream.targets[index]

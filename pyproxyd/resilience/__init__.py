@@ -1,0 +1,1 @@
+"""Failing fast and routing around failures: the circuit breaker and the retry budget."""
