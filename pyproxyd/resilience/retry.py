@@ -80,7 +80,7 @@ class RetryBudget:
 
     def retry(self, now: float) -> bool:
         """Spend one retry if the budget has one; False means: do not retry."""
-        if self.window_retries >= self.allowed(now):
+        if self.window_retries + 1 > self.allowed(now):
             self.denied_total += 1
             return False
         self._retries[self._i] += 1
