@@ -8,14 +8,28 @@ settings did not change).
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from collections.abc import Callable, Hashable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from .config import Config, RouteConfig, UpstreamConfig
+from .auth import (
+    APIKeyAuth,
+    Authenticator,
+    AuthRuntime,
+    ClientIdAuth,
+    Consumers,
+    JWTAuth,
+    JWTVerifier,
+    RemoteKeys,
+    StaticKeys,
+)
+from .auth.jwks import hs_secret_keys, parse_jwks
+from .auth.jwks import merge as merge_keys
+from .config import Config, JWTConfig, RouteConfig, UpstreamConfig
 from .config_load import Loaded, Problem
 from .forwarding import HOP_BY_HOP_B, REPLACED_B, TrustedProxies
 from .resilience.breaker import Breaker, BreakerSettings, transition_logger
@@ -30,8 +44,8 @@ from .upstream.pool import PoolSettings, TargetPool
 def unsupported(cfg: Config) -> list[Problem]:
     """Settings this build validates but cannot enforce yet.
 
-    `run` refuses them rather than ignoring them: an ignored `auth = "jwt"`
-    would be a hole, an ignored rate limit an outage waiting to happen.
+    `run` refuses them rather than ignoring them: an ignored rate limit is
+    an outage waiting to happen.
     """
     out: list[Problem] = []
 
@@ -39,10 +53,6 @@ def unsupported(cfg: Config) -> list[Problem]:
         out.append(Problem(path, f"{what} is not supported by this version of pyproxyd yet"))
 
     for i, r in enumerate(cfg.routes):
-        if r.auth != "none":
-            no(f"routes[{i}].auth", f"auth = {r.auth!r}")
-        if r.claims:
-            no(f"routes[{i}].claims", "the claims predicate")
         if r.rate_limit:
             no(f"routes[{i}].rate_limit", "rate limiting")
         if r.hash_on != "random":
@@ -199,7 +209,91 @@ def _path_fn(r: RouteConfig) -> Callable[[str, dict[str, str]], str]:
     return lambda path, params: path
 
 
-def _route(r: RouteConfig, upstreams: dict[str, Upstream]) -> Route:
+# -- auth: the key source, the verifier and the consumers; one authenticator a route
+
+
+class _Auth(NamedTuple):
+    verifier: JWTVerifier | None
+    consumers: Consumers
+    api_key_header: str
+
+
+def _auth(
+    loaded: Loaded, cfg: Config, old: dict[Hashable, Any], state: dict[Hashable, Any]
+) -> _Auth:
+    consumers = Consumers(
+        (name, c.tier, c.api_key_sha256, c.client_ids) for name, c in cfg.consumers.items()
+    )
+    j = cfg.auth.jwt
+    verifier = None
+    if j is not None:
+        verifier = JWTVerifier(
+            _key_source(loaded, j, old, state),
+            algorithms=j.algorithms,
+            issuer=j.issuer,
+            audience=j.audience,
+            leeway=j.leeway,
+            roles_claim=j.roles_claim,
+            forward_claims=j.forward_claims,
+            consumers=consumers,
+        )
+    header = cfg.auth.api_key.header if cfg.auth.api_key is not None else "X-API-Key"
+    return _Auth(verifier, consumers, header)
+
+
+def _key_source(
+    loaded: Loaded, j: JWTConfig, old: dict[Hashable, Any], state: dict[Hashable, Any]
+) -> StaticKeys | RemoteKeys:
+    if j.jwks_url:
+        # Carried over while the URL and algorithms stay: a reload does not refetch.
+        key = ("jwks_url", j.jwks_url, tuple(j.algorithms))
+        remote = old.get(key)
+        if not isinstance(remote, RemoteKeys):
+            remote = RemoteKeys(j.jwks_url, j.algorithms)
+        state[key] = remote
+        return remote
+    sets = []
+    if j.jwks_file:  # re-read by every compile, so a reload picks up a rotated file
+        path = loaded.path.parent / j.jwks_file
+        try:
+            sets.append(parse_jwks(path.read_bytes(), j.algorithms, strict=True))
+        except OSError as e:
+            raise ValueError(f"auth.jwt.jwks_file: cannot read {path}: {e.strerror}") from None
+        except ValueError as e:
+            raise ValueError(f"auth.jwt.jwks_file: {path}: {e}") from None
+    if j.hs_secret_env:
+        secret = os.environ.get(j.hs_secret_env, "")
+        if not secret:
+            raise ValueError(
+                f"auth.jwt.hs_secret_env: environment variable {j.hs_secret_env} is not set"
+            )
+        try:
+            sets.append(hs_secret_keys(secret.encode(), j.algorithms))
+        except ValueError as e:
+            raise ValueError(f"auth.jwt.hs_secret_env: {e}") from None
+    keys = merge_keys(*sets)
+    if not len(keys):
+        raise ValueError(f"auth.jwt: no key fits the algorithms {', '.join(j.algorithms)}")
+    return StaticKeys(keys)
+
+
+def _route_auth(r: RouteConfig, a: _Auth) -> Authenticator | None:
+    if r.auth in ("jwt", "optional_jwt"):
+        if a.verifier is None:
+            raise ValueError(f"route {r.id!r}: auth = {r.auth!r} needs an [auth.jwt] table")
+        return JWTAuth(
+            a.verifier,
+            optional=r.auth == "optional_jwt",
+            roles=frozenset(r.require_roles),
+            consumers=a.consumers,
+        )
+    if r.auth == "api_key":
+        return APIKeyAuth(a.api_key_header, a.consumers)
+    # auth = "none": only an X-Client-ID lookup, when some consumer has client_ids
+    return ClientIdAuth(a.consumers) if a.consumers.by_client_id else None
+
+
+def _route(r: RouteConfig, upstreams: dict[str, Upstream], auth: _Auth) -> Route:
     split = None
     if r.split is not None:
         sides = [(upstreams[s.upstream], s.weight) for s in r.split if s.weight > 0]
@@ -215,6 +309,7 @@ def _route(r: RouteConfig, upstreams: dict[str, Upstream]) -> Route:
         path_fn=_path_fn(r),
         preserve_host=r.preserve_host,
         timeout=r.timeout,
+        auth=_route_auth(r, auth),
     )
 
 
@@ -240,7 +335,8 @@ def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapsh
     old: dict[Hashable, Any] = previous.state if previous is not None else {}
     state: dict[Hashable, Any] = {}
     upstreams = {name: _upstream(name, up, old, state) for name, up in cfg.upstreams.items()}
-    routes = tuple(_route(r, upstreams) for r in cfg.routes)
+    auth = _auth(loaded, cfg, old, state)
+    routes = tuple(_route(r, upstreams, auth) for r in cfg.routes)
     router = Router([_rule(r, route) for r, route in zip(cfg.routes, routes, strict=True)])
     s = cfg.server
     forwarded_claims = frozenset(
@@ -271,4 +367,5 @@ def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapsh
         digest=loaded.digest,
         file=str(loaded.path),
         loaded_at=time.time(),
+        auth=AuthRuntime(auth.verifier, claim_routes=any(r.claims for r in cfg.routes)),
     )

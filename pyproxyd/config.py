@@ -20,6 +20,17 @@ from .units import Duration, RateValue, Size
 
 KEY_RE = re.compile(r"^(ip|consumer|(header|cookie|claim):[A-Za-z0-9_\-.]+)$")
 BALANCE_RE = re.compile(r"^(round_robin|least_conn|random|ip_hash|hash:.+)$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+# Headers a forward_claims entry may not take over: the gateway sets, strips or
+# reads them itself (framing, hop-by-hop, forwarding, credentials).
+RESERVED_HEADERS = frozenset(
+    {
+        "host", "content-length", "transfer-encoding", "connection", "keep-alive",
+        "proxy-connection", "te", "trailer", "upgrade", "proxy-authenticate",
+        "proxy-authorization", "authorization", "cookie", "x-forwarded-for",
+        "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent", "tracestate",
+    }
+)  # fmt: skip
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
@@ -494,7 +505,24 @@ class JWTConfig(Model):
             raise ValueError("HS* algorithms need hs_secret_env")
         if not hs and len(sources) != 1:
             raise ValueError("set exactly one of jwks_file or jwks_url")
+        if hs and self.jwks_url:
+            raise ValueError("HS* shared secrets come from hs_secret_env, not from jwks_url")
         return self
+
+    @field_validator("forward_claims")
+    @classmethod
+    def _forward(cls, v: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for claim, header in v.items():
+            if not HEADER_NAME_RE.match(header):
+                raise ValueError(f"{claim}: {header!r} is not a valid header name")
+            lowered = header.lower()
+            if lowered in RESERVED_HEADERS:
+                raise ValueError(f"{claim}: {header!r} is a header the gateway manages itself")
+            if lowered in seen:
+                raise ValueError(f"claims {seen[lowered]!r} and {claim!r} both go to {header!r}")
+            seen[lowered] = claim
+        return v
 
 
 class APIKeyConfig(Model):
@@ -671,6 +699,8 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
         return value if isinstance(value, dict) else None
 
     upstreams, rate_limits, auth = table("upstreams"), table("rate_limits"), table("auth")
+    consumers = table("consumers")
+    keyed = any(isinstance(c, dict) and c.get("api_key_sha256") for c in (consumers or {}).values())
     has_jwt = auth is not None and "jwt" in auth
     routes = data.get("routes", [])
     problems: list[Problem] = []
@@ -704,6 +734,10 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
             problems.append(((*here, "auth"), f"auth = {kind!r} needs an [auth.jwt] table"))
         if r.get("claims") and kind not in ("jwt", "optional_jwt"):
             problems.append(((*here, "claims"), "claims need auth = 'jwt' or 'optional_jwt'"))
+        if kind == "api_key" and consumers is not None and not keyed:
+            problems.append(
+                ((*here, "auth"), "auth = 'api_key' needs a consumer with api_key_sha256")
+            )
     for name, rl in (rate_limits or {}).items():
         if isinstance(rl, dict) and rl.get("backend") == "redis" and "redis" not in data:
             problems.append(

@@ -145,7 +145,23 @@ def load(path: str | Path) -> Loaded:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(str(path), [Problem("(file)", "not valid UTF-8")]) from None
-    return Loaded(parse(text, str(path)), p.resolve(), hashlib.sha256(raw).hexdigest())
+    cfg = parse(text, str(path))
+    digest = hashlib.sha256(raw)
+    for extra in _read_by_compile(cfg, p.resolve().parent):
+        # A file the compile reads is part of the config: when only it changed,
+        # the digest changes too, so a reload (SIGHUP) is not skipped as a no-op.
+        digest.update(b"\0" + extra)
+    return Loaded(cfg, p.resolve(), digest.hexdigest())
+
+
+def _read_by_compile(cfg: Config, folder: Path) -> list[bytes]:
+    jwt = cfg.auth.jwt
+    if jwt is None or not jwt.jwks_file:
+        return []
+    try:
+        return [(folder / jwt.jwks_file).read_bytes()]
+    except OSError:
+        return []  # compile reports it, with the path
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:

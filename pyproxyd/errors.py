@@ -7,6 +7,8 @@ Each error carries its HTTP status and the `error` code of behaviour.md;
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 class GatewayError(Exception):
@@ -32,10 +34,74 @@ class Unauthorized(GatewayError):
     default_message = "authentication required"
 
 
+def _challenge(scheme: str, **params: str) -> str:
+    """An RFC 7235 challenge. The values are the gateway's own fixed phrases;
+    quotes and backslashes are dropped anyway, so none can break the syntax."""
+    if not params:
+        return scheme
+    clean = {k: "".join(c for c in v if c not in '"\\') for k, v in params.items()}
+    return scheme + " " + ", ".join(f'{k}="{v}"' for k, v in clean.items())
+
+
+class MissingCredentials(Unauthorized):
+    """No credential at all: the challenge names the scheme, with no error code
+    (RFC 6750 section 3.1)."""
+
+    def __init__(self, message: str, *, scheme: str = "Bearer", **params: str):
+        super().__init__(message, headers={"WWW-Authenticate": _challenge(scheme, **params)})
+
+
+class InvalidToken(Unauthorized):
+    """A bearer token that is malformed, expired, wrongly signed, ...
+
+    `description` is one of a few fixed phrases: it never echoes the token,
+    a key or anything else the client or the IdP sent.
+    """
+
+    refresh: Any = None  # see UnknownKey
+
+    def __init__(self, description: str):
+        super().__init__(
+            f"invalid token: {description}",
+            headers={
+                "WWW-Authenticate": _challenge(
+                    "Bearer", error="invalid_token", error_description=description
+                )
+            },
+        )
+        self.description = description
+
+
+class UnknownKey(InvalidToken):
+    """No key of the token's kid and algorithm. `refresh`, when set, is an
+    async callable that refetches the key set once; the caller may retry after."""
+
+    def __init__(self, refresh: Callable[[], Awaitable[None]] | None = None):
+        super().__init__("unknown signing key")
+        self.refresh = refresh
+
+
+class InvalidAPIKey(Unauthorized):
+    def __init__(self, message: str, header: str):
+        super().__init__(message, headers={"WWW-Authenticate": _challenge("ApiKey", header=header)})
+
+
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
     default_message = "access denied"
+
+
+class InsufficientRole(Forbidden):
+    def __init__(self) -> None:
+        super().__init__(
+            "the token has none of the roles this route requires",
+            headers={
+                "WWW-Authenticate": _challenge(
+                    "Bearer", error="insufficient_scope", error_description="missing role"
+                )
+            },
+        )
 
 
 class NoRoute(GatewayError):

@@ -15,7 +15,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import errors
-from .errors import GatewayError
+from .auth.identity import Identity
+from .errors import GatewayError, UnknownKey
 from .forwarding import (
     client_address,
     filter_request_headers,
@@ -52,15 +53,27 @@ class LazyQuery:
 class RequestInfo:
     """Per-request facts the log line and the forwarder share."""
 
-    __slots__ = ("client_ip", "path", "request_id", "route", "status", "trace_id", "upstream")
+    __slots__ = (
+        "client_ip",
+        "consumer",
+        "path",
+        "request_id",
+        "route",
+        "started",
+        "status",
+        "trace_id",
+        "upstream",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, started: float = 0.0) -> None:
+        self.started = started  # loop time at arrival: the request's one clock read
         self.request_id = ""
         self.trace_id = ""
         self.route = ""
         self.upstream = ""
         self.path = ""
         self.client_ip = ""
+        self.consumer = ""  # the consumer the request's credential or X-Client-ID named
         self.status = 0
 
 
@@ -76,7 +89,7 @@ class Proxy:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self.loop.time()
         snap = self.holder.current
-        ex = RequestInfo()
+        ex = RequestInfo(started)
         headers = request.headers
         ex.request_id = request_id(headers.get("X-Request-ID"))
         trace_id, parent = traceparent(headers.get("traceparent"))
@@ -118,11 +131,26 @@ class Proxy:
         path = normalise_path(raw_path)
         ex.path = path
         query_view = cast("Mapping[str, str]", LazyQuery(request))
-        match = snap.router.match(request.method, path, request.headers, query_view)
+        headers = request.headers
+        # The claims predicate needs the verified token while matching; the memo
+        # verifies it at most once for matching and the route's own check.
+        memo = await snap.auth.memo(headers) if snap.auth.claim_routes else None
+        match = snap.router.match(request.method, path, headers, query_view, memo)
         if match is None:
             raise errors.NoRoute(f"no route for {request.method} {path}")
         route: Route = match.rule.target
         ex.route = route.id
+        identity: Identity | None = None
+        if route.auth is not None:
+            try:
+                identity = route.auth(headers, memo)
+            except UnknownKey as err:
+                if err.refresh is None:
+                    raise
+                await err.refresh()  # a rotated key: refetch the JWKS once, then retry
+                identity = route.auth(headers, None)
+            if identity is not None and identity.consumer is not None:
+                ex.consumer = identity.consumer.name
         upstream = route.pick_upstream()
         ex.upstream = upstream.name
 
@@ -137,11 +165,15 @@ class Proxy:
         if sep:
             target_path = f"{target_path}?{query}"
         if _is_websocket(seen):
+            if identity is not None and identity.forward:
+                kept.extend(_header_pairs(identity.forward))
             return await proxy_websocket(request, upstream, target_path, kept, ex)
 
         host = request.host
         lines = [f"{request.method} {target_path} HTTP/1.1\r\n".encode()]
         lines.extend(b"%s: %s\r\n" % hv for hv in kept)
+        if identity is not None and identity.forward:
+            lines.append(identity.forward)  # forward_claims, prebuilt per verified token
         proto = b"https" if request.secure else b"http"
         if peer in snap.server.trusted:
             proto = seen.get(b"x-forwarded-proto", (proto,))[0]
@@ -339,6 +371,16 @@ async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]
         if total > limit:
             raise errors.PayloadTooLarge(f"request body is over {limit} bytes")
         yield chunk
+
+
+def _header_pairs(block: bytes) -> list[tuple[bytes, bytes]]:
+    """b"A: 1\\r\\nB: 2\\r\\n" -> [(b"A", b"1"), (b"B", b"2")]."""
+    pairs = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            pairs.append((name, value))
+    return pairs
 
 
 def _is_websocket(seen: dict[bytes, list[bytes]]) -> bool:

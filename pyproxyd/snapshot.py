@@ -16,6 +16,7 @@ from collections.abc import Callable, Container, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .auth.route import NO_AUTH, Authenticator, AuthRuntime
 from .forwarding import TrustedProxies
 from .resilience.breaker import Breaker
 from .resilience.retry import RetryBudget
@@ -92,6 +93,7 @@ class Route:
     path_fn: Callable[[str, dict[str, str]], str]  # normalised path, captures -> upstream path
     preserve_host: bool
     timeout: float | None
+    auth: Authenticator | None = None  # (headers, token memo) -> identity; raises 401/403
 
     def pick_upstream(self) -> Upstream:
         if self.upstream is not None:
@@ -135,6 +137,7 @@ class Snapshot:
     digest: str
     file: str
     loaded_at: float
+    auth: AuthRuntime = NO_AUTH  # the JWT verifier, for the claims route predicate
 
     def pools(self) -> Iterator[TargetPool]:
         for up in self.upstreams.values():

@@ -124,4 +124,5 @@ def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:
         "status": ex.status,
         "duration_ms": round(duration_ms, 3),
         "client_ip": ex.client_ip,
+        "consumer": ex.consumer or None,
     }
