@@ -247,10 +247,11 @@ class Proxy:
         Targets out of rotation (ejected, failing their checks) are skipped, each
         retry goes to a target not tried yet and needs the upstream's retry
         budget, and every try needs a ticket from the circuit breaker, whose
-        outcome is known when the response head arrives. The clock is read once
-        here; only the failure paths read it again.
+        outcome is known when the response head arrives. All of them use the
+        time the request arrived (its one clock read); only the failure paths,
+        off the fast path, read the clock again.
         """
-        now = self.loop.time()
+        now = ex.started or self.loop.time()
         breaker = upstream.breaker
         budget = upstream.budget
         if budget is not None:
