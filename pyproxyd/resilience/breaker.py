@@ -167,7 +167,9 @@ class Breaker:
     # -- outcomes ---------------------------------------------------------------
 
     def _outcome(self, generation: int, ok: bool, now: float) -> None:
-        state = self.current_state(now)
+        state = self.state
+        if state != CLOSED or (self.expiry and now >= self.expiry):
+            state = self.current_state(now)
         if generation != self.generation:
             return  # from before a state change or roll-over
         if ok:

@@ -301,7 +301,7 @@ class HealthChecker:
             return f"no answer within {settings.timeout:g}s"
         except GatewayError as err:
             return err.message
-        except OSError as err:
+        except Exception as err:  # anything else fails the check, never the checker
             return f"{type(err).__name__}: {err}"
         if up.status not in settings.expected_statuses:
             return f"status {up.status}"
