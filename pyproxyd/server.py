@@ -213,6 +213,7 @@ class Gateway:
         app.router.add_get("/admin/routes", self._routes)
         app.router.add_get("/admin/upstreams", self._upstreams)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._status_page)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
         sock = bind(listen)
@@ -232,6 +233,23 @@ class Gateway:
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="pyproxyd-admin"'
                 return resp
         return await handler(request)
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        """observe/status.html: one self-contained page that polls the endpoints here.
+        Open, like /metrics; its script sends `?token=` as the bearer token to /admin/*."""
+        from importlib.resources import files
+
+        return web.Response(
+            body=files("pyproxyd.observe").joinpath("status.html").read_bytes(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; frame-ancestors 'none'",
+            },
+        )
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
