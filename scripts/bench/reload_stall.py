@@ -131,8 +131,9 @@ async def main(args: argparse.Namespace) -> None:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     sock = re.search(r"Socket errors: (.*)", text)
     rate = rps.group(1) if rps else "?"
-    print(f"under load: {rate} req/s, non-2xx: "
-          f"{errors.group(1) if errors else 0}, socket errors: {sock.group(1) if sock else 'none'}")  # fmt: skip
+    non_2xx = errors.group(1) if errors else 0
+    socket_errors = sock.group(1) if sock else "none"
+    print(f"under load: {rate} req/s, non-2xx: {non_2xx}, socket errors: {socket_errors}")
     print(f"baseline worst loop stall (no reload): {baseline * 1000:.1f} ms")
     print(f"reload wall time: median {sorted(durations)[len(durations) // 2]:.2f}s")
     print(f"worst loop stall during reload: {max(stalls) * 1000:.1f} ms "
