@@ -134,7 +134,9 @@ class Proxy:
         headers = request.headers
         # The claims predicate needs the verified token while matching; the memo
         # verifies it at most once for matching and the route's own check.
-        memo = await snap.auth.memo(headers) if snap.auth.claim_routes else None
+        memo = snap.auth.memo(headers) if snap.auth.claim_routes else None
+        if memo is not None and memo.refresh is not None:
+            await memo.refresh()  # a kid we do not know yet: refetch the JWKS first
         match = snap.router.match(request.method, path, headers, query_view, memo)
         if match is None:
             raise errors.NoRoute(f"no route for {request.method} {path}")

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import InsufficientRole, InvalidToken, MissingCredentials
 from .identity import Consumers, Identity
+from .jwks import Refresh
 from .jwt import JWTVerifier, bearer_token
 
 REALM = "pyproxyd"
@@ -32,13 +33,15 @@ class TokenMemo:
     later route decides what to answer).
     """
 
-    __slots__ = ("_error", "_identity", "token", "verifier")
+    __slots__ = ("_error", "_identity", "refresh", "token", "verifier")
 
     def __init__(self, token: str, verifier: JWTVerifier) -> None:
         self.token = token
         self.verifier = verifier
         self._identity: Identity | None = None
         self._error: InvalidToken | None = None
+        # Set by AuthRuntime.memo when the token's kid is unknown and a refetch may help.
+        self.refresh: Refresh | None = None
 
     def resolve(self) -> Identity:
         if self._identity is not None:
@@ -119,22 +122,22 @@ class AuthRuntime:
         # Only when some route has a `claims` predicate does matching need the token.
         self.claim_routes = claim_routes and verifier is not None
 
-    async def memo(self, headers: Mapping[str, str]) -> TokenMemo | None:
-        """The bearer token for the claims predicate, with the keys it needs.
+    def memo(self, headers: Mapping[str, str]) -> TokenMemo | None:
+        """The bearer token for the claims predicate, or None without one.
 
         Matching is synchronous, so a token naming a kid we do not know yet
-        waits here (once, throttled) for the key set to be refetched.
+        comes back with `refresh` set: await it (one refetch of the key set,
+        throttled) before matching.
         """
         value = headers.get("Authorization")
         token = bearer_token(value) if value is not None else None
         verifier = self.verifier
         if not token or verifier is None:
             return None
+        memo = TokenMemo(token, verifier)
         if not verifier.knows_key_of(token):
-            refresh = verifier.source.refetch_for_unknown_kid(verifier.refresh_clock())
-            if refresh is not None:
-                await refresh()
-        return TokenMemo(token, verifier)
+            memo.refresh = verifier.source.refetch_for_unknown_kid(verifier.refresh_clock())
+        return memo
 
 
 NO_AUTH = AuthRuntime()

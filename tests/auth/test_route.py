@@ -248,8 +248,9 @@ async def test_the_memo_waits_for_a_refetch_when_the_kid_is_new() -> None:
             runtime = AuthRuntime(v, claim_routes=True)
             s.keys.append(public_jwk(rsa_key("next"), "rsa-2"))
             t = sign(rsa_key("next"), "RS256", claims(groups=["employees"]), "rsa-2")
-            memo = await runtime.memo(bearer(t))
-            assert memo is not None
+            memo = runtime.memo(bearer(t))
+            assert memo is not None and memo.refresh is not None
+            await memo.refresh()
             assert memo() == claims(groups=["employees"])
             assert s.hits == 2
         finally:
@@ -275,5 +276,10 @@ async def test_an_unknown_kid_offers_one_refresh_then_none() -> None:
             await source.aclose()
 
 
-async def test_no_memo_without_a_bearer_token() -> None:
-    assert await AuthRuntime(verifier(), claim_routes=True).memo(h()) is None
+def test_no_memo_without_a_bearer_token() -> None:
+    assert AuthRuntime(verifier(), claim_routes=True).memo(h()) is None
+
+
+def test_a_memo_of_a_known_key_needs_no_refresh() -> None:
+    memo = AuthRuntime(verifier(), claim_routes=True).memo(bearer(token()))
+    assert memo is not None and memo.refresh is None
