@@ -101,7 +101,7 @@ async def test_breaker_trips_probes_and_recovers(tmp_path: Path) -> None:
 
                 # After the timeout: exactly max_requests probes reach it.
                 await asyncio.sleep(0.35)
-                app.status, app.delay = 200, 0.2
+                app.status, app.delay = 200, 0.4  # the probes are in flight together
 
                 async def one() -> tuple[int, str]:
                     async with s.get(url(gw, "/r/x")) as r:
@@ -151,7 +151,7 @@ async def test_connect_errors_and_route_timeouts_count_a_leaving_client_does_not
 ) -> None:
     async with Backend() as b:
         toml = upstream(["{url}"], BREAKER.format(timeout="10s"), retries=0).replace(
-            "strip_prefix = 1\n", 'strip_prefix = 1\ntimeout = "200ms"\n'
+            "strip_prefix = 1\n", 'strip_prefix = 1\ntimeout = "400ms"\n'
         )
         async with gateway(tmp_path, toml.replace("{url}", b.url)) as gw:
             # Three clients give up before the upstream answers: not the upstream's fault.
