@@ -349,6 +349,17 @@ async def test_breaker_and_health_survive_a_reload_that_does_not_touch_them(
             hits = check.hits
             await wait_for(lambda: check.hits > hits)
 
+            # Changed health settings: the checker is replaced, the old one stops.
+            (tmp_path / "gateway.toml").write_text(
+                toml.replace('interval = "50ms"', 'interval = "60ms"')
+            )
+            assert await reloader.reload()
+            replaced = next(v for v in gw.snapshot.state.values() if isinstance(v, HealthChecker))
+            assert replaced is not checker and replaced.running
+            assert gw.snapshot.upstreams["app"].breaker is old.breaker
+            await wait_for(lambda: not checker.running)
+            checker = replaced
+
             # New breaker settings: a fresh, closed breaker. No health table: checks stop.
             changed = upstream([b.url], BREAKER.format(timeout="5s"))
             (tmp_path / "gateway.toml").write_text(changed)
