@@ -129,12 +129,25 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
 @click.argument("request_path", metavar="PATH")
 @click.option("-H", "--header", "headers", multiple=True, help="'Name: value'")
 @click.option("--ip", default="127.0.0.1", help="client address")
-def explain(path: str, method: str, request_path: str, headers: tuple[str, ...], ip: str) -> None:
+@click.option(
+    "--claim",
+    "claims",
+    multiple=True,
+    help="'name=value': a claim of the (assumed verified) token; repeat a name for a list",
+)
+def explain(
+    path: str,
+    method: str,
+    request_path: str,
+    headers: tuple[str, ...],
+    ip: str,
+    claims: tuple[str, ...],
+) -> None:
     """Say which route takes METHOD PATH, and why the others did not."""
     from .explain import explain_request
 
     loaded = _load_or_exit(path)
-    text, matched = explain_request(loaded, method, request_path, headers, ip)
+    text, matched = explain_request(loaded, method, request_path, headers, ip, claims)
     click.echo(text)
     sys.exit(0 if matched else 1)
 

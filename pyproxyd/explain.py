@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
 from urllib.parse import parse_qsl
 
 from multidict import CIMultiDict, MultiDict
@@ -13,10 +15,39 @@ from .routing import normalise_path
 from .snapshot import Route
 
 
+def parse_claims(claim_args: tuple[str, ...]) -> dict[str, Any]:
+    """--claim NAME=VALUE, repeatable; a name given twice becomes a list claim."""
+    claims: dict[str, Any] = {}
+    for arg in claim_args:
+        name, sep, value = arg.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"bad claim {arg!r}: expected 'name=value'")
+        name = name.strip()
+        if name in claims:
+            prev = claims[name]
+            claims[name] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            claims[name] = value
+    return claims
+
+
 def explain_request(
-    loaded: Loaded, method: str, raw: str, header_args: tuple[str, ...], ip: str
+    loaded: Loaded,
+    method: str,
+    raw: str,
+    header_args: tuple[str, ...],
+    ip: str,
+    claim_args: tuple[str, ...] = (),
 ) -> tuple[str, bool]:
-    snap = compile_snapshot(loaded)
+    """claim_args stand for the claims of a verified token (explain checks no signature)."""
+    try:
+        claims = parse_claims(claim_args)
+    except ValueError as e:
+        return str(e), False
+    try:
+        snap = compile_snapshot(loaded)
+    except (ValueError, OSError) as e:  # e.g. an unreadable jwks_file, a missing HS secret
+        return f"{loaded.path}: (compile): {e}", False
     method = method.upper()
     headers: CIMultiDict[str] = CIMultiDict()
     for h in header_args:
@@ -30,10 +61,12 @@ def explain_request(
     except BadRequest as e:
         return f"{method} {raw}: 400 bad_request: {e.message}", False
     q: MultiDict[str] = MultiDict(parse_qsl(query, keep_blank_values=True))
-    result = snap.router.explain(method, path, headers, q)
+    result = snap.router.explain(method, path, headers, q, (lambda: claims) if claims else None)
     lines = [f"request: {method} {path}" + (f"?{query}" if sep else "") + f" from {ip}"]
     if path != raw_path:
         lines.append(f"normalised from: {raw_path}")
+    if claims:
+        lines.append("token claims (assumed verified): " + json.dumps(claims))
     if result.candidates:
         lines.append("candidates (most specific first):")
         for c in result.candidates:
@@ -44,6 +77,8 @@ def explain_request(
     route: Route = result.match.rule.target
     upstream_path = route.path_fn(path, result.match.params) + (f"?{query}" if sep else "")
     lines.append(f"route: {route.id}")
+    if route.auth is not None:
+        lines.append(f"auth: {route.auth.describe()}")
     if result.match.params:
         lines.append("captured: " + ", ".join(f"{k}={v}" for k, v in result.match.params.items()))
     if route.upstream is not None:

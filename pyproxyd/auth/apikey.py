@@ -24,6 +24,9 @@ class APIKeyAuth:
         self.header = header
         self.by_digest = consumers.by_key_digest
 
+    def describe(self) -> str:
+        return f"api_key (in {self.header})"
+
     def __call__(self, headers: Mapping[str, str], memo: object = None) -> Identity:
         key = headers.get(self.header)
         if not key:

@@ -14,8 +14,8 @@ so that matching and the matched route's check verify it once between them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from ..errors import InsufficientRole, InvalidToken, MissingCredentials
 from .identity import Consumers, Identity
@@ -61,7 +61,14 @@ class TokenMemo:
             return None
 
 
-Authenticator = Callable[[Mapping[str, str], TokenMemo | None], Identity | None]
+class Authenticator(Protocol):
+    """A route's auth step: the identity, or a GatewayError (401, 403)."""
+
+    def __call__(
+        self, headers: Mapping[str, str], memo: TokenMemo | None, /
+    ) -> Identity | None: ...
+
+    def describe(self) -> str: ...
 
 
 class JWTAuth:
@@ -79,6 +86,10 @@ class JWTAuth:
         self.optional = optional
         self.roles = roles
         self.consumers = consumers if consumers is not None and consumers.by_client_id else None
+
+    def describe(self) -> str:
+        mode = "optional_jwt (anonymous without a token)" if self.optional else "jwt"
+        return mode + (f", require_roles any of {sorted(self.roles)}" if self.roles else "")
 
     def __call__(self, headers: Mapping[str, str], memo: TokenMemo | None) -> Identity | None:
         value = headers.get("Authorization")
@@ -107,6 +118,9 @@ class ClientIdAuth:
 
     def __init__(self, consumers: Consumers) -> None:
         self.consumers = consumers
+
+    def describe(self) -> str:
+        return "none (X-Client-ID names a consumer)"
 
     def __call__(self, headers: Mapping[str, str], memo: TokenMemo | None) -> Identity | None:
         return self.consumers.from_client_id(headers)
