@@ -17,8 +17,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
+from aiohttp import web
 
 from pyproxyd.observe import logging as plog
 from pyproxyd.reload import Reloader
@@ -541,3 +543,43 @@ async def test_a_flood_of_random_kids_costs_the_idp_one_fetch(tmp_path: Path) ->
             token = sign(rsa_key("stranger"), "RS256", now_claims(), f"random-{i}")
             assert await refused(gw, token) == "unknown signing key"
         assert idp.hits - before == 1
+
+
+# ---------------------------------------------------------------- websocket
+
+
+async def ws_whoami(request: web.Request) -> web.WebSocketResponse:
+    """Sends the X-User-ID header it was opened with, then closes."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_str(",".join(request.headers.getall("X-User-ID", [])) or "-")
+    await ws.close()
+    return ws
+
+
+@asynccontextmanager
+async def ws_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with (
+        Backend([web.get("/ws", ws_whoami)], name="v1") as v1,
+        Backend(name="v2") as v2,
+        gateway(tmp_path, setup(tmp_path, v1, v2)) as gw,
+    ):
+        yield gw
+
+
+async def test_a_websocket_on_a_jwt_route_needs_a_token(tmp_path: Path) -> None:
+    async with ws_gateway(tmp_path) as gw, aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await s.ws_connect(f"ws://127.0.0.1:{gw.ports[0]}/api/ws")
+        assert e.value.status == 401
+
+
+async def test_a_websocket_gets_the_claim_headers_not_the_forged_ones(tmp_path: Path) -> None:
+    async with (
+        ws_gateway(tmp_path) as gw,
+        aiohttp.ClientSession() as s,
+        s.ws_connect(
+            f"ws://127.0.0.1:{gw.ports[0]}/api/ws", headers={**auth(good()), "X-User-ID": "root"}
+        ) as ws,
+    ):
+        assert (await ws.receive()).data == "alice"
