@@ -37,7 +37,7 @@ def main() -> None:
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
 def validate(path: str) -> None:
     """Parse, validate and compile FILE without binding ports."""
-    from .compile import compile_snapshot, unsupported
+    from .compile import compile_snapshot, unsupported, warnings
 
     loaded = _load_or_exit(path)
     try:
@@ -46,7 +46,7 @@ def validate(path: str) -> None:
         click.echo(f"{path}: (compile): {e}", err=True)
         sys.exit(1)
     cfg = loaded.config
-    for p in unsupported(cfg):
+    for p in [*unsupported(cfg), *warnings(cfg)]:
         click.echo(f"{path}: {p.path}: warning: {p.message}", err=True)
     click.echo(
         f"{path}: ok: {len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams, "

@@ -29,9 +29,11 @@ from .auth import (
 )
 from .auth.jwks import hs_secret_keys, parse_jwks
 from .auth.jwks import merge as merge_keys
-from .config import Config, JWTConfig, RouteConfig, UpstreamConfig
+from .config import Config, JWTConfig, RouteConfig, UpstreamConfig, key_list
 from .config_load import Loaded, Problem
 from .forwarding import HOP_BY_HOP_B, REPLACED_B, TrustedProxies
+from .ratelimit.policy import Limits, Policy, PolicySpec, RouteLimiter, build_policy
+from .ratelimit.redis import RedisBackend
 from .resilience.breaker import Breaker, BreakerSettings, transition_logger
 from .resilience.retry import RetryBudget
 from .routing import Router, RouteRule, compile_rewrite, strip_segments
@@ -53,8 +55,6 @@ def unsupported(cfg: Config) -> list[Problem]:
         out.append(Problem(path, f"{what} is not supported by this version of pyproxyd yet"))
 
     for i, r in enumerate(cfg.routes):
-        if r.rate_limit:
-            no(f"routes[{i}].rate_limit", "rate limiting")
         if r.hash_on != "random":
             no(f"routes[{i}].hash_on", "sticky splits (hash_on other than 'random')")
     for name, up in cfg.upstreams.items():
@@ -293,7 +293,73 @@ def _route_auth(r: RouteConfig, a: _Auth) -> Authenticator | None:
     return ClientIdAuth(a.consumers) if a.consumers.by_client_id else None
 
 
-def _route(r: RouteConfig, upstreams: dict[str, Upstream], auth: _Auth) -> Route:
+def warnings(cfg: Config) -> list[Problem]:
+    """Valid settings worth a word from `validate`."""
+    out: list[Problem] = []
+    workers = cfg.server.workers or (os.cpu_count() or 1)
+    for name, rl in cfg.rate_limits.items():
+        if rl.backend == "local" and workers > 1:
+            out.append(
+                Problem(
+                    f"rate_limits.{name}.backend",
+                    f"with {workers} workers each enforces 1/{workers} of rate, burst and "
+                    "limit (approximate: clients are not spread evenly); backend = 'redis' "
+                    "is exact",
+                )
+            )
+    return out
+
+
+# -- rate limits: policies compiled once, their state carried over (pyproxyd/ratelimit)
+
+
+def _policies(
+    cfg: Config, old: dict[Hashable, Any], state: dict[Hashable, Any]
+) -> dict[str, Policy]:
+    redis = None
+    on_error = "local"
+    if cfg.redis is not None:
+        rc = cfg.redis
+        on_error = rc.on_error
+        if any(rl.backend == "redis" for rl in cfg.rate_limits.values()):
+            make = partial(RedisBackend, rc.url, rc.timeout, rc.key_prefix)
+            redis = _carry(old, state, ("redis", rc.url, rc.timeout, rc.key_prefix), make)
+    workers = cfg.server.workers or (os.cpu_count() or 1)
+
+    def limits(x: Any) -> Limits:
+        return Limits(x.rate.per_second if x.rate else None, x.burst, x.limit, x.window)
+
+    out = {}
+    for name, rl in cfg.rate_limits.items():
+        spec = PolicySpec(
+            name=name,
+            algorithm=rl.algorithm,
+            backend=rl.backend,
+            key=key_list(rl.key),
+            tier_key=key_list(rl.tier_key) if rl.tier_key else None,
+            mode=rl.mode,
+            limits=limits(rl),
+            tiers={t: limits(tc) for t, tc in rl.tiers.items()},
+        )
+        out[name] = build_policy(
+            spec, workers=workers, old=old, state=state, redis=redis, on_error=on_error
+        )
+    return out
+
+
+def _route_limits(r: RouteConfig, policies: dict[str, Policy]) -> RouteLimiter | None:
+    if not r.rate_limit:
+        return None
+    names = [r.rate_limit] if isinstance(r.rate_limit, str) else r.rate_limit
+    return RouteLimiter(r.id, [policies[n] for n in names])
+
+
+def _route(
+    r: RouteConfig,
+    upstreams: dict[str, Upstream],
+    auth: _Auth,
+    policies: dict[str, Policy] | None = None,
+) -> Route:
     split = None
     if r.split is not None:
         sides = [(upstreams[s.upstream], s.weight) for s in r.split if s.weight > 0]
@@ -310,6 +376,7 @@ def _route(r: RouteConfig, upstreams: dict[str, Upstream], auth: _Auth) -> Route
         preserve_host=r.preserve_host,
         timeout=r.timeout,
         auth=_route_auth(r, auth),
+        limits=_route_limits(r, policies or {}),
     )
 
 
@@ -336,7 +403,8 @@ def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapsh
     state: dict[Hashable, Any] = {}
     upstreams = {name: _upstream(name, up, old, state) for name, up in cfg.upstreams.items()}
     auth = _auth(loaded, cfg, old, state)
-    routes = tuple(_route(r, upstreams, auth) for r in cfg.routes)
+    policies = _policies(cfg, old, state)
+    routes = tuple(_route(r, upstreams, auth, policies) for r in cfg.routes)
     router = Router([_rule(r, route) for r, route in zip(cfg.routes, routes, strict=True)])
     s = cfg.server
     forwarded_claims = frozenset(

@@ -56,6 +56,7 @@ class RequestInfo:
     __slots__ = (
         "client_ip",
         "consumer",
+        "limits",
         "path",
         "request_id",
         "route",
@@ -74,6 +75,7 @@ class RequestInfo:
         self.path = ""
         self.client_ip = ""
         self.consumer = ""  # the consumer the request's credential or X-Client-ID named
+        self.limits: list[tuple[str, str]] | None = None  # rate-limit response headers
         self.status = 0
 
 
@@ -102,6 +104,8 @@ class Proxy:
             resp = await self._serve(request, snap, ex, peer, xff, parent)
         except GatewayError as err:
             resp = error_response(err, ex.request_id)
+            if ex.limits:
+                resp.headers.extend(ex.limits)
         except asyncio.CancelledError:
             ex.status = 499  # the client went away (nginx's convention)
             self._done(request, ex, started, snap)
@@ -153,6 +157,8 @@ class Proxy:
                 identity = route.auth(headers, None)
             if identity is not None and identity.consumer is not None:
                 ex.consumer = identity.consumer.name
+        if route.limits is not None:  # 429/503 raise; delay mode waits its turn here
+            ex.limits = await route.limits.admit(request, identity, ex.client_ip, path, ex.started)
         upstream = route.pick_upstream()
         ex.upstream = upstream.name
 
@@ -334,6 +340,8 @@ async def _relay(
 ) -> web.StreamResponse:
     headers = CIMultiDict(filter_response_headers(up.headers))
     headers["X-Request-ID"] = ex.request_id
+    if ex.limits:
+        headers.extend(ex.limits)
     ex.status = up.status
     if (
         up.content_length is not None

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .auth.route import NO_AUTH, Authenticator, AuthRuntime
 from .forwarding import TrustedProxies
+from .ratelimit.policy import RouteLimiter
 from .resilience.breaker import Breaker
 from .resilience.retry import RetryBudget
 from .routing import Router
@@ -94,6 +95,7 @@ class Route:
     preserve_host: bool
     timeout: float | None
     auth: Authenticator | None = None  # (headers, token memo) -> identity; raises 401/403
+    limits: RouteLimiter | None = None  # the route's rate limits; raises 429/503
 
     def pick_upstream(self) -> Upstream:
         if self.upstream is not None:

@@ -101,8 +101,9 @@ def test_validate_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_run_refuses_settings_it_cannot_enforce_yet() -> None:
     r = cli("run", "-c", str(SPEC))
     assert r.returncode == 1
-    assert "routes[2].rate_limit: rate limiting is not supported" in r.stderr
+    assert "routes[2].hash_on: sticky splits" in r.stderr
     assert "routes[1].auth" not in r.stderr  # JWT auth and claims are enforced now
+    assert "rate_limit" not in r.stderr  # and rate limits
 
 
 def test_explain_names_the_winner_and_the_losers(basic: Path) -> None:

@@ -1,0 +1,313 @@
+"""Compiled rate-limit policies and the per-route limiter the proxy calls.
+
+Everything is resolved at compile time (`build_policy`): the key function,
+the tier function, one algorithm object per tier, the store (carried over
+across reloads), the header fragments. Per request `RouteLimiter.admit`
+finds the key (`anonymous` when none of the keys is present) and the tier
+(an unknown tier gets the policy's defaults), asks each policy of the route
+in turn, and when one refuses gives back what the earlier ones granted, so a
+refused request consumes nothing. Delay mode (leaky bucket) waits here; a
+client that leaves while waiting gives its slot back.
+
+`workers > 1` with local state: each worker enforces its share, rate/workers
+and burst/workers (limit/workers for windows), so the config means what it
+says in aggregate while the kernel spreads connections evenly. `redis` is
+exact; `on_error = "local"` falls back to the same per-worker share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from ..auth.identity import Identity
+from ..errors import RateLimited, RateLimiterUnavailable
+from ..keys import KeyFn, KeyRequest, compile_key
+from .algorithms import Algorithm, Decision, LeakyBucket, SlidingWindow, TokenBucket
+from .local import LocalStore
+from .redis import RedisBackend, RedisStore, Unavailable
+from .report import ALLOWED, DELAYED, REJECTED, PolicyStats, Reporter
+
+ANONYMOUS = "anonymous"
+DEFAULT_TIER = "default"
+
+
+class Limits(NamedTuple):
+    """A policy's (or a tier's) numbers, as plain values: rate per second etc."""
+
+    rate: float | None = None
+    burst: int | None = None
+    limit: int | None = None
+    window: float | None = None
+
+
+class PolicySpec(NamedTuple):
+    """What compile.py reads out of a [rate_limits.*] table."""
+
+    name: str
+    algorithm: str  # token_bucket | leaky_bucket | sliding_window
+    backend: str  # local | redis
+    key: tuple[str, ...]
+    tier_key: tuple[str, ...] | None
+    mode: str  # delay | reject
+    limits: Limits
+    tiers: Mapping[str, Limits]
+
+
+def make_algorithm(algorithm: str, lim: Limits, mode: str, share: int = 1) -> Algorithm:
+    """The algorithm object for these numbers; `share` > 1 divides them between workers."""
+    if algorithm == "sliding_window":
+        assert lim.limit is not None and lim.window is not None
+        return SlidingWindow(max(1, round(lim.limit / share)), lim.window)
+    assert lim.rate is not None
+    rate = lim.rate / share
+    if algorithm == "leaky_bucket":
+        return LeakyBucket(rate, (lim.burst or 0) / share, delay=mode == "delay")
+    # token bucket: burst defaults to one second's worth of the rate
+    burst = lim.burst if lim.burst else max(1, math.ceil(lim.rate))
+    return TokenBucket(rate, max(1.0, burst / share))
+
+
+class Tier(NamedTuple):
+    label: str  # the tier name, or "default": a bounded metrics label
+    algo: Algorithm  # what the store enforces
+    fallback: Algorithm | None  # the local share when Redis is down (on_error = "local")
+    policy_field: str  # '"name";q=..;w=..' of RateLimit-Policy
+
+
+def _tier_fn(spec: Sequence[str]) -> KeyFn:
+    """Like keys.compile_key, except that "consumer" yields the consumer's tier."""
+
+    def consumer_tier(request: KeyRequest, identity: Identity | None, ip: str) -> str | None:
+        if identity is None or identity.consumer is None:
+            return None
+        return identity.consumer.tier
+
+    fns = tuple(consumer_tier if s == "consumer" else compile_key(s) for s in spec)
+
+    def first(request: KeyRequest, identity: Identity | None, ip: str) -> str | None:
+        for fn in fns:
+            value = fn(request, identity, ip)
+            if value is not None:
+                return value
+        return None
+
+    return fns[0] if len(fns) == 1 else first
+
+
+class Policy:
+    __slots__ = (
+        "algorithm", "default", "fallback", "key_fn", "name", "on_error", "stats", "store",
+        "tier_fn", "tiers",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        algorithm: str,
+        key_fn: KeyFn,
+        tier_fn: KeyFn | None,
+        default: Tier,
+        tiers: dict[str, Tier],
+        store: LocalStore | RedisStore,
+        stats: PolicyStats,
+        *,
+        on_error: str = "local",
+        fallback: LocalStore | None = None,
+    ) -> None:
+        self.name = name
+        self.algorithm = algorithm
+        self.key_fn = key_fn
+        self.tier_fn = tier_fn
+        self.default = default
+        self.tiers = tiers
+        self.store = store
+        self.stats = stats
+        self.on_error = on_error
+        self.fallback = fallback
+
+    def __repr__(self) -> str:
+        return f"<Policy {self.name} {self.algorithm} {self.store!r}>"
+
+    def resolve(self, request: KeyRequest, identity: Identity | None, ip: str) -> tuple[str, Tier]:
+        key = self.key_fn(request, identity, ip) or ANONYMOUS
+        if self.tier_fn is None:
+            return key, self.default
+        name = self.tier_fn(request, identity, ip)
+        return key, self.default if name is None else self.tiers.get(name, self.default)
+
+    async def take(self, key: str, tier: Tier, now: float) -> tuple[Decision, Any]:
+        """(decision, undo) where undo is (store, algo, token) or None."""
+        store = self.store
+        if isinstance(store, LocalStore):
+            decision, token = store.take(key, tier.algo, now)
+            return decision, (store, tier.algo, token)
+        try:
+            decision, token = await store.take(key, tier.algo)
+            return decision, (store, tier.algo, token)
+        except Unavailable:
+            if self.on_error == "deny":
+                raise RateLimiterUnavailable(
+                    f"rate limit {self.name!r}: Redis is unavailable"
+                ) from None
+            if self.on_error == "allow" or self.fallback is None or tier.fallback is None:
+                return Decision(True, tier.algo.quota, 0.0, 0.0, 0.0), None
+            decision, token = self.fallback.take(key, tier.fallback, now)
+            return decision, (self.fallback, tier.fallback, token)
+
+
+_pending: set[asyncio.Task[None]] = set()
+
+
+def give_back(key: str, undo: Any, now: float) -> None:
+    """Return a granted slot: at once for local state, in the background for Redis."""
+    if undo is None:
+        return
+    store, algo, token = undo
+    if isinstance(store, LocalStore):
+        store.give_back(key, algo, token, now)
+        return
+    task = asyncio.get_running_loop().create_task(store.give_back(key, algo, token))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+def _seconds(value: float) -> int:
+    return max(0, math.ceil(value - 1e-9))
+
+
+class RouteLimiter:
+    """The rate limits of one route, in the order the route lists them."""
+
+    __slots__ = ("policies", "route")
+
+    def __init__(self, route: str, policies: Sequence[Policy]) -> None:
+        self.route = route
+        self.policies = tuple(policies)
+
+    async def admit(
+        self,
+        request: KeyRequest,
+        identity: Identity | None,
+        client_ip: str,
+        path: str,
+        now: float,
+    ) -> list[tuple[str, str]]:
+        """Admit one request or raise RateLimited / RateLimiterUnavailable.
+
+        `now` is the request's arrival (event loop time). Returns the rate-limit
+        response headers; in delay mode it returns only after the request's
+        turn has come.
+        """
+        granted: list[tuple[Policy, str, Tier, Decision, Any]] = []
+        for policy in self.policies:
+            key, tier = policy.resolve(request, identity, client_ip)
+            try:
+                decision, undo = await policy.take(key, tier, now)
+            except BaseException:
+                for _p, k, _t, _d, u in granted:
+                    give_back(k, u, now)
+                raise
+            if not decision.allowed:
+                for _p, k, _t, _d, u in granted:
+                    give_back(k, u, now)
+                policy.stats.count(self.route, tier.label, key, REJECTED)
+                policy.stats.rejected(self.route, tier.label, key, client_ip, path)
+                headers = _headers([(policy, tier, decision)])
+                headers.append(("Retry-After", str(max(1, _seconds(decision.retry_after)))))
+                raise RateLimited(f"rate limit {policy.name!r} exceeded", headers=dict(headers))
+            granted.append((policy, key, tier, decision, undo))
+        delay = max(g[3].delay for g in granted)
+        result = DELAYED if delay > 0 else ALLOWED
+        for policy, key, tier, _d, _u in granted:
+            policy.stats.count(self.route, tier.label, key, result)
+        headers = _headers([(p, t, d) for p, _k, t, d, _u in granted])
+        if delay > 0:
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # the client left while waiting its turn
+                later = asyncio.get_running_loop().time()
+                for _p, k, _t, _d, u in granted:
+                    give_back(k, u, later)
+                raise
+        return headers
+
+
+def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> list[tuple[str, str]]:
+    # X-RateLimit-* follow the most restrictive policy; the IETF fields list them all.
+    _p, tier, d = min(decided, key=lambda ptd: ptd[2].remaining)
+    return [
+        ("X-RateLimit-Limit", str(tier.algo.quota)),
+        ("X-RateLimit-Remaining", str(d.remaining)),
+        ("X-RateLimit-Reset", str(_seconds(d.reset))),
+        ("RateLimit-Policy", ", ".join(t.policy_field for _p, t, _d in decided)),
+        (
+            "RateLimit",
+            ", ".join(f'"{p.name}";r={d.remaining};t={_seconds(d.reset)}' for p, _t, d in decided),
+        ),
+    ]
+
+
+def _tier(spec: PolicySpec, label: str, lim: Limits, workers: int) -> Tier:
+    local = make_algorithm(spec.algorithm, lim, spec.mode, workers)
+    if spec.backend == "redis":
+        algo: Algorithm = make_algorithm(spec.algorithm, lim, spec.mode)
+        fallback: Algorithm | None = local
+    else:
+        algo, fallback = local, None
+    field = f'"{spec.name}";q={algo.quota};w={max(1, _seconds(algo.window))}'
+    return Tier(label, algo, fallback, field)
+
+
+def build_policy(
+    spec: PolicySpec,
+    *,
+    workers: int,
+    old: Mapping[Any, Any],
+    state: dict[Any, Any],
+    redis: RedisBackend | None = None,
+    on_error: str = "local",
+) -> Policy:
+    """Compile one policy; its state is carried over from `old` when the same
+    things are counted (name, algorithm, mode, backend, key, worker share):
+    a change of rate, burst, limit or tiers applies to the existing buckets."""
+
+    def carry(key: Any, make: Callable[[], Any]) -> Any:
+        obj = old[key] if key in old else make()
+        state[key] = obj
+        return obj
+
+    ident = (spec.name, spec.algorithm, spec.mode, spec.backend, spec.key, workers)
+    default = _tier(spec, DEFAULT_TIER, spec.limits, workers)
+    tiers = {}
+    for name, lim in spec.tiers.items():
+        merged = Limits(*(t if t is not None else d for t, d in zip(lim, spec.limits, strict=True)))
+        tiers[name] = _tier(spec, name, merged, workers)
+    store: LocalStore | RedisStore
+    fallback = None
+    if spec.backend == "redis":
+        assert redis is not None
+        store = RedisStore(redis, spec.name, spec.algorithm)
+        if on_error == "local":
+            fallback = carry(("ratelimit_local", *ident), LocalStore)
+    else:
+        store = carry(("ratelimit_local", *ident), LocalStore)
+    reporter: Reporter = carry(("ratelimit_reporter",), Reporter)
+    stats = reporter.stats.get(spec.name)
+    if stats is None or stats.algorithm != spec.algorithm:
+        stats = PolicyStats(spec.name, spec.algorithm)
+    reporter.stats[spec.name] = stats
+    return Policy(
+        spec.name,
+        spec.algorithm,
+        compile_key(spec.key),
+        _tier_fn(spec.tier_key) if spec.tier_key else None,
+        default,
+        tiers,
+        store,
+        stats,
+        on_error=on_error,
+        fallback=fallback,
+    )

@@ -1,0 +1,139 @@
+"""Rate-limit logs and counters: `rate_limited`, `rate_limit_summary`, metrics.
+
+A flood must not flood the log: `rate_limited` is written at most once per
+policy and key per second, and every `SUMMARY_EVERY` seconds one
+`rate_limit_summary` per active policy gives the period's counts per route
+and tier and for its busiest keys. The cumulative allowed/rejected/delayed
+counts per (route, policy, tier) live on `PolicyStats`, carried over across
+reloads by policy name, and feed `pyproxyd_ratelimit_decisions_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+
+from ..observe.metrics import RATELIMIT
+
+log = structlog.get_logger("pyproxyd.ratelimit")
+
+ALLOWED, REJECTED, DELAYED = 0, 1, 2
+RESULTS = ("allowed", "rejected", "delayed")
+SUMMARY_EVERY = 10.0
+MAX_KEYS = 10_000  # per policy and period, for the summary and the log throttle
+TOP_KEYS = 10
+
+
+class PolicyStats:
+    """Decisions of one policy: cumulative per (route, tier), and per key this period."""
+
+    __slots__ = ("_children", "_logged", "algorithm", "counts", "keys", "name", "period")
+
+    def __init__(self, name: str, algorithm: str) -> None:
+        self.name = name
+        self.algorithm = algorithm
+        self.counts: dict[tuple[str, str], list[int]] = {}  # (route, tier) -> per result
+        self.period: dict[tuple[str, str], list[int]] = {}
+        self.keys: dict[str, list[int]] = {}  # key -> [allowed, rejected] this period
+        self._logged: dict[str, int] = {}  # key -> the second it was last logged
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def count(self, route: str, tier: str, key: str, result: int) -> None:
+        rt = (route, tier)
+        c = self.counts.get(rt)
+        if c is None:
+            c = self.counts[rt] = [0, 0, 0]
+        c[result] += 1
+        p = self.period.get(rt)
+        if p is None:
+            p = self.period[rt] = [0, 0, 0]
+        p[result] += 1
+        k = self.keys.get(key)
+        if k is None:
+            if len(self.keys) >= MAX_KEYS:
+                key = "(other)"
+                k = self.keys.get(key)
+            if k is None:
+                k = self.keys[key] = [0, 0]
+        k[result == REJECTED] += 1
+        child = self._children.get((route, tier, result))
+        if child is None:
+            child = self._children[(route, tier, result)] = RATELIMIT.labels(
+                route, self.name, tier, RESULTS[result]
+            )
+        child.inc()
+
+    def rejected(self, route: str, tier: str, key: str, client_ip: str, path: str) -> None:
+        """The `rate_limited` event, at most once per key per second."""
+        sec = int(time.monotonic())
+        logged = self._logged
+        if logged.get(key) == sec:
+            return
+        if len(logged) >= MAX_KEYS:
+            logged.clear()
+        logged[key] = sec
+        log.info(
+            "rate_limited",
+            route=route,
+            policy=self.name,
+            algorithm=self.algorithm,
+            key=key,
+            tier=tier,
+            client_ip=client_ip,
+            path=path,
+        )
+
+    def summary(self) -> dict[str, Any] | None:
+        """The period's counts (and reset them); None when there were none."""
+        if not self.period:
+            return None
+        routes = [
+            {"route": r, "tier": t, **dict(zip(RESULTS, c, strict=True))}
+            for (r, t), c in sorted(self.period.items())
+        ]
+        top = sorted(self.keys.items(), key=lambda kv: (-kv[1][1], -kv[1][0]))[:TOP_KEYS]
+        out = {
+            "policy": self.name,
+            "algorithm": self.algorithm,
+            "routes": routes,
+            "keys": len(self.keys),
+            "top_keys": [{"key": k, "allowed": a, "rejected": r} for k, (a, r) in top],
+        }
+        self.period = {}
+        self.keys = {}
+        return out
+
+
+class Reporter:
+    """Writes the periodic `rate_limit_summary`; one per process (carried in state)."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, PolicyStats] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def activate(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def flush(self) -> None:
+        for stats in list(self.stats.values()):
+            entry = stats.summary()
+            if entry is not None:
+                log.info("rate_limit_summary", period_s=SUMMARY_EVERY, **entry)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_EVERY)
+            self.flush()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush()
