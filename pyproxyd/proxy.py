@@ -92,6 +92,7 @@ class Proxy:
         started = self.loop.time()
         snap = self.holder.current
         ex = RequestInfo(started)
+        self.metrics.in_flight.inc()
         headers = request.headers
         ex.request_id = request_id(headers.get("X-Request-ID"))
         trace_id, parent = traceparent(headers.get("traceparent"))
@@ -118,6 +119,7 @@ class Proxy:
         self, request: web.BaseRequest, ex: RequestInfo, started: float, snap: Snapshot
     ) -> None:
         elapsed = self.loop.time() - started
+        self.metrics.in_flight.dec()
         self.metrics.observe(ex.route or "(none)", ex.upstream or "(none)", ex.status, elapsed)
         if snap.logging.access_log:  # read per request: a reload may switch it
             self.access_log.request(request.method, ex, elapsed * 1000.0)
@@ -234,7 +236,9 @@ class Proxy:
         ex: RequestInfo,
         prepared: list[web.StreamResponse] | None = None,
     ) -> web.StreamResponse:
+        sent = self.loop.time()
         up = await self._send(request, upstream, head_common, host_line, body, ex)
+        self.metrics.upstream_answered(upstream.name, self.loop.time() - sent)
         try:
             return await _relay(request, up, ex, prepared)
         except BaseException:

@@ -26,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as mp
 
+from ..resilience.breaker import STATE_NAMES
+
 if TYPE_CHECKING:
     from ..snapshot import Snapshot
 
@@ -82,10 +84,18 @@ TARGET_EJECTED = Gauge(
 class RequestMetrics:
     """The per-request counters, with label children cached by their labels."""
 
-    __slots__ = ("_children",)
+    __slots__ = ("_children", "_upstream", "in_flight")
 
     def __init__(self) -> None:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._upstream: dict[str, Any] = {}
+        self.in_flight = IN_FLIGHT
+
+    def upstream_answered(self, upstream: str, seconds: float) -> None:
+        child = self._upstream.get(upstream)
+        if child is None:
+            child = self._upstream[upstream] = UPSTREAM_TIME.labels(upstream)
+        child.observe(seconds)
 
     def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
         key = (route, upstream, status)
@@ -105,17 +115,33 @@ class PoolSampler:
     """Copies pool state into gauges once a second (and before each scrape)."""
 
     def __init__(self) -> None:
-        self._opened: dict[tuple[str, str], int] = {}
+        self._opened: dict[int, int] = {}
+        self._transitions: dict[tuple[int, int, int], int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def sample(self, snap: Snapshot) -> None:
+        now = asyncio.get_running_loop().time()  # the clock breakers and health use
         for up in snap.upstreams.values():
+            breaker = up.breaker
+            if breaker is not None:
+                CIRCUIT_STATE.labels(up.name).set(breaker.current_state(now))
+                for (old, new), count in list(breaker.transitions.items()):
+                    key = (id(breaker), old, new)  # a reload may bring a new breaker
+                    delta = count - self._transitions.get(key, 0)
+                    if delta > 0:
+                        CIRCUIT_TRANSITIONS.labels(up.name, STATE_NAMES[old], STATE_NAMES[new]).inc(
+                            delta
+                        )
+                    self._transitions[key] = count
+            for t in up.targets:
+                if t.health is not None:
+                    TARGET_EJECTED.labels(up.name, t.label).set(0 if t.health.available(now) else 1)
             for t in up.targets:
                 pool = t.pool
                 CONNECTIONS.labels(up.name, t.label, "busy").set(pool.busy)
                 CONNECTIONS.labels(up.name, t.label, "idle").set(pool.idle)
                 POOL_QUEUED.labels(up.name, t.label).set(pool.queued)
-                key = (up.name, t.label)
+                key = id(pool)  # a reload may bring a new pool, counting from 0
                 delta = pool.opened_total - self._opened.get(key, 0)
                 if delta > 0:
                     OPENED.labels(up.name, t.label).inc(delta)

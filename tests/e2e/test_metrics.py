@@ -59,3 +59,36 @@ strip_prefix = 1
     assert value(new, "pyproxyd_upstream_connections", upstream="app", target=target,
                  state="idle") == 1  # fmt: skip
     assert delta("pyproxyd_upstream_connections_opened_total", upstream="app", target=target) == 1
+
+
+async def test_circuit_in_flight_and_upstream_time(tmp_path: Path) -> None:
+    async with Backend() as b:
+        toml = config(
+            f"""
+[upstreams.flaky]
+targets = [{{ url = "{b.url}" }}]
+retries = 0
+[upstreams.flaky.circuit_breaker]
+consecutive_failures = 2
+timeout = "60s"
+[[routes]]
+id = "flaky"
+path = "/f/**"
+upstream = "flaky"
+strip_prefix = 1
+"""
+        )
+        async with gateway(tmp_path, toml) as gw:
+            metrics_url = f"http://127.0.0.1:{gw.admin_port}/metrics"
+            _, _, before = await fetch(metrics_url)
+            for _ in range(3):
+                await fetch(url(gw, "/f/status/503"))
+            _, _, after = await fetch(metrics_url)
+    old, new = before.decode(), after.decode()
+    assert value(new, "pyproxyd_circuit_state", upstream="flaky") == 2  # open
+    transitions = {"upstream": "flaky", "from": "closed", "to": "open"}
+    assert value(new, "pyproxyd_circuit_transitions_total", **transitions) == 1
+    # two answers came from the upstream; the third was refused by the open circuit
+    count = "pyproxyd_upstream_response_seconds_count"
+    assert value(new, count, upstream="flaky") - value(old, count, upstream="flaky") == 2
+    assert value(new, "pyproxyd_requests_in_flight") == 0  # every proxied request finished
