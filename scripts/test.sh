@@ -91,7 +91,7 @@ setup_venv() {
 
 install_system_packages() {
   local missing=() cmd pkg
-  for pair in redis-server:redis-server wrk:wrk promtool:prometheus chromium:chromium \
+  for pair in redis-server:redis-server wrk:wrk openssl:openssl promtool:prometheus chromium:chromium \
     chromedriver:chromium-driver; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
