@@ -113,6 +113,9 @@ class Proxy:
             raise
         ex.status = ex.status or resp.status
         self._done(request, ex, started, snap)
+        # A streamed response is written by now; a buffered one is about to be.
+        sent = resp.body_length if resp.prepared else (resp.content_length or 0)
+        self.metrics.bytes(ex.route or "(none)", request.content.total_bytes, sent)
         return resp
 
     def _done(

@@ -62,6 +62,10 @@ OPENED = Counter(
     "pyproxyd_upstream_connections_opened", "Upstream connections opened",
     ["upstream", "target"],
 )  # fmt: skip
+BYTES_IN = Counter("pyproxyd_request_body_bytes", "Request body bytes read from clients", ["route"])
+BYTES_OUT = Counter(
+    "pyproxyd_response_body_bytes", "Response body bytes sent to clients", ["route"]
+)
 RELOADS = Counter("pyproxyd_config_reloads", "Config reloads by result", ["result"])
 CIRCUIT_STATE = Gauge(
     "pyproxyd_circuit_state", "Circuit state (0 closed, 1 half-open, 2 open)",
@@ -84,12 +88,22 @@ TARGET_EJECTED = Gauge(
 class RequestMetrics:
     """The per-request counters, with label children cached by their labels."""
 
-    __slots__ = ("_children", "_upstream", "in_flight")
+    __slots__ = ("_bytes", "_children", "_upstream", "in_flight")
 
     def __init__(self) -> None:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._upstream: dict[str, Any] = {}
+        self._bytes: dict[str, tuple[Any, Any]] = {}
         self.in_flight = IN_FLIGHT
+
+    def bytes(self, route: str, received: int, sent: int) -> None:
+        pair = self._bytes.get(route)
+        if pair is None:
+            pair = self._bytes[route] = (BYTES_IN.labels(route), BYTES_OUT.labels(route))
+        if received:
+            pair[0].inc(received)
+        if sent:
+            pair[1].inc(sent)
 
     def upstream_answered(self, upstream: str, seconds: float) -> None:
         child = self._upstream.get(upstream)

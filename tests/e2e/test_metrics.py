@@ -59,6 +59,39 @@ strip_prefix = 1
     assert value(new, "pyproxyd_upstream_connections", upstream="app", target=target,
                  state="idle") == 1  # fmt: skip
     assert delta("pyproxyd_upstream_connections_opened_total", upstream="app", target=target) == 1
+    assert delta("pyproxyd_response_body_bytes_total", route="metered") > 0
+
+
+async def test_body_bytes_in_and_out(tmp_path: Path) -> None:
+    async with Backend() as b:
+        toml = config(
+            f"""
+[upstreams.app]
+targets = [{{ url = "{b.url}" }}]
+[[routes]]
+id = "bytes"
+path = "/b/**"
+upstream = "app"
+strip_prefix = 1
+"""
+        )
+        async with gateway(tmp_path, toml) as gw:
+            metrics_url = f"http://127.0.0.1:{gw.admin_port}/metrics"
+            _, _, before = await fetch(metrics_url)
+            await fetch(url(gw, "/b/echo"), "POST", data=b"x" * 5000)
+            await fetch(url(gw, "/b/download/300000"))  # streamed, chunked
+            await fetch(url(gw, "/b/download/1000?length=1"))  # buffered
+            _, _, after = await fetch(metrics_url)
+    old, new = before.decode(), after.decode()
+    got_in = value(new, "pyproxyd_request_body_bytes_total", route="bytes") - value(
+        old, "pyproxyd_request_body_bytes_total", route="bytes"
+    )
+    got_out = value(new, "pyproxyd_response_body_bytes_total", route="bytes") - value(
+        old, "pyproxyd_response_body_bytes_total", route="bytes"
+    )
+    assert got_in == 5000
+    assert got_out > 301000  # both downloads plus the echo's JSON
+    assert got_out < 301000 + 5000
 
 
 async def test_circuit_in_flight_and_upstream_time(tmp_path: Path) -> None:
