@@ -221,6 +221,7 @@ class RemoteKeys:
         retry_after: float = 10.0,
         refetch_interval: float = 5.0,
         timeout: float = 5.0,
+        max_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
@@ -229,6 +230,7 @@ class RemoteKeys:
         self.retry_after = retry_after
         self.refetch_interval = refetch_interval
         self.timeout = timeout
+        self.max_bytes = max_bytes
         self.clock = clock
         self.keys = KeySet()
         self.removals = 0  # bumped when a key disappears: cached tokens must be re-checked
@@ -300,7 +302,13 @@ class RemoteKeys:
             async with self._session.get(self.url, headers={"Accept": "application/json"}) as r:
                 if r.status != 200:
                     raise ValueError(f"HTTP {r.status}")
-                body = await r.read()
+                chunks, size = [], 0
+                async for chunk in r.content.iter_chunked(65536):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise ValueError(f"JWKS larger than {self.max_bytes} bytes")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
                 cache_control = r.headers.get("Cache-Control")
             keys = parse_jwks(body, self.algorithms, strict=False)
             if not len(keys):

@@ -255,6 +255,30 @@ async def test_a_broken_document_keeps_the_last_good_keys() -> None:
             await r.aclose()
 
 
+async def test_an_oversized_document_is_refused_and_the_keys_kept() -> None:
+    async with JWKSServer(public_jwk(rsa_key(), "a")) as s:
+        r = await remote(s, max_bytes=100_000)
+        try:
+            assert await r.fetch()
+            r.max_bytes = 100  # the same document is now too big
+            assert not await r.fetch()
+            assert r.keys.lookup("a", "RS256") and r.failures == 1
+        finally:
+            await r.aclose()
+
+
+async def test_an_error_status_keeps_the_last_good_keys() -> None:
+    async with JWKSServer(public_jwk(rsa_key(), "a")) as s:
+        r = await remote(s)
+        try:
+            assert await r.fetch()
+            r.url = s.url.replace("jwks.json", "missing.json")  # 404
+            assert not await r.fetch()
+            assert r.keys.lookup("a", "RS256")
+        finally:
+            await r.aclose()
+
+
 async def test_activate_fetches_and_aclose_stops_the_loop() -> None:
     async with JWKSServer(public_jwk(rsa_key(), "a")) as s:
         r = await remote(s)

@@ -39,7 +39,7 @@ from tests.auth.tokens import (
     tamper,
     unsigned,
 )
-from tests.backends import Backend
+from tests.backends import Backend, wait_for
 from tests.gateway import config, fetch, gateway, url
 
 API_KEY = "acme-secret-key-0123456789"
@@ -583,3 +583,22 @@ async def test_a_websocket_gets_the_claim_headers_not_the_forged_ones(tmp_path: 
         ) as ws,
     ):
         assert (await ws.receive()).data == "alice"
+
+
+async def test_the_jwks_is_refreshed_in_the_background_and_survives_the_idp_going_down() -> None:
+    from pyproxyd.auth import RemoteKeys
+
+    idp = await JWKSServer(public_jwk(rsa_key(), "rsa-1"), cache_control="max-age=0").start()
+    keys = RemoteKeys(idp.url, ["RS256"], floor=0.1, retry_after=0.1)
+    try:
+        keys.activate()
+        await keys.ready()
+        idp.keys.append(public_jwk(rsa_key("next"), "rsa-2"))  # no token asks for it
+        await wait_for(lambda: bool(keys.keys.lookup("rsa-2", "RS256")), timeout=5)
+        await idp.stop()
+        failures = keys.failures
+        await wait_for(lambda: keys.failures >= failures + 2, timeout=5)
+        assert keys.keys.lookup("rsa-1", "RS256") and keys.keys.lookup("rsa-2", "RS256")
+    finally:
+        await keys.aclose()
+        await idp.stop()
