@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, cast
 
@@ -125,7 +126,10 @@ class Proxy:
         self.metrics.in_flight.dec()
         self.metrics.observe(ex.route or "(none)", ex.upstream or "(none)", ex.status, elapsed)
         if snap.logging.access_log:  # read per request: a reload may switch it
-            self.access_log.request(request.method, ex, elapsed * 1000.0)
+            try:
+                self.access_log.request(request.method, ex, elapsed * 1000.0)
+            except Exception as e:  # a logging fault must never fail the request
+                _log_fault(e)
 
     async def _serve(
         self,
@@ -421,3 +425,14 @@ def error_response(err: GatewayError, rid: str) -> web.Response:
         headers={"X-Request-ID": rid, **err.headers},
     )
     return resp
+
+
+_faults: dict[str, int] = {}
+
+
+def _log_fault(err: Exception) -> None:
+    """Report a failing access log once per kind of error, not once per request."""
+    kind = type(err).__name__
+    _faults[kind] = _faults.get(kind, 0) + 1
+    if _faults[kind] == 1:
+        print(f"pyproxyd: access log failed: {err!r}", file=sys.stderr)

@@ -85,7 +85,9 @@ class AccessLog:
         if _output["level"] > logging.INFO:
             return
         if self._stream is None:
-            self._log.info("request", **_fields(method, ex, duration_ms))
+            fields = _fields(method, ex, duration_ms)
+            del fields["event"]
+            self._log.info("request", **fields)
             return
         now = time.time()
         sec = int(now)

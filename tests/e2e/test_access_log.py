@@ -60,3 +60,31 @@ strip_prefix = 1
     assert (missing["route"], missing["status"]) == (None, 404)
     # other events go through structlog to the same file, in the same shape
     assert any(line["event"] == "listening" for line in lines)
+
+
+async def test_console_format_logs_requests_too(tmp_path: Path) -> None:
+    path = tmp_path / "console.log"
+    stream = plog.configure("console", "info", str(path))
+    try:
+        async with Backend() as b:
+            toml = config(
+                f"""
+[upstreams.app]
+targets = [{{ url = "{b.url}" }}]
+[[routes]]
+id = "echo"
+path = "/api/**"
+upstream = "app"
+strip_prefix = 1
+""",
+                access_log=True,
+            )
+            async with gateway(tmp_path, toml) as gw:
+                status, _, _ = await fetch(url(gw, "/api/echo"))
+        assert status == 200
+        text = path.read_text()
+        assert "request" in text and "route=echo" in text and "status=200" in text
+    finally:
+        stream.close()
+        structlog.reset_defaults()
+        plog._output.update(stream=sys.stdout, json=True, level=20)
