@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Mapping
+from time import perf_counter
 from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
@@ -91,6 +92,8 @@ class Proxy:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = self.loop.time()
+        # uvloop's loop.time() ticks in whole milliseconds: durations need a finer clock.
+        clock = perf_counter()
         snap = self.holder.current
         ex = RequestInfo(started)
         self.metrics.in_flight.inc()
@@ -110,19 +113,19 @@ class Proxy:
                 resp.headers.extend(ex.limits)
         except asyncio.CancelledError:
             ex.status = 499  # the client went away (nginx's convention)
-            self._done(request, ex, started, snap)
+            self._done(request, ex, clock, snap)
             raise
         ex.status = ex.status or resp.status
-        self._done(request, ex, started, snap)
+        self._done(request, ex, clock, snap)
         # A streamed response is written by now; a buffered one is about to be.
         sent = resp.body_length if resp.prepared else (resp.content_length or 0)
         self.metrics.bytes(ex.route or "(none)", request.content.total_bytes, sent)
         return resp
 
     def _done(
-        self, request: web.BaseRequest, ex: RequestInfo, started: float, snap: Snapshot
+        self, request: web.BaseRequest, ex: RequestInfo, clock: float, snap: Snapshot
     ) -> None:
-        elapsed = self.loop.time() - started
+        elapsed = perf_counter() - clock
         self.metrics.in_flight.dec()
         self.metrics.observe(ex.route or "(none)", ex.upstream or "(none)", ex.status, elapsed)
         if snap.logging.access_log:  # read per request: a reload may switch it
@@ -243,9 +246,9 @@ class Proxy:
         ex: RequestInfo,
         prepared: list[web.StreamResponse] | None = None,
     ) -> web.StreamResponse:
-        sent = self.loop.time()
+        sent = perf_counter()
         up = await self._send(request, upstream, head_common, host_line, body, ex)
-        self.metrics.upstream_answered(upstream.name, self.loop.time() - sent)
+        self.metrics.upstream_answered(upstream.name, perf_counter() - sent)
         try:
             return await _relay(request, up, ex, prepared)
         except BaseException:
