@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import start, stop, to_ms, wait_port
+from proxy_bench import start, stop, wait_port, wrk
 
 BACKEND_PORT, PY_PORT = 18390, 18391
 BODY = '{"id":1,"name":"Ada Lovelace","email":"ada@example.com","ok":1}'
@@ -117,34 +116,6 @@ forward_claims = {{ sub = "X-User-ID", roles = "X-User-Roles" }}
 tier = "vip"
 api_key_sha256 = "{key_hash}"
 """
-
-
-def wrk(
-    path: str, headers: dict[str, str], duration: str, connections: int
-) -> tuple[float, float, float, int]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--latency"]
-    for name, value in headers.items():
-        cmd += ["-H", f"{name}: {value}"]
-    cmd.append(f"http://127.0.0.1:{PY_PORT}{path}")
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "0", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    found = [
-        re.search(p, out)
-        for p in (r"Requests/sec:\s+([\d.]+)", r"(?m)^\s+50%\s+(\S+)", r"(?m)^\s+99%\s+(\S+)")
-    ]
-    if not all(found):
-        print(f"wrk output for {path} could not be read:\n{out}", file=sys.stderr)
-        return 0.0, 0.0, 0.0, 1
-    rps = float(found[0].group(1))  # type: ignore[union-attr]
-    p50 = to_ms(found[1].group(1))  # type: ignore[union-attr]
-    p99 = to_ms(found[2].group(1))  # type: ignore[union-attr]
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    return rps, p50, p99, errors
 
 
 def make_token(tmp: Path) -> str:
@@ -254,8 +225,10 @@ def main() -> None:
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
                     path, headers = rows[name]
-                    wrk(path, headers, args.warmup, args.connections)
-                    results[name].append(wrk(path, headers, args.duration, args.connections))
+                    wrk(PY_PORT, args.warmup, args.connections, path, headers)
+                    results[name].append(
+                        wrk(PY_PORT, args.duration, args.connections, path, headers)
+                    )
                     print(f"round {r + 1} {name}: {results[name][-1][0]:.0f} req/s",
                           file=sys.stderr)  # fmt: skip
         finally:

@@ -19,7 +19,6 @@ Needs wrk, nginx and redis-server. Every process started here is stopped by PID.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import NGINX_BACKEND, start, stop, to_ms, wait_port
+from proxy_bench import NGINX_BACKEND, start, stop, wait_port, wrk
 
 BACKEND_PORT, PY_PORT, REDIS_PORT = 18380, 18390, 18391
 
@@ -73,28 +72,6 @@ rate_limit = "redis"
 """
 
 
-def wrk(path: str, duration: str, connections: int) -> tuple[float, float, float, int]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--latency",
-           f"http://127.0.0.1:{PY_PORT}{path}"]  # fmt: skip
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "0", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    found = [
-        re.search(p, out)
-        for p in (r"Requests/sec:\s+([\d.]+)", r"(?m)^\s+50%\s+(\S+)", r"(?m)^\s+99%\s+(\S+)")
-    ]
-    if not all(found):
-        print(f"wrk output for {path} could not be read:\n{out}", file=sys.stderr)
-        return 0.0, 0.0, 0.0, 1
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return (
-        float(found[0].group(1)),  # type: ignore[union-attr]
-        to_ms(found[1].group(1)),  # type: ignore[union-attr]
-        to_ms(found[2].group(1)),  # type: ignore[union-attr]
-        int(m.group(1)) if m else 0,
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", default="5s")
@@ -130,8 +107,8 @@ def main() -> None:
             names = list(rows)
             for r in range(args.rounds):
                 for name in names[r % 3 :] + names[: r % 3]:
-                    wrk(rows[name], args.warmup, args.connections)
-                    results[name].append(wrk(rows[name], args.duration, args.connections))
+                    wrk(PY_PORT, args.warmup, args.connections, rows[name])
+                    results[name].append(wrk(PY_PORT, args.duration, args.connections, rows[name]))
                     print(f"round {r + 1} {name}: {results[name][-1][0]:.0f} req/s",
                           file=sys.stderr)  # fmt: skip
         finally:
