@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl
 
 from multidict import CIMultiDict, MultiDict
 
+from .auth.identity import Identity
 from .compile import compile_snapshot
 from .config_load import Loaded
 from .errors import BadRequest
 from .routing import normalise_path
 from .snapshot import Route
+
+
+class _KeyView:
+    """What a client key reads (headers and cookies), for the headers given to explain."""
+
+    def __init__(self, headers: CIMultiDict[str]) -> None:
+        self.headers = headers
+        jar: SimpleCookie = SimpleCookie()
+        for value in headers.getall("Cookie", ()):
+            jar.load(value)
+        self.cookies = {name: morsel.value for name, morsel in jar.items()}
 
 
 def parse_claims(claim_args: tuple[str, ...]) -> dict[str, Any]:
@@ -85,12 +98,13 @@ def explain_request(
         targets = ", ".join(t.label for t in route.upstream.targets)
         lines.append(f"upstream: {route.upstream.name} ({targets})")
     elif route.split is not None:
-        prev = 0
-        sides = []
-        for up, bound in zip(route.split.upstreams, route.split.cumulative, strict=True):
-            sides.append(f"{up.name} {100 * (bound - prev) / route.split.total:.1f}%")
-            prev = bound
-        lines.append("upstream: split (random per request): " + ", ".join(sides))
+        split = route.split
+        sides = ", ".join(f"{up.name} {share:.1f}%" for up, share in split.shares())
+        how = f"sticky on {', '.join(split.key_specs)}" if split.key_specs else "random"
+        lines.append(f"upstream: split ({how}): {sides}")
+        identity = Identity(claims=claims) if claims else None
+        words, _, side = split.explain(_KeyView(headers), identity, ip)
+        lines.append(f"split: {words}" + (f" -> {side.name}" if side is not None else ""))
     lines.append(f"path sent upstream: {upstream_path}")
     lines.append(
         "host sent upstream: " + ("client's Host" if route.preserve_host else "target's host:port")

@@ -64,6 +64,7 @@ class RequestInfo:
         "route",
         "started",
         "status",
+        "target_key",
         "trace_id",
         "upstream",
     )
@@ -79,6 +80,7 @@ class RequestInfo:
         self.consumer = ""  # the consumer the request's credential or X-Client-ID named
         self.limits: list[tuple[str, str]] | None = None  # rate-limit response headers
         self.status = 0
+        self.target_key: int | None = None  # hashed client key, for ip_hash / hash:<key>
 
 
 class Proxy:
@@ -171,8 +173,10 @@ class Proxy:
                 ex.consumer = identity.consumer.name
         if route.limits is not None:  # 429/503 raise; delay mode waits its turn here
             ex.limits = await route.limits.admit(request, identity, ex.client_ip, path, ex.started)
-        upstream = route.pick_upstream()
+        upstream = route.pick_upstream(request, identity, ex.client_ip)  # sticky: by its key
         ex.upstream = upstream.name
+        if upstream.key is not None:
+            ex.target_key = upstream.target_key(request, identity, ex.client_ip)
 
         length = request.content_length
         if length is not None and length > snap.server.client_max_body_size:
@@ -283,7 +287,7 @@ class Proxy:
         idempotent = request.method in IDEMPOTENT and body is None
         last: GatewayError | None = None
         for attempt in range(upstream.retries + 1):
-            index = upstream.pick(skip, now)
+            index = upstream.pick(skip, now, ex.target_key)
             if index is None:
                 break
             if attempt and budget is not None and not budget.retry(now):

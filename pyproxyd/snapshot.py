@@ -11,23 +11,29 @@ those that have background work; dropping one calls its `aclose()`.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Container, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .auth.identity import Identity
 from .auth.route import NO_AUTH, Authenticator, AuthRuntime
 from .forwarding import TrustedProxies
+from .keys import KeyFn, KeyRequest
 from .ratelimit.policy import RouteLimiter
 from .resilience.breaker import Breaker
 from .resilience.retry import RetryBudget
 from .routing import Router
+from .split import TARGET, Split, stable_hash
 from .upstream.health import TargetHealth, UpstreamHealth
 from .upstream.pool import TargetPool
 
 
 class Balancer(Protocol):
     def choose(self, skip: Container[int] = ()) -> int | None: ...
+
+
+class KeyedBalancer(Balancer, Protocol):
+    def choose_key(self, key: int, skip: Container[int] = ()) -> int | None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -50,18 +56,36 @@ class Upstream:
     breaker: Breaker | None = None
     budget: RetryBudget | None = None
     health: UpstreamHealth | None = None  # set when the targets have health settings
+    key: KeyFn | None = None  # balance = "ip_hash" / "hash:<key>": the client key
+    keyed: KeyedBalancer | None = None  # ... and its consistent-hash balancer
 
     def choose(self, skip: Container[int] = ()) -> int | None:
         return self.balancer.choose(skip)
 
-    def pick(self, skip: set[int], now: float) -> int | None:
+    def target_key(
+        self, request: KeyRequest, identity: Identity | None, client_ip: str
+    ) -> int | None:
+        """The request's hashed client key for a hashing balancer; None: no key (random)."""
+        if self.key is None:
+            return None
+        value = self.key(request, identity, client_ip)
+        return None if value is None else stable_hash(value, TARGET)
+
+    def pick(self, skip: set[int], now: float, key: int | None = None) -> int | None:
         """choose() among the targets in rotation at `now`; adds every pick to `skip`.
 
         Ejected or unhealthy targets are found lazily, one O(1) check per pick:
         with every target healthy this costs one choose() and one comparison.
+        With a hashed client `key` (see `target_key`) the hashing balancer picks,
+        and a skipped target hands the key to its next best target.
         """
         targets = self.targets
-        while (index := self.balancer.choose(skip)) is not None:
+        keyed = self.keyed if key is not None else None
+        while (
+            index := self.balancer.choose(skip)
+            if keyed is None or key is None
+            else keyed.choose_key(key, skip)
+        ) is not None:
             skip.add(index)
             health = targets[index].health
             if health is None or health.available(now):
@@ -69,39 +93,29 @@ class Upstream:
         return None
 
 
-@dataclass(slots=True, eq=False)
-class Split:
-    """A weighted choice between upstreams (hash_on = "random")."""
-
-    upstreams: tuple[Upstream, ...]
-    cumulative: tuple[int, ...]
-    total: int
-    rng: random.Random = field(default_factory=random.Random)
-
-    def choose(self) -> Upstream:
-        r = self.rng.randrange(self.total)
-        for up, bound in zip(self.upstreams, self.cumulative, strict=True):
-            if r < bound:
-                return up
-        return self.upstreams[-1]
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class Route:
     id: str
     upstream: Upstream | None
-    split: Split | None
+    split: Split[Upstream] | None  # pyproxyd/split.py: random or sticky per client key
     path_fn: Callable[[str, dict[str, str]], str]  # normalised path, captures -> upstream path
     preserve_host: bool
     timeout: float | None
     auth: Authenticator | None = None  # (headers, token memo) -> identity; raises 401/403
     limits: RouteLimiter | None = None  # the route's rate limits; raises 429/503
 
-    def pick_upstream(self) -> Upstream:
+    def pick_upstream(
+        self,
+        request: KeyRequest | None = None,
+        identity: Identity | None = None,
+        client_ip: str = "",
+    ) -> Upstream:
         if self.upstream is not None:
             return self.upstream
         assert self.split is not None
-        return self.split.choose()
+        if request is None:
+            return self.split.choose()
+        return self.split.pick(request, identity, client_ip)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,8 @@ async def proxy_websocket(
     kept: list[tuple[bytes, bytes]],
     ex: RequestInfo,
 ) -> web.StreamResponse:
-    index = upstream.pick(set(), asyncio.get_running_loop().time())  # skips ejected targets
+    # skips ejected targets; ip_hash / hash:<key> pin the client to its target
+    index = upstream.pick(set(), asyncio.get_running_loop().time(), ex.target_key)
     if index is None:
         raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target to try")
     target = upstream.targets[index]

@@ -98,12 +98,25 @@ def test_validate_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-def test_run_refuses_settings_it_cannot_enforce_yet() -> None:
-    r = cli("run", "-c", str(SPEC))
-    assert r.returncode == 1
-    assert "routes[2].hash_on: sticky splits" in r.stderr
-    assert "routes[1].auth" not in r.stderr  # JWT auth and claims are enforced now
-    assert "rate_limit" not in r.stderr  # and rate limits
+def test_validate_accepts_the_spec_with_nothing_left_unsupported() -> None:
+    r = cli("validate", "-c", str(SPEC))
+    assert r.returncode == 0, r.stderr
+    # auth, claims, rate limits, sticky splits and hashing balancers are all enforced now
+    assert "not supported" not in r.stdout + r.stderr
+
+
+def test_explain_sticky_split_and_version_route() -> None:
+    r = cli("explain", "-c", str(SPEC), "GET", "/api/users/7", "--ip", "10.1.2.3")
+    assert r.returncode == 0, r.stderr
+    assert "route: users\n" in r.stdout
+    assert "upstream: split (sticky on ip): user-v1 95.0%, user-v2 5.0%" in r.stdout
+    assert "split: sticky: ip = '10.1.2.3' -> slot " in r.stdout
+    # the version route beats the split route on the same path
+    r = cli("explain", "-c", str(SPEC), "GET", "/api/users/7", "-H", "Api-Version: v2")
+    assert r.returncode == 0, r.stderr
+    assert "route: users-v2-by-header" in r.stdout
+    assert "upstream: user-v2 (" in r.stdout
+    assert "users                    /api/users/**                same pattern" in r.stdout
 
 
 def test_explain_names_the_winner_and_the_losers(basic: Path) -> None:

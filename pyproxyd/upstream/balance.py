@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Container, Sequence
+from math import log
+
+from ..split import TARGET, stable_hash
 
 _NOTHING: tuple[int, ...] = ()
 
@@ -111,3 +114,62 @@ class WeightedRandom:
                 return i
             r -= w
         return None  # unreachable: r < total
+
+
+_M64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a 64-bit bijection with full avalanche."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+class Rendezvous:
+    """Weighted rendezvous (highest random weight) hashing, for ip_hash and hash:<key>.
+
+    `choose_key(key, skip)` scores every candidate with -weight / ln(u), u a
+    uniform draw in (0, 1) derived from (key, target id), and takes the best:
+    a target gets a share of keys proportional to its weight, removing one
+    target moves only the keys it had (each to its next best), and a skipped
+    (tried or ejected) target hands its keys to their next best the same way.
+    Target ids (their URLs) seed the draws, so the mapping is the same in
+    every process and survives reloads and reordering. `key` is a 64-bit
+    stable hash of the client key (`pyproxyd.split.stable_hash`).
+    `choose(skip)` (no key: the key was absent) is a weighted random pick.
+    """
+
+    __slots__ = ("fallback", "seeds", "weights")
+
+    def __init__(
+        self, weights: Sequence[int], ids: Sequence[str], rng: random.Random | None = None
+    ) -> None:
+        self.weights = _check(weights)
+        if len(ids) != len(self.weights):
+            raise ValueError("one id per target is needed")
+        seen: dict[str, int] = {}
+        seeds = []
+        for target_id in ids:  # a URL listed twice still gets its own draws
+            n = seen[target_id] = seen.get(target_id, 0) + 1
+            seeds.append(stable_hash(target_id if n == 1 else f"{target_id}#{n}", TARGET))
+        self.seeds = tuple(seeds)
+        self.fallback = WeightedRandom(self.weights, rng)
+
+    def choose(self, skip: Container[int] = _NOTHING) -> int | None:
+        return self.fallback.choose(skip)
+
+    def choose_key(self, key: int, skip: Container[int] = _NOTHING) -> int | None:
+        best = -1
+        best_score = 0.0
+        for i, (w, seed) in enumerate(zip(self.weights, self.seeds, strict=True)):
+            if w == 0 or (skip and i in skip):
+                continue
+            u = ((_mix(key ^ seed) >> 11) + 0.5) * _2_53  # uniform in (0, 1)
+            score = w / -log(u)
+            if score > best_score:
+                best, best_score = i, score
+        return best if best >= 0 else None
+
+
+_2_53 = 2.0**-53

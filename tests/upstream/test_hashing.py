@@ -1,0 +1,127 @@
+"""Consistent target hashing (weighted rendezvous) for ip_hash and hash:<key>."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from multidict import CIMultiDict
+
+from pyproxyd.snapshot import Target, Upstream
+from pyproxyd.split import TARGET, stable_hash
+from pyproxyd.upstream.balance import Rendezvous
+
+N_KEYS = 100_000
+KEYS = [stable_hash(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", TARGET) for i in range(N_KEYS)]
+URLS = [f"http://10.0.0.{i}:80" for i in range(1, 9)]
+
+
+def assign(
+    r: Rendezvous, ids: list[str], skip: frozenset[int] = frozenset(), n: int = N_KEYS
+) -> list[str]:
+    out = []
+    for k in KEYS[:n]:
+        i = r.choose_key(k, skip)
+        assert i is not None
+        out.append(ids[i])
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_removing_one_of_n_targets_remaps_only_its_keys(n: int) -> None:
+    ids = URLS[:n]
+    before = assign(Rendezvous([1] * n, ids), ids)
+    gone = ids[n // 2]
+    rest = [u for u in ids if u != gone]
+    after = assign(Rendezvous([1] * (n - 1), rest), rest)
+    moved = [i for i in range(N_KEYS) if before[i] != after[i]]
+    assert all(before[i] == gone for i in moved)  # only the removed target's keys move
+    assert abs(len(moved) / N_KEYS - 1 / n) < 0.01  # and that is 1/N of them
+    moved_to = Counter(after[i] for i in moved)  # spread over the others, not dumped on one
+    assert all(abs(c / len(moved) - 1 / (n - 1)) < 0.03 for c in moved_to.values())
+
+
+def test_adding_a_target_takes_only_its_share() -> None:
+    before = assign(Rendezvous([1] * 4, URLS[:4]), URLS[:4], n=30_000)
+    after = assign(Rendezvous([1] * 5, URLS[:5]), URLS[:5], n=30_000)
+    moved = [i for i in range(30_000) if before[i] != after[i]]
+    assert all(after[i] == URLS[4] for i in moved)
+    assert abs(len(moved) / 30_000 - 1 / 5) < 0.015
+
+
+def test_the_order_of_targets_does_not_matter() -> None:
+    ids = URLS[:5]
+    shuffled = ids[:]
+    random.Random(3).shuffle(shuffled)
+    a = assign(Rendezvous([1] * 5, ids), ids, n=10_000)
+    assert a == assign(Rendezvous([1] * 5, shuffled), shuffled, n=10_000)
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [3, 1], [5, 3, 2], [1, 2, 3, 4], [10, 0, 10]])
+def test_weights_are_honoured(weights: list[int]) -> None:
+    ids = URLS[: len(weights)]
+    counts = Counter(assign(Rendezvous(weights, ids), ids, n=40_000))
+    total = sum(weights)
+    for url, w in zip(ids, weights, strict=True):
+        assert abs(counts.get(url, 0) / 40_000 - w / total) < 0.01, (weights, counts)
+
+
+def test_skipped_target_hands_keys_to_their_next_best() -> None:
+    """An ejected target's keys go elsewhere; everyone else's keys stay."""
+    ids = URLS[:4]
+    r = Rendezvous([1] * 4, ids)
+    before = assign(r, ids, n=20_000)
+    during = assign(r, ids, frozenset({1}), n=20_000)
+    rest = [ids[0], ids[2], ids[3]]
+    without = assign(Rendezvous([1] * 3, rest), rest, n=20_000)
+    assert during == without  # skipping = removal, key by key
+    assert all(b == d for b, d in zip(before, during, strict=True) if b != ids[1])
+    assert r.choose_key(KEYS[0], {0, 1, 2, 3}) is None
+    assert Rendezvous([0, 0], URLS[:2]).choose_key(KEYS[0]) is None
+
+
+def test_same_key_same_target_and_keyless_falls_back_to_weighted_random() -> None:
+    r = Rendezvous([1, 3], URLS[:2], rng=random.Random(5))
+    assert len({r.choose_key(KEYS[7]) for _ in range(50)}) == 1
+    seen = Counter(r.choose() for _ in range(4000))
+    assert 900 < seen[0] < 1100
+    assert r.choose({1}) == 0
+
+
+def test_duplicate_urls_get_their_own_share() -> None:
+    ids = [URLS[0], URLS[0]]
+    counts = Counter(Rendezvous([1, 1], ids).choose_key(k) for k in KEYS[:20_000])
+    assert abs(counts[0] / 20_000 - 0.5) < 0.02
+
+
+class Req:
+    def __init__(self, headers: dict[str, str]):
+        self.headers = CIMultiDict(headers)
+        self.cookies: dict[str, str] = {}
+
+
+def _upstream(spec: str) -> Upstream:
+    from pyproxyd.keys import compile_key
+
+    targets = tuple(Target(u, u[7:], b"", 1, None) for u in URLS[:3])  # type: ignore[arg-type]
+    r = Rendezvous([1, 1, 1], [t.url for t in targets])
+    return Upstream("up", targets, r, 1, 1.0, key=compile_key(spec), keyed=r)
+
+
+def test_upstream_pick_with_a_client_key() -> None:
+    up = _upstream("header:X-Client")
+    key = up.target_key(Req({"X-Client": "c-1"}), None, "1.2.3.4")
+    assert key == stable_hash("c-1", TARGET)
+    first = up.pick(set(), 0.0, key)
+    assert all(up.pick(set(), 0.0, key) == first for _ in range(20))
+    skip = {first} if first is not None else set()
+    second = up.pick(skip, 0.0, key)  # a retry goes to the key's next best target
+    assert second is not None and second != first
+    assert up.target_key(Req({}), None, "1.2.3.4") is None  # absent: weighted random
+    assert up.pick(set(), 0.0, None) in (0, 1, 2)
+
+
+def test_ip_hash_uses_the_client_address() -> None:
+    up = _upstream("ip")
+    assert up.target_key(Req({}), None, "10.0.0.7") == stable_hash("10.0.0.7", TARGET)
