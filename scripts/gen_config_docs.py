@@ -62,9 +62,9 @@ Conventions:
 - `<name>` stands for a name of your choosing (letters, digits, `_`, `-`, `.`);
   `[]` marks the elements of an array.
 
-Some tables are validated but not enforced by this version yet (the README lists
-what is planned): `pyproxyd run` refuses a file that uses them and names the key,
-rather than ignoring it.
+Every key is enforced. Should a future key be validated before it is enforced,
+`pyproxyd run` refuses a file that uses it and names the key, rather than
+ignoring it.
 """
 
 

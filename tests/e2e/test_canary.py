@@ -66,6 +66,12 @@ def by_ip(ips: range) -> list[dict[str, str]]:
     return [{"X-Forwarded-For": ip(i)} for i in ips]
 
 
+async def metrics(s: aiohttp.ClientSession, admin_port: int | None) -> str:
+    """The admin /metrics text (the registry is per process: compare before and after)."""
+    async with s.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+        return await r.text()
+
+
 def requests_total(text: str, route: str) -> Counter[str]:
     out: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
@@ -82,14 +88,15 @@ async def test_random_95_5_split_and_per_upstream_metrics(tmp_path: Path) -> Non
         gateway(tmp_path, toml(v1, v2, 5)) as gw,
         aiohttp.ClientSession() as s,
     ):
+        before = await metrics(s, gw.admin_port)
         got = Counter(await sides(s, url(gw, "/api/echo"), [{}] * 4000))
-        async with s.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as r:
-            metrics = await r.text()
+        after = await metrics(s, gw.admin_port)
     assert 0.035 <= got["v2"] / 4000 <= 0.065, got
     assert got["v1"] + got["v2"] == 4000
     assert (v1.hits, v2.hits) == (got["v1"], got["v2"])
     # the chosen upstream is a label of pyproxyd_requests_total
-    assert requests_total(metrics, "users") == Counter(v1=got["v1"], v2=got["v2"])
+    counted = requests_total(after, "users") - requests_total(before, "users")
+    assert counted == Counter(v1=got["v1"], v2=got["v2"])
 
 
 async def test_sticky_by_ip_via_trusted_x_forwarded_for(tmp_path: Path) -> None:
@@ -138,13 +145,15 @@ async def test_version_header_route_beats_the_split(tmp_path: Path) -> None:
         aiohttp.ClientSession() as s,
     ):
         target = url(gw, "/api/echo")
+        before = await metrics(s, gw.admin_port)
         plain = await sides(s, target, by_ip(range(300)))
         pinned_v1 = [i for i in range(300) if plain[i] == "v1"]
         versioned = [{"X-Forwarded-For": ip(i), "Api-Version": "v2"} for i in pinned_v1]
         assert set(await sides(s, target, versioned)) == {"v2"}
-        async with s.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as r:
-            metrics = await r.text()
-    assert requests_total(metrics, "users-v2-by-header") == Counter(v2=len(pinned_v1))
+        after = await metrics(s, gw.admin_port)
+    route = "users-v2-by-header"
+    counted = requests_total(after, route) - requests_total(before, route)
+    assert counted == Counter(v2=len(pinned_v1))
 
 
 async def test_absent_sticky_key_falls_back_to_random(tmp_path: Path) -> None:
