@@ -68,17 +68,17 @@ def parse_size(value: Any) -> int:
 
 
 class Rate(NamedTuple):
-    """`count` events per `period` seconds."""
+    """`amount` events per `period` seconds."""
 
-    count: float
+    amount: float
     period: float
 
     @property
     def per_second(self) -> float:
-        return self.count / self.period
+        return self.amount / self.period
 
     def __str__(self) -> str:
-        return f"{self.count:g}/{self.period:g}s"
+        return f"{self.amount:g}/{self.period:g}s"
 
 
 def parse_rate(value: Any) -> Rate:

@@ -155,11 +155,11 @@ class PoolSampler:
                 CONNECTIONS.labels(up.name, t.label, "busy").set(pool.busy)
                 CONNECTIONS.labels(up.name, t.label, "idle").set(pool.idle)
                 POOL_QUEUED.labels(up.name, t.label).set(pool.queued)
-                key = id(pool)  # a reload may bring a new pool, counting from 0
-                delta = pool.opened_total - self._opened.get(key, 0)
+                pool_key = id(pool)  # a reload may bring a new pool, counting from 0
+                delta = pool.opened_total - self._opened.get(pool_key, 0)
                 if delta > 0:
                     OPENED.labels(up.name, t.label).inc(delta)
-                self._opened[key] = pool.opened_total
+                self._opened[pool_key] = pool.opened_total
 
     def start(self, current: Any) -> None:
         async def loop() -> None:

@@ -283,7 +283,9 @@ def build_policy(
     default = _tier(spec, DEFAULT_TIER, spec.limits, workers)
     tiers = {}
     for name, lim in spec.tiers.items():
-        merged = Limits(*(t if t is not None else d for t, d in zip(lim, spec.limits, strict=True)))
+        merged = Limits._make(
+            t if t is not None else d for t, d in zip(lim, spec.limits, strict=True)
+        )
         tiers[name] = _tier(spec, name, merged, workers)
     store: LocalStore | RedisStore
     fallback = None
