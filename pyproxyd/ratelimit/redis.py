@@ -1,7 +1,7 @@
 """Limiter state in Redis, shared by every gateway instance.
 
-The maths lives in the `.lua` files beside this module (one per algorithm),
-loaded once per client with `register_script` (EVALSHA, and the script
+The maths lives in the `.lua` files beside this module (gcra.lua for both
+buckets, sliding_window.lua), loaded once per client with `register_script` (EVALSHA, and the script
 itself on NOSCRIPT). Every call touches one key, named
 `<key_prefix>{<policy>:<client key>}:<algorithm>`: the braces are the Cluster
 hash tag, so a call's keys always sit in one slot, and a client key with
@@ -38,7 +38,7 @@ from .algorithms import Algorithm, Decision, LeakyBucket, SlidingWindow
 
 log = structlog.get_logger("pyproxyd.ratelimit")
 
-SCRIPTS = ("token_bucket", "leaky_bucket", "sliding_window")
+SCRIPTS = ("gcra", "sliding_window")
 FAIL_AFTER = 3
 PROBE_EVERY = 0.5
 US = 1_000_000
@@ -164,8 +164,8 @@ def script_call(algo: Algorithm, backend: RedisBackend) -> tuple[str, list[Any],
         return "sliding_window", [algo.limit, algo.window * US, 1, "", member], member
     interval = US / algo.rate
     if isinstance(algo, LeakyBucket):
-        return "leaky_bucket", [interval, algo.burst, 1, "", int(algo.delay)], None
-    return "token_bucket", [interval, algo.burst, 1, "", 0], None
+        return "gcra", [interval, algo.burst + 1, 1, "", int(algo.delay)], None
+    return "gcra", [interval, algo.burst, 1, "", 0], None
 
 
 def decision(result: list[int]) -> Decision:
