@@ -39,6 +39,19 @@ def config(body: str, *, server: str = "", access_log: bool = False) -> str:
     return HEAD.format(server=server, access_log=str(access_log).lower()) + body
 
 
+def one_route(backend_url: str, route_id: str, prefix: str, upstream: str = "app") -> str:
+    """One upstream and one `<prefix>/**` route stripping the prefix: the common test setup."""
+    return f"""
+[upstreams.{upstream}]
+targets = [{{ url = "{backend_url}" }}]
+[[routes]]
+id = "{route_id}"
+path = "{prefix}/**"
+upstream = "{upstream}"
+strip_prefix = 1
+"""
+
+
 @asynccontextmanager
 async def gateway(tmp_path: Path, toml: str) -> AsyncIterator[Gateway]:
     path = tmp_path / "gateway.toml"

@@ -42,26 +42,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import start, stop, wait_port, wrk
+from proxy_bench import BACKEND_PORT, NGINX_BACKEND, start, stop, wait_port, wrk
 
-BACKEND_PORT, PY_PORT = 18390, 18391
-BODY = '{"id":1,"name":"Ada Lovelace","email":"ada@example.com","ok":1}'
+PY_PORT = 18391  # the backend is proxy_bench's nginx on BACKEND_PORT
 API_KEY = "bench-api-key-0123456789abcdef"
-
-NGINX_BACKEND = f"""
-worker_processes 1;
-pid {{tmp}}/backend.pid;
-error_log {{tmp}}/backend-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000000;
-  server {{
-    listen 127.0.0.1:{BACKEND_PORT};
-    location / {{ default_type application/json; return 200 '{BODY}'; }}
-  }}
-}}
-"""
 
 PYPROXYD = """
 [server]

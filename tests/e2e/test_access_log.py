@@ -12,7 +12,7 @@ import structlog
 
 from pyproxyd.observe import logging as plog
 from tests.backends import Backend
-from tests.gateway import config, fetch, gateway, url
+from tests.gateway import config, fetch, gateway, one_route, url
 
 FIELDS = {
     "event", "level", "timestamp", "request_id", "trace_id", "route", "upstream",
@@ -33,15 +33,7 @@ def log_file(tmp_path: Path) -> Iterator[Path]:
 async def test_access_log_lines(tmp_path: Path, log_file: Path) -> None:
     async with Backend() as b:
         toml = config(
-            f"""
-[upstreams.app]
-targets = [{{ url = "{b.url}" }}]
-[[routes]]
-id = "echo"
-path = "/api/**"
-upstream = "app"
-strip_prefix = 1
-""",
+            one_route(b.url, "echo", "/api"),
             access_log=True,
         )
         async with gateway(tmp_path, toml) as gw:
@@ -68,15 +60,7 @@ async def test_console_format_logs_requests_too(tmp_path: Path) -> None:
     try:
         async with Backend() as b:
             toml = config(
-                f"""
-[upstreams.app]
-targets = [{{ url = "{b.url}" }}]
-[[routes]]
-id = "echo"
-path = "/api/**"
-upstream = "app"
-strip_prefix = 1
-""",
+                one_route(b.url, "echo", "/api"),
                 access_log=True,
             )
             async with gateway(tmp_path, toml) as gw:

@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import Backend
-from tests.gateway import config, fetch, gateway, url
+from tests.gateway import config, fetch, gateway, one_route, url
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -24,17 +24,7 @@ def value(text: str, name: str, **labels: str) -> float:
 
 async def test_requests_durations_and_pool_gauges(tmp_path: Path) -> None:
     async with Backend() as b:
-        toml = config(
-            f"""
-[upstreams.app]
-targets = [{{ url = "{b.url}" }}]
-[[routes]]
-id = "metered"
-path = "/m/**"
-upstream = "app"
-strip_prefix = 1
-"""
-        )
+        toml = config(one_route(b.url, "metered", "/m"))
         async with gateway(tmp_path, toml) as gw:
             metrics_url = f"http://127.0.0.1:{gw.admin_port}/metrics"
             _, _, before = await fetch(metrics_url)
@@ -64,17 +54,7 @@ strip_prefix = 1
 
 async def test_body_bytes_in_and_out(tmp_path: Path) -> None:
     async with Backend() as b:
-        toml = config(
-            f"""
-[upstreams.app]
-targets = [{{ url = "{b.url}" }}]
-[[routes]]
-id = "bytes"
-path = "/b/**"
-upstream = "app"
-strip_prefix = 1
-"""
-        )
+        toml = config(one_route(b.url, "bytes", "/b"))
         async with gateway(tmp_path, toml) as gw:
             metrics_url = f"http://127.0.0.1:{gw.admin_port}/metrics"
             _, _, before = await fetch(metrics_url)
