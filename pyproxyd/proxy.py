@@ -1,20 +1,17 @@
 """Forward one request: route it, stream it upstream, stream the answer back.
 
-The one catch-all aiohttp handler. It reads the snapshot once, so a request
-sees one config from start to end even when a reload swaps it meanwhile.
+The one handler of the client listeners (frontend/). It reads the snapshot
+once, so a request sees one config from start to end even when a reload swaps
+it meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, cast
-
-from aiohttp import web
-from multidict import CIMultiDict
 
 from . import errors
 from .auth.identity import Identity
@@ -25,6 +22,7 @@ from .forwarding import (
     filter_response_headers,
     forwarded_for,
 )
+from .frontend.request import ClientGone, ClientRequest
 from .observe.metrics import RequestMetrics
 from .resilience.breaker import STATE_NAMES
 from .routing import normalise_path
@@ -45,7 +43,7 @@ class LazyQuery:
 
     __slots__ = ("_request",)
 
-    def __init__(self, request: web.BaseRequest):
+    def __init__(self, request: ClientRequest):
         self._request = request
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -92,13 +90,13 @@ class Proxy:
         self.metrics = RequestMetrics()
         self.loop = asyncio.get_event_loop()
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: ClientRequest) -> None:
         started = self.loop.time()
         # uvloop's loop.time() ticks in whole milliseconds: durations need a finer clock.
         clock = perf_counter()
         snap = self.holder.current
         ex = RequestInfo(started)
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         headers = request.headers
         ex.request_id = request_id(headers.get("X-Request-ID"))
         trace_id, parent = traceparent(headers.get("traceparent"))
@@ -106,29 +104,29 @@ class Proxy:
         peer = request.remote or ""
         xff = headers.getall("X-Forwarded-For", _EMPTY)
         ex.client_ip = client_address(peer, xff, snap.server.trusted)
-        resp: web.StreamResponse
         try:
-            resp = await self._serve(request, snap, ex, peer, xff, parent)
+            await self._serve(request, snap, ex, peer, xff, parent)
         except GatewayError as err:
-            resp = error_response(err, ex.request_id)
-            if ex.limits:
-                resp.headers.extend(ex.limits)
-        except asyncio.CancelledError:
+            if request.started:
+                request.abort()  # too late for an error response: cut the connection
+            else:
+                ex.status = err.status
+                try:
+                    send_error(request, err, ex.request_id, ex.limits)
+                except ClientGone:
+                    ex.status = 499
+        except ClientGone:
             ex.status = 499  # the client went away (nginx's convention)
+        except asyncio.CancelledError:
+            ex.status = 499
             self._done(request, ex, clock, snap)
             raise
-        ex.status = ex.status or resp.status
         self._done(request, ex, clock, snap)
-        # A streamed response is written by now; a buffered one is about to be.
-        sent = resp.body_length if resp.prepared else (resp.content_length or 0)
-        self.metrics.bytes(ex.route or "(none)", request.content.total_bytes, sent)
-        return resp
+        self.metrics.bytes(ex.route or "(none)", request.received, request.sent)
 
-    def _done(
-        self, request: web.BaseRequest, ex: RequestInfo, clock: float, snap: Snapshot
-    ) -> None:
+    def _done(self, request: ClientRequest, ex: RequestInfo, clock: float, snap: Snapshot) -> None:
         elapsed = perf_counter() - clock
-        self.metrics.in_flight.dec()
+        self.metrics.in_flight -= 1
         self.metrics.observe(ex.route or "(none)", ex.upstream or "(none)", ex.status, elapsed)
         if snap.logging.access_log:  # read per request: a reload may switch it
             try:
@@ -138,13 +136,13 @@ class Proxy:
 
     async def _serve(
         self,
-        request: web.BaseRequest,
+        request: ClientRequest,
         snap: Snapshot,
         ex: RequestInfo,
         peer: str,
         xff: tuple[str, ...] | list[str],
         parent: str,
-    ) -> web.StreamResponse:
+    ) -> None:
         raw_path, sep, query = request.raw_path.partition("?")
         path = normalise_path(raw_path)
         ex.path = path
@@ -188,10 +186,6 @@ class Proxy:
         target_path = route.path_fn(path, match.params)
         if sep:
             target_path = f"{target_path}?{query}"
-        if _is_websocket(seen):
-            if identity is not None and identity.forward:
-                kept.extend(_header_pairs(identity.forward))
-            return await proxy_websocket(request, upstream, target_path, kept, ex)
 
         host = request.host
         lines = [f"{request.method} {target_path} HTTP/1.1\r\n".encode()]
@@ -214,7 +208,7 @@ class Proxy:
             )
         )
         body: AsyncIterator[bytes] | None = None
-        if request.body_exists:
+        if request.body is not None:
             body = _limited(request, snap.server.client_max_body_size)
             if length is None:
                 lines.append(b"Transfer-Encoding: chunked\r\n")
@@ -226,42 +220,42 @@ class Proxy:
             else None
         )
 
+        if request.upgrade and _is_websocket(seen):
+            await proxy_websocket(request, upstream, head_common, host_line, ex)
+            return
         if route.timeout is None:
-            return await self._forward(request, upstream, head_common, host_line, body, ex)
-        prepared: list[web.StreamResponse] = []
+            await self._forward(request, upstream, head_common, host_line, body, ex)
+            return
         try:
             async with asyncio.timeout(route.timeout):
-                return await self._forward(
-                    request, upstream, head_common, host_line, body, ex, prepared
-                )
+                await self._forward(request, upstream, head_common, host_line, body, ex)
         except TimeoutError:
-            if prepared:
-                _abort_client(request)
-                return prepared[0]
+            if request.started:
+                request.abort()
+                return
             raise errors.UpstreamTimeout(f"route timeout of {route.timeout:g}s passed") from None
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: ClientRequest,
         upstream: Upstream,
         head_common: bytes,
         host_line: bytes | None,
         body: AsyncIterator[bytes] | None,
         ex: RequestInfo,
-        prepared: list[web.StreamResponse] | None = None,
-    ) -> web.StreamResponse:
+    ) -> None:
         sent = perf_counter()
         up = await self._send(request, upstream, head_common, host_line, body, ex)
         self.metrics.upstream_answered(upstream.name, perf_counter() - sent)
         try:
-            return await _relay(request, up, ex, prepared)
+            await _relay(request, up, ex)
         except BaseException:
             up.abort()
             raise
 
     async def _send(
         self,
-        request: web.BaseRequest,
+        request: ClientRequest,
         upstream: Upstream,
         head_common: bytes,
         host_line: bytes | None,
@@ -350,66 +344,48 @@ class Proxy:
         raise last
 
 
-async def _relay(
-    request: web.BaseRequest,
-    up: UpstreamResponse,
-    ex: RequestInfo,
-    prepared: list[web.StreamResponse] | None,
-) -> web.StreamResponse:
-    headers = CIMultiDict(filter_response_headers(up.headers))
-    headers["X-Request-ID"] = ex.request_id
+async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) -> None:
+    headers = filter_response_headers(up.headers)
+    headers.append(("X-Request-ID", ex.request_id))
     if ex.limits:
         headers.extend(ex.limits)
     ex.status = up.status
+    length = up.content_length
     if (
-        up.content_length is not None
-        and up.content_length <= 65536
+        length is not None
+        and length <= 65536
         and request.method != "HEAD"
         and up.status not in (204, 304)
     ):
-        # Small bodies: one buffer and aiohttp's single-write path.
+        # Small bodies: buffered, and the head and body leave in one write.
         chunks = []
         while chunk := await up.read():
             chunks.append(chunk)
         up.release()
-        return web.Response(
-            status=up.status, reason=up.reason, headers=headers, body=b"".join(chunks)
-        )
-    resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
-    if prepared is not None:
-        prepared.append(resp)
-    await resp.prepare(request)
+        request.respond(up.status, headers, b"".join(chunks), up.reason)
+        return
+    request.start(up.status, headers, length, up.reason)
     try:
         while chunk := await up.read():
-            await resp.write(chunk)
+            await request.write(chunk)
     except GatewayError:
         # The upstream broke or stalled mid-body: the status line is gone, so the
         # only honest signal left is to cut the client connection.
         up.abort()
-        _abort_client(request)
-        return resp
+        request.abort()
+        return
     up.release()
-    await resp.write_eof()
-    return resp
+    request.end()
 
 
-async def _limited(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
+async def _limited(request: ClientRequest, limit: int) -> AsyncIterator[bytes]:
+    assert request.body is not None
     total = 0
-    async for chunk in request.content.iter_any():
+    async for chunk in request.body.chunks():
         total += len(chunk)
         if total > limit:
             raise errors.PayloadTooLarge(f"request body is over {limit} bytes")
         yield chunk
-
-
-def _header_pairs(block: bytes) -> list[tuple[bytes, bytes]]:
-    """b"A: 1\\r\\nB: 2\\r\\n" -> [(b"A", b"1"), (b"B", b"2")]."""
-    pairs = []
-    for line in block.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b": ")
-            pairs.append((name, value))
-    return pairs
 
 
 def _is_websocket(seen: dict[bytes, list[bytes]]) -> bool:
@@ -417,21 +393,20 @@ def _is_websocket(seen: dict[bytes, list[bytes]]) -> bool:
     return bool(upgrade) and upgrade[0].strip().lower() == b"websocket"  # type: ignore[index]
 
 
-def _abort_client(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        with contextlib.suppress(Exception):
-            transport.abort()
-
-
-def error_response(err: GatewayError, rid: str) -> web.Response:
-    resp = web.Response(
-        status=err.status,
-        body=errors.render(err, rid),
-        content_type="application/json",
-        headers={"X-Request-ID": rid, **err.headers},
-    )
-    return resp
+def send_error(
+    request: ClientRequest,
+    err: GatewayError,
+    rid: str,
+    extra: list[tuple[str, str]] | None = None,
+) -> None:
+    headers = [
+        ("Content-Type", "application/json"),
+        ("X-Request-ID", rid),
+        *err.headers.items(),
+    ]
+    if extra:
+        headers.extend(extra)
+    request.respond(err.status, headers, errors.render(err, rid))
 
 
 _faults: dict[str, int] = {}

@@ -16,115 +16,30 @@ import ssl
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import LineTooLong
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_server import Server
 
 from . import errors
 from .compile import compile_snapshot
 from .config_load import Loaded
+from .frontend.connection import Frontend
 from .observe import metrics
 from .observe.logging import AccessLog, get_logger
-from .proxy import Proxy, error_response
+from .proxy import Proxy
 from .resilience.view import upstreams_view
 from .snapshot import Snapshot, SnapshotHolder
 from .tracing import new_id
 from .upstream.pool import TargetPool
-from .websocket import close_client
 
 log = get_logger("pyproxyd.server")
 
 
-class GatewayRequestHandler(RequestHandler):
-    """aiohttp's connection handler plus a header deadline and JSON errors.
-
-    aiohttp has no client_header_timeout: its keep-alive timer is the only
-    guard against a client that trickles its headers (slowloris). This arms a
-    deadline when a request head starts arriving and disarms it once the head
-    is parsed. It reads aiohttp internals (`_request_count`, `_messages`,
-    `_request_in_progress`), hence the pinned aiohttp range and the e2e test.
-    """
-
-    __slots__ = ("_header_handle", "_header_timeout")
-
-    def __init__(self, manager: Server, *, header_timeout: float, **kwargs: Any):
-        super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
-        self._header_handle: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._header_timeout > 0:
-            self._header_handle = self._loop.call_later(self._header_timeout, self._header_late)
-
-    def _header_late(self) -> None:
-        self._header_handle = None
-        if not self._request_in_progress and not self._messages:
-            self.force_close()
-
-    def data_received(self, data: bytes) -> None:
-        before = self._request_count
-        super().data_received(data)
-        if self._request_count != before:
-            if self._header_handle is not None:
-                self._header_handle.cancel()
-                self._header_handle = None
-        elif self._header_handle is None and not self._request_in_progress and not self._upgraded:
-            self._arm()
-
-    @property
-    def busy(self) -> bool:
-        return self._request_in_progress or bool(self._messages)
-
-    def drain(self) -> None:
-        """Close once idle. Not aiohttp's close(): that also stops reading, which
-        would cut a WebSocket still in flight."""
-        self.keep_alive(False)
-        if not self.busy:
-            self.close()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_handle is not None:
-            self._header_handle.cancel()
-            self._header_handle = None
-        super().connection_lost(exc)
-
-    def handle_error(
-        self,
-        request: Any,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        err: errors.GatewayError
-        if isinstance(exc, LineTooLong):
-            err = errors.HeadersTooLarge()
-        elif status == 400:
-            err = errors.BadRequest(f"malformed request: {message or exc}"[:200])
-        elif status == 504:
-            err = errors.UpstreamTimeout()
-        else:
-            log.error("internal_error", error=repr(exc))
-            err = errors.GatewayError()
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started")
-        resp = error_response(err, new_id())
-        resp.force_close()
-        return resp
-
-
-class GatewayServer(Server):
-    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any):
-        super().__init__(handler, handler_cancellation=True, **kwargs)
-        self._header_timeout = header_timeout
-
-    def __call__(self) -> RequestHandler:
-        return GatewayRequestHandler(
-            self, loop=self._loop, header_timeout=self._header_timeout, **self._kwargs
-        )
+def error_response(err: errors.GatewayError, rid: str) -> web.Response:
+    """An error of the admin listener (aiohttp), rendered like the proxy's."""
+    return web.Response(
+        status=err.status,
+        body=errors.render(err, rid),
+        content_type="application/json",
+        headers={"X-Request-ID": rid, **err.headers},
+    )
 
 
 def split_host_port(addr: str) -> tuple[str, int]:
@@ -160,7 +75,7 @@ class Gateway:
         self.ports: list[int] = []
         self.admin_port: int | None = None
         self._servers: list[asyncio.base_events.Server] = []
-        self._http: GatewayServer | None = None
+        self._http: Frontend | None = None
         self._admin: web.AppRunner | None = None
         self.stopped = asyncio.Event()
         self.sampler = metrics.PoolSampler()
@@ -177,15 +92,15 @@ class Gateway:
         s = snap.server
         self.access_log = AccessLog()
         proxy = Proxy(self.holder, self.access_log)
-        self._http = GatewayServer(
+        self.sampler.flushers.append(proxy.metrics.flush)
+        self.proxy = proxy
+        self._http = Frontend(
             proxy,
             header_timeout=s.client_header_timeout,
             keepalive_timeout=s.keepalive_timeout,
-            max_line_size=s.max_header_size,
-            max_field_size=s.max_header_size,
-            access_log=None,
-            auto_decompress=False,
+            max_header_size=s.max_header_size,
         )
+        self._http.start()
         context = None
         if s.tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -193,7 +108,9 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for addr in s.listen:
             sock = bind(addr, reuse_port=self.reuse_port)
-            server = await loop.create_server(self._http, sock=sock, ssl=context)
+            server = await loop.create_server(
+                self._http.protocol(context is not None), sock=sock, ssl=context
+            )
             self._servers.append(server)
             self.ports.append(sock.getsockname()[1])
         if self.with_admin:
@@ -299,16 +216,17 @@ class Gateway:
         for server in self._servers:
             server.close()
         if self._http is not None:
-            # aiohttp's shutdown() stops reading from every connection at once,
-            # which cuts WebSockets; drain ourselves, then let it cancel the rest.
+            # Idle connections close now; busy ones (a request, a WebSocket) get
+            # until graceful_timeout, then are cut.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
-            conns = [c for c in self._http.connections if isinstance(c, GatewayRequestHandler)]
-            for conn in conns:
-                conn.drain()
-            while any(c.busy for c in conns) and loop.time() < deadline:
+            for conn in list(self._http.connections):
+                conn.drain_close()
+            while any(c.busy for c in self._http.connections) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            await self._http.shutdown(0.5)
+            for conn in list(self._http.connections):
+                conn.abort()
+            self._http.stop()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -319,8 +237,8 @@ class Gateway:
             close = getattr(obj, "aclose", None)
             if close is not None and not isinstance(obj, TargetPool):
                 await close()
-        await close_client()
         self.access_log.flush()
+        self.proxy.metrics.flush()
         if self._admin is not None:
             await self._admin.cleanup()
         self.stopped.set()

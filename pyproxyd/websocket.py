@@ -1,126 +1,237 @@
-"""WebSocket upgrades: two message pumps between the client and the upstream.
+"""WebSocket upgrades: the handshake goes upstream, then bytes flow both ways.
 
-The pooled HTTP/1.1 path never carries an upgraded connection; a WebSocket
-gets a dedicated upstream connection through aiohttp's client.
+Like nginx, the gateway does not parse WebSocket frames: once the upstream
+answers 101 it is a byte tunnel between two sockets, with flow control both
+ways (a slow reader pauses the other side's socket). The upgrade travels on a
+connection of its own, never a pooled one. An upstream that refuses the
+upgrade is answered through as a normal response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp import web
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from . import errors
+from .forwarding import filter_response_headers
 
 if TYPE_CHECKING:
+    from .frontend.request import ClientRequest
     from .proxy import RequestInfo
     from .snapshot import Upstream
 
-# Handshake headers aiohttp's client makes itself.
-_HANDSHAKE = frozenset(
-    {
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-extensions",
-        b"sec-websocket-protocol",
-        b"content-length",
-    }
-)
-
-_session: aiohttp.ClientSession | None = None
+# A refused upgrade's answer is relayed whole; more than this is cut.
+_REFUSAL_LIMIT = 1024 * 1024
 
 
-def _client() -> aiohttp.ClientSession:
-    global _session
-    if _session is None or _session.closed:
-        _session = aiohttp.ClientSession(
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-        )
-    return _session
+class _UpstreamSide(asyncio.Protocol):
+    """The upstream socket: parses the handshake answer, then forwards raw bytes."""
 
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.head_done = asyncio.Event()
+        self.closed = loop.create_future()
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.complete = False
+        self.early: list[bytes] = []  # frames that came with the 101
+        self.sink: asyncio.Transport | None = None  # the client, once tunnelled
+        self.pause_client: Callable[[bool], None] | None = None
+        self.error: str | None = None
+        self.eof = False  # the upstream finished sending
+        self.client_eof = False  # the client finished sending
 
-async def close_client() -> None:
-    if _session is not None and not _session.closed:
-        await _session.close()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.write(data)
+            return
+        if self.head_done.is_set() and self.status == 101:
+            self.early.append(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :] if exc.args else b""
+            if rest:
+                self.early.append(rest)
+        except HttpParserError as exc:
+            self.error = f"malformed upgrade answer from upstream: {exc}"
+            self.head_done.set()
+            if self.transport is not None:
+                self.transport.abort()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.sink is not None and self.sink.can_write_eof() and not self.client_eof:
+            self.sink.write_eof()  # half-close travels on
+            return True
+        return False  # both directions are finished: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.head_done.is_set():
+            self.error = f"upstream closed the connection during the upgrade: {exc or 'eof'}"
+            self.head_done.set()
+        elif self.status != 101 and not self.complete:
+            self.complete = True  # a read-until-close refusal body ends here
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.pause_client is not None:
+            self.pause_client(True)  # the upstream is slow: stop reading the client
+
+    def resume_writing(self) -> None:
+        if self.pause_client is not None:
+            self.pause_client(False)
+
+    def on_status(self, reason: bytes) -> None:
+        pass
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done.set()
+
+    def on_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.body_size <= _REFUSAL_LIMIT:
+            self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        if self.status != 101 and self.transport is not None:
+            self.transport.close()
 
 
 async def proxy_websocket(
-    request: web.BaseRequest,
+    request: ClientRequest,
     upstream: Upstream,
-    target_path: str,
-    kept: list[tuple[bytes, bytes]],
+    head_common: bytes,
+    host_line: bytes | None,
     ex: RequestInfo,
-) -> web.StreamResponse:
+) -> None:
+    loop = asyncio.get_running_loop()
     # skips ejected targets; ip_hash / hash:<key> pin the client to its target
-    index = upstream.pick(set(), asyncio.get_running_loop().time(), ex.target_key)
+    index = upstream.pick(set(), loop.time(), ex.target_key)
     if index is None:
         raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target to try")
     target = upstream.targets[index]
-    scheme = "wss" if target.url.startswith("https") else "ws"
-    url = f"{scheme}://{target.label}{target_path}"
-    headers = [
-        (n.decode("latin-1"), v.decode("latin-1")) for n, v in kept if n.lower() not in _HANDSHAKE
-    ]
-    headers.append(("X-Request-ID", ex.request_id))
-    protocols = tuple(
-        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
-    )
+    pool = target.pool
     try:
-        upstream_ws = await _client().ws_connect(
-            url,
-            headers=headers,
-            protocols=protocols,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            autoping=False,
-            max_msg_size=0,
-        )
-    except aiohttp.WSServerHandshakeError as e:
-        ex.status = e.status
-        raise errors.BadGateway(f"upstream refused the WebSocket upgrade ({e.status})") from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as e:
+        async with asyncio.timeout(pool.settings.connect_timeout):
+            _, side = await loop.create_connection(
+                lambda: _UpstreamSide(loop),
+                pool.host,
+                pool.port,
+                ssl=pool.ssl,
+                server_hostname=pool.server_hostname,
+            )
+    except (TimeoutError, OSError, ValueError) as e:
         raise errors.UpstreamConnectError(
-            f"WebSocket connect to {target.label} failed: {e}"
+            f"WebSocket connect to {target.label} failed: {e or type(e).__name__}"
         ) from None
-
-    client_ws = web.WebSocketResponse(
-        protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
-        autoping=False,
-        max_msg_size=0,
-    )
-    await client_ws.prepare(request)
-    ex.status = 101
-
-    async def pump(src: object, dst: object) -> None:
-        async for msg in src:  # type: ignore[attr-defined]
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)  # type: ignore[attr-defined]
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)  # type: ignore[attr-defined]
-            elif msg.type == aiohttp.WSMsgType.PING:
-                await dst.ping(msg.data)  # type: ignore[attr-defined]
-            elif msg.type == aiohttp.WSMsgType.PONG:
-                await dst.pong(msg.data)  # type: ignore[attr-defined]
-            else:
-                break
-
-    tasks = [
-        asyncio.ensure_future(pump(client_ws, upstream_ws)),
-        asyncio.ensure_future(pump(upstream_ws, client_ws)),
-    ]
+    upgrade = request.headers.get("Upgrade", "websocket").encode("latin-1", "replace")
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        assert side.transport is not None
+        side.transport.write(
+            head_common
+            + b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
+            + (host_line or target.host_header)
+            + b"\r\n"
+        )
+        try:
+            async with asyncio.timeout(upstream.read_timeout):
+                await side.head_done.wait()
+        except TimeoutError:
+            raise errors.UpstreamTimeout(
+                f"upstream sent no upgrade answer within {upstream.read_timeout:g}s"
+            ) from None
+        if side.error is not None:
+            raise errors.BadGateway(side.error)
+        headers = filter_response_headers(side.headers)
+        headers.append(("X-Request-ID", ex.request_id))
+        ex.status = side.status
+        if side.status != 101:
+            await _relay_refusal(request, side, headers, upstream.read_timeout)
+            return
+        await _tunnel(request, side, headers)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        with contextlib.suppress(Exception):
-            await upstream_ws.close()
-        with contextlib.suppress(Exception):
-            await client_ws.close()
-    return client_ws
+        if side.transport is not None:
+            side.transport.abort()
+
+
+async def _relay_refusal(
+    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[str, str]], timeout: float
+) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await side.closed
+    request.respond(side.status, headers, b"".join(side.body))
+
+
+async def _tunnel(
+    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[str, str]]
+) -> None:
+    conn = request.conn
+    client = conn.transport
+    upstream = side.transport
+    if client is None or upstream is None:
+        return
+    # The handshake's own hop-by-hop headers belong to this hop too.
+    headers = [*headers, ("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    for name, value in side.headers:
+        if name.lower() == "upgrade":
+            headers[-1] = ("Upgrade", value)
+    request.start(101, headers, None)
+    request.finished = True
+    for chunk in side.early:
+        client.write(chunk)
+    side.early.clear()
+    side.sink = client
+    side.pause_client = conn.pause_tunnel
+    done = conn.loop.create_future()
+
+    def to_upstream(data: bytes) -> None:
+        if upstream.is_closing():
+            return
+        upstream.write(data)
+
+    def client_eof() -> None:
+        side.client_eof = True
+        if side.eof:
+            client_lost()  # both directions are finished
+        elif upstream.can_write_eof() and not upstream.is_closing():
+            upstream.write_eof()
+
+    def client_lost() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def client_writable(ok: bool) -> None:
+        if upstream.is_closing():
+            return
+        if ok:
+            upstream.resume_reading()
+        else:
+            upstream.pause_reading()  # the client is slow: stop reading the upstream
+
+    conn.on_writable = client_writable
+    for chunk in conn.tunnel(to_upstream, client_eof, client_lost):
+        upstream.write(chunk)
+    side.closed.add_done_callback(lambda _: client_lost())
+    await done
+    conn.close()

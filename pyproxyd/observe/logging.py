@@ -70,7 +70,7 @@ class AccessLog:
     FLUSH_EVERY = 0.05
     MAX_BUFFER = 256
 
-    __slots__ = ("_buf", "_dumps", "_handle", "_log", "_sec", "_stamp", "_stream")
+    __slots__ = ("_buf", "_handle", "_log", "_sec", "_stamp", "_stream")
 
     def __init__(self) -> None:
         self._log = structlog.get_logger("pyproxyd.access")
@@ -79,7 +79,6 @@ class AccessLog:
         self._handle: asyncio.TimerHandle | None = None
         self._sec = -1
         self._stamp = ""
-        self._dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
     def request(self, method: str, ex: RequestInfo, duration_ms: float) -> None:
         if _output["level"] > logging.INFO:
@@ -94,10 +93,17 @@ class AccessLog:
         if sec != self._sec:
             self._sec = sec
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        line = _fields(method, ex, duration_ms)
-        line["level"] = "info"
-        line["timestamp"] = f"{self._stamp}.{int((now - sec) * 1e6):06d}Z"
-        self._buf.append(self._dumps(line))
+        # The same object json.dumps(_fields(...)) gives, written out: a third
+        # of the cost. Strings that may carry a quote or non-ASCII are escaped.
+        self._buf.append(
+            f'{{"event":"request","request_id":{_esc(ex.request_id)},'
+            f'"trace_id":{_esc(ex.trace_id)},"route":{_esc_or_null(ex.route)},'
+            f'"upstream":{_esc_or_null(ex.upstream)},"method":{_esc(method)},'
+            f'"path":{_esc(ex.path)},"status":{ex.status},'
+            f'"duration_ms":{round(duration_ms, 3)!r},"client_ip":{_esc(ex.client_ip)},'
+            f'"consumer":{_esc_or_null(ex.consumer)},"level":"info",'
+            f'"timestamp":"{self._stamp}.{int((now - sec) * 1e6):06d}Z"}}'
+        )
         if len(self._buf) >= self.MAX_BUFFER:
             self.flush()
         elif self._handle is None:
@@ -112,6 +118,13 @@ class AccessLog:
             self._stream.write("\n".join(self._buf))
             self._buf.clear()
             self._stream.flush()
+
+
+_esc = json.encoder.encode_basestring_ascii  # the C escaper json.dumps uses
+
+
+def _esc_or_null(value: str) -> str:
+    return _esc(value) if value else "null"
 
 
 def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:

@@ -229,10 +229,21 @@ async def test_two_workers_serve_survive_a_kill_and_reload_together(tmp_path: Pa
             for _ in range(20):
                 async with aiohttp.ClientSession() as fresh:
                     assert await status_of(fresh, st.url("/a/echo")) == 200
-            # /metrics on the supervisor adds up both workers (multiprocess mode)
-            async with s.get(f"http://127.0.0.1:{st.admin}/metrics") as r:
-                text = await r.text()
-            assert 'pyproxyd_requests_total{route="a",status="200",upstream="app"} 20.0' in text
+            # /metrics on the supervisor adds up both workers (multiprocess mode);
+            # workers flush their tallies once a second
+            line = 'pyproxyd_requests_total{route="a",status="200",upstream="app"} 20.0'
+            texts: list[str] = []
+
+            async def scrape() -> bool:
+                async with s.get(f"http://127.0.0.1:{st.admin}/metrics") as r:
+                    texts.append(await r.text())
+                return line in texts[-1]
+
+            for _ in range(30):
+                if await scrape():
+                    break
+                await asyncio.sleep(0.1)
+            assert line in texts[-1]
             os.kill(pids[0], signal.SIGKILL)
             await wait_for(lambda: len(_children(gw.proc.pid)) == 2 and  # type: ignore[union-attr]
                            pids[0] not in _children(gw.proc.pid), timeout=10)  # type: ignore[union-attr]  # fmt: skip

@@ -1,0 +1,586 @@
+"""The client side of HTTP/1.1: an asyncio.Protocol fed to httptools (llhttp).
+
+aiohttp's server did this job until the profile showed that its request and
+response objects cost more than everything the gateway does per request. This
+keeps only what a proxy needs: the raw head, a streamed body with flow control,
+a response written with one `transport.write`, keep-alive and pipelining in
+order, client_header_timeout and keepalive_timeout, errors as behaviour.md's
+JSON, and a raw byte tunnel after a WebSocket upgrade.
+
+Timeouts are not one timer per request: each connection keeps a deadline and
+`Frontend` sweeps them a few times a second, so a request costs no timer at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from email.utils import formatdate
+from time import time
+from typing import Any
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+
+from .. import errors
+from ..observe.logging import get_logger
+from ..tracing import new_id
+from .request import ClientGone, ClientRequest, RequestBody, reason_for
+
+log = get_logger("pyproxyd.server")
+
+Handler = Callable[[ClientRequest], Coroutine[Any, Any, None]]
+
+_HEADER, _IDLE, _LINGER = 1, 2, 3
+# After the gateway decides to close, it still reads (and drops) what the
+# client sends for this long, so that a response is not destroyed by the RST
+# a close with unread data causes (nginx's lingering_close).
+_LINGER_TIME = 2.0
+# Pipelined requests parsed ahead of the one being answered; more pause reading.
+_QUEUE_LIMIT = 8
+
+
+class _TooLarge(Exception):
+    """A request line or header line over max_header_size."""
+
+
+class Frontend:
+    """The protocol factory of the client listeners, and what they share:
+    settings, the open connections, the deadline sweep and the Date header."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        header_timeout: float,
+        keepalive_timeout: float,
+        max_header_size: int,
+    ) -> None:
+        self.handler = handler
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_line = max_header_size
+        # Everything before the body, all lines together (nginx: 4 x 8k buffers).
+        self.max_head = max(64 * 1024, 4 * max_header_size)
+        self.connections: set[ClientConnection] = set()
+        self.loop = asyncio.get_running_loop()
+        self._date_at = 0
+        self._date = b""
+        shortest = min(t for t in (header_timeout, keepalive_timeout, 4.0) if t > 0)
+        self._interval = min(1.0, max(0.05, shortest / 5))
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    def protocol(self, secure: bool) -> Callable[[], ClientConnection]:
+        return lambda: ClientConnection(self, secure)
+
+    def date_line(self) -> bytes:
+        now = int(time())
+        if now != self._date_at:
+            self._date_at = now
+            self._date = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+        return self._date
+
+    def start(self) -> None:
+        self._sweep_handle = self.loop.call_later(self._interval, self._sweep)
+
+    def stop(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.connections if c.deadline and c.deadline <= now]:
+            conn.expire()
+        self._sweep_handle = self.loop.call_later(self._interval, self._sweep)
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_active",
+        "_clen",
+        "_closing",
+        "_deadline_kind",
+        "_drain_waiter",
+        "_draining",
+        "_early",
+        "_expect",
+        "_head_bytes",
+        "_in_head",
+        "_lingering",
+        "_parsing",
+        "_paused",
+        "_queue",
+        "_raw",
+        "_task",
+        "_te",
+        "_tunnel",
+        "_tunnel_eof",
+        "_tunnel_lost",
+        "_upgraded",
+        "_url",
+        "deadline",
+        "front",
+        "local",
+        "loop",
+        "on_writable",
+        "parser",
+        "peer",
+        "secure",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, front: Frontend, secure: bool) -> None:
+        self.front = front
+        self.loop = front.loop
+        self.secure = secure
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.local = ""
+        self.parser = HttpRequestParser(self)
+        self.deadline = 0.0
+        self._deadline_kind = 0
+        self.write_paused = False
+        self.on_writable: Callable[[bool], None] | None = None  # the tunnel's flow control
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._paused: set[str] = set()  # why reading is paused: "body", "queue", "tunnel"
+        self._in_head = False
+        self._head_bytes = 0
+        self._url = b""
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._clen: int | None = None
+        self._te = False
+        self._expect = False
+        self._parsing: ClientRequest | None = None  # the request whose body is arriving
+        self._active: ClientRequest | None = None  # the request being answered
+        self._task: asyncio.Task[None] | None = None
+        self._queue: deque[ClientRequest | errors.GatewayError] = deque()
+        self._closing = False  # answer what is in, then close
+        self._draining = False
+        self._upgraded = False
+        self._lingering = False
+        self._early: list[bytes] = []
+        self._tunnel: Callable[[bytes], None] | None = None
+        self._tunnel_eof: Callable[[], None] | None = None
+        self._tunnel_lost: Callable[[], None] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0])
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            host = str(local[0])
+            self.local = f"[{host}]:{local[1]}" if ":" in host else f"{host}:{local[1]}"
+        self._set_deadline(_HEADER)
+        self.front.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        if self._upgraded:
+            if self._tunnel is not None:
+                self._tunnel(data)
+            elif self._closing:
+                return
+            else:
+                self._early.append(data)
+            return
+        if self._closing and self._active is None and not self._queue:
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded = True
+            rest = data[exc.args[0] :] if exc.args else b""
+            if rest:
+                self._early.append(rest)
+            return
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _TooLarge):
+                self._refuse(errors.HeadersTooLarge())
+            else:
+                if not isinstance(cause, (ValueError, UnicodeError)):
+                    log.error("internal_error", error=repr(cause))
+                self._refuse(errors.BadRequest(f"malformed request: {cause or exc}"[:200]))
+            return
+        except HttpParserError as exc:
+            self._refuse(errors.BadRequest(f"malformed request: {exc}"[:200]))
+            return
+        if self._in_head:
+            # Bytes of a head that is still incomplete: bound the whole of it.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.front.max_head:
+                self._refuse(errors.HeadersTooLarge())
+
+    def eof_received(self) -> bool | None:
+        if self._lingering:
+            return False
+        if self._upgraded and self._tunnel_eof is not None:
+            self._tunnel_eof()
+            return True
+        # A client that stops sending has left, as for nginx (499): closing
+        # cancels the request in flight, and a delayed one frees its slot.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.deadline = 0.0
+        self.front.connections.discard(self)
+        gone = ClientGone("the client closed the connection")
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body.fail(gone)
+        for item in self._queue:
+            if isinstance(item, ClientRequest) and item.body is not None:
+                item.body.fail(gone)
+        self._queue.clear()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(gone)
+        self._drain_waiter = None
+        task = self._task
+        active = self._active
+        if task is not None and not task.done() and (active is None or not active.finished):
+            task.cancel()  # the handler learns that its client left (nginx's 499)
+        if self._tunnel_lost is not None:
+            self._tunnel_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.on_writable is not None:
+            self.on_writable(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.on_writable is not None:
+            self.on_writable(True)
+
+    # -- httptools callbacks -----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._raw = []
+        self._clen = None
+        self._te = False
+        self._expect = False
+        if self._deadline_kind != _HEADER:
+            self._set_deadline(_HEADER)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.front.max_line:
+            raise _TooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = len(name)
+        if n + len(value) + 2 > self.front.max_line:
+            raise _TooLarge
+        self._raw.append((name, value))
+        # Only three names matter here; their lengths are 14, 17 and 6.
+        if n == 14 and name.lower() == b"content-length":
+            self._clen = int(value)
+        elif n == 17 and name.lower() == b"transfer-encoding":
+            self._te = True
+        elif n == 6 and name.lower() == b"expect":
+            self._expect = value.strip().lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        upgrade = parser.should_upgrade()
+        clen = None if self._te else self._clen
+        body = None
+        if not upgrade and (self._te or (clen or 0) > 0):
+            body = RequestBody(self, self._expect)
+        req = ClientRequest(
+            self,
+            parser.get_method().decode("ascii", "replace"),
+            self._url.decode("latin-1"),
+            parser.get_http_version(),
+            self._raw,
+            parser.should_keep_alive(),
+            body,
+            upgrade,
+            clen,
+        )
+        self._parsing = req if body is not None else None
+        self.deadline = 0.0
+        self._deadline_kind = 0
+        if self._active is None:
+            self._start(req)
+        else:
+            self._queue.append(req)
+            if len(self._queue) >= _QUEUE_LIMIT:
+                self._pause("queue")
+
+    def on_body(self, data: bytes) -> None:
+        req = self._parsing
+        if req is not None and req.body is not None:
+            req.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        if req is not None and req.body is not None:
+            req.body.feed_eof()
+        self._parsing = None
+
+    # -- requests in order ---------------------------------------------------------
+
+    def _start(self, req: ClientRequest) -> None:
+        self._active = req
+        task = self.loop.create_task(self.front.handler(req))
+        self._task = task
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        req = self._active
+        self._task = None
+        self._active = None
+        if self.transport is None or req is None:
+            return
+        if task.cancelled():
+            self.abort()
+            return
+        exc = task.exception()
+        if exc is not None:
+            if req.started:
+                self.abort()
+                return
+            log.error("internal_error", error=repr(exc))
+            req.close_after = True
+            self._send_error(errors.GatewayError(), req)
+            return
+        if not req.finished:
+            self.abort()  # the handler gave up on a response it had started
+            return
+        if req.close_after or req.upgrade:
+            self.close()
+            return
+        if self._queue:
+            item = self._queue.popleft()
+            if len(self._queue) < _QUEUE_LIMIT:
+                self._resume("queue")
+            if isinstance(item, errors.GatewayError):
+                self._send_error(item, None)
+            else:
+                self._start(item)
+        elif self._closing or self._draining:
+            self.close()
+        elif not self._in_head:
+            self._set_deadline(_IDLE)
+
+    def _refuse(self, err: errors.GatewayError) -> None:
+        """The byte stream is broken: answer what came before, then this, then close."""
+        self._closing = True
+        self._upgraded = False
+        self._in_head = False
+        parsing = self._parsing
+        self._parsing = None
+        if parsing is not None and parsing.body is not None:
+            # Broken mid-body: the request it belongs to fails (its handler
+            # answers), and no second response follows.
+            parsing.body.fail(errors.BadRequest(err.message))
+            return
+        if self._active is None and not self._queue:
+            self._send_error(err, None)
+        else:
+            self._queue.append(err)
+        self._pause("queue")
+
+    def _send_error(self, err: errors.GatewayError, req: ClientRequest | None) -> None:
+        rid = new_id()
+        body = errors.render(err, rid)
+        lines = [
+            f"HTTP/1.1 {err.status} {reason_for(err.status)}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"X-Request-ID: {rid}\r\nConnection: close\r\n",
+            *(f"{n}: {v}\r\n" for n, v in err.headers.items()),
+        ]
+        head = "".join(lines).encode("latin-1", "replace") + self.front.date_line() + b"\r\n"
+        if req is not None and req.method == "HEAD":
+            body = b""
+        self.write(head + body)
+        self.close()
+
+    # -- writing -------------------------------------------------------------------
+
+    def head(
+        self,
+        req: ClientRequest,
+        status: int,
+        reason: str,
+        headers: Sequence[tuple[str, str]],
+        length: int | None,
+        *,
+        keep_length: bool,
+    ) -> bytes:
+        """The status line and headers, with the framing and Connection this
+        connection needs. `keep_length` passes a Content-Length through (HEAD, 304)."""
+        keep = (
+            req.keep_alive
+            and not self._closing
+            and not self._draining
+            and (req.body is None or req.body.eof)
+            and (not req.upgrade or status == 101)
+        )
+        lines = [f"HTTP/1.1 {status} {reason or reason_for(status)}\r\n"]
+        has_date = False
+        for name, value in headers:
+            n = len(name)
+            if n == 14 and not keep_length and name.lower() == "content-length":
+                continue
+            if n == 4 and name.lower() == "date":
+                has_date = True
+            lines.append(f"{name}: {value}\r\n")
+        if not keep_length:
+            if length is not None:
+                lines.append(f"Content-Length: {length}\r\n")
+            elif req.version == "1.1":
+                lines.append("Transfer-Encoding: chunked\r\n")
+                req.chunked_out = True
+            else:
+                keep = False  # HTTP/1.0: the body ends where the connection does
+        if status != 101:
+            if not keep:
+                lines.append("Connection: close\r\n")
+            elif req.version == "1.0":
+                lines.append("Connection: keep-alive\r\n")
+        req.close_after = not keep and status != 101
+        head = "".join(lines).encode("latin-1", "replace")
+        if not has_date:
+            head += self.front.date_line()
+        return head + b"\r\n"
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            raise ClientGone("the client closed the connection")
+        transport.write(data)
+
+    async def drain(self) -> None:
+        if not self.write_paused:
+            return
+        if self.transport is None:
+            raise ClientGone("the client closed the connection")
+        fut = self.loop.create_future()
+        self._drain_waiter = fut
+        await fut
+
+    def send_continue(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    # -- reading -------------------------------------------------------------------
+
+    def _pause(self, why: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why in self._paused:
+            self._paused.discard(why)
+            if not self._paused and self.transport is not None:
+                self.transport.resume_reading()
+
+    def pause_body(self) -> None:
+        self._pause("body")
+
+    def resume_body(self) -> None:
+        self._resume("body")
+
+    # -- the tunnel after an upgrade ---------------------------------------------
+
+    def tunnel(
+        self,
+        sink: Callable[[bytes], None],
+        on_eof: Callable[[], None],
+        on_lost: Callable[[], None],
+    ) -> list[bytes]:
+        """Hand every later client byte to `sink`; returns what arrived already."""
+        self._tunnel = sink
+        self._tunnel_eof = on_eof
+        self._tunnel_lost = on_lost
+        early, self._early = self._early, []
+        return early
+
+    def pause_tunnel(self, paused: bool) -> None:
+        if paused:
+            self._pause("tunnel")
+        else:
+            self._resume("tunnel")
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._active is not None or bool(self._queue)
+
+    def _set_deadline(self, kind: int) -> None:
+        if kind == _LINGER:
+            timeout = _LINGER_TIME
+        elif kind == _HEADER:
+            timeout = self.front.header_timeout
+        else:
+            timeout = self.front.keepalive_timeout
+        self._deadline_kind = kind
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+
+    def expire(self) -> None:
+        kind = self._deadline_kind
+        self.deadline = 0.0
+        self._deadline_kind = 0
+        if kind == _HEADER and (self._in_head or not self.busy):
+            self.close()  # client_header_timeout: no answer owed (nginx closes too)
+        elif kind == _IDLE and not self.busy and not self._in_head:
+            self.close()
+        elif kind == _LINGER:
+            self.abort()
+
+    def drain_close(self) -> None:
+        """Graceful stop: no further requests; close now if idle. A WebSocket
+        tunnel or a request in flight keeps the connection until it ends."""
+        self._draining = True
+        if not self.busy:
+            self.close()
+
+    def close(self) -> None:
+        """Send what is written, then FIN; read and drop until the client closes
+        too (or _LINGER_TIME passes)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._lingering:
+            return
+        self._lingering = True
+        self._closing = True
+        if self.secure or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._paused:
+            self._paused.clear()
+            transport.resume_reading()
+        self._set_deadline(_LINGER)
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
