@@ -264,7 +264,8 @@ class UpstreamConfig(Model):
     keepalive: int = Field(
         32,
         ge=0,
-        description="idle connections kept per target (nginx keepalive); extra ones are closed",
+        description="idle connections kept per target (nginx keepalive); extra ones are "
+        "closed, least recently used first, once they stay surplus for 20 ms",
     )
     keepalive_requests: int = Field(
         1000, ge=1, description="a connection is closed after serving this many requests"

@@ -23,6 +23,7 @@ from .forwarding import (
     forwarded_for,
 )
 from .frontend.request import ClientGone, ClientRequest
+from .observe.logging import get_logger
 from .observe.metrics import RequestMetrics
 from .resilience.breaker import STATE_NAMES
 from .routing import normalise_path
@@ -33,6 +34,8 @@ from .websocket import proxy_websocket
 
 if TYPE_CHECKING:
     from .observe.logging import AccessLog
+
+log = get_logger("pyproxyd.proxy")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _EMPTY: tuple[str, ...] = ()
@@ -105,7 +108,13 @@ class Proxy:
         xff = headers.getall("X-Forwarded-For", _EMPTY)
         ex.client_ip = client_address(peer, xff, snap.server.trusted)
         try:
-            await self._serve(request, snap, ex, peer, xff, parent)
+            try:
+                await self._serve(request, snap, ex, peer, xff, parent)
+            except (GatewayError, ClientGone, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # a bug: a 500 JSON, logged, and the request still counted
+                log.error("internal_error", error=repr(exc), request_id=ex.request_id)
+                raise GatewayError() from exc
         except GatewayError as err:
             if request.started:
                 request.abort()  # too late for an error response: cut the connection

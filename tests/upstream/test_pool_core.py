@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pyproxyd.upstream.pool import PoolCore, PoolSettings
+from pyproxyd.upstream.pool import TRIM_GRACE, PoolCore, PoolSettings
 
 BASE = PoolSettings(
     max_connections=10,
@@ -52,16 +52,29 @@ def serve(conn: FakeConn) -> FakeConn:
     return conn
 
 
-def test_keepalive_cap_evicts_least_recently_used() -> None:
+def test_keepalive_cap_evicts_least_recently_used_after_the_grace() -> None:
     c = core(keepalive=2)
     a, b, d = (open_new(c, n, 0.0) for n in "abd")
     assert c.checkin(serve(a), 1.0, True) == ([], [])
     assert c.checkin(serve(b), 2.0, True) == ([], [])
-    to_close, grants = c.checkin(serve(d), 3.0, True)
-    assert to_close == [a]  # released first, so least recently used
-    assert grants == []
+    assert c.checkin(serve(d), 3.0, True) == ([], [])  # over the cap: kept for now
+    assert c.trim_at == 3.0 + TRIM_GRACE
+    assert c.next_expiry() == 3.0 + TRIM_GRACE
+    assert c.trim(3.0 + TRIM_GRACE / 2) == []
+    assert c.trim(3.0 + TRIM_GRACE) == [a]  # released first, so least recently used
     assert list(c.idle) == [b, d]
+    assert c.trim_at is None
     assert c.busy == 0
+
+
+def test_surplus_taken_again_within_the_grace_is_not_closed() -> None:
+    c = core(keepalive=2)
+    a, b, d = (open_new(c, n, 0.0) for n in "abd")
+    for t, conn in ((1.0, a), (1.001, b), (1.002, d)):
+        c.checkin(serve(conn), t, True)
+    assert c.checkout(1.003) == (d, [], False)  # the next batch reuses it
+    assert c.trim(1.002 + TRIM_GRACE) == []  # back at the cap: nothing to close
+    assert list(c.idle) == [a, b]
 
 
 def test_idle_reuse_is_most_recently_used_first() -> None:
