@@ -133,10 +133,22 @@ def filter_request_headers(
     return kept, seen
 
 
-def filter_response_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Drop hop-by-hop and Connection-listed headers from an upstream response."""
-    listed: set[str] = set()
+def filter_response_headers(
+    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes] = HOP_BY_HOP_B
+) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop (`drop`) and Connection-listed headers from an upstream response."""
+    kept: list[tuple[bytes, bytes]] = []
+    listed: frozenset[bytes] = frozenset()
     for name, value in headers:
-        if name.lower() == "connection":
-            listed.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return [(n, v) for n, v in headers if (ln := n.lower()) not in HOP_BY_HOP and ln not in listed]
+        lname = name.lower()
+        if lname in drop:
+            if lname == b"connection":
+                listed = listed | connection_tokens((value,))
+            continue
+        kept.append((name, value))
+    if listed - _CONNECTION_OPTIONS:  # a second pass only when Connection names headers
+        kept = [(n, v) for n, v in kept if n.lower() not in listed]
+    return kept
+
+
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})

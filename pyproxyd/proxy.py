@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, cast
 
@@ -17,6 +17,7 @@ from . import errors
 from .auth.identity import Identity
 from .errors import GatewayError, UnknownKey
 from .forwarding import (
+    HOP_BY_HOP_B,
     client_address,
     filter_request_headers,
     filter_response_headers,
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 log = get_logger("pyproxyd.proxy")
 
+# The upstream's X-Request-ID is replaced by the request's own.
+_RESPONSE_DROP = HOP_BY_HOP_B | {b"x-request-id"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _EMPTY: tuple[str, ...] = ()
 
@@ -354,10 +357,10 @@ class Proxy:
 
 
 async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) -> None:
-    headers = filter_response_headers(up.headers)
-    headers.append(("X-Request-ID", ex.request_id))
+    headers = filter_response_headers(up.headers, _RESPONSE_DROP)
+    headers.append((b"X-Request-ID", ex.request_id.encode()))
     if ex.limits:
-        headers.extend(ex.limits)
+        headers.extend(_encoded(ex.limits))
     ex.status = up.status
     length = up.content_length
     if (
@@ -408,14 +411,15 @@ def send_error(
     rid: str,
     extra: list[tuple[str, str]] | None = None,
 ) -> None:
-    headers = [
-        ("Content-Type", "application/json"),
-        ("X-Request-ID", rid),
-        *err.headers.items(),
-    ]
+    headers = [(b"Content-Type", b"application/json"), (b"X-Request-ID", rid.encode())]
+    headers.extend(_encoded(err.headers.items()))
     if extra:
-        headers.extend(extra)
+        headers.extend(_encoded(extra))
     request.respond(err.status, headers, errors.render(err, rid))
+
+
+def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode("latin-1"), v.encode("latin-1", "replace")) for n, v in pairs]
 
 
 _faults: dict[str, int] = {}

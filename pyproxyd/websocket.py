@@ -38,7 +38,7 @@ class _UpstreamSide(asyncio.Protocol):
         self.head_done = asyncio.Event()
         self.closed = loop.create_future()
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_size = 0
         self.complete = False
@@ -100,7 +100,7 @@ class _UpstreamSide(asyncio.Protocol):
         pass
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -163,7 +163,7 @@ async def proxy_websocket(
         if side.error is not None:
             raise errors.BadGateway(side.error)
         headers = filter_response_headers(side.headers)
-        headers.append(("X-Request-ID", ex.request_id))
+        headers.append((b"X-Request-ID", ex.request_id.encode()))
         ex.status = side.status
         if side.status != 101:
             await _relay_refusal(request, side, headers, upstream.read_timeout)
@@ -175,7 +175,7 @@ async def proxy_websocket(
 
 
 async def _relay_refusal(
-    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[str, str]], timeout: float
+    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[bytes, bytes]], timeout: float
 ) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
@@ -184,7 +184,7 @@ async def _relay_refusal(
 
 
 async def _tunnel(
-    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[str, str]]
+    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[bytes, bytes]]
 ) -> None:
     conn = request.conn
     client = conn.transport
@@ -192,10 +192,10 @@ async def _tunnel(
     if client is None or upstream is None:
         return
     # The handshake's own hop-by-hop headers belong to this hop too.
-    headers = [*headers, ("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    headers = [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
     for name, value in side.headers:
-        if name.lower() == "upgrade":
-            headers[-1] = ("Upgrade", value)
+        if name.lower() == b"upgrade":
+            headers[-1] = (b"Upgrade", value)
     request.start(101, headers, None)
     request.finished = True
     for chunk in side.early:

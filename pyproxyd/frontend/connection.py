@@ -30,7 +30,7 @@ from httptools import (
 from .. import errors
 from ..observe.logging import get_logger
 from ..tracing import new_id
-from .request import ClientGone, ClientRequest, RequestBody, reason_for
+from .request import ClientGone, ClientRequest, RequestBody, reason_for, status_line
 
 log = get_logger("pyproxyd.server")
 
@@ -103,6 +103,7 @@ class Frontend:
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_active",
+        "_broken",
         "_clen",
         "_closing",
         "_deadline_kind",
@@ -111,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
         "_early",
         "_expect",
         "_head_bytes",
+        "_head_size",
         "_in_head",
         "_lingering",
         "_parsing",
@@ -151,7 +153,9 @@ class ClientConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused: set[str] = set()  # why reading is paused: "body", "queue", "tunnel"
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # raw bytes of a head still incomplete after a read
+        self._head_size = 0  # parsed bytes of the current head
+        self._broken = False  # the byte stream is unparseable: nothing more is read
         self._url = b""
         self._raw: list[tuple[bytes, bytes]] = []
         self._clen: int | None = None
@@ -195,7 +199,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._early.append(data)
             return
-        if self._closing and self._active is None and not self._queue:
+        if self._broken or (self._closing and self._active is None and not self._queue):
             return
         try:
             self.parser.feed_data(data)
@@ -276,6 +280,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._head_bytes = 0
+        self._head_size = 0
         self._url = b""
         self._raw = []
         self._clen = None
@@ -291,7 +296,12 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         n = len(name)
-        if n + len(value) + 2 > self.front.max_line:
+        size = n + len(value) + 2
+        if size > self.front.max_line:
+            raise _TooLarge
+        # The whole head is bounded too, however the reads cut it.
+        self._head_size += size
+        if self._head_size > self.front.max_head:
             raise _TooLarge
         self._raw.append((name, value))
         # Only three names matter here; their lengths are 14, 17 and 6.
@@ -389,7 +399,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, err: errors.GatewayError) -> None:
         """The byte stream is broken: answer what came before, then this, then close."""
-        self._closing = True
+        self._broken = True
         self._upgraded = False
         self._in_head = False
         parsing = self._parsing
@@ -427,7 +437,7 @@ class ClientConnection(asyncio.Protocol):
         req: ClientRequest,
         status: int,
         reason: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Sequence[tuple[bytes, bytes]],
         length: int | None,
         *,
         keep_length: bool,
@@ -441,33 +451,33 @@ class ClientConnection(asyncio.Protocol):
             and (req.body is None or req.body.eof)
             and (not req.upgrade or status == 101)
         )
-        lines = [f"HTTP/1.1 {status} {reason or reason_for(status)}\r\n"]
+        lines = [status_line(status, reason)]
         has_date = False
         for name, value in headers:
             n = len(name)
-            if n == 14 and not keep_length and name.lower() == "content-length":
+            if n == 14 and not keep_length and name.lower() == b"content-length":
                 continue
-            if n == 4 and name.lower() == "date":
+            if n == 4 and name.lower() == b"date":
                 has_date = True
-            lines.append(f"{name}: {value}\r\n")
+            lines.append(b"%s: %s\r\n" % (name, value))
         if not keep_length:
             if length is not None:
-                lines.append(f"Content-Length: {length}\r\n")
+                lines.append(b"Content-Length: %d\r\n" % length)
             elif req.version == "1.1":
-                lines.append("Transfer-Encoding: chunked\r\n")
+                lines.append(b"Transfer-Encoding: chunked\r\n")
                 req.chunked_out = True
             else:
                 keep = False  # HTTP/1.0: the body ends where the connection does
         if status != 101:
             if not keep:
-                lines.append("Connection: close\r\n")
+                lines.append(b"Connection: close\r\n")
             elif req.version == "1.0":
-                lines.append("Connection: keep-alive\r\n")
+                lines.append(b"Connection: keep-alive\r\n")
         req.close_after = not keep and status != 101
-        head = "".join(lines).encode("latin-1", "replace")
         if not has_date:
-            head += self.front.date_line()
-        return head + b"\r\n"
+            lines.append(self.front.date_line())
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     def write(self, data: bytes) -> None:
         transport = self.transport

@@ -31,6 +31,20 @@ def reason_for(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
+_STATUS_LINES: dict[tuple[int, str], bytes] = {}
+
+
+def status_line(status: int, reason: str) -> bytes:
+    """b"HTTP/1.1 200 OK\\r\\n", cached: a proxy sees few distinct ones."""
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        text = f"HTTP/1.1 {status} {reason or reason_for(status)}\r\n"
+        line = text.encode("latin-1", "replace")
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[(status, reason)] = line
+    return line
+
+
 class ClientGone(ConnectionError):
     """The client connection closed while the gateway was still talking to it."""
 
@@ -210,7 +224,7 @@ class ClientRequest:
     # -- the response --------------------------------------------------------------
 
     def respond(
-        self, status: int, headers: Sequence[tuple[str, str]], body: bytes, reason: str = ""
+        self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, reason: str = ""
     ) -> None:
         """A whole response in one write."""
         self.started = True
@@ -226,7 +240,11 @@ class ClientRequest:
         self.finished = True
 
     def start(
-        self, status: int, headers: Sequence[tuple[str, str]], length: int | None, reason: str = ""
+        self,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        length: int | None,
+        reason: str = "",
     ) -> None:
         """The status line and headers of a streamed response."""
         self.started = True

@@ -93,7 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _new_message(self) -> None:
         self._code = 0
         self._version = "1.1"
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._reason = ""
         self._content_length: int | None = None
         self._te = False
@@ -171,7 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
         n = len(name)
         # Only three names matter here; their lengths are 10, 14 and 17.
         if n == 14 and name.lower() == b"content-length":

@@ -59,7 +59,7 @@ class UpstreamResponse:
         self._done = False
         self.status: int = conn._code
         self.reason: str = conn._reason
-        self.headers: list[tuple[str, str]] = conn._headers
+        self.headers: list[tuple[bytes, bytes]] = conn._headers  # raw, as received
         self.version: str = conn._version
         self.content_length: int | None = conn._content_length
         self.chunked: bool = conn._chunked

@@ -526,6 +526,48 @@ async def test_request_after_a_malformed_one_is_not_answered(tmp_path: Path) -> 
 # -- a client that leaves ----------------------------------------------------------------
 
 
+async def test_giant_head_of_small_headers_in_one_read_is_431(tmp_path: Path) -> None:
+    # max_header_size 1024: no line is too long, but the head's total limit is 64 KiB.
+    many = b"".join(b"X-Header-%05d: %s\r\n" % (i, b"v" * 40) for i in range(2000))
+    assert 64 * 1024 < len(many) < 256 * 1024  # fits in one socket read
+    async with (
+        Backend(ROUTES) as b,
+        gateway(tmp_path, front(b.url, "max_header_size = 1024")) as gw,
+        client(gw) as (reader, writer),
+    ):
+        writer.write(get("/api/named/x", extra=many))
+        resp = await read_response(reader)
+    assert resp.status == 431
+    assert error_of(resp)["error"] == "request_header_fields_too_large"
+    assert b.hits == 0
+
+
+async def test_pipelined_requests_before_a_malformed_one_are_answered_then_400(
+    tmp_path: Path,
+) -> None:
+    async with (
+        Backend(ROUTES) as b,
+        gateway(tmp_path, front(b.url)) as gw,
+        client(gw) as (reader, writer),
+    ):
+        writer.write(
+            get("/api/named/first")
+            + get("/api/named/second")
+            + b"GET /api/named/bad HTTP/1.1\r\nHost: gw.test\r\nBad Header Line\r\n\r\n"
+            + get("/api/named/after")
+        )
+        first = await read_response(reader)
+        second = await read_response(reader)
+        bad = await read_response(reader)
+        rest = await read_eof(reader)
+    assert (first.status, first.body) == (200, b"first")
+    assert (second.status, second.body) == (200, b"second")
+    assert bad.status == 400
+    assert error_of(bad)["error"] == "bad_request"
+    assert rest == b""
+    assert b.hits == 2
+
+
 def _requests_total(text: str, status: str) -> float:
     for family in text_string_to_metric_families(text):
         for s in family.samples:

@@ -61,7 +61,7 @@ async def fetch(pool: TargetPool, path: str, **kw: object) -> tuple[UpstreamResp
 
 
 def header(resp: UpstreamResponse, name: str) -> list[str]:
-    return [v for k, v in resp.headers if k.lower() == name.lower()]
+    return [v.decode() for k, v in resp.headers if k.lower() == name.lower().encode()]
 
 
 async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:
@@ -365,7 +365,7 @@ async def test_interim_responses_are_skipped_with_their_headers() -> None:
         for _ in range(2):
             resp, body = await fetch(pool, "/")
             assert (resp.status, body) == (200, b"final")
-            assert [k for k, _ in resp.headers] == ["Content-Length", "X-Final"]
+            assert [k for k, _ in resp.headers] == [b"Content-Length", b"X-Final"]
         assert b.connections_opened == 1
         await pool.aclose()
 
