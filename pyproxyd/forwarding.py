@@ -142,7 +142,7 @@ def filter_response_headers(
     for name, value in headers:
         lname = name.lower()
         if lname in drop:
-            if lname == b"connection":
+            if lname == b"connection" and value.lower() not in _CONNECTION_OPTIONS:
                 listed = listed | connection_tokens((value,))
             continue
         kept.append((name, value))

@@ -103,12 +103,12 @@ class Proxy:
         snap = self.holder.current
         ex = RequestInfo(started)
         self.metrics.in_flight += 1
-        headers = request.headers
-        ex.request_id = request_id(headers.get("X-Request-ID"))
-        trace_id, parent = traceparent(headers.get("traceparent"))
+        ex.request_id = request_id(request.pick(b"x-request-id"))
+        trace_id, parent = traceparent(request.pick(b"traceparent"))
         ex.trace_id = trace_id
         peer = request.remote or ""
-        xff = headers.getall("X-Forwarded-For", _EMPTY)
+        xff_value = request.pick(b"x-forwarded-for")
+        xff = (xff_value,) if xff_value is not None else _EMPTY
         ex.client_ip = client_address(peer, xff, snap.server.trusted)
         try:
             try:
@@ -159,7 +159,7 @@ class Proxy:
         path = normalise_path(raw_path)
         ex.path = path
         query_view = cast("Mapping[str, str]", LazyQuery(request))
-        headers = request.headers
+        headers = request.lazy_headers
         # The claims predicate needs the verified token while matching; the memo
         # verifies it at most once for matching and the route's own check.
         memo = snap.auth.memo(headers) if snap.auth.claim_routes else None

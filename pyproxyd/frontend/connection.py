@@ -36,6 +36,10 @@ log = get_logger("pyproxyd.server")
 
 Handler = Callable[[ClientRequest], Coroutine[Any, Any, None]]
 
+# Request headers the proxy reads on every request (ClientRequest.picked).
+PICKED = frozenset({b"host", b"x-request-id", b"traceparent", b"x-forwarded-for"})
+_PICK_LENGTHS = frozenset(len(n) for n in PICKED)
+
 _HEADER, _IDLE, _LINGER = 1, 2, 3
 # After the gateway decides to close, it still reads (and drops) what the
 # client sends for this long, so that a response is not destroyed by the RST
@@ -117,6 +121,7 @@ class ClientConnection(asyncio.Protocol):
         "_lingering",
         "_parsing",
         "_paused",
+        "_picked",
         "_queue",
         "_raw",
         "_task",
@@ -158,6 +163,7 @@ class ClientConnection(asyncio.Protocol):
         self._broken = False  # the byte stream is unparseable: nothing more is read
         self._url = b""
         self._raw: list[tuple[bytes, bytes]] = []
+        self._picked: dict[bytes, bytes] = {}
         self._clen: int | None = None
         self._te = False
         self._expect = False
@@ -283,6 +289,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_size = 0
         self._url = b""
         self._raw = []
+        self._picked = {}
         self._clen = None
         self._te = False
         self._expect = False
@@ -311,6 +318,11 @@ class ClientConnection(asyncio.Protocol):
             self._te = True
         elif n == 6 and name.lower() == b"expect":
             self._expect = value.strip().lower() == b"100-continue"
+        elif n in _PICK_LENGTHS and (lname := name.lower()) in PICKED:
+            # The few headers every request reads, kept apart so that most
+            # requests never build a header mapping. Repeats join with ", ".
+            picked = self._picked
+            picked[lname] = picked[lname] + b", " + value if lname in picked else value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -326,6 +338,7 @@ class ClientConnection(asyncio.Protocol):
             self._url.decode("latin-1"),
             parser.get_http_version(),
             self._raw,
+            self._picked,
             parser.should_keep_alive(),
             body,
             upgrade,

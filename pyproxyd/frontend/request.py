@@ -9,7 +9,7 @@ control: the socket stops being read while a handler is behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
@@ -126,6 +126,7 @@ class ClientRequest:
         "finished",
         "keep_alive",
         "method",
+        "picked",
         "raw_headers",
         "raw_path",
         "sent",
@@ -141,6 +142,7 @@ class ClientRequest:
         raw_path: str,
         version: str,
         raw_headers: list[tuple[bytes, bytes]],
+        picked: dict[bytes, bytes],
         keep_alive: bool,
         body: RequestBody | None,
         upgrade: bool,
@@ -151,6 +153,7 @@ class ClientRequest:
         self.raw_path = raw_path
         self.version = version
         self.raw_headers = raw_headers
+        self.picked = picked  # host, x-request-id, traceparent, x-forwarded-for (lower-case)
         self.keep_alive = keep_alive
         self.body = body
         self.upgrade = upgrade
@@ -178,6 +181,16 @@ class ClientRequest:
         return h
 
     @property
+    def lazy_headers(self) -> Mapping[str, str]:
+        """`headers`, built only if something actually looks one up."""
+        return _LazyHeaders(self)
+
+    def pick(self, name: bytes) -> str | None:
+        """One of the picked headers (lower-case name), repeats joined with ", "."""
+        value = self.picked.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    @property
     def remote(self) -> str:
         return self.conn.peer
 
@@ -187,7 +200,8 @@ class ClientRequest:
 
     @property
     def host(self) -> str:
-        return self.headers.get("Host") or self.conn.local
+        host = self.picked.get(b"host")
+        return host.decode("latin-1") if host else self.conn.local
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -275,3 +289,25 @@ class ClientRequest:
     def abort(self) -> None:
         """Cut the client connection: a response that cannot be completed honestly."""
         self.conn.abort()
+
+
+class _LazyHeaders(Mapping[str, str]):
+    __slots__ = ("_request",)
+
+    def __init__(self, request: ClientRequest) -> None:
+        self._request = request
+
+    def __getitem__(self, name: str) -> str:
+        return self._request.headers[name]
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return self._request.headers.get(name, default)
+
+    def getall(self, name: str, default: Sequence[str] = ()) -> Sequence[str]:
+        return self._request.headers.getall(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._request.headers)
+
+    def __len__(self) -> int:
+        return len(self._request.headers)

@@ -97,11 +97,11 @@ class AccessLog:
         # of the cost. Strings that may carry a quote or non-ASCII are escaped.
         self._buf.append(
             f'{{"event":"request","request_id":{_esc(ex.request_id)},'
-            f'"trace_id":{_esc(ex.trace_id)},"route":{_esc_or_null(ex.route)},'
-            f'"upstream":{_esc_or_null(ex.upstream)},"method":{_esc(method)},'
+            f'"trace_id":"{ex.trace_id}","route":{_name(ex.route)},'
+            f'"upstream":{_name(ex.upstream)},"method":"{method}",'
             f'"path":{_esc(ex.path)},"status":{ex.status},'
             f'"duration_ms":{round(duration_ms, 3)!r},"client_ip":{_esc(ex.client_ip)},'
-            f'"consumer":{_esc_or_null(ex.consumer)},"level":"info",'
+            f'"consumer":{_name(ex.consumer)},"level":"info",'
             f'"timestamp":"{self._stamp}.{int((now - sec) * 1e6):06d}Z"}}'
         )
         if len(self._buf) >= self.MAX_BUFFER:
@@ -123,8 +123,18 @@ class AccessLog:
 _esc = json.encoder.encode_basestring_ascii  # the C escaper json.dumps uses
 
 
-def _esc_or_null(value: str) -> str:
-    return _esc(value) if value else "null"
+_names: dict[str, str] = {"": "null"}
+
+
+def _name(value: str) -> str:
+    """A route, upstream or consumer name as JSON: few distinct ones, escaped once.
+    (trace_id is hex and the method a token llhttp checked: written as they are.)"""
+    escaped = _names.get(value)
+    if escaped is None:
+        escaped = _esc(value)
+        if len(_names) < 10_000:
+            _names[value] = escaped
+    return escaped
 
 
 def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:
