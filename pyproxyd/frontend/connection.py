@@ -119,6 +119,7 @@ class ClientConnection(asyncio.Protocol):
         "_head_size",
         "_in_head",
         "_lingering",
+        "_next",
         "_parsing",
         "_paused",
         "_picked",
@@ -169,7 +170,8 @@ class ClientConnection(asyncio.Protocol):
         self._expect = False
         self._parsing: ClientRequest | None = None  # the request whose body is arriving
         self._active: ClientRequest | None = None  # the request being answered
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # _serve(), from the first request on
+        self._next: asyncio.Future[None] | None = None  # _serve() waits here for a request
         self._queue: deque[ClientRequest | errors.GatewayError] = deque()
         self._closing = False  # answer what is in, then close
         self._draining = False
@@ -347,12 +349,7 @@ class ClientConnection(asyncio.Protocol):
         self._parsing = req if body is not None else None
         self.deadline = 0.0
         self._deadline_kind = 0
-        if self._active is None:
-            self._start(req)
-        else:
-            self._queue.append(req)
-            if len(self._queue) >= _QUEUE_LIMIT:
-                self._pause("queue")
+        self._submit(req)
 
     def on_body(self, data: bytes) -> None:
         req = self._parsing
@@ -367,48 +364,65 @@ class ClientConnection(asyncio.Protocol):
 
     # -- requests in order ---------------------------------------------------------
 
-    def _start(self, req: ClientRequest) -> None:
-        self._active = req
-        task = self.loop.create_task(self.front.handler(req))
-        self._task = task
-        task.add_done_callback(self._finished)
+    def _submit(self, item: ClientRequest | errors.GatewayError) -> None:
+        self._queue.append(item)
+        waiter = self._next
+        if waiter is not None:
+            self._next = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._task is None:
+            self._task = self.loop.create_task(self._serve())
+        if len(self._queue) > _QUEUE_LIMIT:
+            self._pause("queue")
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        req = self._active
-        self._task = None
-        self._active = None
-        if self.transport is None or req is None:
-            return
-        if task.cancelled():
-            self.abort()
-            return
-        exc = task.exception()
-        if exc is not None:
-            if req.started:
-                self.abort()
-                return
-            log.error("internal_error", error=repr(exc))
-            req.close_after = True
-            self._send_error(errors.GatewayError(), req)
-            return
-        if not req.finished:
-            self.abort()  # the handler gave up on a response it had started
-            return
-        if req.close_after or req.upgrade:
-            self.close()
-            return
-        if self._queue:
-            item = self._queue.popleft()
-            if len(self._queue) < _QUEUE_LIMIT:
+    async def _serve(self) -> None:
+        """Answer requests in order, for the life of the connection.
+
+        One task per connection, not per request: creating and finishing a
+        task cost ~10 us on uvloop, a future to wait for the next head ~3 us.
+        connection_lost cancels it (when idle, or mid-response: nginx's 499).
+        """
+        handler = self.front.handler
+        queue = self._queue
+        while True:
+            if not queue:
+                fut = self.loop.create_future()
+                self._next = fut
+                await fut
+                continue
+            item = queue.popleft()
+            if len(queue) <= _QUEUE_LIMIT:
                 self._resume("queue")
             if isinstance(item, errors.GatewayError):
                 self._send_error(item, None)
-            else:
-                self._start(item)
-        elif self._closing or self._draining:
-            self.close()
-        elif not self._in_head:
-            self._set_deadline(_IDLE)
+                return
+            self._active = item
+            try:
+                await handler(item)
+            except Exception as exc:  # the handler's own net failed: still no traceback out
+                self._active = None
+                if item.started or self.transport is None:
+                    self.abort()
+                    return
+                log.error("internal_error", error=repr(exc))
+                self._send_error(errors.GatewayError(), item)
+                return
+            self._active = None
+            if self.transport is None:
+                return
+            if not item.finished:
+                self.abort()  # the handler gave up on a response it had started
+                return
+            if item.close_after or item.upgrade:
+                self.close()
+                return
+            if not queue:
+                if self._closing or self._draining:
+                    self.close()
+                    return
+                if not self._in_head:
+                    self._set_deadline(_IDLE)
 
     def _refuse(self, err: errors.GatewayError) -> None:
         """The byte stream is broken: answer what came before, then this, then close."""
@@ -425,8 +439,8 @@ class ClientConnection(asyncio.Protocol):
         if self._active is None and not self._queue:
             self._send_error(err, None)
         else:
-            self._queue.append(err)
-        self._pause("queue")
+            self._submit(err)
+            self._pause("queue")
 
     def _send_error(self, err: errors.GatewayError, req: ClientRequest | None) -> None:
         rid = new_id()
