@@ -260,7 +260,8 @@ class Proxy:
         up = await self._send(request, upstream, head_common, host_line, body, ex)
         self.metrics.upstream_answered(upstream.name, perf_counter() - sent)
         try:
-            await _relay(request, up, ex)
+            if not _relay_now(request, up, ex):
+                await _relay(request, up, ex)
         except BaseException:
             up.abort()
             raise
@@ -356,19 +357,42 @@ class Proxy:
         raise last
 
 
-async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) -> None:
+def _response_headers(up: UpstreamResponse, ex: RequestInfo) -> list[tuple[bytes, bytes]]:
     headers = filter_response_headers(up.headers, _RESPONSE_DROP)
     headers.append((b"X-Request-ID", ex.request_id.encode()))
     if ex.limits:
         headers.extend(_encoded(ex.limits))
-    ex.status = up.status
+    return headers
+
+
+def _small(request: ClientRequest, up: UpstreamResponse) -> bool:
     length = up.content_length
-    if (
+    return (
         length is not None
         and length <= 65536
         and request.method != "HEAD"
         and up.status not in (204, 304)
-    ):
+    )
+
+
+def _relay_now(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) -> bool:
+    """The common case without a coroutine: a small body that is already in."""
+    if not _small(request, up):
+        return False
+    body = up.whole_body()
+    if body is None:
+        return False
+    up.release()
+    ex.status = up.status
+    request.respond(up.status, _response_headers(up, ex), body, up.reason)
+    return True
+
+
+async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) -> None:
+    headers = _response_headers(up, ex)
+    ex.status = up.status
+    length = up.content_length
+    if _small(request, up):
         # Small bodies: buffered, and the head and body leave in one write.
         chunks = []
         while chunk := await up.read():

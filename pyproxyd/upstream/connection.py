@@ -314,15 +314,6 @@ class UpstreamConnection(asyncio.Protocol):
                 raise Lost(self._error or "upstream connection closed while sending")
             await self._wait(deadline)
 
-    async def wait_head(self, timeout: float) -> None:
-        deadline = 0.0
-        while not self._head_done:
-            if self._error is not None:
-                raise Lost(self._error)
-            if not deadline:
-                deadline = self._loop.time() + timeout
-            await self._wait(deadline)
-
     @property
     def clean(self) -> bool:
         """The whole response arrived, nothing odd happened, keep-alive allowed."""

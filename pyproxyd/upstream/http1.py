@@ -67,6 +67,14 @@ class UpstreamResponse:
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} {self.reason!r} via {self._conn!r}>"
 
+    def whole_body(self) -> bytes | None:
+        """The entire body if it has already arrived (no await needed), else None.
+        A small answer usually comes in the same read as its head."""
+        conn = self._conn
+        if self._done or not conn._body_done:
+            return None
+        return conn.take() if conn._buffer else b""
+
     async def read(self) -> bytes:
         """The next de-framed body chunk; b"" at the end of the body."""
         if self._done:
@@ -210,7 +218,13 @@ async def _attempt(
             conn.write(head)
         else:
             await _send_body(conn, head, body, timeout, reused)
-        await conn.wait_head(timeout)
+        deadline = 0.0
+        while not conn._head_done:  # (inline: one coroutine less to resume through)
+            if conn._error is not None:
+                raise Lost(conn._error)
+            if not deadline:
+                deadline = conn._loop.time() + timeout
+            await conn._wait(deadline)
     except Lost as exc:
         if reused and not conn._received and (body is None or not body.overflow):
             raise _Stale from None  # renew() closes it and keeps the slot
