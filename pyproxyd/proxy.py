@@ -40,6 +40,8 @@ log = get_logger("pyproxyd.proxy")
 
 # The upstream's X-Request-ID is replaced by the request's own.
 _RESPONSE_DROP = HOP_BY_HOP_B | {b"x-request-id"}
+# What _prepare hands to _forward: upstream, request head, Host line, body, route timeout.
+_Plan = tuple["Upstream", bytes, bytes | None, AsyncIterator[bytes] | None, float | None]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _EMPTY: tuple[str, ...] = ()
 
@@ -112,7 +114,9 @@ class Proxy:
         ex.client_ip = client_address(peer, xff, snap.server.trusted)
         try:
             try:
-                await self._serve(request, snap, ex, peer, xff, parent)
+                plan = await self._prepare(request, snap, ex, peer, xff, parent)
+                if plan is not None:  # (returned, not awaited within: a frame less per resume)
+                    await self._forward(request, *plan, ex)
             except (GatewayError, ClientGone, asyncio.CancelledError):
                 raise
             except Exception as exc:  # a bug: a 500 JSON, logged, and the request still counted
@@ -146,7 +150,7 @@ class Proxy:
             except Exception as e:  # a logging fault must never fail the request
                 _log_fault(e)
 
-    async def _serve(
+    async def _prepare(
         self,
         request: ClientRequest,
         snap: Snapshot,
@@ -154,7 +158,9 @@ class Proxy:
         peer: str,
         xff: tuple[str, ...] | list[str],
         parent: str,
-    ) -> None:
+    ) -> _Plan | None:
+        """Route, authenticate, rate-limit and build the upstream request head;
+        None when it is answered already (a WebSocket)."""
         raw_path, sep, query = request.raw_path.partition("?")
         path = normalise_path(raw_path)
         ex.path = path
@@ -234,18 +240,8 @@ class Proxy:
 
         if request.upgrade and _is_websocket(seen):
             await proxy_websocket(request, upstream, head_common, host_line, ex)
-            return
-        if route.timeout is None:
-            await self._forward(request, upstream, head_common, host_line, body, ex)
-            return
-        try:
-            async with asyncio.timeout(route.timeout):
-                await self._forward(request, upstream, head_common, host_line, body, ex)
-        except TimeoutError:
-            if request.started:
-                request.abort()
-                return
-            raise errors.UpstreamTimeout(f"route timeout of {route.timeout:g}s passed") from None
+            return None
+        return upstream, head_common, host_line, body, route.timeout
 
     async def _forward(
         self,
@@ -254,8 +250,19 @@ class Proxy:
         head_common: bytes,
         host_line: bytes | None,
         body: AsyncIterator[bytes] | None,
+        timeout: float | None,
         ex: RequestInfo,
     ) -> None:
+        if timeout is not None:  # the route's timeout covers the whole exchange
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._forward(request, upstream, head_common, host_line, body, None, ex)
+            except TimeoutError:
+                if request.started:
+                    request.abort()
+                    return
+                raise errors.UpstreamTimeout(f"route timeout of {timeout:g}s passed") from None
+            return
         sent = perf_counter()
         up = await self._send(request, upstream, head_common, host_line, body, ex)
         self.metrics.upstream_answered(upstream.name, perf_counter() - sent)

@@ -58,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_version",
         "_waiter",
         "_write_paused",
+        "deadline",
         "idle_since",
         "opened_at",
         "requests",
@@ -73,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.opened_at = loop.time()
         self.idle_since = self.opened_at
         self._waiter: asyncio.Future[bool] | None = None
+        self.deadline = 0.0  # of the current wait (Deadlines)
         self._reading_paused = False
         self._write_paused = False
         self._buffer: list[bytes] = []
@@ -261,22 +263,19 @@ class UpstreamConnection(asyncio.Protocol):
         if w is not None:
             self._waiter = None
             if not w.done():
-                w.set_result(True)
+                w.set_result(True)  # Deadlines drops the connection on its next tick
 
-    async def _wait(self, deadline: float) -> None:
-        """Wait for any progress; raises WaitTimeout once `deadline` passes first."""
-        loop = self._loop
-        fut: asyncio.Future[bool] = loop.create_future()
+    def _wait(self, deadline: float) -> asyncio.Future[bool]:
+        """Await it for any progress; it raises WaitTimeout once `deadline` passes.
+
+        Not a coroutine (one frame less on every resume) and no timer of its
+        own: the pool's Deadlines sweep checks it (see there).
+        """
+        fut: asyncio.Future[bool] = self._loop.create_future()
         self._waiter = fut
-        handle = loop.call_at(deadline, _expire, fut)
-        try:
-            ok = await fut
-        finally:
-            handle.cancel()
-            if self._waiter is fut:
-                self._waiter = None
-        if not ok:
-            raise WaitTimeout
+        self.deadline = deadline
+        self._pool.deadlines.watch(self)
+        return fut
 
     def take(self) -> bytes:
         buf = self._buffer
@@ -346,6 +345,49 @@ class UpstreamConnection(asyncio.Protocol):
             transport.abort()
 
 
-def _expire(fut: asyncio.Future[bool]) -> None:
-    if not fut.done():
-        fut.set_result(False)
+class Deadlines:
+    """Read timeouts of one pool's connections, without a timer per wait.
+
+    A uvloop timer armed and cancelled around every wait cost more than the
+    rest of the wait; instead each waiting connection records its deadline and
+    one timer per pool, running only while something waits, fails the overdue
+    ones every TICK seconds. A read timeout fires up to TICK late.
+    """
+
+    TICK = 0.02
+
+    __slots__ = ("_handle", "_loop", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting: set[UpstreamConnection] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, conn: UpstreamConnection) -> None:
+        self._waiting.add(conn)
+        if self._handle is None:
+            loop = self._loop = conn._loop
+            self._handle = loop.call_later(self.TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._handle = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        done = []
+        for conn in self._waiting:
+            waiter = conn._waiter
+            if waiter is None or waiter.done():
+                done.append(conn)
+            elif conn.deadline <= now:
+                done.append(conn)
+                conn._waiter = None
+                waiter.set_exception(WaitTimeout())
+        self._waiting.difference_update(done)
+        if self._waiting:
+            self._handle = loop.call_later(self.TICK, self._tick)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from .. import errors
-from .connection import UpstreamConnection
+from .connection import Deadlines, UpstreamConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +223,7 @@ class TargetPool:
         "_loop",
         "_sweep_due",
         "_sweep_handle",
+        "deadlines",
         "host",
         "label",
         "opened_total",
@@ -254,6 +255,7 @@ class TargetPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._sweep_due = 0.0
+        self.deadlines = Deadlines()  # read timeouts of its connections
 
     @property
     def busy(self) -> int:
