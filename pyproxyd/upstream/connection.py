@@ -80,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._reset(False)
+        self._new_message()
 
     def _reset(self, is_head: bool) -> None:
         self._active = False  # an exchange owns the connection and expects bytes
@@ -90,7 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._dirty = False  # something happened that forbids reuse
         self._error: str | None = None
         self._informational = False
-        self._new_message()
+        # (the message fields are reset by on_message_begin)
 
     def _new_message(self) -> None:
         self._code = 0
