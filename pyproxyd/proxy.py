@@ -84,7 +84,7 @@ class RequestInfo:
         self.path = ""
         self.client_ip = ""
         self.consumer = ""  # the consumer the request's credential or X-Client-ID named
-        self.limits: list[tuple[str, str]] | None = None  # rate-limit response headers
+        self.limits: list[tuple[bytes, bytes]] | None = None  # rate-limit response headers
         self.status = 0
         self.target_key: int | None = None  # hashed client key, for ip_hash / hash:<key>
 
@@ -188,7 +188,8 @@ class Proxy:
             if identity is not None and identity.consumer is not None:
                 ex.consumer = identity.consumer.name
         if route.limits is not None:  # 429/503 raise; delay mode waits its turn here
-            ex.limits = await route.limits.admit(request, identity, ex.client_ip, path, ex.started)
+            limits = route.limits.admit(request, identity, ex.client_ip, path, ex.started)
+            ex.limits = limits if isinstance(limits, list) else await limits
         upstream = route.pick_upstream(request, identity, ex.client_ip)  # sticky: by its key
         ex.upstream = upstream.name
         if upstream.key is not None:
@@ -368,7 +369,7 @@ def _response_headers(up: UpstreamResponse, ex: RequestInfo) -> list[tuple[bytes
     headers = filter_response_headers(up.headers, _RESPONSE_DROP)
     headers.append((b"X-Request-ID", ex.request_id.encode()))
     if ex.limits:
-        headers.extend(_encoded(ex.limits))
+        headers.extend(ex.limits)
     return headers
 
 
@@ -440,12 +441,12 @@ def send_error(
     request: ClientRequest,
     err: GatewayError,
     rid: str,
-    extra: list[tuple[str, str]] | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     headers = [(b"Content-Type", b"application/json"), (b"X-Request-ID", rid.encode())]
     headers.extend(_encoded(err.headers.items()))
     if extra:
-        headers.extend(_encoded(extra))
+        headers.extend(extra)
     request.respond(err.status, headers, errors.render(err, rid))
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 from ..auth.identity import Identity
 from ..errors import RateLimited, RateLimiterUnavailable
@@ -74,7 +74,8 @@ class Tier(NamedTuple):
     label: str  # the tier name, or "default": a bounded metrics label
     algo: Algorithm  # what the store enforces
     fallback: Algorithm | None  # the local share when Redis is down (on_error = "local")
-    policy_field: str  # '"name";q=..;w=..' of RateLimit-Policy
+    policy_field_b: bytes  # '"name";q=..;w=..' of RateLimit-Policy
+    quota_b: bytes  # X-RateLimit-Limit
 
 
 def _tier_fn(spec: Sequence[str]) -> KeyFn:
@@ -99,8 +100,8 @@ def _tier_fn(spec: Sequence[str]) -> KeyFn:
 
 class Policy:
     __slots__ = (
-        "algorithm", "default", "fallback", "key_fn", "name", "on_error", "stats", "store",
-        "tier_fn", "tiers",
+        "algorithm", "default", "fallback", "key_fn", "name", "name_b", "on_error", "stats",
+        "store", "tier_fn", "tiers",
     )  # fmt: skip
 
     def __init__(
@@ -118,6 +119,7 @@ class Policy:
         fallback: LocalStore | None = None,
     ) -> None:
         self.name = name
+        self.name_b = name.encode()
         self.algorithm = algorithm
         self.key_fn = key_fn
         self.tier_fn = tier_fn
@@ -178,30 +180,50 @@ def _seconds(value: float) -> int:
     return max(0, math.ceil(value - 1e-9))
 
 
+Headers = list[tuple[bytes, bytes]]
+_Granted = list[tuple["Policy", str, Tier, Decision, Any]]
+
+
 class RouteLimiter:
     """The rate limits of one route, in the order the route lists them."""
 
-    __slots__ = ("policies", "route")
+    __slots__ = ("instant", "policies", "route")
 
     def __init__(self, route: str, policies: Sequence[Policy]) -> None:
         self.route = route
         self.policies = tuple(policies)
+        # Local stores decide synchronously: no coroutine on the request path.
+        self.instant = all(isinstance(p.store, LocalStore) for p in self.policies)
 
-    async def admit(
+    def admit(
         self,
         request: KeyRequest,
         identity: Identity | None,
         client_ip: str,
         path: str,
         now: float,
-    ) -> list[tuple[str, str]]:
+    ) -> Headers | Coroutine[Any, Any, Headers]:
         """Admit one request or raise RateLimited / RateLimiterUnavailable.
 
-        `now` is the request's arrival (event loop time). Returns the rate-limit
-        response headers; in delay mode it returns only after the request's
-        turn has come.
+        `now` is the request's arrival (event loop time). Gives the rate-limit
+        response headers; a coroutine to await instead when a store is remote
+        (Redis) or the request must wait its turn (delay mode).
         """
-        granted: list[tuple[Policy, str, Tier, Decision, Any]] = []
+        if not self.instant:
+            return self._admit(request, identity, client_ip, path, now)
+        granted: _Granted = []
+        for policy in self.policies:
+            key, tier = policy.resolve(request, identity, client_ip)
+            store = cast(LocalStore, policy.store)  # every store is local here
+            decision, token = store.take(key, tier.algo, now)
+            self._grant(policy, key, tier, decision, (store, tier.algo, token), granted,
+                        client_ip, path, now)  # fmt: skip
+        return self._allowed(granted)
+
+    async def _admit(
+        self, request: KeyRequest, identity: Identity | None, client_ip: str, path: str, now: float
+    ) -> Headers:
+        granted: _Granted = []
         for policy in self.policies:
             key, tier = policy.resolve(request, identity, client_ip)
             try:
@@ -210,43 +232,78 @@ class RouteLimiter:
                 for _p, k, _t, _d, u in granted:
                     give_back(k, u, now)
                 raise
-            if not decision.allowed:
-                for _p, k, _t, _d, u in granted:
-                    give_back(k, u, now)
-                policy.stats.count(self.route, tier.label, key, REJECTED)
-                policy.stats.rejected(self.route, tier.label, key, client_ip, path)
-                headers = _headers([(policy, tier, decision)])
-                headers.append(("Retry-After", str(max(1, _seconds(decision.retry_after)))))
-                raise RateLimited(f"rate limit {policy.name!r} exceeded", headers=dict(headers))
+            self._grant(policy, key, tier, decision, undo, granted, client_ip, path, now)
+        allowed = self._allowed(granted)
+        return allowed if isinstance(allowed, list) else await allowed
+
+    def _grant(
+        self,
+        policy: Policy,
+        key: str,
+        tier: Tier,
+        decision: Decision,
+        undo: Any,
+        granted: _Granted,
+        client_ip: str,
+        path: str,
+        now: float,
+    ) -> None:
+        if decision.allowed:
             granted.append((policy, key, tier, decision, undo))
+            return
+        for _p, k, _t, _d, u in granted:
+            give_back(k, u, now)
+        policy.stats.count(self.route, tier.label, key, REJECTED)
+        policy.stats.rejected(self.route, tier.label, key, client_ip, path)
+        headers = _headers([(policy, tier, decision)])
+        headers.append((b"Retry-After", b"%d" % max(1, _seconds(decision.retry_after))))
+        raise RateLimited(
+            f"rate limit {policy.name!r} exceeded",
+            headers={n.decode(): v.decode() for n, v in headers},
+        )
+
+    def _allowed(self, granted: _Granted) -> Headers | Coroutine[Any, Any, Headers]:
         delay = max(g[3].delay for g in granted)
         result = DELAYED if delay > 0 else ALLOWED
         for policy, key, tier, _d, _u in granted:
             policy.stats.count(self.route, tier.label, key, result)
         headers = _headers([(p, t, d) for p, _k, t, d, _u in granted])
         if delay > 0:
-            try:
-                await asyncio.sleep(delay)
-            except asyncio.CancelledError:  # the client left while waiting its turn
-                later = asyncio.get_running_loop().time()
-                for _p, k, _t, _d, u in granted:
-                    give_back(k, u, later)
-                raise
+            return _wait_turn(headers, delay, granted)
         return headers
 
 
-def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> list[tuple[str, str]]:
+async def _wait_turn(headers: Headers, delay: float, granted: _Granted) -> Headers:
+    try:
+        await asyncio.sleep(delay)
+    except asyncio.CancelledError:  # the client left while waiting its turn
+        later = asyncio.get_running_loop().time()
+        for _p, k, _t, _d, u in granted:
+            give_back(k, u, later)
+        raise
+    return headers
+
+
+def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> Headers:
     # X-RateLimit-* follow the most restrictive policy; the IETF fields list them all.
-    _p, tier, d = min(decided, key=lambda ptd: ptd[2].remaining)
+    if len(decided) == 1:
+        p, tier, d = decided[0]
+        reset = _seconds(d.reset)
+        policy_field = tier.policy_field_b
+        ratelimit = b'"%s";r=%d;t=%d' % (p.name_b, d.remaining, reset)
+    else:
+        _p, tier, d = min(decided, key=lambda ptd: ptd[2].remaining)
+        reset = _seconds(d.reset)
+        policy_field = b", ".join(t.policy_field_b for _p, t, _d in decided)
+        ratelimit = b", ".join(
+            b'"%s";r=%d;t=%d' % (p.name_b, d.remaining, _seconds(d.reset)) for p, _t, d in decided
+        )
     return [
-        ("X-RateLimit-Limit", str(tier.algo.quota)),
-        ("X-RateLimit-Remaining", str(d.remaining)),
-        ("X-RateLimit-Reset", str(_seconds(d.reset))),
-        ("RateLimit-Policy", ", ".join(t.policy_field for _p, t, _d in decided)),
-        (
-            "RateLimit",
-            ", ".join(f'"{p.name}";r={d.remaining};t={_seconds(d.reset)}' for p, _t, d in decided),
-        ),
+        (b"X-RateLimit-Limit", tier.quota_b),
+        (b"X-RateLimit-Remaining", b"%d" % d.remaining),
+        (b"X-RateLimit-Reset", b"%d" % reset),
+        (b"RateLimit-Policy", policy_field),
+        (b"RateLimit", ratelimit),
     ]
 
 
@@ -258,7 +315,7 @@ def _tier(spec: PolicySpec, label: str, lim: Limits, workers: int) -> Tier:
     else:
         algo, fallback = local, None
     field = f'"{spec.name}";q={algo.quota};w={max(1, _seconds(algo.window))}'
-    return Tier(label, algo, fallback, field)
+    return Tier(label, algo, fallback, field.encode(), str(algo.quota).encode())
 
 
 def build_policy(
