@@ -177,6 +177,10 @@ class PoolSampler:
     def sample(self, snap: Snapshot) -> None:
         for flush in self.flushers:
             flush()
+        for obj in snap.state.values():  # rate-limit decisions, tallied per request
+            export = getattr(obj, "export", None)
+            if export is not None:
+                export()
         now = asyncio.get_running_loop().time()  # the clock breakers and health use
         for up in snap.upstreams.values():
             breaker = up.breaker

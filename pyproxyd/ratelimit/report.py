@@ -31,7 +31,9 @@ TOP_KEYS = 10
 class PolicyStats:
     """Decisions of one policy: cumulative per (route, tier), and per key this period."""
 
-    __slots__ = ("_children", "_logged", "algorithm", "counts", "keys", "name", "period")
+    __slots__ = (
+        "_children", "_exported", "_logged", "algorithm", "counts", "keys", "name", "period",
+    )  # fmt: skip
 
     def __init__(self, name: str, algorithm: str) -> None:
         self.name = name
@@ -41,6 +43,7 @@ class PolicyStats:
         self.keys: dict[str, list[int]] = {}  # key -> [allowed, rejected] this period
         self._logged: dict[str, int] = {}  # key -> the second it was last logged
         self._children: dict[tuple[str, str, int], Any] = {}
+        self._exported: dict[tuple[str, str], list[int]] = {}  # counts already in prometheus
 
     def count(self, route: str, tier: str, key: str, result: int) -> None:
         rt = (route, tier)
@@ -60,12 +63,25 @@ class PolicyStats:
             if k is None:
                 k = self.keys[key] = [0, 0]
         k[result == REJECTED] += 1
-        child = self._children.get((route, tier, result))
-        if child is None:
-            child = self._children[(route, tier, result)] = RATELIMIT.labels(
-                route, self.name, tier, RESULTS[result]
-            )
-        child.inc()
+
+    def export(self) -> None:
+        """Add what `counts` gained since the last call to the prometheus counter
+        (the sampler calls it once a second and before each scrape: an inc per
+        request would take prometheus-client's lock per request)."""
+        exported = self._exported
+        for rt, counts in self.counts.items():
+            last = exported.get(rt)
+            if last is None:
+                last = exported[rt] = [0, 0, 0]
+            for result, n in enumerate(counts):
+                if n != last[result]:
+                    child = self._children.get((*rt, result))
+                    if child is None:
+                        child = self._children[(*rt, result)] = RATELIMIT.labels(
+                            rt[0], self.name, rt[1], RESULTS[result]
+                        )
+                    child.inc(n - last[result])
+                    last[result] = n
 
     def rejected(self, route: str, tier: str, key: str, client_ip: str, path: str) -> None:
         """The `rate_limited` event, at most once per key per second."""
@@ -118,6 +134,10 @@ class Reporter:
     def activate(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def export(self) -> None:
+        for stats in list(self.stats.values()):
+            stats.export()
 
     def flush(self) -> None:
         for stats in list(self.stats.values()):

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxyd.ratelimit import redis as rl_redis
 from pyproxyd.reload import Reloader
+from pyproxyd.server import Gateway
 from tests.backends import Backend
 from tests.gateway import GatewayProcess, config, fetch, free_port, gateway, url
 from tests.redis_server import RedisServer
@@ -56,6 +58,23 @@ async def statuses(target: str, n: int, headers: dict[str, str] | None = None) -
         return out
 
 
+async def decisions(gw: Gateway) -> dict[str, float]:
+    """pyproxyd_ratelimit_decisions_total of route r, policy rl, by result."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as r,
+    ):
+        text = await r.text()
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "pyproxyd_ratelimit_decisions_total"
+        and sample.labels["route"] == "r"
+        and sample.labels["policy"] == "rl"
+    }
+
+
 async def test_token_bucket_headers_429_and_anonymous(tmp_path: Path) -> None:
     limits = """
 [rate_limits.rl]
@@ -65,6 +84,7 @@ rate = "1/m"
 burst = 3
 """
     async with Backend() as b, gateway(tmp_path, toml(b, limits)) as gw:
+        before = await decisions(gw)
         status, h, _ = await fetch(url(gw, "/echo"), headers={"X-Client-ID": "a"})
         assert status == 200
         assert h["X-RateLimit-Limit"] == "3" and h["X-RateLimit-Remaining"] == "2"
@@ -81,6 +101,9 @@ burst = 3
         # No key at all: limited together, under "anonymous", not let through.
         assert await statuses(url(gw, "/echo"), 4) == [200, 200, 200, 429]
         assert (await fetch(url(gw, "/free/echo")))[1].get("X-RateLimit-Limit") is None
+        after = await decisions(gw)  # on /metrics: exported before each scrape
+        assert after["allowed"] - before.get("allowed", 0) == 7
+        assert after["rejected"] - before.get("rejected", 0) == 2
 
 
 async def test_tiers_and_unknown_tier(tmp_path: Path) -> None:
