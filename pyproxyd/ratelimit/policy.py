@@ -211,6 +211,18 @@ class RouteLimiter:
         """
         if not self.instant:
             return self._admit(request, identity, client_ip, path, now)
+        if len(self.policies) == 1:  # the common case, without the lists
+            policy = self.policies[0]
+            key, tier = policy.resolve(request, identity, client_ip)
+            store = cast(LocalStore, policy.store)
+            decision, token = store.take(key, tier.algo, now)
+            if decision.allowed and not decision.delay:
+                policy.stats.count(self.route, tier.label, key, ALLOWED)
+                return _headers(((policy, tier, decision),))
+            one: _Granted = []
+            self._grant(policy, key, tier, decision, (store, tier.algo, token), one,
+                        client_ip, path, now)  # fmt: skip
+            return self._allowed(one)
         granted: _Granted = []
         for policy in self.policies:
             key, tier = policy.resolve(request, identity, client_ip)
@@ -288,9 +300,15 @@ def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> Headers:
     # X-RateLimit-* follow the most restrictive policy; the IETF fields list them all.
     if len(decided) == 1:
         p, tier, d = decided[0]
-        reset = _seconds(d.reset)
-        policy_field = tier.policy_field_b
-        ratelimit = b'"%s";r=%d;t=%d' % (p.name_b, d.remaining, reset)
+        remaining = b"%d" % d.remaining
+        reset_b = b"%d" % _seconds(d.reset)
+        return [
+            (b"X-RateLimit-Limit", tier.quota_b),
+            (b"X-RateLimit-Remaining", remaining),
+            (b"X-RateLimit-Reset", reset_b),
+            (b"RateLimit-Policy", tier.policy_field_b),
+            (b"RateLimit", b'"%s";r=%s;t=%s' % (p.name_b, remaining, reset_b)),
+        ]
     else:
         _p, tier, d = min(decided, key=lambda ptd: ptd[2].remaining)
         reset = _seconds(d.reset)
