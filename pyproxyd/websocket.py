@@ -146,7 +146,8 @@ async def proxy_websocket(
         ) from None
     upgrade = request.headers.get("Upgrade", "websocket").encode("latin-1", "replace")
     try:
-        assert side.transport is not None
+        if side.transport is None:
+            raise errors.BadGateway(side.error or "upstream closed the WebSocket connection")
         side.transport.write(
             head_common
             + b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade

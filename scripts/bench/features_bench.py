@@ -40,30 +40,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from auth_bench import make_token
-from proxy_bench import BACKEND_PORT as PB_BACKEND_PORT
-from proxy_bench import NGINX_BACKEND, REPO, start, stop, wait_port, wrk
+from proxy_bench import REPO, backend_conf, gateway_toml, start, stop, wait_port, wrk
 
 BACKEND_PORT = 18420
 ROWS = {"plain": (18421, 18424), "ratelimit": (18422, 18425), "jwt": (18423, 18426)}
-
-BASE = """
-[server]
-listen = ["127.0.0.1:{port}"]
-workers = 1
-[admin]
-listen = "127.0.0.1:{admin}"
-[logging]
-format = "json"
-access_log = true
-file = "/dev/null"
-[upstreams.backend]
-targets = [{{ url = "http://127.0.0.1:{backend}" }}]
-keepalive = 32
-[[routes]]
-id = "all"
-path = "/**"
-upstream = "backend"
-"""
 
 EXTRA = {
     "plain": "",
@@ -150,11 +130,10 @@ def main() -> None:
             "ratelimit": {},
             "jwt": {"Authorization": f"Bearer {token}"},
         }
-        backend = NGINX_BACKEND.replace(f":{PB_BACKEND_PORT};", f":{BACKEND_PORT};")
-        (tmp / "backend.conf").write_text(backend.replace("{tmp}", tmpdir))
+        (tmp / "backend.conf").write_text(backend_conf(BACKEND_PORT, tmpdir))
         for name, (port, admin) in ROWS.items():
             conf = tmp / f"{name}.toml"
-            conf.write_text(BASE.format(port=port, admin=admin, backend=BACKEND_PORT) + EXTRA[name])
+            conf.write_text(gateway_toml(port, BACKEND_PORT, admin=admin) + EXTRA[name])
             validate(conf)
         try:
             nginx = ["nginx", "-g", "daemon off;", "-c", str(tmp / "backend.conf")]

@@ -46,32 +46,11 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import BACKEND_PORT as PB_BACKEND_PORT
-from proxy_bench import NGINX_BACKEND, start, stop, wait_port
+from proxy_bench import backend_conf, gateway_toml, start, stop, wait_port
 
 BACKEND_PORT, PY_PORT, ADMIN_PORT = 18400, 18401, 18402
 PATH = "/api/users/1"
 REQUEST = f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{PY_PORT}\r\n\r\n".encode()
-
-PYPROXYD = """
-[server]
-listen = ["127.0.0.1:{port}"]
-workers = {workers}
-keepalive_timeout = "300s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[logging]
-format = "json"
-access_log = true
-file = "/dev/null"
-[upstreams.backend]
-targets = [{{ url = "http://127.0.0.1:{backend}" }}]
-keepalive = 32
-[[routes]]
-id = "all"
-path = "/**"
-upstream = "backend"
-"""
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -259,13 +238,11 @@ def main() -> None:
     conns: list[Conn] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        backend = NGINX_BACKEND.replace(f":{PB_BACKEND_PORT};", f":{BACKEND_PORT};")
-        (tmp / "backend.conf").write_text(backend.replace("{tmp}", tmpdir))
-        (tmp / "py.toml").write_text(
-            PYPROXYD.format(
-                port=PY_PORT, admin=ADMIN_PORT, backend=BACKEND_PORT, workers=args.workers
-            )
-        )
+        (tmp / "backend.conf").write_text(backend_conf(BACKEND_PORT, tmpdir))
+        (tmp / "py.toml").write_text(  # long enough that nothing closes while we measure
+            gateway_toml(PY_PORT, BACKEND_PORT, admin=ADMIN_PORT, workers=args.workers,
+                         server='keepalive_timeout = "300s"')
+        )  # fmt: skip
         try:
             nginx = ["nginx", "-g", "daemon off;", "-c", str(tmp / "backend.conf")]
             procs.append(start(nginx, "0", tmp / "b.log"))

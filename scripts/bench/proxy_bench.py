@@ -72,12 +72,28 @@ http {{
 }}
 """
 
-PYPROXYD = """
+
+def gateway_toml(
+    port: int,
+    backend: int,
+    *,
+    admin: int = 0,
+    workers: int = 1,
+    keepalive: int = 32,
+    server: str = "",
+) -> str:
+    """One catch-all route to `backend`, with what a production route has on
+    (JSON access log to /dev/null, metrics): the config every bench starts from.
+    `server` adds lines to [server]; a route setting can be appended."""
+    return f"""
 [server]
 listen = ["127.0.0.1:{port}"]
+workers = {workers}
+{server}
 [admin]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{admin}"
 [logging]
+format = "json"
 access_log = true
 file = "/dev/null"
 [upstreams.backend]
@@ -87,7 +103,12 @@ keepalive = {keepalive}
 id = "all"
 path = "/**"
 upstream = "backend"
-"""
+"""  # fmt: skip
+
+
+def backend_conf(port: int, tmpdir: str) -> str:
+    """NGINX_BACKEND listening on `port` instead of BACKEND_PORT."""
+    return NGINX_BACKEND.replace(f":{BACKEND_PORT};", f":{port};").replace("{tmp}", tmpdir)
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
@@ -175,9 +196,7 @@ def main() -> None:
         (tmp / "backend.conf").write_text(NGINX_BACKEND.replace("{tmp}", tmpdir))
         (tmp / "proxy.conf").write_text(NGINX_PROXY.replace("{tmp}", tmpdir))
         for name, port, ka in (("py", PY_PORT, 32), ("py0", PY0_PORT, 0)):
-            (tmp / f"{name}.toml").write_text(
-                PYPROXYD.format(port=port, backend=BACKEND_PORT, keepalive=ka)
-            )
+            (tmp / f"{name}.toml").write_text(gateway_toml(port, BACKEND_PORT, keepalive=ka))
         nginx = ["nginx", "-g", "daemon off;", "-c"]
         try:
             procs.append(start([*nginx, str(tmp / "backend.conf")], "0", tmp / "b.log"))

@@ -36,30 +36,10 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import BACKEND_PORT as PB_BACKEND_PORT
-from proxy_bench import NGINX_BACKEND, start, stop, to_ms, wait_port
+from proxy_bench import backend_conf, gateway_toml, start, stop, to_ms, wait_port
 
 BACKEND_PORT = 18410
 PORTS = {1: (18411, 18413), 2: (18412, 18414)}  # workers -> (listen, admin)
-
-PYPROXYD = """
-[server]
-listen = ["127.0.0.1:{port}"]
-workers = {workers}
-[admin]
-listen = "127.0.0.1:{admin}"
-[logging]
-format = "json"
-access_log = true
-file = "/dev/null"
-[upstreams.backend]
-targets = [{{ url = "http://127.0.0.1:{backend}" }}]
-keepalive = 32
-[[routes]]
-id = "all"
-path = "/**"
-upstream = "backend"
-"""
 
 Result = tuple[float, float, float, int, float]  # req/s, p50 ms, p99 ms, errors, CPU cores
 
@@ -167,15 +147,13 @@ def main() -> None:
     gateways: dict[int, subprocess.Popen[bytes]] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        backend = NGINX_BACKEND.replace(f":{PB_BACKEND_PORT};", f":{BACKEND_PORT};")
-        (tmp / "backend.conf").write_text(backend.replace("{tmp}", tmpdir))
+        (tmp / "backend.conf").write_text(backend_conf(BACKEND_PORT, tmpdir))
         try:
             nginx = ["nginx", "-g", "daemon off;", "-c", str(tmp / "backend.conf")]
             procs.append(start(nginx, args.backend_cpus or allowed, tmp / "b.log"))
             for workers, (port, admin) in PORTS.items():
                 conf = tmp / f"w{workers}.toml"
-                conf.write_text(PYPROXYD.format(port=port, admin=admin, workers=workers,
-                                                backend=BACKEND_PORT))  # fmt: skip
+                conf.write_text(gateway_toml(port, BACKEND_PORT, admin=admin, workers=workers))
                 cmd = [sys.executable, "-m", "pyproxyd", "run", "--no-watch", "-c", str(conf)]
                 gw = start(cmd, args.gateway_cpus or allowed, tmp / f"w{workers}.log")
                 procs.append(gw)
