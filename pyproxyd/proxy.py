@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from . import errors
 from .auth.identity import Identity
@@ -26,11 +26,12 @@ from .forwarding import (
 from .frontend.request import ClientGone, ClientRequest
 from .observe.logging import get_logger
 from .observe.metrics import RequestMetrics
-from .resilience.breaker import STATE_NAMES
+from .resilience.breaker import STATE_NAMES, Ticket
 from .routing import normalise_path
 from .snapshot import Route, Snapshot, SnapshotHolder, Upstream
 from .tracing import request_id, traceparent
-from .upstream.http1 import UpstreamResponse, chunked, exchange
+from .upstream.connection import UpstreamConnection
+from .upstream.http1 import UpstreamResponse, chunked, exchange, resume, start
 from .websocket import proxy_websocket
 
 if TYPE_CHECKING:
@@ -90,6 +91,17 @@ class RequestInfo:
 
 
 class Proxy:
+    """The handler of the client listeners (frontend.connection.Handler).
+
+    The common request (no body, nothing to await while deciding, an idle
+    upstream connection, an answer that arrives whole) never becomes a task:
+    `__call__` writes it upstream and `_InFlight` relays the answer from the
+    upstream connection's callback. Wherever a request leaves that path, a
+    task (`_run`) takes it on from that very step through the ordinary awaits,
+    so each decision (rate limit, target, breaker ticket) is still made once.
+    Profiled: the two task wake-ups of a request cost more than its routing.
+    """
+
     __slots__ = ("access_log", "holder", "loop", "metrics")
 
     def __init__(self, holder: SnapshotHolder, access_log: AccessLog):
@@ -98,7 +110,7 @@ class Proxy:
         self.metrics = RequestMetrics()
         self.loop = asyncio.get_event_loop()
 
-    async def __call__(self, request: ClientRequest) -> None:
+    def __call__(self, request: ClientRequest) -> None:
         started = self.loop.time()
         # uvloop's loop.time() ticks in whole milliseconds: durations need a finer clock.
         clock = perf_counter()
@@ -114,41 +126,151 @@ class Proxy:
         ex.client_ip = client_address(peer, xff, snap.server.trusted)
         try:
             try:
-                plan = await self._prepare(request, snap, ex, peer, xff, parent)
-                if plan is not None:  # (returned, not awaited within: a frame less per resume)
-                    await self._forward(request, *plan, ex)
-            except (GatewayError, ClientGone, asyncio.CancelledError):
+                stage = self._prepare_now(request, snap, ex, peer, xff, parent)
+                if stage is None:  # an await comes before any decision: all of it in a task
+                    stage = self._prepare(request, snap, ex, peer, xff, parent)
+                elif type(stage) is tuple and stage[3] is None and stage[4] is None:
+                    self._start(request, stage, ex, snap, clock)
+                    return
+            except (GatewayError, ClientGone):
                 raise
             except Exception as exc:  # a bug: a 500 JSON, logged, and the request still counted
                 log.error("internal_error", error=repr(exc), request_id=ex.request_id)
                 raise GatewayError() from exc
         except GatewayError as err:
-            if request.started:
-                request.abort()  # too late for an error response: cut the connection
-            else:
-                ex.status = err.status
-                try:
-                    send_error(request, err, ex.request_id, ex.limits)
-                except ClientGone:
-                    ex.status = 499
+            self._failed(request, ex, err)
+            self._finish(request, ex, clock, snap)
+            return
+        except ClientGone:
+            ex.status = 499
+            self._finish(request, ex, clock, snap)
+            return
+        self._spawn(request, ex, snap, clock, stage, None)
+
+    def _spawn(
+        self,
+        request: ClientRequest,
+        ex: RequestInfo,
+        snap: Snapshot,
+        clock: float,
+        stage: _Plan | Awaitable[_Plan | None],
+        first: _First | None,
+    ) -> None:
+        task = self.loop.create_task(self._run(request, ex, snap, clock, stage, first))
+        request.cancel = task.cancel  # (and the reference that keeps the task alive)
+
+    async def _run(
+        self,
+        request: ClientRequest,
+        ex: RequestInfo,
+        snap: Snapshot,
+        clock: float,
+        stage: _Plan | Awaitable[_Plan | None],
+        first: _First | None,
+    ) -> None:
+        try:
+            try:
+                plan = stage if type(stage) is tuple else await stage  # type: ignore[misc]
+                if plan is not None:
+                    upstream, head_common, host_line, body, timeout = plan
+                    await self._forward(
+                        request, upstream, head_common, host_line, body, timeout, ex, first
+                    )
+            except (GatewayError, ClientGone, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                log.error("internal_error", error=repr(exc), request_id=ex.request_id)
+                raise GatewayError() from exc
+        except GatewayError as err:
+            self._failed(request, ex, err)
         except ClientGone:
             ex.status = 499  # the client went away (nginx's convention)
         except asyncio.CancelledError:
             ex.status = 499
-            self._done(request, ex, clock, snap)
+            self._finish(request, ex, clock, snap, counted=False)
             raise
-        self._done(request, ex, clock, snap)
-        self.metrics.bytes(ex.route or "(none)", request.received, request.sent)
+        self._finish(request, ex, clock, snap)
 
-    def _done(self, request: ClientRequest, ex: RequestInfo, clock: float, snap: Snapshot) -> None:
+    def _failed(self, request: ClientRequest, ex: RequestInfo, err: GatewayError) -> None:
+        if request.started:
+            request.abort()  # too late for an error response: cut the connection
+            return
+        ex.status = err.status
+        try:
+            send_error(request, err, ex.request_id, ex.limits)
+        except ClientGone:
+            ex.status = 499
+
+    def _finish(
+        self,
+        request: ClientRequest,
+        ex: RequestInfo,
+        clock: float,
+        snap: Snapshot,
+        counted: bool = True,
+    ) -> None:
         elapsed = perf_counter() - clock
-        self.metrics.in_flight -= 1
-        self.metrics.observe(ex.route or "(none)", ex.upstream or "(none)", ex.status, elapsed)
+        metrics = self.metrics
+        metrics.in_flight -= 1
+        route = ex.route or "(none)"
+        metrics.observe(route, ex.upstream or "(none)", ex.status, elapsed)
+        if counted:
+            metrics.bytes(route, request.received, request.sent)
         if snap.logging.access_log:  # read per request: a reload may switch it
             try:
                 self.access_log.request(request.method, ex, elapsed * 1000.0)
             except Exception as e:  # a logging fault must never fail the request
                 _log_fault(e)
+        request.conn.done(request)
+
+    # -- deciding: route, identity, limits, the upstream request head ---------------
+
+    def _prepare_now(
+        self,
+        request: ClientRequest,
+        snap: Snapshot,
+        ex: RequestInfo,
+        peer: str,
+        xff: tuple[str, ...] | list[str],
+        parent: str,
+    ) -> _Plan | Awaitable[_Plan | None] | None:
+        """_prepare() when nothing needs awaiting: the plan. None when something
+        would have to be awaited before any decision is taken (then _prepare()
+        does it all); an awaitable for the rest when the wait comes after one
+        (a rate limit's delay) or the request becomes a WebSocket."""
+        if snap.auth.claim_routes:
+            return None  # (the claims predicate may need a JWKS refetch to match)
+        raw_path, sep, query = request.raw_path.partition("?")
+        path = normalise_path(raw_path)
+        ex.path = path
+        headers = request.lazy_headers
+        query_view = cast("Mapping[str, str]", LazyQuery(request))
+        match = snap.router.match(request.method, path, headers, query_view, None)
+        if match is None:
+            raise errors.NoRoute(f"no route for {request.method} {path}")
+        route: Route = match.rule.target
+        ex.route = route.id
+        identity: Identity | None = None
+        if route.auth is not None:
+            try:
+                identity = route.auth(headers, None)
+            except UnknownKey as err:
+                if err.refresh is None:
+                    raise
+                return None  # a rotated key: _prepare() refetches the JWKS
+            if identity is not None and identity.consumer is not None:
+                ex.consumer = identity.consumer.name
+        limits = route.limits
+        if limits is not None:
+            if not limits.instant:
+                return None  # a shared store (Redis) is awaited
+            admitted = limits.admit(request, identity, ex.client_ip, path, ex.started)
+            if not isinstance(admitted, list):
+                return self._admitted(admitted, request, snap, ex, route, match.params,
+                                      identity, peer, xff, parent, sep, query)  # fmt: skip
+            ex.limits = admitted
+        return self._plan(request, snap, ex, route, match.params, identity, peer, xff, parent,
+                          sep, query)  # fmt: skip
 
     async def _prepare(
         self,
@@ -159,8 +281,8 @@ class Proxy:
         xff: tuple[str, ...] | list[str],
         parent: str,
     ) -> _Plan | None:
-        """Route, authenticate, rate-limit and build the upstream request head;
-        None when it is answered already (a WebSocket)."""
+        """Route, authenticate, rate-limit and build the upstream request head,
+        awaiting whatever it takes; None when it is answered already (a WebSocket)."""
         raw_path, sep, query = request.raw_path.partition("?")
         path = normalise_path(raw_path)
         ex.path = path
@@ -190,6 +312,52 @@ class Proxy:
         if route.limits is not None:  # 429/503 raise; delay mode waits its turn here
             limits = route.limits.admit(request, identity, ex.client_ip, path, ex.started)
             ex.limits = limits if isinstance(limits, list) else await limits
+        plan = self._plan(request, snap, ex, route, match.params, identity, peer, xff, parent,
+                          sep, query)  # fmt: skip
+        if isinstance(plan, tuple):
+            return plan
+        await plan
+        return None
+
+    async def _admitted(
+        self,
+        admitted: Awaitable[list[tuple[bytes, bytes]]],
+        request: ClientRequest,
+        snap: Snapshot,
+        ex: RequestInfo,
+        route: Route,
+        params: dict[str, str],
+        identity: Identity | None,
+        peer: str,
+        xff: tuple[str, ...] | list[str],
+        parent: str,
+        sep: str,
+        query: str,
+    ) -> _Plan | None:
+        ex.limits = await admitted  # delay mode: this request's turn
+        plan = self._plan(request, snap, ex, route, params, identity, peer, xff, parent, sep,
+                          query)  # fmt: skip
+        if isinstance(plan, tuple):
+            return plan
+        await plan
+        return None
+
+    def _plan(
+        self,
+        request: ClientRequest,
+        snap: Snapshot,
+        ex: RequestInfo,
+        route: Route,
+        params: dict[str, str],
+        identity: Identity | None,
+        peer: str,
+        xff: tuple[str, ...] | list[str],
+        parent: str,
+        sep: str,
+        query: str,
+    ) -> _Plan | Coroutine[Any, Any, None]:
+        """The upstream and the request head for it; for a WebSocket, the
+        coroutine that proxies it."""
         upstream = route.pick_upstream(request, identity, ex.client_ip)  # sticky: by its key
         ex.upstream = upstream.name
         if upstream.key is not None:
@@ -202,7 +370,7 @@ class Proxy:
             )
 
         kept, seen = filter_request_headers(request.raw_headers, snap.drop_request_headers)
-        target_path = route.path_fn(path, match.params)
+        target_path = route.path_fn(ex.path, params)
         if sep:
             target_path = f"{target_path}?{query}"
 
@@ -240,9 +408,38 @@ class Proxy:
         )
 
         if request.upgrade and _is_websocket(seen):
-            await proxy_websocket(request, upstream, head_common, host_line, ex)
-            return None
+            return proxy_websocket(request, upstream, head_common, host_line, ex)
         return upstream, head_common, host_line, body, route.timeout
+
+    # -- the upstream exchange ------------------------------------------------------
+
+    def _start(
+        self, request: ClientRequest, plan: _Plan, ex: RequestInfo, snap: Snapshot, clock: float
+    ) -> None:
+        """The first try of a body-less request, without a task: on an idle
+        connection the head goes upstream now and _InFlight waits for the answer."""
+        upstream, head_common, host_line, _, _ = plan
+        now = ex.started
+        if upstream.budget is not None:
+            upstream.budget.request(now)
+        skip: set[int] = set()
+        chosen = _choose(upstream, skip, now, 0, ex.target_key)
+        if chosen is None:
+            _no_target(upstream, now)
+        index, ticket = chosen
+        target = upstream.targets[index]
+        pool = target.pool
+        head = head_common + (host_line or target.host_header) + b"\r\n"
+        begun = start(pool, head, request.method == "HEAD")
+        if begun is None:  # no idle connection: connect (or wait for one) in a task
+            self._spawn(request, ex, snap, clock, plan, _First(index, ticket, skip))
+            return
+        conn, reused = begun
+        timeout = (
+            pool.settings.read_timeout if upstream.read_timeout is None else upstream.read_timeout
+        )
+        _InFlight(self, request, ex, snap, clock, plan, _First(index, ticket, skip), conn, reused,
+                  timeout)  # fmt: skip
 
     async def _forward(
         self,
@@ -253,11 +450,14 @@ class Proxy:
         body: AsyncIterator[bytes] | None,
         timeout: float | None,
         ex: RequestInfo,
+        first: _First | None,
     ) -> None:
         if timeout is not None:  # the route's timeout covers the whole exchange
             try:
                 async with asyncio.timeout(timeout):
-                    await self._forward(request, upstream, head_common, host_line, body, None, ex)
+                    await self._forward(
+                        request, upstream, head_common, host_line, body, None, ex, first
+                    )
             except TimeoutError:
                 if request.started:
                     request.abort()
@@ -265,7 +465,7 @@ class Proxy:
                 raise errors.UpstreamTimeout(f"route timeout of {timeout:g}s passed") from None
             return
         sent = perf_counter()
-        up = await self._send(request, upstream, head_common, host_line, body, ex)
+        up = await self._send(request, upstream, head_common, host_line, body, ex, first)
         self.metrics.upstream_answered(upstream.name, perf_counter() - sent)
         try:
             if not _relay_now(request, up, ex):
@@ -282,6 +482,7 @@ class Proxy:
         host_line: bytes | None,
         body: AsyncIterator[bytes] | None,
         ex: RequestInfo,
+        first: _First | None,
     ) -> UpstreamResponse:
         """Try targets until one answers, within what is safe to repeat.
 
@@ -290,41 +491,40 @@ class Proxy:
         budget, and every try needs a ticket from the circuit breaker, whose
         outcome is known when the response head arrives. All of them use the
         time the request arrived (its one clock read); only the failure paths,
-        off the fast path, read the clock again.
+        off the fast path, read the clock again. `first` is a try _start()
+        began already.
         """
         now = ex.started or self.loop.time()
-        breaker = upstream.breaker
-        budget = upstream.budget
-        if budget is not None:
-            budget.request(now)
-        skip: set[int] = set()
+        if first is None:
+            if upstream.budget is not None:
+                upstream.budget.request(now)
+            skip: set[int] = set()
+        else:
+            skip = first.skip
         is_head = request.method == "HEAD"
         idempotent = request.method in IDEMPOTENT and body is None
         last: GatewayError | None = None
         for attempt in range(upstream.retries + 1):
-            index = upstream.pick(skip, now, ex.target_key)
-            if index is None:
-                break
-            if attempt and budget is not None and not budget.retry(now):
-                break  # retries would multiply the outage: answer with the last failure
-            ticket = None
-            if breaker is not None:
-                ticket = breaker.allow(now)
-                if ticket is None:
-                    if attempt:
-                        break
-                    raise errors.CircuitOpen(
-                        f"the circuit breaker of upstream {upstream.name!r} is "
-                        f"{STATE_NAMES[breaker.state]}",
-                        headers={"Retry-After": str(breaker.retry_after(now))},
-                    )
+            began = first
+            first = None
+            if began is not None:
+                index, ticket = began.index, began.ticket
+            else:
+                chosen = _choose(upstream, skip, now, attempt, ex.target_key)
+                if chosen is None:
+                    break
+                index, ticket = chosen
             target = upstream.targets[index]
             health = target.health
             head = head_common + (host_line or target.host_header) + b"\r\n"
             try:
-                up = await exchange(
-                    target.pool, head, body, is_head=is_head, read_timeout=upstream.read_timeout
-                )
+                if began is not None and began.conn is not None:
+                    up = await resume(target.pool, began.conn, head, is_head, began.timeout,
+                                      began.reused, began.deadline)  # fmt: skip
+                else:
+                    up = await exchange(
+                        target.pool, head, body, is_head=is_head, read_timeout=upstream.read_timeout
+                    )
             except errors.UpstreamConnectError as err:
                 last, retry, passive = err, True, True  # never sent: always safe elsewhere
             except errors.BadGateway as err:
@@ -346,10 +546,7 @@ class Proxy:
                     ticket.abandon()  # the client's side failed (its body), not the upstream
                 raise
             else:
-                if ticket is not None:
-                    ticket.answered(up.status, now)
-                if health is not None and health.fails:
-                    health.succeeded()
+                _answered(ticket, health, up.status, now)
                 return up
             failed_at = self.loop.time()
             if ticket is not None:
@@ -359,10 +556,161 @@ class Proxy:
             if not retry:
                 raise last
         if last is None:
-            if upstream.health is not None:
-                upstream.health.no_healthy(now)
-            raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target in rotation")
+            _no_target(upstream, now)
         raise last
+
+
+class _First:
+    """A first try _start() began: its target and ticket, and the connection
+    with the head written (None when it found no idle one)."""
+
+    __slots__ = ("conn", "deadline", "index", "reused", "skip", "ticket", "timeout")
+
+    def __init__(self, index: int, ticket: Ticket | None, skip: set[int]) -> None:
+        self.index = index
+        self.ticket = ticket
+        self.skip = skip
+        self.conn: UpstreamConnection | None = None
+        self.reused = False
+        self.timeout = 0.0
+        self.deadline = 0.0
+
+
+class _InFlight:
+    """A request whose head is upstream, waiting for the answer in callbacks.
+
+    It stands in for the future UpstreamConnection wakes (done, set_result,
+    set_exception: the connection wakes it after parsing a read, the pool's
+    Deadlines on a read timeout). A whole small answer is relayed right there;
+    anything else (a partial or large body, an error, a timeout) goes on in a
+    task from this very try.
+    """
+
+    __slots__ = ("clock", "ex", "fired", "first", "plan", "proxy", "request", "sent", "snap")
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        request: ClientRequest,
+        ex: RequestInfo,
+        snap: Snapshot,
+        clock: float,
+        plan: _Plan,
+        first: _First,
+        conn: UpstreamConnection,
+        reused: bool,
+        timeout: float,
+    ) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.ex = ex
+        self.snap = snap
+        self.clock = clock
+        self.plan = plan
+        self.first = first
+        self.fired = False
+        self.sent = perf_counter()
+        first.conn = conn
+        first.reused = reused
+        first.timeout = timeout
+        first.deadline = conn._loop.time() + timeout
+        conn._waiter = self  # type: ignore[assignment]
+        conn.deadline = first.deadline
+        conn._pool.deadlines.watch(conn)
+        request.cancel = self.cancel
+
+    def done(self) -> bool:
+        return self.fired
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.set_result(None)  # a read timeout: resume() raises it at once
+
+    def set_result(self, _: object) -> None:
+        self.fired = True
+        first = self.first
+        conn = first.conn
+        assert conn is not None
+        request = self.request
+        if conn._head_done and conn._body_done and conn._error is None:
+            up = UpstreamResponse(conn._pool, conn, first.timeout)
+            if _small(request, up):
+                try:
+                    self._relay(up)
+                except Exception as exc:  # a bug: never out into the connection's callback
+                    log.error("internal_error", error=repr(exc), request_id=self.ex.request_id)
+                    up.abort()
+                    request.abort()
+                    self.ex.status = 500
+                    self.proxy._finish(request, self.ex, self.clock, self.snap)
+                return
+        self.proxy._spawn(request, self.ex, self.snap, self.clock, self.plan, first)
+
+    def _relay(self, up: UpstreamResponse) -> None:
+        proxy, ex, first = self.proxy, self.ex, self.first
+        upstream = self.plan[0]
+        _answered(first.ticket, upstream.targets[first.index].health, up.status, ex.started)
+        proxy.metrics.upstream_answered(upstream.name, perf_counter() - self.sent)
+        try:
+            _relay_now(self.request, up, ex)
+        except ClientGone:
+            ex.status = 499
+        proxy._finish(self.request, ex, self.clock, self.snap)
+
+    def cancel(self) -> None:
+        """The client left while the upstream works on its request."""
+        if self.fired:
+            return
+        self.fired = True
+        first = self.first
+        conn = first.conn
+        assert conn is not None
+        if conn._waiter is self:
+            conn._waiter = None
+        conn.abort()
+        conn._pool.release(conn, reusable=False)
+        if first.ticket is not None:
+            first.ticket.abandon()  # a client that left says nothing about the upstream
+        self.ex.status = 499
+        self.proxy._finish(self.request, self.ex, self.clock, self.snap, counted=False)
+
+
+def _choose(
+    upstream: Upstream, skip: set[int], now: float, attempt: int, key: int | None
+) -> tuple[int, Ticket | None] | None:
+    """The target of a try and its breaker ticket; None when no try is left
+    (raises CircuitOpen when the first one finds the breaker open)."""
+    index = upstream.pick(skip, now, key)
+    if index is None:
+        return None
+    budget = upstream.budget
+    if attempt and budget is not None and not budget.retry(now):
+        return None  # retries would multiply the outage: answer with the last failure
+    breaker = upstream.breaker
+    ticket = None
+    if breaker is not None:
+        ticket = breaker.allow(now)
+        if ticket is None:
+            if attempt:
+                return None
+            raise errors.CircuitOpen(
+                f"the circuit breaker of upstream {upstream.name!r} is "
+                f"{STATE_NAMES[breaker.state]}",
+                headers={"Retry-After": str(breaker.retry_after(now))},
+            )
+    return index, ticket
+
+
+def _answered(ticket: Ticket | None, health: Any, status: int, now: float) -> None:
+    if ticket is not None:
+        ticket.answered(status, now)
+    if health is not None and health.fails:
+        health.succeeded()
+
+
+def _no_target(upstream: Upstream, now: float) -> NoReturn:
+    if upstream.health is not None:
+        upstream.health.no_healthy(now)
+    raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target in rotation")
 
 
 def _response_headers(up: UpstreamResponse, ex: RequestInfo) -> list[tuple[bytes, bytes]]:

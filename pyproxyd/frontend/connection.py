@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from time import time
-from typing import Any
 
 from httptools import (
     HttpParserCallbackError,
@@ -34,7 +33,10 @@ from .request import ClientGone, ClientRequest, RequestBody, reason_for, status_
 
 log = get_logger("pyproxyd.server")
 
-Handler = Callable[[ClientRequest], Coroutine[Any, Any, None]]
+# Takes a request and answers it, now or later: with callbacks or a task of
+# its own, as it likes. It calls `request.conn.done(request)` at the end, and
+# sets `request.cancel` to hear of a client that leaves before that.
+Handler = Callable[[ClientRequest], None]
 
 # Request headers the proxy reads on every request (ClientRequest.picked).
 PICKED = frozenset({b"host", b"x-request-id", b"traceparent", b"x-forwarded-for"})
@@ -111,6 +113,7 @@ class ClientConnection(asyncio.Protocol):
         "_clen",
         "_closing",
         "_deadline_kind",
+        "_dispatching",
         "_drain_waiter",
         "_draining",
         "_early",
@@ -119,13 +122,11 @@ class ClientConnection(asyncio.Protocol):
         "_head_size",
         "_in_head",
         "_lingering",
-        "_next",
         "_parsing",
         "_paused",
         "_picked",
         "_queue",
         "_raw",
-        "_task",
         "_te",
         "_tunnel",
         "_tunnel_eof",
@@ -170,8 +171,7 @@ class ClientConnection(asyncio.Protocol):
         self._expect = False
         self._parsing: ClientRequest | None = None  # the request whose body is arriving
         self._active: ClientRequest | None = None  # the request being answered
-        self._task: asyncio.Task[None] | None = None  # _serve(), from the first request on
-        self._next: asyncio.Future[None] | None = None  # _serve() waits here for a request
+        self._dispatching = False
         self._queue: deque[ClientRequest | errors.GatewayError] = deque()
         self._closing = False  # answer what is in, then close
         self._draining = False
@@ -261,10 +261,9 @@ class ClientConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(gone)
         self._drain_waiter = None
-        task = self._task
         active = self._active
-        if task is not None and not task.done() and (active is None or not active.finished):
-            task.cancel()  # the handler learns that its client left (nginx's 499)
+        if active is not None and not active.finished and active.cancel is not None:
+            active.cancel()  # the handler learns that its client left (nginx's 499)
         if self._tunnel_lost is not None:
             self._tunnel_lost()
 
@@ -366,63 +365,72 @@ class ClientConnection(asyncio.Protocol):
 
     def _submit(self, item: ClientRequest | errors.GatewayError) -> None:
         self._queue.append(item)
-        waiter = self._next
-        if waiter is not None:
-            self._next = None
-            if not waiter.done():
-                waiter.set_result(None)
-        elif self._task is None:
-            self._task = self.loop.create_task(self._serve())
+        if self._active is None and not self._dispatching:
+            self._dispatch()
         if len(self._queue) > _QUEUE_LIMIT:
             self._pause("queue")
 
-    async def _serve(self) -> None:
-        """Answer requests in order, for the life of the connection.
+    def _dispatch(self) -> None:
+        """Hand queued requests to the handler in order, one at a time.
 
-        One task per connection, not per request: creating and finishing a
-        task cost ~10 us on uvloop, a future to wait for the next head ~3 us.
-        connection_lost cancels it (when idle, or mid-response: nginx's 499).
+        No task of its own: most requests are answered by callbacks (the
+        proxy's fast path), and a task per connection cost a future and a
+        wake-up per request, and memory per idle connection.
         """
-        handler = self.front.handler
         queue = self._queue
-        while True:
-            if not queue:
-                fut = self.loop.create_future()
-                self._next = fut
-                await fut
-                continue
-            item = queue.popleft()
-            if len(queue) <= _QUEUE_LIMIT:
-                self._resume("queue")
-            if isinstance(item, errors.GatewayError):
-                self._send_error(item, None)
-                return
-            self._active = item
-            try:
-                await handler(item)
-            except Exception as exc:  # the handler's own net failed: still no traceback out
-                self._active = None
-                if item.started or self.transport is None:
-                    self.abort()
+        handler = self.front.handler
+        self._dispatching = True
+        try:
+            while (
+                queue
+                and self._active is None
+                and self.transport is not None
+                and not self._lingering
+            ):
+                item = queue.popleft()
+                if len(queue) <= _QUEUE_LIMIT:
+                    self._resume("queue")
+                if isinstance(item, errors.GatewayError):
+                    self._send_error(item, None)
                     return
-                log.error("internal_error", error=repr(exc))
-                self._send_error(errors.GatewayError(), item)
-                return
-            self._active = None
-            if self.transport is None:
-                return
-            if not item.finished:
-                self.abort()  # the handler gave up on a response it had started
-                return
-            if item.close_after or item.upgrade:
-                self.close()
-                return
-            if not queue:
-                if self._closing or self._draining:
-                    self.close()
+                self._active = item
+                try:
+                    handler(item)
+                except Exception as exc:  # the handler's own net failed: still no traceback out
+                    self._active = None
+                    if item.started or self.transport is None:
+                        self.abort()
+                        return
+                    log.error("internal_error", error=repr(exc))
+                    self._send_error(errors.GatewayError(), item)
                     return
-                if not self._in_head:
-                    self._set_deadline(_IDLE)
+        finally:
+            self._dispatching = False
+
+    def done(self, item: ClientRequest) -> None:
+        """The handler is through with `item`: keep the connection or close it,
+        and go on with the next request."""
+        if self._active is not item:
+            return
+        self._active = None
+        item.cancel = None
+        if self.transport is None:
+            return
+        if not item.finished:
+            self.abort()  # the handler gave up on a response it had started
+            return
+        if item.close_after or item.upgrade:
+            self.close()
+            return
+        if self._queue:
+            if not self._dispatching:
+                self._dispatch()
+            return
+        if self._closing or self._draining:
+            self.close()
+            return
+        if not self._in_head:
+            self._set_deadline(_IDLE)
 
     def _refuse(self, err: errors.GatewayError) -> None:
         """The byte stream is broken: answer what came before, then this, then close."""

@@ -9,7 +9,7 @@ control: the socket stops being read while a handler is behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
@@ -119,6 +119,7 @@ class ClientRequest:
         "_headers",
         "_query",
         "body",
+        "cancel",
         "chunked_out",
         "close_after",
         "conn",
@@ -166,6 +167,7 @@ class ClientRequest:
         self.chunked_out = False
         self.close_after = False
         self.sent = 0  # response body bytes written
+        self.cancel: Callable[[], object] | None = None  # set by the handler (see Handler)
 
     # -- the request ---------------------------------------------------------------
 

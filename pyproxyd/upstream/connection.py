@@ -44,6 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_content_length",
         "_dirty",
         "_error",
+        "_feeding",
         "_head_done",
         "_headers",
         "_informational",
@@ -57,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_te",
         "_version",
         "_waiter",
+        "_woken",
         "_write_paused",
         "deadline",
         "idle_since",
@@ -74,6 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.opened_at = loop.time()
         self.idle_since = self.opened_at
         self._waiter: asyncio.Future[bool] | None = None
+        self._feeding = False  # inside feed_data: wake the waiter once it returns
+        self._woken = False
         self.deadline = 0.0  # of the current wait (Deadlines)
         self._reading_paused = False
         self._write_paused = False
@@ -127,12 +131,21 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self._received = True
+        # The waiter hears of a read once all of it is parsed: a head and the
+        # body in the same read are one wake-up, and a callback waiter (the
+        # proxy's fast path) sees the whole response.
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
             self._fail("upstream switched protocols unasked")
         except HttpParserError as exc:
             self._fail(f"malformed response from upstream: {exc}")
+        finally:
+            self._feeding = False
+        if self._woken:
+            self._woken = False
+            self._wake()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost does the bookkeeping
@@ -262,6 +275,9 @@ class UpstreamConnection(asyncio.Protocol):
     def _wake(self) -> None:
         w = self._waiter
         if w is not None:
+            if self._feeding:
+                self._woken = True
+                return
             self._waiter = None
             if not w.done():
                 w.set_result(True)  # Deadlines drops the connection on its next tick

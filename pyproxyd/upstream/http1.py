@@ -24,6 +24,8 @@ __all__ = [
     "UpstreamResponse",
     "chunked",
     "exchange",
+    "resume",
+    "start",
 ]
 
 # Body bytes kept to replay a request after the keep-alive race.
@@ -190,8 +192,50 @@ async def exchange(
     timeout = pool.settings.read_timeout if read_timeout is None else read_timeout
     conn = await pool.acquire()
     sender = _Body(body) if body is not None else None
+    return await _exchange_on(pool, conn, head, sender, is_head, timeout, conn.requests > 0)
+
+
+def start(pool: TargetPool, head: bytes, is_head: bool) -> tuple[UpstreamConnection, bool] | None:
+    """The first half of a body-less exchange without awaiting: an idle pooled
+    connection with `head` written to it, and whether it was reused; None when
+    no connection is idle (then `exchange()`). Finish with `resume()`."""
+    conn = pool.take_idle()
+    if conn is None:
+        return None
+    reused = conn.requests > 0
+    conn.begin(is_head)
     try:
-        return await _attempt(pool, conn, head, sender, is_head, timeout, conn.requests > 0)
+        conn.write(head)
+    except Lost as exc:
+        conn._error = str(exc)  # resume() takes it from here (the keep-alive race)
+    return conn, reused
+
+
+async def resume(
+    pool: TargetPool,
+    conn: UpstreamConnection,
+    head: bytes,
+    is_head: bool,
+    timeout: float,
+    reused: bool,
+    deadline: float,
+) -> UpstreamResponse:
+    """exchange() from where `start()` left it: the head is written."""
+    return await _exchange_on(pool, conn, head, None, is_head, timeout, reused, deadline)
+
+
+async def _exchange_on(
+    pool: TargetPool,
+    conn: UpstreamConnection,
+    head: bytes,
+    sender: _Body | None,
+    is_head: bool,
+    timeout: float,
+    reused: bool,
+    deadline: float = 0.0,
+) -> UpstreamResponse:
+    try:
+        return await _attempt(pool, conn, head, sender, is_head, timeout, reused, deadline)
     except _Stale:
         pass
     try:
@@ -211,14 +255,18 @@ async def _attempt(
     is_head: bool,
     timeout: float,
     reused: bool,
+    sent_at: float = 0.0,
 ) -> UpstreamResponse:
-    conn.begin(is_head)
+    """`sent_at` nonzero: the head was written already (by start()), and this
+    is the read deadline it set."""
     try:
-        if body is None:
-            conn.write(head)
-        else:
-            await _send_body(conn, head, body, timeout, reused)
-        deadline = 0.0
+        deadline = sent_at
+        if not sent_at:
+            conn.begin(is_head)
+            if body is None:
+                conn.write(head)
+            else:
+                await _send_body(conn, head, body, timeout, reused)
         while not conn._head_done:  # (inline: one coroutine less to resume through)
             if conn._error is not None:
                 raise Lost(conn._error)

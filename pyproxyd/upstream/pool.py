@@ -102,17 +102,15 @@ class PoolCore(Generic[C]):
 
         (None, _, False) means: every slot is taken, wait with `enqueue`.
         """
-        to_close: list[C] = []
         if self.closed:
-            return None, to_close, False
-        idle = self.idle
+            return None, [], False
         if not fresh:
-            while idle:
-                conn = idle.pop()
-                if self._reusable_idle(conn, now):
-                    self.busy += 1
-                    return conn, to_close, False
-                to_close.append(conn)
+            conn, to_close = self.checkout_idle(now)
+            if conn is not None:
+                return conn, to_close, False
+        else:
+            to_close = []
+        idle = self.idle
         if self.busy + len(idle) >= self.settings.max_connections and idle:
             # A fresh connection is wanted and the slots are full: an idle one
             # makes room, least recently used first.
@@ -121,6 +119,18 @@ class PoolCore(Generic[C]):
             self.busy += 1
             return None, to_close, True
         return None, to_close, False
+
+    def checkout_idle(self, now: float) -> tuple[C | None, list[C]]:
+        """The most recently used reusable idle connection, if any: (conn, conns to close)."""
+        to_close: list[C] = []
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if self._reusable_idle(conn, now):
+                self.busy += 1
+                return conn, to_close
+            to_close.append(conn)
+        return None, to_close
 
     def enqueue(self, waiter: Hashable) -> None:
         self.waiters.append(waiter)
@@ -314,6 +324,16 @@ class TargetPool:
                 # Keep the slot, replace the connection.
                 conn.abort()
         return await self._open(loop, deadline)
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """acquire() for when an idle connection is ready: no await, else None."""
+        core = self._core
+        if core.closed or not core.idle:
+            return None
+        conn, to_close = core.checkout_idle(self._get_loop().time())
+        if to_close:
+            _close_all(to_close)
+        return conn
 
     async def renew(self, conn: UpstreamConnection) -> UpstreamConnection:
         """Close a lent connection and open a fresh one in the same slot.

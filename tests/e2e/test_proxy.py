@@ -423,3 +423,55 @@ async def test_websocket_keeps_working_during_graceful_stop(tmp_path: Path) -> N
             await ws.close()
             await asyncio.wait_for(stopping, 5)
         await gw_cm.__aexit__(None, None, None)
+
+
+# ----------------------------------------------- the callback path (a warm pool)
+# A body-less request that finds an idle upstream connection is relayed by
+# callbacks, without a task (proxy._InFlight); these check each way it leaves
+# that path: a late body, a read timeout, a client that goes.
+
+
+async def _warm(gw: object, b: Backend) -> None:
+    status, _, _ = await fetch(url(gw, "/api/echo"))
+    assert status == 200
+    assert b.connections_opened == 1  # one idle connection, so the next request reuses it
+
+
+async def test_answer_arriving_in_pieces_on_a_reused_connection(tmp_path: Path) -> None:
+    async with Backend() as b, gateway(tmp_path, routes(b.url)) as gw:
+        await _warm(gw, b)
+        status, _, body = await fetch(url(gw, "/api/slow?chunks=4&delay=0.05&size=3"))
+        assert (status, body) == (200, b"000111222333")
+        status, _, _ = await fetch(url(gw, "/api/echo"))
+        assert status == 200
+        assert b.connections_opened == 1  # the same connection all along
+
+
+async def test_read_timeout_on_a_reused_connection_is_504_on_time(tmp_path: Path) -> None:
+    async with Backend() as b, gateway(tmp_path, routes(b.url, read_timeout="200ms")) as gw:
+        await _warm(gw, b)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, _, body = await fetch(url(gw, "/api/sleep?s=2"))
+        assert status == 504
+        assert json.loads(body)["error"] == "upstream_timeout"
+        assert loop.time() - started < 1.0
+        pool = gw.snapshot.upstreams["app"].targets[0].pool
+        await wait_for(lambda: pool.busy == 0)
+        assert pool.idle == 0  # a connection with an answer still due is not kept
+
+
+async def test_client_leaving_while_a_reused_connection_waits(tmp_path: Path) -> None:
+    async with Backend() as b, gateway(tmp_path, routes(b.url)) as gw:
+        await _warm(gw, b)
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.ports[0])
+        writer.write(b"GET /api/sleep?s=2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        pool = gw.snapshot.upstreams["app"].targets[0].pool
+        await wait_for(lambda: pool.busy == 1)
+        writer.close()
+        await wait_for(lambda: pool.busy == 0, timeout=3)
+        assert pool.idle == 0  # closed, not returned with an answer still due
+        await wait_for(lambda: b.open_connections == 0, timeout=3)
+        # and the gateway goes on serving
+        status, _, _ = await fetch(url(gw, "/api/echo"))
+        assert status == 200
