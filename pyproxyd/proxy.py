@@ -713,12 +713,20 @@ def _no_target(upstream: Upstream, now: float) -> NoReturn:
     raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target in rotation")
 
 
-def _response_headers(up: UpstreamResponse, ex: RequestInfo) -> list[tuple[bytes, bytes]]:
-    headers = filter_response_headers(up.headers, _RESPONSE_DROP)
-    headers.append((b"X-Request-ID", ex.request_id.encode()))
+_Headers = list[tuple[bytes, bytes]]
+
+
+def _response_headers(
+    up: UpstreamResponse, ex: RequestInfo
+) -> tuple[_Headers, frozenset[bytes] | None, _Headers]:
+    """(headers, drop, extra) for ClientRequest.respond/start: the upstream's
+    headers are filtered as the head is written, in one pass."""
+    extra = [(b"X-Request-ID", ex.request_id.encode())]
     if ex.limits:
-        headers.extend(ex.limits)
-    return headers
+        extra.extend(ex.limits)
+    if up.lists_headers:  # Connection names more headers to drop: the full filter first
+        return filter_response_headers(up.headers, _RESPONSE_DROP), None, extra
+    return up.headers, _RESPONSE_DROP, extra
 
 
 def _small(request: ClientRequest, up: UpstreamResponse) -> bool:
@@ -740,12 +748,13 @@ def _relay_now(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) ->
         return False
     up.release()
     ex.status = up.status
-    request.respond(up.status, _response_headers(up, ex), body, up.reason)
+    headers, drop, extra = _response_headers(up, ex)
+    request.respond(up.status, headers, body, up.reason, drop, extra)
     return True
 
 
 async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) -> None:
-    headers = _response_headers(up, ex)
+    headers, drop, extra = _response_headers(up, ex)
     ex.status = up.status
     length = up.content_length
     if _small(request, up):
@@ -754,9 +763,9 @@ async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) 
         while chunk := await up.read():
             chunks.append(chunk)
         up.release()
-        request.respond(up.status, headers, b"".join(chunks), up.reason)
+        request.respond(up.status, headers, b"".join(chunks), up.reason, drop, extra)
         return
-    request.start(up.status, headers, length, up.reason)
+    request.start(up.status, headers, length, up.reason, drop, extra)
     try:
         while chunk := await up.read():
             await request.write(chunk)

@@ -476,9 +476,13 @@ class ClientConnection(asyncio.Protocol):
         length: int | None,
         *,
         keep_length: bool,
+        drop: frozenset[bytes] | None = None,
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> bytes:
         """The status line and headers, with the framing and Connection this
-        connection needs. `keep_length` passes a Content-Length through (HEAD, 304)."""
+        connection needs. `keep_length` passes a Content-Length through (HEAD, 304).
+        `drop`: lower-case names left out of `headers` (an upstream's, filtered
+        in the same pass); `extra` follows them unfiltered."""
         keep = (
             req.keep_alive
             and not self._closing
@@ -488,6 +492,18 @@ class ClientConnection(asyncio.Protocol):
         )
         lines = [status_line(status, reason)]
         has_date = False
+        if drop is not None:
+            for name, value in headers:
+                lname = name.lower()
+                if lname in drop:
+                    continue
+                if lname == b"content-length":
+                    if not keep_length:
+                        continue
+                elif lname == b"date":
+                    has_date = True
+                lines.append(b"%s: %s\r\n" % (name, value))
+            headers = extra
         for name, value in headers:
             n = len(name)
             if n == 14 and not keep_length and name.lower() == b"content-length":

@@ -240,15 +240,24 @@ class ClientRequest:
     # -- the response --------------------------------------------------------------
 
     def respond(
-        self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes, reason: str = ""
+        self,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        reason: str = "",
+        drop: frozenset[bytes] | None = None,
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        """A whole response in one write."""
+        """A whole response in one write (`drop`, `extra`: see ClientConnection.head)."""
         self.started = True
+        conn = self.conn
         if self.method == "HEAD" or status in _NO_BODY:
-            head = self.conn.head(self, status, reason, headers, None, keep_length=True)
+            head = conn.head(self, status, reason, headers, None, keep_length=True, drop=drop,
+                             extra=extra)  # fmt: skip
             self.conn.write(head)
         else:
-            head = self.conn.head(self, status, reason, headers, len(body), keep_length=False)
+            head = conn.head(self, status, reason, headers, len(body), keep_length=False,
+                             drop=drop, extra=extra)  # fmt: skip
             self.conn.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 self.conn.write(body)
@@ -261,15 +270,18 @@ class ClientRequest:
         headers: Sequence[tuple[bytes, bytes]],
         length: int | None,
         reason: str = "",
+        drop: frozenset[bytes] | None = None,
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """The status line and headers of a streamed response."""
         self.started = True
+        conn = self.conn
         if self.method == "HEAD" or status in _NO_BODY or status < 200:
-            self.conn.write(self.conn.head(self, status, reason, headers, None, keep_length=True))
+            conn.write(conn.head(self, status, reason, headers, None, keep_length=True,
+                                 drop=drop, extra=extra))  # fmt: skip
         else:
-            self.conn.write(
-                self.conn.head(self, status, reason, headers, length, keep_length=False)
-            )
+            conn.write(conn.head(self, status, reason, headers, length, keep_length=False,
+                                 drop=drop, extra=extra))  # fmt: skip
 
     async def write(self, data: bytes) -> None:
         if not data:

@@ -41,6 +41,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_code",
         "_conn_close",
         "_conn_keepalive",
+        "_conn_listed",
         "_content_length",
         "_dirty",
         "_error",
@@ -107,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._conn_close = False
         self._conn_keepalive = False
+        self._conn_listed = False  # Connection names headers beyond close/keep-alive
 
     @property
     def is_closed(self) -> bool:
@@ -201,6 +203,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._conn_close = True
             if b"keep-alive" in tokens:
                 self._conn_keepalive = True
+            if tokens.replace(b"close", b"").replace(b"keep-alive", b"").strip(b", \t"):
+                self._conn_listed = True
 
     def on_headers_complete(self) -> None:
         if self._head_done:
@@ -222,7 +226,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Content-Length body. Finish here and give later bytes a new parser.
             self._parser = HttpResponseParser(self)
             self._complete()
-        self._wake()
+        self._woken = True  # (parser callbacks run inside feed_data: see data_received)
 
     def on_body(self, data: bytes) -> None:
         if self._body_done:
@@ -235,8 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
             if transport is not None:
                 self._reading_paused = True
                 transport.pause_reading()
-        if self._waiter is not None:
-            self._wake()
+        self._woken = True
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -244,7 +247,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if not self._body_done:
             self._complete()
-            self._wake()
+            self._woken = True
 
     # -- state helpers -----------------------------------------------------------
 

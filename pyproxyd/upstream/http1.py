@@ -49,6 +49,7 @@ class UpstreamResponse:
         "chunked",
         "content_length",
         "headers",
+        "lists_headers",
         "reason",
         "status",
         "version",
@@ -62,6 +63,8 @@ class UpstreamResponse:
         self.status: int = conn._code
         self.reason: str = conn._reason
         self.headers: list[tuple[bytes, bytes]] = conn._headers  # raw, as received
+        # Its Connection header names more hop-by-hop headers than the usual ones.
+        self.lists_headers: bool = conn._conn_listed
         self.version: str = conn._version
         self.content_length: int | None = conn._content_length
         self.chunked: bool = conn._chunked

@@ -475,3 +475,46 @@ async def test_client_leaving_while_a_reused_connection_waits(tmp_path: Path) ->
         # and the gateway goes on serving
         status, _, _ = await fetch(url(gw, "/api/echo"))
         assert status == 200
+
+
+async def test_response_head_on_a_reused_connection_is_filtered_exactly(tmp_path: Path) -> None:
+    """The upstream's head is filtered while the client's is written: its
+    hop-by-hop headers and X-Request-ID go, its Date and Content-Length stay
+    single, repeats and order of the rest are kept."""
+    answer = (
+        b"HTTP/1.1 201 Made\r\nX-Request-ID: upstream-id\r\nSet-Cookie: a=1\r\n"
+        b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+        b"Date: Thu, 01 Jan 2026 00:00:00 GMT\r\nSet-Cookie: b=2\r\n"
+        b"content-length: 2\r\n\r\nok"
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        await reader.read()
+
+    async with RawBackend(handler) as b, gateway(tmp_path, routes(b.url)) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.ports[0])
+        heads = []
+        for _ in range(2):  # the second is answered on the reused upstream connection
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\nX-Request-ID: mine\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert await reader.readexactly(2) == b"ok"
+            heads.append(head)
+        writer.close()
+        assert b.connections_opened == 1
+    for head in heads:
+        lines = head.decode().split("\r\n")
+        assert lines[0] == "HTTP/1.1 201 Made"
+        names = [line.split(":", 1)[0].lower() for line in lines[1:] if line]
+        assert names.count("content-length") == 1
+        assert names.count("date") == 1
+        assert "connection" not in names and "keep-alive" not in names
+        assert "Date: Thu, 01 Jan 2026 00:00:00 GMT" in lines
+        assert [x for x in lines if x.startswith("Set-Cookie")] == [
+            "Set-Cookie: a=1",
+            "Set-Cookie: b=2",
+        ]
+        assert [x for x in lines if x.lower().startswith("x-request-id")] == ["X-Request-ID: mine"]
