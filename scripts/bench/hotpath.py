@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Python CPU per proxied request, without sockets: the gateway's own code only.
+
+    .venv/bin/python scripts/bench/hotpath.py [--against PATH] [--runs 3] [--requests 6400]
+
+The gateway (Proxy + Frontend, the config of scripts/bench/pyproxyd.toml:
+request id, trace context, access log to /dev/null, metrics) is driven in
+process: 64 client connections and 64 pooled upstream connections whose
+transports are stubs, so each request is parsed, routed, written upstream,
+answered with nginx's 62-byte reply and relayed back, with no system call.
+Batches of 64 requests per event-loop pass, as under load, so a task's
+wake-up costs what it costs in a busy loop.
+
+Kernel time (about a quarter of a request under wrk) and uvloop's I/O are not
+in it, so it tells the cost of a code change much more steadily than wrk on
+this shared host. With `--against PATH` (another checkout, e.g. a
+`git worktree` of main) both run alternately, each in a fresh process pinned
+to the same core, and the ratio of medians is printed. A benchmark, not a
+test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = """
+[server]
+listen = ["127.0.0.1:18200"]
+[logging]
+format = "json"
+access_log = true
+file = "/dev/null"
+[upstreams.backend]
+targets = [{ url = "http://127.0.0.1:18080" }]
+keepalive = 128
+keepalive_requests = 100000000
+[[routes]]
+id = "all"
+path = "/**"
+upstream = "backend"
+"""
+REQUEST = b"GET /api/users/1 HTTP/1.1\r\nHost: 127.0.0.1:18200\r\n\r\n"
+BODY = b'{"id":1,"name":"user","email":"user@example.com","active":true}'
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 03:50:00 GMT\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%b"
+) % (len(BODY), BODY)
+CLIENTS = 64
+
+
+class _Transport:
+    """Enough of asyncio.Transport for both sides: writes go to `sink`."""
+
+    def __init__(self, sink: Any, extra: dict[str, Any]) -> None:
+        self.sink = sink
+        self.extra = extra
+        self.owner: Any = None
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.sink(self, data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closing = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+async def _measure(requests: int, rounds: int) -> list[float]:
+    from pyproxyd.compile import compile_snapshot
+    from pyproxyd.config_load import load
+    from pyproxyd.frontend.connection import Frontend
+    from pyproxyd.observe.logging import AccessLog, configure
+    from pyproxyd.proxy import Proxy
+    from pyproxyd.snapshot import SnapshotHolder
+    from pyproxyd.upstream.connection import UpstreamConnection
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d, "gateway.toml")
+        path.write_text(CONFIG)
+        loaded = load(path)
+    configure("json", "info", "/dev/null")
+    snap = compile_snapshot(loaded)
+    proxy = Proxy(SnapshotHolder(snap), AccessLog())
+    front = Frontend(proxy, header_timeout=60, keepalive_timeout=75, max_header_size=8190)
+    loop = asyncio.get_running_loop()
+    pool = snap.upstreams["backend"].targets[0].pool
+
+    asked: list[Any] = []
+    answered: list[bytes] = []
+    for _ in range(CLIENTS):
+        conn = UpstreamConnection(pool, loop)
+        t = _Transport(lambda t, data: asked.append(t.owner), {})
+        t.owner = conn
+        conn.connection_made(t)  # type: ignore[arg-type]
+        pool._core.idle.append(conn)
+    clients = []
+    for i in range(CLIENTS):
+        c = front.protocol(False)()
+        extra = {"peername": ("127.0.0.1", 40000 + i), "sockname": ("127.0.0.1", 18200)}
+        c.connection_made(_Transport(lambda t, data: answered.append(data), extra))  # type: ignore[arg-type]
+        clients.append(c)
+
+    async def until(done: Any) -> None:
+        for _ in range(1000):
+            if done():
+                return
+            await asyncio.sleep(0)
+        raise SystemExit("stuck: the gateway did not answer every request")
+
+    async def batch() -> None:
+        for c in clients:
+            c.data_received(REQUEST)
+        await until(lambda: len(asked) >= CLIENTS)
+        for conn in asked:
+            conn.data_received(RESPONSE)
+        asked.clear()
+        await until(lambda: len(answered) >= CLIENTS)
+        if not answered[0].startswith(b"HTTP/1.1 200 OK\r\n"):
+            raise SystemExit(f"unexpected answer: {answered[0][:200]!r}")
+        answered.clear()
+
+    for _ in range(50):
+        await batch()
+    batches = max(1, requests // CLIENTS)
+    results = []
+    for _ in range(rounds):
+        gc.collect()
+        before = _calibrate()
+        started = time.perf_counter()
+        for _ in range(batches):
+            await batch()
+        elapsed = time.perf_counter() - started
+        # The host's speed drifts (2x within a minute here): each round is
+        # scaled by a fixed CPU loop timed right around it.
+        speed = (before + _calibrate()) / 2
+        results.append(elapsed / (batches * CLIENTS) * 1e6 * CALIBRATION_US / speed)
+    return results
+
+
+CALIBRATION_US = (
+    8_500.0  # _calibrate() on this 2-core host at its usual speed: the unit of the results
+)
+
+
+def _calibrate() -> float:
+    """Microseconds of a fixed mix of interpreter work (calls, dicts, bytes)."""
+    started = time.perf_counter()
+    d: dict[bytes, int] = {}
+    parts = []
+    for i in range(20_000):
+        key = b"k%d" % (i & 255)
+        d[key] = d.get(key, 0) + len(key)
+        parts.append(key.lower())
+    b"".join(parts)
+    return (time.perf_counter() - started) * 1e6
+
+
+def _child(requests: int) -> None:
+    import uvloop
+
+    results = uvloop.run(_measure(requests, 7))
+    print(statistics.median(results))
+
+
+def _run(checkout: Path, requests: int) -> float:
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(requests)]
+    if sys.platform.startswith("linux"):  # the last core, where peers.sh puts the proxy
+        cmd = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *cmd]
+    out = subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), check=True,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--against", type=Path, help="another checkout to compare with")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=6400, help="per timed round (7 rounds a run)")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child)
+        return
+    this: list[float] = []
+    other: list[float] = []
+    for i in range(args.runs):
+        if args.against is not None:
+            other.append(_run(args.against, args.requests))
+        this.append(_run(REPO, args.requests))
+        line = f"run {i + 1}: this tree {this[-1]:.2f}"
+        if other:
+            line += f", {args.against}: {other[-1]:.2f}"
+        print(line, flush=True)
+    mine = statistics.median(this)
+    print(f"\nmedian: {mine:.2f} us of Python per proxied request ({REPO}),")
+    print("  scaled to a host where the calibration loop takes 8.5 ms")
+    if other:
+        theirs = statistics.median(other)
+        print(f"median: {theirs:.2f} us ({args.against})")
+        print(f"this tree / other: {mine / theirs:.3f}x the CPU per request")
+
+
+if __name__ == "__main__":
+    main()
