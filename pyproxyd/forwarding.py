@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 HOP_BY_HOP = frozenset(
     {
@@ -43,10 +44,18 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class TrustedProxies:
-    """Parsed once: single addresses go in a set, ranges stay networks."""
+    """Parsed once: single addresses go in a set, ranges stay networks.
+
+    An address checked against the ranges is remembered (up to MEMO entries):
+    a request asks about its peer two or three times, and parsing it costs
+    more than the rest of the check.
+    """
 
     addresses: frozenset[str]
     networks: tuple[IPNetwork, ...]
+    _memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    MEMO: ClassVar[int] = 4096
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> TrustedProxies:
@@ -65,11 +74,20 @@ class TrustedProxies:
             return True
         if not self.networks:
             return False
+        memo = self._memo
+        known = memo.get(addr)
+        if known is not None:
+            return known
         try:
             ip = ipaddress.ip_address(addr)
         except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
+            trusted = False
+        else:
+            trusted = any(ip in net for net in self.networks)
+        if len(memo) >= self.MEMO:
+            memo.clear()  # many distinct peers: start over rather than grow
+        memo[addr] = trusted
+        return trusted
 
 
 def _clean(addr: str) -> str:

@@ -129,3 +129,15 @@ def test_traceparent_starts_a_new_trace_when_invalid(bad: str | None) -> None:
     trace_id, out = traceparent(bad)
     assert len(trace_id) == 32 and trace_id != "0" * 32
     assert out.startswith(f"00-{trace_id}-") and out.endswith("-01")
+
+
+def test_range_checks_are_remembered_and_bounded() -> None:
+    trusted = TrustedProxies.parse(["10.0.0.0/8", "fd00::/8"])
+    assert "10.1.2.3" in trusted and "10.1.2.3" in trusted
+    assert "203.0.113.9" not in trusted and "203.0.113.9" not in trusted
+    assert "not an ip" not in trusted
+    assert trusted._memo == {"10.1.2.3": True, "203.0.113.9": False, "not an ip": False}
+    for i in range(TrustedProxies.MEMO + 10):
+        assert f"192.0.{i // 256 % 256}.{i % 256}" not in trusted
+    assert len(trusted._memo) <= TrustedProxies.MEMO
+    assert "10.9.9.9" in trusted  # still right after the memo started over
