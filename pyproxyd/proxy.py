@@ -244,7 +244,7 @@ class Proxy:
         path = normalise_path(raw_path)
         ex.path = path
         headers = request.lazy_headers
-        query_view = cast("Mapping[str, str]", LazyQuery(request))
+        query_view: Mapping[str, str] = LazyQuery(request)  # type: ignore[assignment]
         match = snap.router.match(request.method, path, headers, query_view, None)
         if match is None:
             raise errors.NoRoute(f"no route for {request.method} {path}")
@@ -438,8 +438,7 @@ class Proxy:
         timeout = (
             pool.settings.read_timeout if upstream.read_timeout is None else upstream.read_timeout
         )
-        _InFlight(self, request, ex, snap, clock, plan, _First(index, ticket, skip), conn, reused,
-                  timeout)  # fmt: skip
+        _InFlight(self, request, ex, snap, clock, plan, index, ticket, skip, conn, reused, timeout)
 
     async def _forward(
         self,
@@ -576,17 +575,17 @@ class _First:
         self.deadline = 0.0
 
 
-class _InFlight:
+class _InFlight(_First):
     """A request whose head is upstream, waiting for the answer in callbacks.
 
     It stands in for the future UpstreamConnection wakes (done, set_result,
     set_exception: the connection wakes it after parsing a read, the pool's
     Deadlines on a read timeout). A whole small answer is relayed right there;
     anything else (a partial or large body, an error, a timeout) goes on in a
-    task from this very try.
+    task from this very try, which it hands over as the `first` try.
     """
 
-    __slots__ = ("clock", "ex", "fired", "first", "plan", "proxy", "request", "sent", "snap")
+    __slots__ = ("clock", "ex", "fired", "plan", "proxy", "request", "sent", "snap")
 
     def __init__(
         self,
@@ -596,26 +595,30 @@ class _InFlight:
         snap: Snapshot,
         clock: float,
         plan: _Plan,
-        first: _First,
+        index: int,
+        ticket: Ticket | None,
+        skip: set[int],
         conn: UpstreamConnection,
         reused: bool,
         timeout: float,
     ) -> None:
+        self.index = index
+        self.ticket = ticket
+        self.skip = skip
+        self.conn = conn
+        self.reused = reused
+        self.timeout = timeout
+        self.deadline = deadline = conn._loop.time() + timeout
         self.proxy = proxy
         self.request = request
         self.ex = ex
         self.snap = snap
         self.clock = clock
         self.plan = plan
-        self.first = first
         self.fired = False
         self.sent = perf_counter()
-        first.conn = conn
-        first.reused = reused
-        first.timeout = timeout
-        first.deadline = conn._loop.time() + timeout
         conn._waiter = self  # type: ignore[assignment]
-        conn.deadline = first.deadline
+        conn.deadline = deadline
         conn._pool.deadlines.watch(conn)
         request.cancel = self.cancel
 
@@ -627,12 +630,11 @@ class _InFlight:
 
     def set_result(self, _: object) -> None:
         self.fired = True
-        first = self.first
-        conn = first.conn
+        conn = self.conn
         assert conn is not None
         request = self.request
         if conn._head_done and conn._body_done and conn._error is None:
-            up = UpstreamResponse(conn._pool, conn, first.timeout)
+            up = UpstreamResponse(conn._pool, conn, self.timeout)
             if _small(request, up):
                 try:
                     self._relay(up)
@@ -643,12 +645,12 @@ class _InFlight:
                     self.ex.status = 500
                     self.proxy._finish(request, self.ex, self.clock, self.snap)
                 return
-        self.proxy._spawn(request, self.ex, self.snap, self.clock, self.plan, first)
+        self.proxy._spawn(request, self.ex, self.snap, self.clock, self.plan, self)
 
     def _relay(self, up: UpstreamResponse) -> None:
-        proxy, ex, first = self.proxy, self.ex, self.first
+        proxy, ex = self.proxy, self.ex
         upstream = self.plan[0]
-        _answered(first.ticket, upstream.targets[first.index].health, up.status, ex.started)
+        _answered(self.ticket, upstream.targets[self.index].health, up.status, ex.started)
         proxy.metrics.upstream_answered(upstream.name, perf_counter() - self.sent)
         try:
             _relay_now(self.request, up, ex)
@@ -661,15 +663,14 @@ class _InFlight:
         if self.fired:
             return
         self.fired = True
-        first = self.first
-        conn = first.conn
+        conn = self.conn
         assert conn is not None
         if conn._waiter is self:
             conn._waiter = None
         conn.abort()
         conn._pool.release(conn, reusable=False)
-        if first.ticket is not None:
-            first.ticket.abandon()  # a client that left says nothing about the upstream
+        if self.ticket is not None:
+            self.ticket.abandon()  # a client that left says nothing about the upstream
         self.ex.status = 499
         self.proxy._finish(self.request, self.ex, self.clock, self.snap, counted=False)
 

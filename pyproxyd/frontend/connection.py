@@ -230,10 +230,13 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(errors.BadRequest(f"malformed request: {exc}"[:200]))
             return
         if self._in_head:
-            # Bytes of a head that is still incomplete: bound the whole of it.
+            # Bytes of a head that is still incomplete: bound the whole of it,
+            # and give the rest of it client_header_timeout to arrive.
             self._head_bytes += len(data)
             if self._head_bytes > self.front.max_head:
                 self._refuse(errors.HeadersTooLarge())
+            elif self._deadline_kind != _HEADER:
+                self._set_deadline(_HEADER)
 
     def eof_received(self) -> bool | None:
         if self._lingering:
@@ -294,8 +297,7 @@ class ClientConnection(asyncio.Protocol):
         self._clen = None
         self._te = False
         self._expect = False
-        if self._deadline_kind != _HEADER:
-            self._set_deadline(_HEADER)
+        # (client_header_timeout starts in data_received if the head is not whole)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
