@@ -11,7 +11,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import errors
 from .auth.identity import Identity
@@ -35,6 +35,7 @@ from .upstream.http1 import UpstreamResponse, chunked, exchange, resume, start
 from .websocket import proxy_websocket
 
 if TYPE_CHECKING:
+    from .auth.route import TokenMemo
     from .observe.logging import AccessLog
 
 log = get_logger("pyproxyd.proxy")
@@ -44,7 +45,6 @@ _RESPONSE_DROP = HOP_BY_HOP_B | {b"x-request-id"}
 # What _prepare hands to _forward: upstream, request head, Host line, body, route timeout.
 _Plan = tuple["Upstream", bytes, bytes | None, AsyncIterator[bytes] | None, float | None]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_EMPTY: tuple[str, ...] = ()
 
 
 class LazyQuery:
@@ -66,7 +66,10 @@ class RequestInfo:
         "client_ip",
         "consumer",
         "limits",
+        "parent",
         "path",
+        "peer",
+        "query",
         "request_id",
         "route",
         "started",
@@ -74,6 +77,7 @@ class RequestInfo:
         "target_key",
         "trace_id",
         "upstream",
+        "xff",
     )
 
     def __init__(self, started: float = 0.0) -> None:
@@ -85,9 +89,14 @@ class RequestInfo:
         self.path = ""
         self.client_ip = ""
         self.consumer = ""  # the consumer the request's credential or X-Client-ID named
-        self.limits: list[tuple[bytes, bytes]] | None = None  # rate-limit response headers
+        self.limits = b""  # rate-limit response header lines, rendered
         self.status = 0
         self.target_key: int | None = None  # hashed client key, for ip_hash / hash:<key>
+        # What the upstream request head is built from:
+        self.peer = ""  # the client's socket address
+        self.xff: tuple[str, ...] = ()  # its X-Forwarded-For, when it sent one
+        self.parent = ""  # the traceparent sent upstream
+        self.query: str | None = None  # the query string, when the target had a "?"
 
 
 class Proxy:
@@ -118,17 +127,17 @@ class Proxy:
         ex = RequestInfo(started)
         self.metrics.in_flight += 1
         ex.request_id = request_id(request.pick(b"x-request-id"))
-        trace_id, parent = traceparent(request.pick(b"traceparent"))
-        ex.trace_id = trace_id
-        peer = request.remote or ""
+        ex.trace_id, ex.parent = traceparent(request.pick(b"traceparent"))
+        ex.peer = peer = request.remote or ""
         xff_value = request.pick(b"x-forwarded-for")
-        xff = (xff_value,) if xff_value is not None else _EMPTY
-        ex.client_ip = client_address(peer, xff, snap.server.trusted)
+        if xff_value is not None:
+            ex.xff = (xff_value,)
+        ex.client_ip = client_address(peer, ex.xff, snap.server.trusted)
         try:
             try:
-                stage = self._prepare_now(request, snap, ex, peer, xff, parent)
+                stage = self._prepare_now(request, snap, ex)
                 if stage is None:  # an await comes before any decision: all of it in a task
-                    stage = self._prepare(request, snap, ex, peer, xff, parent)
+                    stage = self._prepare(request, snap, ex)
                 elif type(stage) is tuple and stage[3] is None and stage[4] is None:
                     self._start(request, stage, ex, snap, clock)
                     return
@@ -230,9 +239,6 @@ class Proxy:
         request: ClientRequest,
         snap: Snapshot,
         ex: RequestInfo,
-        peer: str,
-        xff: tuple[str, ...] | list[str],
-        parent: str,
     ) -> _Plan | Awaitable[_Plan | None] | None:
         """_prepare() when nothing needs awaiting: the plan. None when something
         would have to be awaited before any decision is taken (then _prepare()
@@ -240,16 +246,8 @@ class Proxy:
         (a rate limit's delay) or the request becomes a WebSocket."""
         if snap.auth.claim_routes:
             return None  # (the claims predicate may need a JWKS refetch to match)
-        raw_path, sep, query = request.raw_path.partition("?")
-        path = normalise_path(raw_path)
-        ex.path = path
         headers = request.lazy_headers
-        query_view: Mapping[str, str] = LazyQuery(request)  # type: ignore[assignment]
-        match = snap.router.match(request.method, path, headers, query_view, None)
-        if match is None:
-            raise errors.NoRoute(f"no route for {request.method} {path}")
-        route: Route = match.rule.target
-        ex.route = route.id
+        route, params = self._match(request, snap, ex, headers, None)
         identity: Identity | None = None
         if route.auth is not None:
             try:
@@ -264,40 +262,50 @@ class Proxy:
         if limits is not None:
             if not limits.instant:
                 return None  # a shared store (Redis) is awaited
-            admitted = limits.admit(request, identity, ex.client_ip, path, ex.started)
-            if not isinstance(admitted, list):
-                return self._admitted(admitted, request, snap, ex, route, match.params,
-                                      identity, peer, xff, parent, sep, query)  # fmt: skip
+            admitted = limits.admit(request, identity, ex.client_ip, ex.path, ex.started)
+            if not isinstance(admitted, bytes):
+                return self._admitted(admitted, request, snap, ex, route, params, identity)
             ex.limits = admitted
-        return self._plan(request, snap, ex, route, match.params, identity, peer, xff, parent,
-                          sep, query)  # fmt: skip
+        return self._plan(request, snap, ex, route, params, identity)
+
+    def _match(
+        self,
+        request: ClientRequest,
+        snap: Snapshot,
+        ex: RequestInfo,
+        headers: Mapping[str, str],
+        memo: TokenMemo | None,
+    ) -> tuple[Route, dict[str, str]]:
+        """The route of the request and its path parameters (NoRoute if none);
+        ex.path and ex.query on the way."""
+        raw_path, sep, query = request.raw_path.partition("?")
+        path = normalise_path(raw_path)
+        ex.path = path
+        if sep:
+            ex.query = query
+        query_view: Mapping[str, str] = LazyQuery(request)  # type: ignore[assignment]
+        match = snap.router.match(request.method, path, headers, query_view, memo)
+        if match is None:
+            raise errors.NoRoute(f"no route for {request.method} {path}")
+        route: Route = match.rule.target
+        ex.route = route.id
+        return route, match.params
 
     async def _prepare(
         self,
         request: ClientRequest,
         snap: Snapshot,
         ex: RequestInfo,
-        peer: str,
-        xff: tuple[str, ...] | list[str],
-        parent: str,
     ) -> _Plan | None:
         """Route, authenticate, rate-limit and build the upstream request head,
         awaiting whatever it takes; None when it is answered already (a WebSocket)."""
-        raw_path, sep, query = request.raw_path.partition("?")
-        path = normalise_path(raw_path)
-        ex.path = path
-        query_view = cast("Mapping[str, str]", LazyQuery(request))
         headers = request.lazy_headers
         # The claims predicate needs the verified token while matching; the memo
         # verifies it at most once for matching and the route's own check.
         memo = snap.auth.memo(headers) if snap.auth.claim_routes else None
         if memo is not None and memo.refresh is not None:
             await memo.refresh()  # a kid we do not know yet: refetch the JWKS first
-        match = snap.router.match(request.method, path, headers, query_view, memo)
-        if match is None:
-            raise errors.NoRoute(f"no route for {request.method} {path}")
-        route: Route = match.rule.target
-        ex.route = route.id
+        route, params = self._match(request, snap, ex, headers, memo)
         identity: Identity | None = None
         if route.auth is not None:
             try:
@@ -310,10 +318,9 @@ class Proxy:
             if identity is not None and identity.consumer is not None:
                 ex.consumer = identity.consumer.name
         if route.limits is not None:  # 429/503 raise; delay mode waits its turn here
-            limits = route.limits.admit(request, identity, ex.client_ip, path, ex.started)
-            ex.limits = limits if isinstance(limits, list) else await limits
-        plan = self._plan(request, snap, ex, route, match.params, identity, peer, xff, parent,
-                          sep, query)  # fmt: skip
+            limits = route.limits.admit(request, identity, ex.client_ip, ex.path, ex.started)
+            ex.limits = limits if isinstance(limits, bytes) else await limits
+        plan = self._plan(request, snap, ex, route, params, identity)
         if isinstance(plan, tuple):
             return plan
         await plan
@@ -321,22 +328,16 @@ class Proxy:
 
     async def _admitted(
         self,
-        admitted: Awaitable[list[tuple[bytes, bytes]]],
+        admitted: Awaitable[bytes],
         request: ClientRequest,
         snap: Snapshot,
         ex: RequestInfo,
         route: Route,
         params: dict[str, str],
         identity: Identity | None,
-        peer: str,
-        xff: tuple[str, ...] | list[str],
-        parent: str,
-        sep: str,
-        query: str,
     ) -> _Plan | None:
         ex.limits = await admitted  # delay mode: this request's turn
-        plan = self._plan(request, snap, ex, route, params, identity, peer, xff, parent, sep,
-                          query)  # fmt: skip
+        plan = self._plan(request, snap, ex, route, params, identity)
         if isinstance(plan, tuple):
             return plan
         await plan
@@ -350,11 +351,6 @@ class Proxy:
         route: Route,
         params: dict[str, str],
         identity: Identity | None,
-        peer: str,
-        xff: tuple[str, ...] | list[str],
-        parent: str,
-        sep: str,
-        query: str,
     ) -> _Plan | Coroutine[Any, Any, None]:
         """The upstream and the request head for it; for a WebSocket, the
         coroutine that proxies it."""
@@ -371,8 +367,8 @@ class Proxy:
 
         kept, seen = filter_request_headers(request.raw_headers, snap.drop_request_headers)
         target_path = route.path_fn(ex.path, params)
-        if sep:
-            target_path = f"{target_path}?{query}"
+        if ex.query is not None:
+            target_path = f"{target_path}?{ex.query}"
 
         host = request.host
         lines = [f"{request.method} {target_path} HTTP/1.1\r\n".encode()]
@@ -380,6 +376,7 @@ class Proxy:
         if identity is not None and identity.forward:
             lines.append(identity.forward)  # forward_claims, prebuilt per verified token
         proto = b"https" if request.secure else b"http"
+        peer = ex.peer
         if peer in snap.server.trusted:
             proto = seen.get(b"x-forwarded-proto", (proto,))[0]
             host = seen.get(b"x-forwarded-host", (host.encode(),))[0].decode("latin-1")
@@ -387,11 +384,11 @@ class Proxy:
             b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
             b"X-Request-ID: %s\r\ntraceparent: %s\r\n"
             % (
-                forwarded_for(peer, xff, snap.server.trusted).encode(),
+                forwarded_for(peer, ex.xff, snap.server.trusted).encode(),
                 proto,
                 host.encode("latin-1", "replace"),
                 ex.request_id.encode(),
-                parent.encode(),
+                ex.parent.encode(),
             )
         )
         body: AsyncIterator[bytes] | None = None
@@ -714,20 +711,15 @@ def _no_target(upstream: Upstream, now: float) -> NoReturn:
     raise errors.NoHealthyTarget(f"upstream {upstream.name!r} has no target in rotation")
 
 
-_Headers = list[tuple[bytes, bytes]]
-
-
 def _response_headers(
     up: UpstreamResponse, ex: RequestInfo
-) -> tuple[_Headers, frozenset[bytes] | None, _Headers]:
-    """(headers, drop, extra) for ClientRequest.respond/start: the upstream's
-    headers are filtered as the head is written, in one pass."""
-    extra = [(b"X-Request-ID", ex.request_id.encode())]
-    if ex.limits:
-        extra.extend(ex.limits)
+) -> tuple[list[tuple[bytes, bytes]], frozenset[bytes] | None, bytes]:
+    """(headers, drop, raw) for ClientRequest.respond/start: the upstream's
+    headers are filtered as the head is written, in one pass; ours follow."""
+    raw = b"X-Request-ID: %s\r\n%s" % (ex.request_id.encode(), ex.limits)
     if up.lists_headers:  # Connection names more headers to drop: the full filter first
-        return filter_response_headers(up.headers, _RESPONSE_DROP), None, extra
-    return up.headers, _RESPONSE_DROP, extra
+        return filter_response_headers(up.headers, _RESPONSE_DROP), None, raw
+    return up.headers, _RESPONSE_DROP, raw
 
 
 def _small(request: ClientRequest, up: UpstreamResponse) -> bool:
@@ -749,13 +741,13 @@ def _relay_now(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) ->
         return False
     up.release()
     ex.status = up.status
-    headers, drop, extra = _response_headers(up, ex)
-    request.respond(up.status, headers, body, up.reason, drop, extra)
+    headers, drop, raw = _response_headers(up, ex)
+    request.respond(up.status, headers, body, up.reason, drop, raw)
     return True
 
 
 async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) -> None:
-    headers, drop, extra = _response_headers(up, ex)
+    headers, drop, raw = _response_headers(up, ex)
     ex.status = up.status
     length = up.content_length
     if _small(request, up):
@@ -764,9 +756,9 @@ async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) 
         while chunk := await up.read():
             chunks.append(chunk)
         up.release()
-        request.respond(up.status, headers, b"".join(chunks), up.reason, drop, extra)
+        request.respond(up.status, headers, b"".join(chunks), up.reason, drop, raw)
         return
-    request.start(up.status, headers, length, up.reason, drop, extra)
+    request.start(up.status, headers, length, up.reason, drop, raw)
     try:
         while chunk := await up.read():
             await request.write(chunk)
@@ -799,13 +791,12 @@ def send_error(
     request: ClientRequest,
     err: GatewayError,
     rid: str,
-    extra: list[tuple[bytes, bytes]] | None = None,
+    raw: bytes = b"",
 ) -> None:
+    """`raw`: header lines already rendered (the rate-limit ones of an admitted request)."""
     headers = [(b"Content-Type", b"application/json"), (b"X-Request-ID", rid.encode())]
     headers.extend(_encoded(err.headers.items()))
-    if extra:
-        headers.extend(extra)
-    request.respond(err.status, headers, errors.render(err, rid))
+    request.respond(err.status, headers, errors.render(err, rid), raw=raw)
 
 
 def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

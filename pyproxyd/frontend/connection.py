@@ -479,12 +479,12 @@ class ClientConnection(asyncio.Protocol):
         *,
         keep_length: bool,
         drop: frozenset[bytes] | None = None,
-        extra: Sequence[tuple[bytes, bytes]] = (),
+        raw: bytes = b"",
     ) -> bytes:
         """The status line and headers, with the framing and Connection this
         connection needs. `keep_length` passes a Content-Length through (HEAD, 304).
         `drop`: lower-case names left out of `headers` (an upstream's, filtered
-        in the same pass); `extra` follows them unfiltered."""
+        in the same pass); `raw`: header lines already rendered, added as they are."""
         keep = (
             req.keep_alive
             and not self._closing
@@ -505,14 +505,16 @@ class ClientConnection(asyncio.Protocol):
                 elif lname == b"date":
                     has_date = True
                 lines.append(b"%s: %s\r\n" % (name, value))
-            headers = extra
-        for name, value in headers:
-            n = len(name)
-            if n == 14 and not keep_length and name.lower() == b"content-length":
-                continue
-            if n == 4 and name.lower() == b"date":
-                has_date = True
-            lines.append(b"%s: %s\r\n" % (name, value))
+        else:
+            for name, value in headers:
+                n = len(name)
+                if n == 14 and not keep_length and name.lower() == b"content-length":
+                    continue
+                if n == 4 and name.lower() == b"date":
+                    has_date = True
+                lines.append(b"%s: %s\r\n" % (name, value))
+        if raw:
+            lines.append(raw)
         if not keep_length:
             if length is not None:
                 lines.append(b"Content-Length: %d\r\n" % length)

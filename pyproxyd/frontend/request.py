@@ -246,18 +246,18 @@ class ClientRequest:
         body: bytes,
         reason: str = "",
         drop: frozenset[bytes] | None = None,
-        extra: Sequence[tuple[bytes, bytes]] = (),
+        raw: bytes = b"",
     ) -> None:
-        """A whole response in one write (`drop`, `extra`: see ClientConnection.head)."""
+        """A whole response in one write (`drop`, `raw`: see ClientConnection.head)."""
         self.started = True
         conn = self.conn
         if self.method == "HEAD" or status in _NO_BODY:
             head = conn.head(self, status, reason, headers, None, keep_length=True, drop=drop,
-                             extra=extra)  # fmt: skip
+                             raw=raw)  # fmt: skip
             self.conn.write(head)
         else:
             head = conn.head(self, status, reason, headers, len(body), keep_length=False,
-                             drop=drop, extra=extra)  # fmt: skip
+                             drop=drop, raw=raw)  # fmt: skip
             self.conn.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 self.conn.write(body)
@@ -271,17 +271,17 @@ class ClientRequest:
         length: int | None,
         reason: str = "",
         drop: frozenset[bytes] | None = None,
-        extra: Sequence[tuple[bytes, bytes]] = (),
+        raw: bytes = b"",
     ) -> None:
         """The status line and headers of a streamed response."""
         self.started = True
         conn = self.conn
         if self.method == "HEAD" or status in _NO_BODY or status < 200:
             conn.write(conn.head(self, status, reason, headers, None, keep_length=True,
-                                 drop=drop, extra=extra))  # fmt: skip
+                                 drop=drop, raw=raw))  # fmt: skip
         else:
             conn.write(conn.head(self, status, reason, headers, length, keep_length=False,
-                                 drop=drop, extra=extra))  # fmt: skip
+                                 drop=drop, raw=raw))  # fmt: skip
 
     async def write(self, data: bytes) -> None:
         if not data:
@@ -315,7 +315,19 @@ class _LazyHeaders(Mapping[str, str]):
         return self._request.headers[name]
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return self._request.headers.get(name, default)
+        request = self._request
+        built = request._headers
+        if built is not None:
+            return built.get(name, default)
+        # A lookup or two per request (Authorization, X-Client-ID): scanning the
+        # raw pairs costs less than building the mapping. The first one wins,
+        # as with the mapping's get().
+        target = name.lower().encode("latin-1")
+        size = len(target)
+        for n, v in request.raw_headers:
+            if len(n) == size and n.lower() == target:
+                return v.decode("latin-1")
+        return default
 
     def getall(self, name: str, default: Sequence[str] = ()) -> Sequence[str]:
         return self._request.headers.getall(name, default)

@@ -25,7 +25,6 @@ integer microseconds; tests check both give the same decisions.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from typing import NamedTuple
 
@@ -64,7 +63,7 @@ class TokenBucket(NamedTuple):
         return self.burst / self.rate
 
     def decide(self, tat: float | None, now: float) -> tuple[Decision, float | None]:
-        return _gcra(tat, now, 1.0 / self.rate, self.burst, delay=False)
+        return _gcra(tat, now, 1.0 / self.rate, self.burst, False)
 
     def refund(self, tat: float | None, now: float) -> float | None:
         return _refund(tat, now, 1.0 / self.rate)
@@ -93,7 +92,7 @@ class LeakyBucket(NamedTuple):
         return (self.burst + 1) / self.rate
 
     def decide(self, tat: float | None, now: float) -> tuple[Decision, float | None]:
-        return _gcra(tat, now, 1.0 / self.rate, self.burst + 1, delay=self.delay)
+        return _gcra(tat, now, 1.0 / self.rate, self.burst + 1, self.delay)
 
     def refund(self, tat: float | None, now: float) -> float | None:
         return _refund(tat, now, 1.0 / self.rate)
@@ -103,15 +102,22 @@ class LeakyBucket(NamedTuple):
 
 
 def _gcra(
-    tat: float | None, now: float, t: float, capacity: float, *, delay: bool
+    tat: float | None, now: float, t: float, capacity: float, delay: bool
 ) -> tuple[Decision, float | None]:
     start = now if tat is None or tat < now else tat  # when this request would leave
     new = start + t
     limit = capacity * t
     if new - now <= limit + EPS:
-        remaining = max(0, math.floor((limit - (new - now)) / t + EPS))
-        return Decision(True, remaining, new - now, 0.0, start - now if delay else 0.0), new
-    return Decision(False, 0, start - now, new - now - limit, 0.0), tat
+        # int() is floor() here: the quotient is above -1 (new - now <= limit + EPS)
+        remaining = int((limit - (new - now)) / t + EPS)
+        return _decision(
+            Decision, (True, remaining, new - now, 0.0, start - now if delay else 0.0)
+        ), new
+    return _decision(Decision, (False, 0, start - now, new - now - limit, 0.0)), tat
+
+
+# Decision's own __new__ is Python code; tuple's is not (a request decides once).
+_decision = tuple.__new__
 
 
 def _refund(tat: float | None, now: float, t: float) -> float | None:

@@ -50,6 +50,11 @@ id = "all"
 path = "/**"
 upstream = "backend"
 """
+# Issue 9's second target: the same route with a local token bucket that never
+# refuses, and with a cached RS256 JWT check: features_bench.py's rows.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from features_bench import EXTRA as FLAVOURS  # noqa: E402
+
 REQUEST = b"GET /api/users/1 HTTP/1.1\r\nHost: 127.0.0.1:18200\r\n\r\n"
 BODY = b'{"id":1,"name":"user","email":"user@example.com","active":true}'
 RESPONSE = (
@@ -96,7 +101,7 @@ class _Transport:
         self.closing = True
 
 
-async def _measure(requests: int, rounds: int) -> list[float]:
+async def _measure(requests: int, rounds: int, flavour: str) -> list[float]:
     from pyproxyd.compile import compile_snapshot
     from pyproxyd.config_load import load
     from pyproxyd.frontend.connection import Frontend
@@ -105,12 +110,17 @@ async def _measure(requests: int, rounds: int) -> list[float]:
     from pyproxyd.snapshot import SnapshotHolder
     from pyproxyd.upstream.connection import UpstreamConnection
 
+    request = REQUEST
     with tempfile.TemporaryDirectory() as d:
+        if flavour == "jwt":
+            from auth_bench import make_token  # writes jwks.json
+
+            token = make_token(Path(d))
+            request = REQUEST[:-2] + b"Authorization: Bearer %s\r\n\r\n" % token.encode()
         path = Path(d, "gateway.toml")
-        path.write_text(CONFIG)
-        loaded = load(path)
-    configure("json", "info", "/dev/null")
-    snap = compile_snapshot(loaded)
+        path.write_text(CONFIG + FLAVOURS[flavour])
+        configure("json", "info", "/dev/null")
+        snap = compile_snapshot(load(path))
     proxy = Proxy(SnapshotHolder(snap), AccessLog())
     front = Frontend(proxy, header_timeout=60, keepalive_timeout=75, max_header_size=8190)
     loop = asyncio.get_running_loop()
@@ -140,7 +150,7 @@ async def _measure(requests: int, rounds: int) -> list[float]:
 
     async def batch() -> None:
         for c in clients:
-            c.data_received(REQUEST)
+            c.data_received(request)
         await until(lambda: len(asked) >= CLIENTS)
         for conn in asked:
             conn.data_received(RESPONSE)
@@ -186,16 +196,16 @@ def _calibrate() -> float:
     return (time.perf_counter() - started) * 1e6
 
 
-def _child(requests: int) -> None:
+def _child(requests: int, flavour: str) -> None:
     import uvloop
 
-    results = uvloop.run(_measure(requests, 7))
+    results = uvloop.run(_measure(requests, 7, flavour))
     print(statistics.median(results))
 
 
-def _run(checkout: Path, requests: int) -> float:
+def _run(checkout: Path, requests: int, flavour: str) -> float:
     env = dict(os.environ, PYTHONPATH=str(checkout))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(requests)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(requests), flavour]
     if sys.platform.startswith("linux"):  # the last core, where peers.sh puts the proxy
         cmd = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *cmd]
     out = subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), check=True,
@@ -206,30 +216,37 @@ def _run(checkout: Path, requests: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", type=Path, help="another checkout to compare with")
+    ap.add_argument("--flavour", choices=sorted(FLAVOURS), default="plain",
+                    help="the route compared with --against (default plain)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--requests", type=int, default=6400, help="per timed round (7 rounds a run)")
-    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        _child(args.child)
+        _child(int(args.child[0]), args.child[1])
         return
-    this: list[float] = []
-    other: list[float] = []
+    # Without --against: this tree's three routes, each against `plain`.
+    # With it: one route, this tree against the other checkout.
+    rows = (
+        [(REPO, "plain"), (REPO, "ratelimit"), (REPO, "jwt")]
+        if args.against is None
+        else [(args.against, args.flavour), (REPO, args.flavour)]
+    )
+    got: dict[tuple[Path, str], list[float]] = {row: [] for row in rows}
     for i in range(args.runs):
-        if args.against is not None:
-            other.append(_run(args.against, args.requests))
-        this.append(_run(REPO, args.requests))
-        line = f"run {i + 1}: this tree {this[-1]:.2f}"
-        if other:
-            line += f", {args.against}: {other[-1]:.2f}"
-        print(line, flush=True)
-    mine = statistics.median(this)
-    print(f"\nmedian: {mine:.2f} us of Python per proxied request ({REPO}),")
-    print("  scaled to a host where the calibration loop takes 8.5 ms")
-    if other:
-        theirs = statistics.median(other)
-        print(f"median: {theirs:.2f} us ({args.against})")
-        print(f"this tree / other: {mine / theirs:.3f}x the CPU per request")
+        for row in rows:
+            got[row].append(_run(row[0], args.requests, row[1]))
+        print(f"run {i + 1}: " + ", ".join(f"{r[1]} {r[0]}: {got[r][-1]:.2f}" for r in rows),
+              flush=True)  # fmt: skip
+    print("\nmedian us of Python per proxied request, scaled to a host where the")
+    print("calibration loop takes 8.5 ms:")
+    base = statistics.median(got[rows[0]])
+    for row in rows:
+        med = statistics.median(got[row])
+        print(f"  {row[1]:<10} {row[0]}: {med:7.2f} us  ({med / base:.3f}x {rows[0][1]} "
+              f"{'of ' + str(rows[0][0]) if args.against else ''})")  # fmt: skip
+    if args.against is None:
+        print("(wrk's req/s ratio is nearer 1: the kernel's share of a request is the same)")
 
 
 if __name__ == "__main__":
