@@ -270,6 +270,8 @@ async def _attempt(
                 conn.write(head)
             else:
                 await _send_body(conn, head, body, timeout, reused)
+        elif not conn._head_done and conn._error is None and sent_at <= conn._loop.time():
+            raise WaitTimeout  # it passed while the proxy's callback path waited
         while not conn._head_done:  # (inline: one coroutine less to resume through)
             if conn._error is not None:
                 raise Lost(conn._error)
