@@ -108,7 +108,9 @@ class Proxy:
     upstream connection's callback. Wherever a request leaves that path, a
     task (`_run`) takes it on from that very step through the ordinary awaits,
     so each decision (rate limit, target, breaker ticket) is still made once.
-    Profiled: the two task wake-ups of a request cost more than its routing.
+    (Measured: wrk's req/s did not move, as uvloop spreads task wake-ups over a
+    batch of events; what it bought is no parked task per idle client
+    connection, 5.5 -> 4.1 KiB each.)
     """
 
     __slots__ = ("access_log", "holder", "loop", "metrics")
