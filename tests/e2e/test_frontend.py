@@ -203,6 +203,42 @@ async def test_pipelined_fast_requests_wait_for_a_slow_first_one(tmp_path: Path)
     assert after.body == b"after"
 
 
+async def test_pipeline_on_a_warm_pool_mixes_every_framing_in_order(tmp_path: Path) -> None:
+    """With an idle upstream connection each request takes the callback path;
+    HEAD, 204 and 304 leave it for a task and the next one comes back to it."""
+    async with (
+        Backend(ROUTES) as b,
+        gateway(tmp_path, front(b.url)) as gw,
+        client(gw) as (reader, writer),
+    ):
+        writer.write(get("/api/named/warm"))
+        assert (await read_response(reader)).body == b"warm"
+        writer.write(
+            get("/api/named/a")
+            + b"HEAD /api/named/b HTTP/1.1\r\nHost: gw.test\r\n\r\n"
+            + get("/api/status/204")
+            + get("/api/status/304")
+            + get("/api/slow?chunks=3&delay=0.01&size=2")
+            + get("/api/named/c")
+        )
+        answers = [
+            await read_response(reader, m) for m in ("GET", "HEAD", "GET", "GET", "GET", "GET")
+        ]
+        writer.write(get("/api/named/after"))
+        after = await read_response(reader)
+    assert [(r.status, r.body) for r in answers] == [
+        (200, b"a"),
+        (200, b""),
+        (204, b""),
+        (304, b""),
+        (200, b"001122"),
+        (200, b"c"),
+    ]
+    assert answers[1].headers["Content-Length"] == "1"  # HEAD: the length GET would have
+    assert (after.status, after.body) == (200, b"after")
+    assert b.connections_opened == 1
+
+
 async def test_pipelined_post_with_a_body_then_a_get(tmp_path: Path) -> None:
     data = payload(100_000)
     async with (
