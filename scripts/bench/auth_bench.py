@@ -26,10 +26,8 @@ stopped by PID at the end.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import BACKEND_PORT, NGINX_BACKEND, start, stop, wait_port, wrk
+from proxy_bench import BACKEND_PORT, NGINX_BACKEND, start, stop, wait_port, wrk, wrk_args
 
 PY_PORT = 18391  # the backend is proxy_bench's nginx on BACKEND_PORT
 API_KEY = "bench-api-key-0123456789abcdef"
@@ -166,15 +164,7 @@ def micro(tmp: Path, token: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", default="5s")
-    ap.add_argument("--warmup", default="1s")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light")
+    args = wrk_args(__doc__)
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, list[tuple[float, float, float, int]]] = {}
     with tempfile.TemporaryDirectory() as tmpdir:

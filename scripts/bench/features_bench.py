@@ -27,20 +27,27 @@ ports 18420-18426. Every process started here is stopped by PID at the end.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from auth_bench import make_token
-from proxy_bench import REPO, backend_conf, gateway_toml, start, stop, wait_port, wrk
+from proxy_bench import (
+    REPO,
+    backend_conf,
+    gateway_toml,
+    start,
+    stop,
+    wait_port,
+    wait_ready,
+    wrk,
+    wrk_args,
+)
 
 BACKEND_PORT = 18420
 ROWS = {"plain": (18421, 18424), "ratelimit": (18422, 18425), "jwt": (18423, 18426)}
@@ -74,20 +81,6 @@ def validate(conf: Path) -> None:
         raise SystemExit(f"{conf.name} does not validate:\n{res.stdout}{res.stderr}")
 
 
-def wait_ready(admin_port: int, timeout: float = 20.0) -> None:
-    """Until /readyz answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"pyproxyd not ready on admin port {admin_port} after {timeout}s")
-
-
 def status(port: int, headers: dict[str, str]) -> int:
     """The status of one GET (to check the jwt row refuses a request with no token)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/users/1", headers=headers)
@@ -110,15 +103,7 @@ def counted(admin_port: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", default="5s")
-    ap.add_argument("--warmup", default="1s")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light")
+    args = wrk_args(__doc__)
     results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in ROWS}
     metrics: dict[str, float] = {}
     procs: list[subprocess.Popen[bytes]] = []

@@ -42,11 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import backend_conf, gateway_toml, start, stop, wait_port
+from proxy_bench import backend_conf, gateway_toml, start, stop, wait_port, wait_ready
 
 BACKEND_PORT, PY_PORT, ADMIN_PORT = 18400, 18401, 18402
 PATH = "/api/users/1"
@@ -108,20 +107,6 @@ def tree_rss_mib(pid: int) -> tuple[float, int]:
     """(VmRSS summed over the process tree in MiB, number of processes)."""
     pids = process_tree(pid)
     return sum(rss_kib(p) for p in pids) / 1024, len(pids)
-
-
-def wait_ready(admin_port: int, timeout: float = 20.0) -> None:
-    """Until /readyz answers 200 (with workers > 1: every worker is ready)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"pyproxyd not ready on admin port {admin_port} after {timeout}s")
 
 
 def latency_round(port: int, requests: int) -> tuple[float, float, int]:

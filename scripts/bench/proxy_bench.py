@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,36 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(p.pid, signal.SIGKILL)
 
 
+def wait_ready(admin_port: int, timeout: float = 20.0) -> None:
+    """Until /readyz answers 200 (with workers > 1: every worker reported ready)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"pyproxyd not ready on admin port {admin_port} after {timeout}s")
+
+
+def wrk_args(doc: str, tools: tuple[str, ...] = ("wrk", "nginx")) -> argparse.Namespace:
+    """The options every wrk benchmark here takes, after checking its tools exist."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--duration", default="5s")
+    ap.add_argument("--warmup", default="1s")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args()
+    packages = {"wrk": "wrk", "nginx": "nginx-light", "redis-server": "redis-server"}
+    for tool in tools:
+        if not shutil.which(tool):
+            need = " ".join(packages[t] for t in tools)
+            raise SystemExit(f"{tool} is missing: apt-get install -y {need}")
+    return args
+
+
 def to_ms(value: str) -> float:
     m = re.match(r"([\d.]+)(us|ms|s)", value)
     assert m, value
@@ -180,15 +211,7 @@ def wrk(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", default="5s")
-    ap.add_argument("--warmup", default="1s")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light")
+    args = wrk_args(__doc__)
     pyproxyd = [sys.executable, "-m", "pyproxyd", "run", "-c"]
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmpdir:

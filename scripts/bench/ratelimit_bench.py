@@ -18,8 +18,6 @@ Needs wrk, nginx and redis-server. Every process started here is stopped by PID.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import NGINX_BACKEND, start, stop, wait_port, wrk
+from proxy_bench import NGINX_BACKEND, start, stop, wait_port, wrk, wrk_args
 
 BACKEND_PORT, PY_PORT, REDIS_PORT = 18380, 18390, 18391
 
@@ -73,15 +71,7 @@ rate_limit = "redis"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", default="5s")
-    ap.add_argument("--warmup", default="1s")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
-    for tool in ("wrk", "nginx", "redis-server"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light redis-server")
+    args = wrk_args(__doc__, ("wrk", "nginx", "redis-server"))
     rows = {"none": "/none/x", "local": "/local/x", "redis": "/redis/x"}
     results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in rows}
     procs: list[subprocess.Popen[bytes]] = []

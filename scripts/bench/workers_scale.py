@@ -32,11 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_bench import backend_conf, gateway_toml, start, stop, to_ms, wait_port
+from proxy_bench import backend_conf, gateway_toml, start, stop, to_ms, wait_port, wait_ready
 
 BACKEND_PORT = 18410
 PORTS = {1: (18411, 18413), 2: (18412, 18414)}  # workers -> (listen, admin)
@@ -78,20 +77,6 @@ def cpu_seconds(pid: int) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def wait_ready(admin_port: int, timeout: float = 20.0) -> None:
-    """Until /readyz answers 200 (with workers > 1: every worker reported ready)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"pyproxyd not ready on admin port {admin_port} after {timeout}s")
 
 
 def run_wrk(
