@@ -170,3 +170,12 @@ def filter_response_headers(
 
 
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
+
+
+def names_more_headers(connection: bytes) -> bool:
+    """A Connection value naming headers besides close/keep-alive, which
+    filter_response_headers then drops in a second pass."""
+    value = connection.lower()
+    return value not in _CONNECTION_OPTIONS and bool(
+        connection_tokens((value,)) - _CONNECTION_OPTIONS
+    )

@@ -250,16 +250,12 @@ class Proxy:
             return None  # (the claims predicate may need a JWKS refetch to match)
         headers = request.lazy_headers
         route, params = self._match(request, snap, ex, headers, None)
-        identity: Identity | None = None
-        if route.auth is not None:
-            try:
-                identity = route.auth(headers, None)
-            except UnknownKey as err:
-                if err.refresh is None:
-                    raise
-                return None  # a rotated key: _prepare() refetches the JWKS
-            if identity is not None and identity.consumer is not None:
-                ex.consumer = identity.consumer.name
+        try:
+            identity = _identify(route, headers, None, ex)
+        except UnknownKey as err:
+            if err.refresh is None:
+                raise
+            return None  # a rotated key: _prepare() refetches the JWKS
         limits = route.limits
         if limits is not None:
             if not limits.instant:
@@ -308,25 +304,17 @@ class Proxy:
         if memo is not None and memo.refresh is not None:
             await memo.refresh()  # a kid we do not know yet: refetch the JWKS first
         route, params = self._match(request, snap, ex, headers, memo)
-        identity: Identity | None = None
-        if route.auth is not None:
-            try:
-                identity = route.auth(headers, memo)
-            except UnknownKey as err:
-                if err.refresh is None:
-                    raise
-                await err.refresh()  # a rotated key: refetch the JWKS once, then retry
-                identity = route.auth(headers, None)
-            if identity is not None and identity.consumer is not None:
-                ex.consumer = identity.consumer.name
+        try:
+            identity = _identify(route, headers, memo, ex)
+        except UnknownKey as err:
+            if err.refresh is None:
+                raise
+            await err.refresh()  # a rotated key: refetch the JWKS once, then retry
+            identity = _identify(route, headers, None, ex)
         if route.limits is not None:  # 429/503 raise; delay mode waits its turn here
             limits = route.limits.admit(request, identity, ex.client_ip, ex.path, ex.started)
             ex.limits = limits if isinstance(limits, bytes) else await limits
-        plan = self._plan(request, snap, ex, route, params, identity)
-        if isinstance(plan, tuple):
-            return plan
-        await plan
-        return None
+        return await _proxied(self._plan(request, snap, ex, route, params, identity))
 
     async def _admitted(
         self,
@@ -339,11 +327,7 @@ class Proxy:
         identity: Identity | None,
     ) -> _Plan | None:
         ex.limits = await admitted  # delay mode: this request's turn
-        plan = self._plan(request, snap, ex, route, params, identity)
-        if isinstance(plan, tuple):
-            return plan
-        await plan
-        return None
+        return await _proxied(self._plan(request, snap, ex, route, params, identity))
 
     def _plan(
         self,
@@ -616,10 +600,16 @@ class _InFlight(_First):
         self.plan = plan
         self.fired = False
         self.sent = perf_counter()
+        request.cancel = self.cancel
+        if conn._error is not None:
+            # The head could not be written (a keep-alive connection already
+            # closing): no read will ever wake this, so the task (and its
+            # replay on a fresh connection) takes over now.
+            self.set_result(None)
+            return
         conn._waiter = self  # type: ignore[assignment]
         conn.deadline = deadline
         conn._pool.deadlines.watch(conn)
-        request.cancel = self.cancel
 
     def done(self) -> bool:
         return self.fired
@@ -672,6 +662,26 @@ class _InFlight(_First):
             self.ticket.abandon()  # a client that left says nothing about the upstream
         self.ex.status = 499
         self.proxy._finish(self.request, self.ex, self.clock, self.snap, counted=False)
+
+
+def _identify(
+    route: Route, headers: Mapping[str, str], memo: TokenMemo | None, ex: RequestInfo
+) -> Identity | None:
+    """The route's auth check (raises its 401/403, or UnknownKey); notes the consumer."""
+    if route.auth is None:
+        return None
+    identity = route.auth(headers, memo)
+    if identity is not None and identity.consumer is not None:
+        ex.consumer = identity.consumer.name
+    return identity
+
+
+async def _proxied(plan: _Plan | Coroutine[Any, Any, None]) -> _Plan | None:
+    """_plan()'s answer awaited: the plan, or None once a WebSocket was proxied."""
+    if isinstance(plan, tuple):
+        return plan
+    await plan
+    return None
 
 
 def _choose(

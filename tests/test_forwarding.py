@@ -12,6 +12,7 @@ from pyproxyd.forwarding import (
     filter_request_headers,
     filter_response_headers,
     forwarded_for,
+    names_more_headers,
 )
 from pyproxyd.tracing import request_id, traceparent
 
@@ -141,3 +142,11 @@ def test_range_checks_are_remembered_and_bounded() -> None:
         assert f"192.0.{i // 256 % 256}.{i % 256}" not in trusted
     assert len(trusted._memo) <= TrustedProxies.MEMO
     assert "10.9.9.9" in trusted  # still right after the memo started over
+
+
+def test_connection_values_that_name_more_headers() -> None:
+    assert not names_more_headers(b"keep-alive")
+    assert not names_more_headers(b"Close")
+    assert not names_more_headers(b"keep-alive, close")
+    assert names_more_headers(b"close, X-Internal")
+    assert names_more_headers(b"Upgrade")

@@ -494,25 +494,18 @@ class ClientConnection(asyncio.Protocol):
         )
         lines = [status_line(status, reason)]
         has_date = False
-        if drop is not None:
-            for name, value in headers:
+        for name, value in headers:
+            n = len(name)
+            if drop is not None or n == 14 or n == 4:
                 lname = name.lower()
-                if lname in drop:
+                if drop is not None and lname in drop:
                     continue
                 if lname == b"content-length":
                     if not keep_length:
                         continue
                 elif lname == b"date":
                     has_date = True
-                lines.append(b"%s: %s\r\n" % (name, value))
-        else:
-            for name, value in headers:
-                n = len(name)
-                if n == 14 and not keep_length and name.lower() == b"content-length":
-                    continue
-                if n == 4 and name.lower() == b"date":
-                    has_date = True
-                lines.append(b"%s: %s\r\n" % (name, value))
+            lines.append(b"%s: %s\r\n" % (name, value))
         if raw:
             lines.append(raw)
         if not keep_length:

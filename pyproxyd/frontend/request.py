@@ -254,13 +254,13 @@ class ClientRequest:
         if self.method == "HEAD" or status in _NO_BODY:
             head = conn.head(self, status, reason, headers, None, keep_length=True, drop=drop,
                              raw=raw)  # fmt: skip
-            self.conn.write(head)
+            conn.write(head)
         else:
             head = conn.head(self, status, reason, headers, len(body), keep_length=False,
                              drop=drop, raw=raw)  # fmt: skip
-            self.conn.write(head + body if len(body) < 65536 else head)
+            conn.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
-                self.conn.write(body)
+                conn.write(body)
             self.sent = len(body)
         self.finished = True
 
@@ -322,7 +322,7 @@ class _LazyHeaders(Mapping[str, str]):
         # A lookup or two per request (Authorization, X-Client-ID): scanning the
         # raw pairs costs less than building the mapping. The first one wins,
         # as with the mapping's get().
-        target = name.lower().encode("latin-1")
+        target = name.lower().encode("latin-1", "replace")  # ("?" is in no header name)
         size = len(target)
         for n, v in request.raw_headers:
             if len(n) == size and n.lower() == target:

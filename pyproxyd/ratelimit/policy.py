@@ -221,8 +221,7 @@ class RouteLimiter:
             decision, token = store.take(key, tier.algo, now)
             if decision.allowed and not decision.delay:
                 policy.stats.count(self.route, tier.label, key, ALLOWED)
-                reset = max(0, math.ceil(decision.reset - 1e-9))  # (_seconds, inline)
-                return tier.block_fmt % (decision.remaining, reset, decision.remaining, reset)
+                return _block(tier, decision)
             one: _Granted = []
             self._grant(policy, key, tier, decision, (store, tier.algo, token), one,
                         client_ip, path, now)  # fmt: skip
@@ -304,19 +303,18 @@ def _render(pairs: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join([b"%s: %s\r\n" % hv for hv in pairs])
 
 
+def _block(tier: Tier, d: Decision) -> bytes:
+    """One policy's five header lines (Tier.block_fmt filled in)."""
+    reset = _seconds(d.reset)
+    return tier.block_fmt % (d.remaining, reset, d.remaining, reset)
+
+
 def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> list[tuple[bytes, bytes]]:
     # X-RateLimit-* follow the most restrictive policy; the IETF fields list them all.
     if len(decided) == 1:
-        p, tier, d = decided[0]
-        remaining = b"%d" % d.remaining
-        reset_b = b"%d" % _seconds(d.reset)
-        return [
-            (b"X-RateLimit-Limit", tier.quota_b),
-            (b"X-RateLimit-Remaining", remaining),
-            (b"X-RateLimit-Reset", reset_b),
-            (b"RateLimit-Policy", tier.policy_field_b),
-            (b"RateLimit", b'"%s";r=%s;t=%s' % (p.name_b, remaining, reset_b)),
-        ]
+        _p, tier, d = decided[0]
+        lines = _block(tier, d).split(b"\r\n")
+        return [(n, v) for n, _, v in (line.partition(b": ") for line in lines if line)]
     else:
         _p, tier, d = min(decided, key=lambda ptd: ptd[2].remaining)
         reset = _seconds(d.reset)

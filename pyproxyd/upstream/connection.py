@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from ..forwarding import names_more_headers
+
 if TYPE_CHECKING:
     from .pool import TargetPool
 
@@ -203,7 +205,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._conn_close = True
             if b"keep-alive" in tokens:
                 self._conn_keepalive = True
-            if tokens.replace(b"close", b"").replace(b"keep-alive", b"").strip(b", \t"):
+            if names_more_headers(tokens):
                 self._conn_listed = True
 
     def on_headers_complete(self) -> None:
