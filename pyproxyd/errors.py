@@ -11,6 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
+class ClientGone(ConnectionError):
+    """The client connection closed while the gateway was still talking to it.
+
+    Not a GatewayError: nobody is left to answer."""
+
+
 class GatewayError(Exception):
     status = 500
     code = "internal_error"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 HOP_BY_HOP = frozenset(
     {
@@ -42,6 +41,11 @@ REPLACED_B = frozenset(
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Addresses remembered per TrustedProxies (a module constant: mypyc compiles
+# this module, and a ClassVar on a frozen dataclass trips it).
+MEMO = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class TrustedProxies:
     """Parsed once: single addresses go in a set, ranges stay networks.
@@ -54,8 +58,6 @@ class TrustedProxies:
     addresses: frozenset[str]
     networks: tuple[IPNetwork, ...]
     _memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
-
-    MEMO: ClassVar[int] = 4096
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> TrustedProxies:
@@ -84,7 +86,7 @@ class TrustedProxies:
             trusted = False
         else:
             trusted = any(ip in net for net in self.networks)
-        if len(memo) >= self.MEMO:
+        if len(memo) >= MEMO:
             memo.clear()  # many distinct peers: start over rather than grow
         memo[addr] = trusted
         return trusted

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import errors
 from .auth.identity import Identity
-from .errors import GatewayError, UnknownKey
+from .bodies import chunked, limited
+from .errors import ClientGone, GatewayError, UnknownKey
 from .forwarding import (
     HOP_BY_HOP_B,
     client_address,
@@ -23,7 +24,7 @@ from .forwarding import (
     filter_response_headers,
     forwarded_for,
 )
-from .frontend.request import ClientGone, ClientRequest
+from .frontend.request import ClientRequest
 from .observe.logging import get_logger
 from .observe.metrics import RequestMetrics
 from .resilience.breaker import STATE_NAMES, Ticket
@@ -31,7 +32,7 @@ from .routing import normalise_path
 from .snapshot import Route, Snapshot, SnapshotHolder, Upstream
 from .tracing import request_id, traceparent
 from .upstream.connection import UpstreamConnection
-from .upstream.http1 import UpstreamResponse, chunked, exchange, resume, start
+from .upstream.http1 import UpstreamResponse, exchange, resume, start
 from .websocket import proxy_websocket
 
 if TYPE_CHECKING:
@@ -379,7 +380,7 @@ class Proxy:
         )
         body: AsyncIterator[bytes] | None = None
         if request.body is not None:
-            body = _limited(request, snap.server.client_max_body_size)
+            body = limited(request, snap.server.client_max_body_size)
             if length is None:
                 lines.append(b"Transfer-Encoding: chunked\r\n")
                 body = chunked(body)
@@ -782,16 +783,6 @@ async def _relay(request: ClientRequest, up: UpstreamResponse, ex: RequestInfo) 
         return
     up.release()
     request.end()
-
-
-async def _limited(request: ClientRequest, limit: int) -> AsyncIterator[bytes]:
-    assert request.body is not None
-    total = 0
-    async for chunk in request.body.chunks():
-        total += len(chunk)
-        if total > limit:
-            raise errors.PayloadTooLarge(f"request body is over {limit} bytes")
-        yield chunk
 
 
 def _is_websocket(seen: dict[bytes, list[bytes]]) -> bool:

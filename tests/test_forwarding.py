@@ -6,6 +6,7 @@ import pytest
 
 from pyproxyd.forwarding import (
     HOP_BY_HOP_B,
+    MEMO,
     REPLACED_B,
     TrustedProxies,
     client_address,
@@ -138,9 +139,9 @@ def test_range_checks_are_remembered_and_bounded() -> None:
     assert "203.0.113.9" not in trusted and "203.0.113.9" not in trusted
     assert "not an ip" not in trusted
     assert trusted._memo == {"10.1.2.3": True, "203.0.113.9": False, "not an ip": False}
-    for i in range(TrustedProxies.MEMO + 10):
+    for i in range(MEMO + 10):
         assert f"192.0.{i // 256 % 256}.{i % 256}" not in trusted
-    assert len(trusted._memo) <= TrustedProxies.MEMO
+    assert len(trusted._memo) <= MEMO
     assert "10.9.9.9" in trusted  # still right after the memo started over
 
 

@@ -27,9 +27,10 @@ from httptools import (
 )
 
 from .. import errors
+from ..errors import ClientGone
 from ..observe.logging import get_logger
 from ..tracing import new_id
-from .request import ClientGone, ClientRequest, RequestBody, reason_for, status_line
+from .request import ClientRequest, RequestBody, reason_for, status_line
 
 log = get_logger("pyproxyd.server")
 

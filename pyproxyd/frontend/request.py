@@ -9,7 +9,7 @@ control: the socket stops being read while a handler is behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
@@ -43,10 +43,6 @@ def status_line(status: int, reason: str) -> bytes:
         if len(_STATUS_LINES) < 1024:
             _STATUS_LINES[(status, reason)] = line
     return line
-
-
-class ClientGone(ConnectionError):
-    """The client connection closed while the gateway was still talking to it."""
 
 
 class RequestBody:
@@ -88,8 +84,17 @@ class RequestBody:
             if not w.done():
                 w.set_result(None)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Each chunk as soon as it is in (several arrived ones are joined)."""
+    def chunks(self) -> RequestBody:
+        """Each chunk as soon as it is in (several arrived ones are joined).
+
+        The body is its own async iterator rather than an async generator:
+        mypyc compiles this module and has no async generators."""
+        return self
+
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
         while True:
             if self._chunks:
                 chunks = self._chunks
@@ -97,18 +102,17 @@ class RequestBody:
                 self._chunks = []
                 self._size = 0
                 self._conn.resume_body()
-                yield data
-            elif self.eof:
-                return
-            elif self._error is not None:
+                return data
+            if self.eof:
+                raise StopAsyncIteration
+            if self._error is not None:
                 raise self._error
-            else:
-                if self._continue:
-                    self._continue = False
-                    self._conn.send_continue()
-                fut = self._conn.loop.create_future()
-                self._waiter = fut
-                await fut
+            if self._continue:
+                self._continue = False
+                self._conn.send_continue()
+            fut = self._conn.loop.create_future()
+            self._waiter = fut
+            await fut
 
 
 class ClientRequest:

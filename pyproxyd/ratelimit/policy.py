@@ -373,9 +373,9 @@ def build_policy(
     default = _tier(spec, DEFAULT_TIER, spec.limits, workers)
     tiers = {}
     for name, lim in spec.tiers.items():
-        merged = Limits._make(
-            t if t is not None else d for t, d in zip(lim, spec.limits, strict=True)
-        )
+        # A tier's unset numbers are the policy's. (Field by field: iterating
+        # the tuple would type each item float, and mypyc would store 4 as 4.0.)
+        merged = spec.limits._replace(**{k: v for k, v in lim._asdict().items() if v is not None})
         tiers[name] = _tier(spec, name, merged, workers)
     store: LocalStore | RedisStore
     fallback = None

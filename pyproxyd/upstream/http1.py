@@ -22,7 +22,6 @@ __all__ = [
     "REPLAY_LIMIT",
     "UpstreamConnection",
     "UpstreamResponse",
-    "chunked",
     "exchange",
     "resume",
     "start",
@@ -167,14 +166,6 @@ class _Body:
             else:
                 self.sent.append(chunk)
         return chunk
-
-
-async def chunked(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Frame raw chunks for a head that says `Transfer-Encoding: chunked`."""
-    async for chunk in body:
-        if chunk:
-            yield b"%x\r\n%b\r\n" % (len(chunk), chunk)
-    yield b"0\r\n\r\n"
 
 
 async def exchange(

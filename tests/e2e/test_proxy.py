@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tests.backends import Backend, RawBackend, payload, read_request, sha256, wait_for
@@ -522,28 +521,35 @@ async def test_response_head_on_a_reused_connection_is_filtered_exactly(tmp_path
 
 
 async def test_a_reused_connection_that_fails_the_write_is_replayed_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """The keep-alive race met while writing (not while reading): the callback
     path hands over to the replay at once, not after read_timeout."""
-    from pyproxyd.upstream.connection import Lost, UpstreamConnection
+    tripped: list[object] = []
 
-    real_write = UpstreamConnection.write
-    failed: list[UpstreamConnection] = []
+    class ClosingOnce:
+        """The pooled connection's transport, found closing at the next write."""
 
-    def write_once_fails(self: UpstreamConnection, data: bytes) -> None:
-        if self.requests > 0 and not failed:  # the first write on a reused connection
-            failed.append(self)
-            raise Lost("upstream connection closed before the request was sent")
-        real_write(self, data)
+        def __init__(self, real: asyncio.Transport) -> None:
+            self.real = real
+
+        def is_closing(self) -> bool:
+            if not tripped:
+                tripped.append(self)
+                return True
+            return self.real.is_closing()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
 
     async with Backend() as b, gateway(tmp_path, routes(b.url, read_timeout="30s")) as gw:
         await _warm(gw, b)
-        monkeypatch.setattr(UpstreamConnection, "write", write_once_fails)
+        (conn,) = gw.snapshot.upstreams["app"].targets[0].pool._core.idle
+        conn.transport = ClosingOnce(conn.transport)  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
         started = loop.time()
         status, _, _ = await fetch(url(gw, "/api/echo"))
         assert status == 200
         assert loop.time() - started < 2.0
-        assert len(failed) == 1
+        assert len(tripped) == 1
         assert b.connections_opened == 2  # replayed on a fresh connection

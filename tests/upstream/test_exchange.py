@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from pyproxyd import errors
-from pyproxyd.upstream.http1 import READ_HIGH_WATER, UpstreamResponse, chunked, exchange
+from pyproxyd.bodies import chunked
+from pyproxyd.upstream.http1 import READ_HIGH_WATER, UpstreamResponse, exchange
 from pyproxyd.upstream.pool import PoolSettings, TargetPool
 from tests.backends import (
     Backend,

@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from pyproxyd.snapshot import Target, Upstream
 from pyproxyd.split import TARGET, stable_hash
 from pyproxyd.upstream.balance import Rendezvous
+from pyproxyd.upstream.pool import PoolSettings, TargetPool
 
 N_KEYS = 100_000
 KEYS = [stable_hash(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", TARGET) for i in range(N_KEYS)]
@@ -104,7 +105,10 @@ class Req:
 def _upstream(spec: str) -> Upstream:
     from pyproxyd.keys import compile_key
 
-    targets = tuple(Target(u, u[7:], b"", 1, None) for u in URLS[:3])  # type: ignore[arg-type]
+    settings = PoolSettings(10, 1, 100, 60.0, 3600.0, 1.0, 1.0)
+    targets = tuple(
+        Target(u, u[7:], b"", 1, TargetPool(u[7:].split(":")[0], 80, settings)) for u in URLS[:3]
+    )
     r = Rendezvous([1, 1, 1], [t.url for t in targets])
     return Upstream("up", targets, r, 1, 1.0, key=compile_key(spec), keyed=r)
 
