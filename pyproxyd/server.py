@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import errors
 from .compile import compile_snapshot
+from .compiled import status as compiled_status
 from .config_load import Loaded
 from .frontend.connection import Frontend
 from .observe import metrics
@@ -120,7 +121,21 @@ class Gateway:
         # What is alive now lives as long as the config: keep it out of every
         # future collection, so a full GC pass never scans the whole route table.
         gc.freeze()
-        log.info("listening", listen=list(s.listen), ports=self.ports, admin=self.admin_port)
+        compiled, stale = compiled_status()
+        log.info(
+            "listening",
+            listen=list(s.listen),
+            ports=self.ports,
+            admin=self.admin_port,
+            compiled=len(compiled),  # request-path modules built by mypyc (setup.py)
+        )
+        if stale:
+            log.warning(
+                "stale_build",
+                modules=stale,
+                message="these .py files are newer than their compiled build, which runs "
+                "instead: run scripts/compile.sh (or --clean)",
+            )
 
     async def _start_admin(self, listen: str) -> None:
         app = web.Application(middlewares=[self._admin_auth])

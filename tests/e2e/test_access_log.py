@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from pyproxyd import compiled
 from pyproxyd.observe import logging as plog
 from tests.backends import Backend
 from tests.gateway import config, fetch, gateway, one_route, url
@@ -51,7 +52,9 @@ async def test_access_log_lines(tmp_path: Path, log_file: Path) -> None:
     assert len(ok["trace_id"]) == 32
     assert (missing["route"], missing["status"]) == (None, 404)
     # other events go through structlog to the same file, in the same shape
-    assert any(line["event"] == "listening" for line in lines)
+    (listening,) = [line for line in lines if line["event"] == "listening"]
+    # how many request-path modules run compiled (the suite runs both ways)
+    assert listening["compiled"] == len(compiled.status()[0])
 
 
 async def test_console_format_logs_requests_too(tmp_path: Path) -> None:

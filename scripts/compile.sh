@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Compile the request path with mypyc, in place: the .so files sit beside the
+# .py files, and Python imports an extension before a source file.
+#
+#   scripts/compile.sh           # build (sets up .venv first, as scripts/test.sh)
+#   scripts/compile.sh --clean   # remove the build: pure Python again
+#
+# The modules are listed in pyproxyd/compiled.py; setup.py builds them when
+# PYPROXYD_COMPILE=1. Needs a C compiler and the Python headers (installed
+# with apt-get when run as root). After editing a compiled module, build
+# again: `pyproxyd run` logs a warning when a .py is newer than its build.
+set -euo pipefail
+
+# shellcheck source=scripts/test.sh
+source "$(dirname "${BASH_SOURCE[0]}")/test.sh" # REPO, VENV, setup_venv, apt_install; runs nothing
+
+clean() {
+  # the modules' .so files and mypyc's shared one at the top of the checkout
+  find "$REPO" -maxdepth 3 -name '*.so' -not -path "$REPO/.venv/*" -delete
+  rm -rf "$REPO/build"
+}
+
+build() {
+  cd "$REPO"
+  setup_venv test # mypy (which carries mypyc) is a test extra
+  local missing=()
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  local ver include
+  ver=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  include=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  [ -f "$include/Python.h" ] || missing+=("python$ver-dev")
+  if [ ${#missing[@]} -gt 0 ]; then
+    if as_root; then
+      say "apt-get install ${missing[*]}"
+      apt_install "${missing[@]}"
+    else
+      echo "error: compiling needs ${missing[*]} (apt-get install ${missing[*]})" >&2
+      return 1
+    fi
+  fi
+  clean
+  say "mypyc: compiling $("$VENV/bin/python" -c 'from pyproxyd.compiled import MODULES; print(len(MODULES))') modules"
+  PYPROXYD_COMPILE=1 "$VENV/bin/python" setup.py -q build_ext --inplace >"$REPO/build.log" 2>&1 || {
+    tail -40 "$REPO/build.log" >&2
+    return 1
+  }
+  rm -f "$REPO/build.log"
+  "$VENV/bin/python" -c '
+from pyproxyd.compiled import MODULES, status
+compiled, stale = status()
+missing = sorted(set(MODULES) - set(compiled))
+print(f"compiled {len(compiled)} of {len(MODULES)} modules" + (f"; not compiled: {missing}" if missing else ""))
+raise SystemExit(1 if missing or stale else 0)'
+}
+
+if [ "${1:-}" = "--clean" ]; then
+  clean
+else
+  build
+fi
