@@ -27,6 +27,9 @@ if os.environ.get("PYPROXYD_COMPILE") == "1":
         [m.replace(".", "/") + ".py" for m in MODULES],
         opt_level="3",
         debug_level="0",
+        # The modules' shared C library goes inside the package (a top-level
+        # one would not be found by an editable install run from elsewhere).
+        group_name="pyproxyd.native",
     )
 
 setup(ext_modules=ext_modules)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from importlib.machinery import ExtensionFileLoader
 from pathlib import Path
 
 # The request path: what runs per request or per header. Not here: modules
@@ -10,6 +11,7 @@ from pathlib import Path
 # CLI code (runs once), and anything tests patch at module level.
 MODULES = (
     "pyproxyd.forwarding",
+    "pyproxyd.keys",
     "pyproxyd.frontend.connection",
     "pyproxyd.frontend.request",
     "pyproxyd.proxy",
@@ -25,6 +27,7 @@ MODULES = (
     "pyproxyd.ratelimit.algorithms",
     "pyproxyd.ratelimit.local",
     "pyproxyd.ratelimit.policy",
+    "pyproxyd.ratelimit.report",
     "pyproxyd.auth.jwt",
     "pyproxyd.auth.route",
     "pyproxyd.auth.identity",
@@ -34,21 +37,30 @@ MODULES = (
 )
 
 
+PACKAGE = Path(__file__).resolve().parent  # this module is never compiled: a true path
 # An installed wheel writes its .py files after its .so files, so a newer .py
 # means an unbuilt edit only in a checkout (where scripts/compile.sh builds).
-IN_CHECKOUT = (Path(__file__).resolve().parents[1] / "setup.py").exists()
+IN_CHECKOUT = (PACKAGE.parent / "setup.py").exists()
 
 
-def status() -> tuple[list[str], list[str]]:
+def status(
+    modules: tuple[str, ...] = MODULES, package: Path = PACKAGE, checkout: bool = IN_CHECKOUT
+) -> tuple[list[str], list[str]]:
     """(compiled, stale): modules loaded from an extension, and, in a checkout,
     those of them whose .py is newer than the build (an edit the running code
-    does not have)."""
+    does not have). Paths come from the package folder: a mypyc module's own
+    __file__ depends on how its shared library was first found."""
     compiled, stale = [], []
-    for name in MODULES:
-        file = Path(importlib.import_module(name).__file__ or "")
-        if file.suffix in (".so", ".pyd"):
-            compiled.append(name)
-            source = file.with_name(name.rsplit(".", 1)[-1] + ".py")
-            if IN_CHECKOUT and source.exists() and source.stat().st_mtime > file.stat().st_mtime:
-                stale.append(name)
+    for name in modules:
+        spec = importlib.import_module(name).__spec__
+        if spec is None or not isinstance(spec.loader, ExtensionFileLoader):
+            continue
+        compiled.append(name)
+        *folders, stem = name.split(".")[1:]
+        where = package.joinpath(*folders)
+        source = where / f"{stem}.py"
+        builds = list(where.glob(f"{stem}.*.so")) + list(where.glob(f"{stem}.*.pyd"))
+        built = max((b.stat().st_mtime for b in builds), default=None)
+        if checkout and built is not None and source.exists() and source.stat().st_mtime > built:
+            stale.append(name)
     return compiled, stale

@@ -16,12 +16,10 @@ def test_every_listed_module_exists_and_has_no_async_generator() -> None:
     # mypyc cannot compile async generators: a module that grows one must
     # move it (as bodies.py holds the body streams) or leave the list.
     import ast
-    import importlib.util
 
     for name in compiled.MODULES:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin is not None, name
-        source = Path(spec.origin).with_name(name.rsplit(".", 1)[-1] + ".py").read_text()
+        *folders, stem = name.split(".")[1:]
+        source = compiled.PACKAGE.joinpath(*folders, f"{stem}.py").read_text()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.AsyncFunctionDef):
                 yields = [n for n in ast.walk(node) if isinstance(n, ast.Yield | ast.YieldFrom)]
@@ -31,22 +29,41 @@ def test_every_listed_module_exists_and_has_no_async_generator() -> None:
 def test_status_tells_compiled_and_stale_modules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    built = tmp_path / "fresh.cpython-311-x86_64-linux-gnu.so"
-    built.write_bytes(b"")
-    (tmp_path / "fresh.py").write_text("")
-    old = tmp_path / "edited.cpython-311-x86_64-linux-gnu.so"
-    old.write_bytes(b"")
-    (tmp_path / "edited.py").write_text("")
-    os.utime(old, (1_000_000, 1_000_000))  # built long before the .py was saved
-    (tmp_path / "plain.py").write_text("")
-    files = {"pkg.fresh": built, "pkg.edited": old, "pkg.plain": tmp_path / "plain.py"}
-    for name, file in files.items():
-        module = types.ModuleType(name)
-        module.__file__ = str(file)
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(compiled, "MODULES", tuple(files))
+    from importlib.machinery import ExtensionFileLoader, ModuleSpec, SourceFileLoader
 
-    monkeypatch.setattr(compiled, "IN_CHECKOUT", True)
-    assert compiled.status() == (["pkg.fresh", "pkg.edited"], ["pkg.edited"])
-    monkeypatch.setattr(compiled, "IN_CHECKOUT", False)  # a wheel's mtimes say nothing
-    assert compiled.status() == (["pkg.fresh", "pkg.edited"], [])
+    (tmp_path / "sub").mkdir()
+    files = {"fresh": "fresh", "edited": "sub/edited", "plain": "plain"}
+    for stem in files.values():
+        (tmp_path / f"{stem}.py").write_text("")
+        (tmp_path / f"{stem}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    os.utime(tmp_path / "fresh.py", (1_000_000, 1_000_000))  # built after the last edit
+    os.utime(tmp_path / "plain.py", (1_000_000, 1_000_000))
+    os.utime(tmp_path / "sub/edited.cpython-311-x86_64-linux-gnu.so", (1_000_000, 1_000_000))
+    names = []
+    for key, stem in files.items():
+        name = "pkg." + stem.replace("/", ".")
+        path = str(tmp_path / f"{stem}.py")
+        loader = SourceFileLoader(name, path) if key == "plain" else ExtensionFileLoader(name, path)
+        module = types.ModuleType(name)
+        module.__spec__ = ModuleSpec(name, loader, origin=path)
+        monkeypatch.setitem(sys.modules, name, module)
+        names.append(name)
+
+    got = compiled.status(tuple(names), tmp_path, checkout=True)
+    assert got == (["pkg.fresh", "pkg.sub.edited"], ["pkg.sub.edited"])
+    # an installed wheel's mtimes say nothing
+    assert compiled.status(tuple(names), tmp_path, checkout=False) == (got[0], [])
+
+
+def test_a_process_started_elsewhere_runs_what_the_suite_runs(tmp_path: Path) -> None:
+    # The console script runs from any directory: the build must live inside
+    # the package (mypyc's shared library once landed at the top of the
+    # checkout, where only a process started there could import it).
+    import subprocess
+
+    code = "from pyproxyd.compiled import status; print(len(status()[0]))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == len(compiled.status()[0])
