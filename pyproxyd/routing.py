@@ -7,6 +7,7 @@ cost depends on the path's depth, not on how many routes the file has.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from string import Formatter
@@ -227,6 +228,11 @@ class Router:
         self._root = _Node(None)
         self._count = len(rules)
         for order, rule in enumerate(rules):
+            if order & 255 == 255:
+                # A reload builds this in a thread beside the event loop, and
+                # compiled (mypyc) code never offers the GIL back by itself:
+                # hand it over now and then (5,000 routes held it for 40 ms).
+                time.sleep(0)
             keys, captures = _compile_pattern(rule)
             node = self._root
             for key in keys[:-1] if keys[-1] == "**" else keys:
