@@ -19,7 +19,7 @@ async def limited(request: ClientRequest, limit: int) -> AsyncIterator[bytes]:
     """The client's body, cut off with 413 once it passes `limit` bytes."""
     assert request.body is not None
     total = 0
-    async for chunk in request.body.chunks():
+    async for chunk in request.body:
         total += len(chunk)
         if total > limit:
             raise errors.PayloadTooLarge(f"request body is over {limit} bytes")

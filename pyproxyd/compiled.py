@@ -43,6 +43,12 @@ PACKAGE = Path(__file__).resolve().parent  # this module is never compiled: a tr
 IN_CHECKOUT = (PACKAGE.parent / "setup.py").exists()
 
 
+def source(name: str, package: Path = PACKAGE) -> Path:
+    """The .py file of module `name` (pyproxyd.x.y) under `package`."""
+    *folders, stem = name.split(".")[1:]
+    return package.joinpath(*folders, f"{stem}.py")
+
+
 def status(
     modules: tuple[str, ...] = MODULES, package: Path = PACKAGE, checkout: bool = IN_CHECKOUT
 ) -> tuple[list[str], list[str]]:
@@ -56,11 +62,9 @@ def status(
         if spec is None or not isinstance(spec.loader, ExtensionFileLoader):
             continue
         compiled.append(name)
-        *folders, stem = name.split(".")[1:]
-        where = package.joinpath(*folders)
-        source = where / f"{stem}.py"
-        builds = list(where.glob(f"{stem}.*.so")) + list(where.glob(f"{stem}.*.pyd"))
+        py = source(name, package)
+        builds = list(py.parent.glob(f"{py.stem}.*.so")) + list(py.parent.glob(f"{py.stem}.*.pyd"))
         built = max((b.stat().st_mtime for b in builds), default=None)
-        if checkout and built is not None and source.exists() and source.stat().st_mtime > built:
+        if checkout and built is not None and py.exists() and py.stat().st_mtime > built:
             stale.append(name)
     return compiled, stale

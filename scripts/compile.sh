@@ -12,11 +12,10 @@
 set -euo pipefail
 
 # shellcheck source=scripts/test.sh
-source "$(dirname "${BASH_SOURCE[0]}")/test.sh" # REPO, VENV, setup_venv, apt_install; runs nothing
+source "$(dirname "${BASH_SOURCE[0]}")/test.sh" # REPO, VENV, setup_venv, apt_install, compiled_files; runs nothing
 
 clean() {
-  # the modules' .so files and mypyc's shared one at the top of the checkout
-  find "$REPO" -maxdepth 3 -name '*.so' -not -path "$REPO/.venv/*" -delete
+  compiled_files | xargs -r rm -f
   rm -rf "$REPO/build"
 }
 

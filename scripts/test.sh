@@ -36,6 +36,9 @@ find_python() {
 
 as_root() { [ "$(id -u)" -eq 0 ]; }
 
+# The mypyc build's files (scripts/compile.sh): extensions inside the package.
+compiled_files() { find "$REPO/pyproxyd" \( -name '*.so' -o -name '*.pyd' \); }
+
 apt_updated=0
 apt_install() {
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -124,7 +127,7 @@ main() {
   # by mypyc (scripts/compile.sh), which is how the benchmarks run it. The
   # checkout is left as it was found, compiled or not.
   local had_build=0
-  [ -n "$(find "$REPO" -maxdepth 3 -name '*.so' -not -path "$REPO/.venv/*" | head -1)" ] && had_build=1
+  [ -n "$(compiled_files)" ] && had_build=1
   bash "$REPO/scripts/compile.sh" --clean
   say "pytest -q $* (pure Python)"
   PYPROXYD_EXPECT_COMPILED=0 pytest -q "$@" || failed+=("pytest")

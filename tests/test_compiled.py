@@ -18,8 +18,7 @@ def test_every_listed_module_exists_and_has_no_async_generator() -> None:
     import ast
 
     for name in compiled.MODULES:
-        *folders, stem = name.split(".")[1:]
-        source = compiled.PACKAGE.joinpath(*folders, f"{stem}.py").read_text()
+        source = compiled.source(name).read_text()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.AsyncFunctionDef):
                 yields = [n for n in ast.walk(node) if isinstance(n, ast.Yield | ast.YieldFrom)]

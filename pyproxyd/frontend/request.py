@@ -84,14 +84,11 @@ class RequestBody:
             if not w.done():
                 w.set_result(None)
 
-    def chunks(self) -> RequestBody:
+    def __aiter__(self) -> RequestBody:
         """Each chunk as soon as it is in (several arrived ones are joined).
 
         The body is its own async iterator rather than an async generator:
         mypyc compiles this module and has no async generators."""
-        return self
-
-    def __aiter__(self) -> RequestBody:
         return self
 
     async def __anext__(self) -> bytes:
