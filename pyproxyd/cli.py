@@ -97,7 +97,7 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     from . import sdnotify
     from .reload import Reloader
     from .server import Gateway
-    from .supervisor import WORKER_ENV, Supervisor
+    from .supervisor import WORKER_ENV, Supervisor, stop_with_supervisor
 
     worker = os.environ.get(WORKER_ENV) is not None
     workers = loaded.config.server.workers or (os.cpu_count() or 1)
@@ -113,6 +113,8 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    if worker:
+        stop_with_supervisor(stop.set)
     # A worker is told to reload by its supervisor; a single process watches itself.
     watcher = asyncio.create_task(reloader.watch(stop)) if watch and not worker else None
     sdnotify.ready()

@@ -6,6 +6,7 @@ format `pyproxyd validate` prints and a failed reload logs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -154,14 +155,25 @@ def load(path: str | Path) -> Loaded:
     return Loaded(cfg, p.resolve(), digest.hexdigest())
 
 
-def _read_by_compile(cfg: Config, folder: Path) -> list[bytes]:
+def inputs(cfg: Config, folder: Path) -> list[Path]:
+    """The files besides gateway.toml that a compile reads (relative to its folder)."""
     jwt = cfg.auth.jwt
     if jwt is None or not jwt.jwks_file:
         return []
-    try:
-        return [(folder / jwt.jwks_file).read_bytes()]
-    except OSError:
-        return []  # compile reports it, with the path
+    return [folder / jwt.jwks_file]
+
+
+def watched(loaded: Loaded) -> list[Path]:
+    """Every file whose change should reload `loaded`: the file and its inputs."""
+    return [loaded.path, *inputs(loaded.config, loaded.path.parent)]
+
+
+def _read_by_compile(cfg: Config, folder: Path) -> list[bytes]:
+    out = []
+    for path in inputs(cfg, folder):
+        with contextlib.suppress(OSError):  # compile reports it, with the path
+            out.append(path.read_bytes())
+    return out
 
 
 def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:

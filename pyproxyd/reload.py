@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-import watchfiles
 
 from . import sdnotify
 from .compile import compile_snapshot, unsupported
-from .config_load import ConfigError, load
+from .config_load import ConfigError, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
+from .watch import watch
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -33,29 +31,8 @@ class Reloader:
         self._tasks: set[asyncio.Task[bool]] = set()
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Reload when the file changes on disk.
-
-        Watches the folder, not the file: an editor's atomic save (write a
-        temp file, rename it over) replaces the inode, after which a watch on
-        the file itself goes silent (field notes). Any event naming the file
-        triggers a re-read; an unchanged digest makes it a no-op.
-        """
-        assert self.gateway.holder is not None
-        path = Path(self.gateway.holder.current.file)
-        name = path.name
-
-        def relevant(change: watchfiles.Change, changed: str) -> bool:
-            return Path(changed).name == name
-
-        async for _ in watchfiles.awatch(
-            path.parent,
-            watch_filter=relevant,
-            stop_event=stop,
-            debounce=400,
-            step=50,
-            recursive=False,
-        ):
-            await self.reload()
+        """Reload when the file, or a file it reads (jwks_file), changes on disk."""
+        await watch(lambda: watched(self.gateway.loaded), self.reload, stop)
 
     def trigger(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload())

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,31 @@ from aiohttp import web
 
 from . import sdnotify
 from .compile import compile_snapshot, unsupported
-from .config_load import ConfigError, Loaded, load
+from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
 from .server import bind
+from .watch import watch
 
 WORKER_ENV = "PYPROXYD_WORKER"
+SUPERVISOR_ENV = "PYPROXYD_SUPERVISOR"
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_supervisor(stop: Callable[[], None]) -> None:
+    """In a worker: when the supervisor dies (SIGKILL, OOM killer), stop gracefully.
+
+    An orphaned worker would go on serving its SO_REUSEPORT listeners beside a
+    restarted supervisor's workers, on an old config and unsupervised. Linux
+    sends the worker SIGTERM when its parent dies; a parent already gone
+    before the request was made is seen as a different parent PID.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != os.environ.get(SUPERVISOR_ENV):
+        stop()
+
+
 log = get_logger("pyproxyd.supervisor")
 
 BACKOFF_START, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
@@ -91,7 +111,14 @@ class Supervisor:
     async def _keep_running(self, w: Worker) -> None:
         loop = asyncio.get_running_loop()
         while not self.stopping:
-            env = dict(os.environ, **{WORKER_ENV: str(w.index), "NOTIFY_SOCKET": self._notify_path})
+            env = dict(
+                os.environ,
+                **{
+                    WORKER_ENV: str(w.index),
+                    SUPERVISOR_ENV: str(os.getpid()),
+                    "NOTIFY_SOCKET": self._notify_path,
+                },
+            )
             w.ready = False
             w.started_at = loop.time()
             w.proc = await asyncio.create_subprocess_exec(
@@ -145,18 +172,7 @@ class Supervisor:
     # ---------------------------------------------------------------- reload
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        import watchfiles
-
-        path = Path(self.loaded.path)
-
-        def relevant(change: watchfiles.Change, changed: str) -> bool:
-            return Path(changed).name == path.name
-
-        async for _ in watchfiles.awatch(
-            path.parent, watch_filter=relevant, stop_event=stop, debounce=400, step=50,
-            recursive=False,
-        ):  # fmt: skip
-            await self.reload()
+        await watch(lambda: watched(self.loaded), self.reload, stop)
 
     async def reload(self) -> None:
         """Validate first, so a bad file is reported once and no worker tries it."""

@@ -7,12 +7,15 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from tests.auth.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
 from tests.backends import Backend, wait_for
-from tests.gateway import GatewayProcess, free_port
+from tests.gateway import GatewayProcess, alive, children, free_port
 
 BASE = """
 [server]
@@ -124,6 +127,43 @@ async def test_invalid_edit_keeps_the_old_config_and_reports_it(tmp_path: Path) 
         assert '"event":"config_reload_failed"' in log.replace(" ", "")
 
 
+JWT = f"""
+[auth.jwt]
+algorithms = ["RS256"]
+jwks_file = "keys/jwks.json"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_changed_jwks_file_alone_is_seen_by_the_watcher(
+    tmp_path: Path, workers: int
+) -> None:
+    """jwks_file lives in another folder than the config; rotating it reloads."""
+    keys = tmp_path / "keys" / "jwks.json"
+    keys.parent.mkdir()
+    keys.write_text(json.dumps(jwks(public_jwk(rsa_key(), "rsa-1"))))
+    rotated = sign(rsa_key("next"), "RS256", claims(time.time()), "rsa-2")
+    bearer = {"Authorization": f"Bearer {rotated}"}
+    async with Backend() as b:
+        st = Setup(tmp_path, b, workers=workers)
+        text = st.base.replace("[upstreams.app]", JWT + "[upstreams.app]")
+        st.path.write_text(text.replace('upstream = "app"', 'upstream = "app"\nauth = "jwt"', 1))
+        async with GatewayProcess(st.path) as gw:
+            await gw.wait_ready(st.admin, timeout=20)
+            async with aiohttp.ClientSession(headers=bearer) as s:
+                assert await status_of(s, st.url("/a/echo")) == 401  # rsa-2 not known yet
+            tmp = keys.with_suffix(".tmp")
+            doc = jwks(public_jwk(rsa_key(), "rsa-1"), public_jwk(rsa_key("next"), "rsa-2"))
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, keys)  # the config file is not touched
+            for _ in range(10):  # fresh connections: with two workers, both have it
+                async with aiohttp.ClientSession(headers=bearer) as fresh:
+                    await eventually_status(fresh, st.url("/a/echo"), 200, within=3.0)
+            assert await gw.stop() == 0
+
+
 async def test_sighup_reloads(tmp_path: Path) -> None:
     async with Backend() as b:
         st = Setup(tmp_path, b)
@@ -223,7 +263,7 @@ async def test_two_workers_serve_survive_a_kill_and_reload_together(tmp_path: Pa
             await gw.wait_ready(st.admin, timeout=20)
             async with s.get(f"http://127.0.0.1:{st.admin}/readyz") as r:
                 assert (await r.json())["ready_workers"] == 2
-            pids = _children(gw.proc.pid)  # type: ignore[union-attr]
+            pids = children(gw.proc.pid)  # type: ignore[union-attr]
             assert len(pids) == 2
             # fresh connections spread over both workers via SO_REUSEPORT; all succeed
             for _ in range(20):
@@ -245,8 +285,8 @@ async def test_two_workers_serve_survive_a_kill_and_reload_together(tmp_path: Pa
                 await asyncio.sleep(0.1)
             assert line in texts[-1]
             os.kill(pids[0], signal.SIGKILL)
-            await wait_for(lambda: len(_children(gw.proc.pid)) == 2 and  # type: ignore[union-attr]
-                           pids[0] not in _children(gw.proc.pid), timeout=10)  # type: ignore[union-attr]  # fmt: skip
+            await wait_for(lambda: len(children(gw.proc.pid)) == 2 and  # type: ignore[union-attr]
+                           pids[0] not in children(gw.proc.pid), timeout=10)  # type: ignore[union-attr]  # fmt: skip
             await gw.wait_ready(st.admin, timeout=20)
             st.save_atomically(st.base + ROUTE_B)
             for _ in range(20):  # every worker has the new route
@@ -255,18 +295,15 @@ async def test_two_workers_serve_survive_a_kill_and_reload_together(tmp_path: Pa
             assert await gw.stop() == 0
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def _unused() -> None:
-    json.dumps({})
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """No orphan keeps serving the port unsupervised (PR_SET_PDEATHSIG)."""
+    async with Backend() as b:
+        st = Setup(tmp_path, b, workers=2)
+        async with GatewayProcess(st.path) as gw:
+            await gw.wait_ready(st.admin, timeout=20)
+            pids = children(gw.proc.pid)  # type: ignore[union-attr]
+            assert len(pids) == 2
+            gw.proc.kill()  # type: ignore[union-attr]
+            await wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10)
+            with socket.socket() as sock:  # nobody listens any more
+                assert sock.connect_ex(("127.0.0.1", st.port)) != 0
