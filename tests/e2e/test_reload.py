@@ -304,6 +304,10 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
             pids = children(gw.proc.pid)  # type: ignore[union-attr]
             assert len(pids) == 2
             gw.proc.kill()  # type: ignore[union-attr]
-            await wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10)
+            try:
+                await wait_for(lambda: not any(alive(pid) for pid in pids), timeout=10)
+            finally:  # orphans of a failed run would outlive the test
+                for pid in filter(alive, pids):
+                    os.kill(pid, signal.SIGKILL)
             with socket.socket() as sock:  # nobody listens any more
                 assert sock.connect_ex(("127.0.0.1", st.port)) != 0
