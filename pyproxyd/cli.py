@@ -86,8 +86,13 @@ def run(path: str, no_watch: bool) -> None:
         # metrics must go to files the supervisor's /metrics can add up.
         multiproc_dir = tempfile.mkdtemp(prefix="pyproxyd-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    from .server import CannotStart
+
     try:
         asyncio.run(_serve(loaded, watch=not no_watch))
+    except CannotStart as e:
+        click.echo(f"{path}: {e}", err=True)
+        sys.exit(1)
     finally:
         if multiproc_dir is not None:
             shutil.rmtree(multiproc_dir, ignore_errors=True)

@@ -394,6 +394,22 @@ def _rule(r: RouteConfig, route: Route) -> RouteRule:
     )
 
 
+def _tls(cert: str, key: str) -> ssl.SSLContext:
+    """The listener's TLS context, loaded by every compile: a reload serves a renewed
+    certificate, and a pair that does not load is refused before it is swapped in."""
+    for field, path in (("cert", cert), ("key", key)):
+        try:
+            open(path, "rb").close()  # load_cert_chain does not say which file is missing
+        except OSError as e:
+            raise ValueError(f"server.tls.{field}: cannot read {path}: {e.strerror}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        raise ValueError(f"server.tls: {cert} and {key} do not load: {e.reason or e}") from None
+    return context
+
+
 def _rel(loaded: Loaded, path: str) -> str:
     # Relative paths in the config are relative to the config file's folder.
     return str(loaded.path.parent / path)
@@ -425,7 +441,7 @@ def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapsh
             keepalive_timeout=s.keepalive_timeout,
             graceful_timeout=s.graceful_timeout,
             max_header_size=s.max_header_size,
-            tls=(_rel(loaded, s.tls.cert), _rel(loaded, s.tls.key)) if s.tls else None,
+            tls=_tls(_rel(loaded, s.tls.cert), _rel(loaded, s.tls.key)) if s.tls else None,
         ),
         admin_listen=cfg.admin.listen,
         admin_token_env=cfg.admin.token_env,

@@ -112,7 +112,9 @@ class ServerConfig(Model):
         8190, description="longest request line or header line accepted; a longer one gets 431"
     )
     tls: TLSConfig | None = Field(
-        None, description="serve HTTPS with this certificate and key; plain HTTP when absent"
+        None,
+        description="serve HTTPS with this certificate and key; plain HTTP when absent. "
+        "The files are watched: a renewed pair is served without a restart",
     )
 
     @field_validator("listen")

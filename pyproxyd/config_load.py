@@ -157,10 +157,12 @@ def load(path: str | Path) -> Loaded:
 
 def inputs(cfg: Config, folder: Path) -> list[Path]:
     """The files besides gateway.toml that a compile reads (relative to its folder)."""
-    jwt = cfg.auth.jwt
-    if jwt is None or not jwt.jwks_file:
-        return []
-    return [folder / jwt.jwks_file]
+    out = []
+    if cfg.server.tls is not None:
+        out += [folder / cfg.server.tls.cert, folder / cfg.server.tls.key]
+    if cfg.auth.jwt is not None and cfg.auth.jwt.jwks_file:
+        out.append(folder / cfg.auth.jwt.jwks_file)
+    return out
 
 
 def watched(loaded: Loaded) -> list[Path]:

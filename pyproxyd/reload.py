@@ -112,6 +112,8 @@ def _fixed_settings(current: object, cfg: object) -> list[str]:
         out.append("server.listen")
     if cfg.server.workers != current.server.workers:
         out.append("server.workers")
+    if (cfg.server.tls is None) != (current.server.tls is None):
+        out.append("server.tls")  # a listener cannot start or stop speaking TLS
     if cfg.admin.listen != current.admin_listen:
         out.append("admin.listen")
     return out

@@ -48,7 +48,11 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def bind(addr: str, *, reuse_port: bool = False) -> socket.socket:
+class CannotStart(Exception):
+    """What keeps the gateway from starting, led by the setting to blame."""
+
+
+def bind(addr: str, *, key: str, reuse_port: bool = False) -> socket.socket:
     host, port = split_host_port(addr)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -57,10 +61,21 @@ def bind(addr: str, *, reuse_port: bool = False) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CannotStart(f"{key}: cannot listen on {addr}: {e.strerror}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def compile_or_refuse(loaded: Loaded) -> Snapshot:
+    try:
+        return compile_snapshot(loaded)
+    except ValueError as e:  # a file the config names does not load (TLS pair, jwks_file)
+        raise CannotStart(f"(compile): {e}") from None
 
 
 class Gateway:
@@ -86,8 +101,21 @@ class Gateway:
         assert self.holder is not None
         return self.holder.current
 
+    def _current_certificate(
+        self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        """Hand each handshake the certificate of the current snapshot.
+
+        A listener keeps the context it was created with; a reload compiles a
+        new one, and OpenSSL's servername callback (called with or without
+        SNI) is where a handshake may still change context.
+        """
+        current = self.snapshot.server.tls
+        if current is not None and current is not context:
+            conn.context = current
+
     async def start(self) -> None:
-        snap = compile_snapshot(self.loaded)
+        snap = compile_or_refuse(self.loaded)
         self.holder = SnapshotHolder(snap)
         self.holder.activate()  # health checkers; a reload's swap activates its snapshot
         s = snap.server
@@ -102,13 +130,12 @@ class Gateway:
             max_header_size=s.max_header_size,
         )
         self._http.start()
-        context = None
-        if s.tls is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(*s.tls)
+        context = s.tls
+        if context is not None:
+            context.sni_callback = self._current_certificate
         loop = asyncio.get_running_loop()
         for addr in s.listen:
-            sock = bind(addr, reuse_port=self.reuse_port)
+            sock = bind(addr, key="server.listen", reuse_port=self.reuse_port)
             server = await loop.create_server(
                 self._http.protocol(context is not None), sock=sock, ssl=context
             )
@@ -148,7 +175,7 @@ class Gateway:
         app.router.add_get("/", self._status_page)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
-        sock = bind(listen)
+        sock = bind(listen, key="admin.listen")
         await web.SockSite(self._admin, sock).start()
         self.admin_port = sock.getsockname()[1]
 

@@ -11,6 +11,7 @@ those that have background work; dropping one calls its `aclose()`.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable, Container, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -128,7 +129,7 @@ class ServerSettings:
     keepalive_timeout: float
     graceful_timeout: float
     max_header_size: int
-    tls: tuple[str, str] | None
+    tls: ssl.SSLContext | None  # the certificate loaded by this compile
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
-from .server import bind
+from .server import bind, compile_or_refuse
 from .watch import watch
 
 WORKER_ENV = "PYPROXYD_WORKER"
@@ -82,6 +82,7 @@ class Supervisor:
     # ------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
+        compile_or_refuse(self.loaded)  # refused here once, not by every worker in a loop
         loop = asyncio.get_running_loop()
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()
@@ -214,7 +215,7 @@ class Supervisor:
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        sock = bind(self.loaded.config.admin.listen)
+        sock = bind(self.loaded.config.admin.listen, key="admin.listen")
         await web.SockSite(runner, sock).start()
         log.info("supervisor_listening", admin=sock.getsockname()[1],
                  workers=len(self.workers))  # fmt: skip

@@ -7,6 +7,8 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -151,3 +153,29 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def make_cert(cert: Path, key: Path, name: str = "localhost") -> bytes:
+    """A self-signed pair written to cert and key; returns the certificate (DER)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+async def served_cert(port: int, server_name: str | None = None) -> bytes:
+    """The certificate a new TLS connection is shown (DER), with or without SNI."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname=server_name or ""
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+    assert der is not None
+    return der

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +97,42 @@ def test_validate_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     r = cli("validate", "-c", str(tmp_path / "nope.toml"))
     assert r.returncode == 1
     assert "cannot read" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_validate_loads_the_tls_certificate(tmp_path: Path) -> None:
+    p = tmp_path / "gateway.toml"
+    p.write_text(BASIC.replace("[server]", '[server]\ntls = { cert = "a.crt", key = "a.key" }'))
+    r = cli("validate", "-c", str(p))
+    assert r.returncode == 1
+    assert f"server.tls.cert: cannot read {tmp_path / 'a.crt'}: No such file" in r.stderr
+    (tmp_path / "a.crt").write_text("not a certificate")
+    (tmp_path / "a.key").write_text("not a key")
+    r = cli("validate", "-c", str(p))
+    assert r.returncode == 1
+    assert "server.tls: " in r.stderr and "do not load" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_run_names_what_keeps_it_from_starting(tmp_path: Path) -> None:
+    """A certificate that does not load, a port in use: one line, exit 1, no traceback."""
+    p = tmp_path / "gateway.toml"
+    p.write_text(BASIC.replace("[server]", '[server]\ntls = { cert = "a.crt", key = "a.key" }'))
+    (tmp_path / "a.crt").write_text("not a certificate")
+    (tmp_path / "a.key").write_text("not a key")
+    r = cli("run", "-c", str(p))
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"{p}: (compile): server.tls: ")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p.write_text(re.sub(r'listen = \["[^"]*"\]', f'listen = ["127.0.0.1:{port}"]', BASIC))
+        r = cli("run", "-c", str(p))
+    assert r.returncode == 1
+    assert f"{p}: server.listen: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        r.stderr
+    )
     assert "Traceback" not in r.stderr
 
 

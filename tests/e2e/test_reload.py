@@ -15,7 +15,7 @@ import pytest
 
 from tests.auth.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
 from tests.backends import Backend, wait_for
-from tests.gateway import GatewayProcess, alive, children, free_port
+from tests.gateway import GatewayProcess, alive, children, free_port, make_cert, served_cert
 
 BASE = """
 [server]
@@ -161,6 +161,36 @@ async def test_a_changed_jwks_file_alone_is_seen_by_the_watcher(
             for _ in range(10):  # fresh connections: with two workers, both have it
                 async with aiohttp.ClientSession(headers=bearer) as fresh:
                     await eventually_status(fresh, st.url("/a/echo"), 200, within=3.0)
+            assert await gw.stop() == 0
+
+
+async def test_a_renewed_certificate_is_picked_up_without_touching_the_config(
+    tmp_path: Path,
+) -> None:
+    """certbot's layout: live/*.pem are symlinks, renewal swaps them for new targets."""
+    live, archive = tmp_path / "live", tmp_path / "archive"
+    live.mkdir()
+    archive.mkdir()
+    first = make_cert(archive / "cert1.pem", archive / "key1.pem", "first")
+    for name, target in (("fullchain.pem", "cert1.pem"), ("privkey.pem", "key1.pem")):
+        (live / name).symlink_to(Path("..") / "archive" / target)
+    async with Backend() as b:
+        st = Setup(tmp_path, b)
+        tls = 'tls = { cert = "live/fullchain.pem", key = "live/privkey.pem" }\n'
+        st.path.write_text(st.base.replace("[admin]", tls + "[admin]"))
+        async with GatewayProcess(st.path) as gw:
+            await gw.wait_ready(st.admin)
+            assert await served_cert(st.port) == first
+            renewed = make_cert(archive / "cert2.pem", archive / "key2.pem", "renewed")
+            for name, target in (("privkey.pem", "key2.pem"), ("fullchain.pem", "cert2.pem")):
+                tmp = live / f"{name}.new"
+                tmp.symlink_to(Path("..") / "archive" / target)
+                os.replace(tmp, live / name)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3
+            while await served_cert(st.port) != renewed:
+                assert loop.time() < deadline, "the renewed certificate was not served in 3 s"
+                await asyncio.sleep(0.05)
             assert await gw.stop() == 0
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
-from tests.gateway import config, fetch, free_port, gateway, url
+from pyproxyd.reload import Reloader
+from tests.gateway import config, fetch, free_port, gateway, make_cert, served_cert, url
 
 DEAD = """
 [upstreams.dead]
@@ -144,16 +145,13 @@ async def test_several_listeners_and_ipv6(tmp_path: Path) -> None:
         pytest.fail(f"IPv6 loopback unavailable: {e}")
 
 
+TLS = 'tls = { cert = "tls.crt", key = "tls.key" }'
+
+
 async def test_tls_listener(tmp_path: Path) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    toml = config(
-        DEAD.format(port=free_port()), server='tls = { cert = "tls.crt", key = "tls.key" }'
-    )
+    make_cert(cert, key)
+    toml = config(DEAD.format(port=free_port()), server=TLS)
     async with gateway(tmp_path, toml) as gw:
         ctx = ssl.create_default_context(cafile=str(cert))
         ctx.check_hostname = False
@@ -163,6 +161,62 @@ async def test_tls_listener(tmp_path: Path) -> None:
         ):
             assert r.status == 404
             assert (await r.json())["error"] == "no_route"
+
+
+async def test_a_renewed_certificate_is_served_after_a_reload(tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    first = make_cert(cert, key, "first")
+    toml = config(DEAD.format(port=free_port()), server=TLS)
+    async with gateway(tmp_path, toml) as gw:
+        port = gw.ports[0]
+        assert await served_cert(port) == first
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+        writer.write(request)
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 404")
+        renewed = make_cert(cert, key, "renewed")  # gateway.toml is unchanged
+        assert await Reloader(gw).reload()
+        assert await served_cert(port) == renewed  # no SNI (an address)
+        assert await served_cert(port, "localhost") == renewed  # SNI
+        await reader.readuntil(b"}")  # the rest of the 404
+        writer.write(request)  # the connection made before goes on
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 404")
+        writer.close()
+
+
+async def test_a_certificate_that_does_not_load_keeps_the_old_one(tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    first = make_cert(cert, key, "first")
+    toml = config(DEAD.format(port=free_port()), server=TLS)
+    async with gateway(tmp_path, toml) as gw:
+        old_key = key.read_bytes()
+        make_cert(cert, key, "renewed")
+        key.write_bytes(old_key)  # the new certificate with the old key: a mismatch
+        reloader = Reloader(gw)
+        assert not await reloader.reload()
+        assert reloader.last_error is not None
+        assert "server.tls:" in reloader.last_error[0]
+        assert await served_cert(gw.ports[0]) == first
+        key.unlink()
+        assert not await reloader.reload()
+        assert reloader.last_error is not None
+        assert f"server.tls.key: cannot read {key}" in reloader.last_error[0]
+        assert await served_cert(gw.ports[0]) == first
+
+
+async def test_a_listener_cannot_start_speaking_tls_on_a_reload(tmp_path: Path) -> None:
+    make_cert(tmp_path / "tls.crt", tmp_path / "tls.key")
+    plain = config(DEAD.format(port=free_port()))
+    async with gateway(tmp_path, plain) as gw:
+        (tmp_path / "gateway.toml").write_text(config(DEAD.format(port=free_port()), server=TLS))
+        with capture_logs() as logs:
+            assert await Reloader(gw).reload()  # the rest of the file applies
+        restart = [e for e in logs if e["event"] == "config_change_needs_restart"]
+        assert [e["setting"] for e in restart] == ["server.tls"]
+        status, _, _ = await fetch(url(gw, "/x"))  # still plain HTTP
+        assert status == 404
 
 
 async def test_admin_token_guards_admin_endpoints(
