@@ -59,10 +59,28 @@ def validate(path: str) -> None:
 @click.option("--no-watch", is_flag=True, help="reload on SIGHUP only, not on file changes")
 def run(path: str, no_watch: bool) -> None:
     """Run the gateway in the foreground."""
+    loaded = _load_or_exit(path)
+    multiproc_dir = None
+    if (loaded.config.server.workers or os.cpu_count() or 1) > 1 and not os.environ.get(
+        "PYPROXYD_WORKER"
+    ):
+        # prometheus-client picks its storage when first imported (compile
+        # imports it): the workers' metrics and the supervisor's own must go to
+        # files that the supervisor's /metrics adds up.
+        multiproc_dir = tempfile.mkdtemp(prefix="pyproxyd-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    try:
+        _run(loaded, path, watch=not no_watch)
+    finally:
+        if multiproc_dir is not None:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+
+def _run(loaded: Loaded, path: str, *, watch: bool) -> None:
     from .compile import unsupported
     from .observe.logging import configure
+    from .server import CannotStart
 
-    loaded = _load_or_exit(path)
     problems = unsupported(loaded.config)
     if problems:
         for p in problems:
@@ -78,24 +96,11 @@ def run(path: str, no_watch: bool) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
-    multiproc_dir = None
-    if (loaded.config.server.workers or os.cpu_count() or 1) > 1 and not os.environ.get(
-        "PYPROXYD_WORKER"
-    ):
-        # prometheus-client picks its storage when first imported: the workers'
-        # metrics must go to files the supervisor's /metrics can add up.
-        multiproc_dir = tempfile.mkdtemp(prefix="pyproxyd-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-    from .server import CannotStart
-
     try:
-        asyncio.run(_serve(loaded, watch=not no_watch))
+        asyncio.run(_serve(loaded, watch=watch))
     except CannotStart as e:
         click.echo(f"{path}: {e}", err=True)
         sys.exit(1)
-    finally:
-        if multiproc_dir is not None:
-            shutil.rmtree(multiproc_dir, ignore_errors=True)
 
 
 async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
@@ -111,7 +116,7 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
         return
     gateway = Gateway(loaded, admin=not worker, reuse_port=worker)
     await gateway.start()
-    reloader = Reloader(gateway)
+    reloader = Reloader(gateway, counted=not worker)
     gateway.reloader = reloader
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

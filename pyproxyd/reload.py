@@ -22,8 +22,11 @@ log = get_logger("pyproxyd.reload")
 
 
 class Reloader:
-    def __init__(self, gateway: Gateway):
+    def __init__(self, gateway: Gateway, *, counted: bool = True):
         self.gateway = gateway
+        # A worker's reloads are its supervisor's to count: it validated them
+        # first, and the workers' counters would add up to N per reload.
+        self.counted = counted
         self.last_error: list[str] | None = None
         self.successes = 0
         self.failures = 0
@@ -91,6 +94,8 @@ class Reloader:
         gw.loaded = loaded
         self.last_error = None
         self.successes += 1
+        if self.counted:
+            metrics.reloads("success")
         sdnotify.ready()
         log.info("config_reloaded", file=current.file, digest=loaded.digest, routes=len(new.routes))
         return True
@@ -98,7 +103,8 @@ class Reloader:
     def _failed(self, file: str, lines: list[str]) -> None:
         self.last_error = lines
         self.failures += 1
-        metrics.reloads("error")
+        if self.counted:
+            metrics.reloads("error")
         log.error("config_reload_failed", file=file, errors=lines)
 
 

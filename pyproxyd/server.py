@@ -1,4 +1,4 @@
-"""Listeners, the admin endpoints, signals and graceful drain.
+"""Listeners, the admin listener, signals and graceful drain.
 
 `Gateway` is what both `pyproxyd run` and the end-to-end tests start: a real
 server on real sockets (port 0 works), in the current event loop.
@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
-import os
 import socket
 import ssl
 from typing import Any
 
 from aiohttp import web
 
-from . import errors
+from .admin import Admin, Reloads
 from .compile import compile_snapshot
 from .compiled import status as compiled_status
 from .config_load import Loaded
@@ -25,22 +23,10 @@ from .frontend.connection import Frontend
 from .observe import metrics
 from .observe.logging import AccessLog, get_logger
 from .proxy import Proxy
-from .resilience.view import upstreams_view
 from .snapshot import Snapshot, SnapshotHolder
-from .tracing import new_id
 from .upstream.pool import TargetPool
 
 log = get_logger("pyproxyd.server")
-
-
-def error_response(err: errors.GatewayError, rid: str) -> web.Response:
-    """An error of the admin listener (aiohttp), rendered like the proxy's."""
-    return web.Response(
-        status=err.status,
-        body=errors.render(err, rid),
-        content_type="application/json",
-        headers={"X-Request-ID": rid, **err.headers},
-    )
 
 
 def split_host_port(addr: str) -> tuple[str, int]:
@@ -165,88 +151,27 @@ class Gateway:
             )
 
     async def _start_admin(self, listen: str) -> None:
-        app = web.Application(middlewares=[self._admin_auth])
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/admin/config", self._config)
-        app.router.add_get("/admin/routes", self._routes)
-        app.router.add_get("/admin/upstreams", self._upstreams)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/", self._status_page)
-        self._admin = web.AppRunner(app, access_log=None)
+        self._admin = web.AppRunner(Admin(self).app, access_log=None)
         await self._admin.setup()
         sock = bind(listen, key="admin.listen")
         await web.SockSite(self._admin, sock).start()
         self.admin_port = sock.getsockname()[1]
 
-    @web.middleware
-    async def _admin_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """/admin/* wants `Authorization: Bearer <token>` when admin.token_env is set."""
-        env = self.snapshot.admin_token_env
-        if env and request.path.startswith("/admin/"):
-            token = os.environ.get(env, "")
-            given = request.headers.get("Authorization", "")
-            if not token or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                err = errors.Unauthorized("admin endpoints need the bearer token")
-                resp = error_response(err, new_id())
-                resp.headers["WWW-Authenticate"] = 'Bearer realm="pyproxyd-admin"'
-                return resp
-        return await handler(request)
+    # AdminSource: what the admin endpoints of a serving process answer
+    def admin_snapshot(self) -> Snapshot:
+        return self.snapshot
 
-    async def _status_page(self, request: web.Request) -> web.Response:
-        """observe/status.html: one self-contained page that polls the endpoints here.
-        Open, like /metrics; its script sends `?token=` as the bearer token to /admin/*."""
-        from importlib.resources import files
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.ready, {"status": "ready" if self.ready else "draining"}
 
-        return web.Response(
-            body=files("pyproxyd.observe").joinpath("status.html").read_bytes(),
-            content_type="text/html",
-            charset="utf-8",
-            headers={
-                "Cache-Control": "no-store",
-                "Referrer-Policy": "no-referrer",
-                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; frame-ancestors 'none'",
-            },
-        )
+    def reloads(self) -> Reloads:
+        r = self.reloader
+        if r is None:
+            return Reloads(None, 0, 0)
+        return Reloads(r.last_error, r.successes, r.failures)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        if self.ready:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "draining"}, status=503)
-
-    async def _config(self, request: web.Request) -> web.Response:
-        snap = self.snapshot
-        reloader = self.reloader
-        return web.json_response(
-            {
-                "file": snap.file,
-                "sha256": snap.digest,
-                "loaded_at": snap.loaded_at,
-                "routes": len(snap.routes),
-                "upstreams": len(snap.upstreams),
-                "last_reload_error": reloader.last_error if reloader is not None else None,
-                "reloads": {
-                    "success": reloader.successes if reloader is not None else 0,
-                    "error": reloader.failures if reloader is not None else 0,
-                },
-            }
-        )
-
-    async def _metrics(self, request: web.Request) -> web.Response:
+    def before_scrape(self) -> None:
         self.sampler.sample(self.snapshot)
-        body, content_type = metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    async def _routes(self, request: web.Request) -> web.Response:
-        return web.json_response({"routes": self.snapshot.router.table()})
-
-    async def _upstreams(self, request: web.Request) -> web.Response:
-        now = asyncio.get_running_loop().time()
-        return web.json_response({"upstreams": upstreams_view(self.snapshot, now)})
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within graceful_timeout."""

@@ -24,11 +24,13 @@ from typing import Any
 from aiohttp import web
 
 from . import sdnotify
+from .admin import Admin, Reloads
 from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
 from .server import bind, compile_or_refuse
+from .snapshot import Snapshot
 from .watch import watch
 
 WORKER_ENV = "PYPROXYD_WORKER"
@@ -70,7 +72,9 @@ class Supervisor:
         self.watch = watch
         self.workers = [Worker(i) for i in range(workers)]
         self.stopping = False
+        self.snapshot: Snapshot | None = None  # the last config validated, for /admin/*
         self.last_error: list[str] | None = None
+        self.successes = self.failures = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="pyproxyd-")
         self._notify_path = str(Path(self._tmp.name) / "notify.sock")
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -82,7 +86,7 @@ class Supervisor:
     # ------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        compile_or_refuse(self.loaded)  # refused here once, not by every worker in a loop
+        self.snapshot = compile_or_refuse(self.loaded)  # once, not by every worker in a loop
         loop = asyncio.get_running_loop()
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()
@@ -182,21 +186,20 @@ class Supervisor:
             problems = unsupported(loaded.config)
             if problems:
                 raise ConfigError(str(self.loaded.path), problems)
-            await asyncio.to_thread(compile_snapshot, loaded)
+            snapshot = await asyncio.to_thread(compile_snapshot, loaded)
         except ConfigError as e:
-            self.last_error = e.lines()
-            metrics.reloads("error")
-            log.error("config_reload_failed", file=str(self.loaded.path), errors=e.lines())
+            self._failed(e.lines())
             return
         except (ValueError, OSError) as e:
-            self.last_error = [f"{self.loaded.path}: (compile): {e}"]
-            log.error("config_reload_failed", file=str(self.loaded.path), errors=self.last_error)
+            self._failed([f"{self.loaded.path}: (compile): {e}"])
             return
         if loaded.digest == self.loaded.digest:
             self.last_error = None
             return
-        self.loaded = loaded
+        self.loaded, self.snapshot = loaded, snapshot
         self.last_error = None
+        self.successes += 1
+        metrics.reloads("success")
         sdnotify.reloading()
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
@@ -206,14 +209,16 @@ class Supervisor:
         log.info("config_reloaded", file=str(self.loaded.path), digest=loaded.digest,
                  workers=len(self.workers))  # fmt: skip
 
+    def _failed(self, lines: list[str]) -> None:
+        self.last_error = lines
+        self.failures += 1
+        metrics.reloads("error")
+        log.error("config_reload_failed", file=str(self.loaded.path), errors=lines)
+
     # ----------------------------------------------------------------- admin
 
     async def _start_admin(self) -> web.AppRunner:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(Admin(self, upstreams=False).app, access_log=None)
         await runner.setup()
         sock = bind(self.loaded.config.admin.listen, key="admin.listen")
         await web.SockSite(runner, sock).start()
@@ -221,16 +226,20 @@ class Supervisor:
                  workers=len(self.workers))  # fmt: skip
         return runner
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body, content_type = metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
+    # AdminSource: the supervisor answers for its workers
+    def admin_snapshot(self) -> Snapshot:
+        assert self.snapshot is not None
+        return self.snapshot
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
         ready = [w.ready for w in self.workers]
         body = {"ready_workers": sum(ready), "workers": len(ready)}
         if not self.stopping and all(ready):
-            return web.json_response({"status": "ready", **body})
-        return web.json_response({"status": "not_ready", **body}, status=503)
+            return True, {"status": "ready", **body}
+        return False, {"status": "not_ready", **body}
+
+    def reloads(self) -> Reloads:
+        return Reloads(self.last_error, self.successes, self.failures)
+
+    def before_scrape(self) -> None:
+        pass  # the workers flush theirs to the multiprocess files once a second

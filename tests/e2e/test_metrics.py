@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pyproxyd.reload import Reloader
 from tests.backends import Backend
 from tests.gateway import config, fetch, gateway, one_route, url
 
@@ -105,3 +106,22 @@ strip_prefix = 1
     count = "pyproxyd_upstream_response_seconds_count"
     assert value(new, count, upstream="flaky") - value(old, count, upstream="flaky") == 2
     assert value(new, "pyproxyd_requests_in_flight") == 0  # every proxied request finished
+
+
+async def test_config_reloads_are_counted_by_result(tmp_path: Path) -> None:
+    async with Backend() as b:
+        toml = config(one_route(b.url, "metered", "/m"))
+        async with gateway(tmp_path, toml) as gw:
+            metrics_url = f"http://127.0.0.1:{gw.admin_port}/metrics"
+            _, _, before = await fetch(metrics_url)
+            reloader = Reloader(gw)
+            (tmp_path / "gateway.toml").write_text(toml + "\n# edited\n")
+            assert await reloader.reload()
+            (tmp_path / "gateway.toml").write_text(toml + "[[routes]]\nid = 1\n")
+            assert not await reloader.reload()
+            assert not await reloader.reload()
+            _, _, after = await fetch(metrics_url)
+    old, new = before.decode(), after.decode()
+    for result, times in (("success", 1), ("error", 2)):
+        name = "pyproxyd_config_reloads_total"
+        assert value(new, name, result=result) - value(old, name, result=result) == times

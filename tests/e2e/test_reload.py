@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -341,3 +342,49 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
                     os.kill(pid, signal.SIGKILL)
             with socket.socket() as sock:  # nobody listens any more
                 assert sock.connect_ex(("127.0.0.1", st.port)) != 0
+
+
+async def test_a_supervisor_answers_admin_config_and_routes_and_counts_reloads_once(
+    tmp_path: Path,
+) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b, workers=2)
+        admin = f"http://127.0.0.1:{st.admin}"
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin, timeout=20)
+
+            async def get(path: str) -> tuple[int, Any]:
+                async with s.get(admin + path) as r:
+                    body = await r.json() if r.content_type == "application/json" else None
+                    return r.status, body
+
+            status, cfg = await get("/admin/config")
+            assert status == 200 and cfg["file"] == str(st.path.resolve())
+            assert cfg["last_reload_error"] is None
+            status, routes = await get("/admin/routes")
+            assert [r["id"] for r in routes["routes"]] == ["a"]
+            assert (await get("/admin/upstreams"))[0] == 404  # pools live in each worker
+
+            st.save_atomically(st.base + "[[routes]]\nid = 1\n")  # invalid
+            await wait_for_async(lambda: get("/admin/config"), lambda c: c[1]["last_reload_error"])
+            st.save_atomically(st.base + ROUTE_B)
+            await eventually_status(s, st.url("/b/echo"), 200, within=3.0)
+            _, cfg = await get("/admin/config")
+            assert cfg["last_reload_error"] is None
+            assert cfg["reloads"] == {"success": 1, "error": 1}
+            _, routes = await get("/admin/routes")
+            assert [r["id"] for r in routes["routes"]] == ["a", "b"]
+            async with s.get(admin + "/metrics") as r:
+                text = await r.text()
+            # once each: the two workers that reloaded too do not add theirs
+            assert 'pyproxyd_config_reloads_total{result="success"} 1.0' in text
+            assert 'pyproxyd_config_reloads_total{result="error"} 1.0' in text
+            assert await gw.stop() == 0
+
+
+async def wait_for_async(fetch: Any, done: Any, timeout: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done(await fetch()):
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)

@@ -1,0 +1,141 @@
+"""The admin listener (aiohttp): probes, /metrics, /admin/* and the status page.
+
+One serving process and a supervisor of workers both answer here; what differs
+is where the answers come from, which the `AdminSource` they pass says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from . import errors
+from .observe import metrics
+from .resilience.view import upstreams_view
+from .snapshot import Snapshot
+from .tracing import new_id
+
+
+def error_response(err: errors.GatewayError, rid: str) -> web.Response:
+    """An error of the admin listener, rendered like the proxy's."""
+    return web.Response(
+        status=err.status,
+        body=errors.render(err, rid),
+        content_type="application/json",
+        headers={"X-Request-ID": rid, **err.headers},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Reloads:
+    last_error: list[str] | None
+    successes: int
+    failures: int
+
+
+class AdminSource(Protocol):
+    def admin_snapshot(self) -> Snapshot:
+        """The config the answers describe: the one serving, or the one last validated."""
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready or not, and the body /readyz answers with."""
+
+    def reloads(self) -> Reloads: ...
+
+    def before_scrape(self) -> None:
+        """Bring the metrics up to date before /metrics renders them."""
+
+
+class Admin:
+    """The aiohttp app of the admin listener.
+
+    `upstreams`: /admin/upstreams shows pools and health, which live in the
+    process that serves; a supervisor's workers each have their own, so it
+    does not answer it (404, which the status page takes as "not here").
+    """
+
+    def __init__(self, source: AdminSource, *, upstreams: bool = True):
+        self.source = source
+        self.app = web.Application(middlewares=[self._auth])
+        routes = [
+            ("/healthz", self._healthz),
+            ("/readyz", self._readyz),
+            ("/metrics", self._metrics),
+            ("/admin/config", self._config),
+            ("/admin/routes", self._routes),
+            ("/", self._status_page),
+        ]
+        if upstreams:
+            routes.append(("/admin/upstreams", self._upstreams))
+        for path, handler in routes:
+            self.app.router.add_get(path, handler)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """/admin/* wants `Authorization: Bearer <token>` when admin.token_env is set."""
+        env = self.source.admin_snapshot().admin_token_env
+        if env and request.path.startswith("/admin/"):
+            token = os.environ.get(env, "")
+            given = request.headers.get("Authorization", "")
+            if not token or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                err = errors.Unauthorized("admin endpoints need the bearer token")
+                resp = error_response(err, new_id())
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="pyproxyd-admin"'
+                return resp
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        """observe/status.html: one self-contained page that polls the endpoints here.
+        Open, like /metrics; its script sends `?token=` as the bearer token to /admin/*."""
+        return web.Response(
+            body=files("pyproxyd.observe").joinpath("status.html").read_bytes(),
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; frame-ancestors 'none'",
+            },
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, body = self.source.readiness()
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _config(self, request: web.Request) -> web.Response:
+        snap = self.source.admin_snapshot()
+        reloads = self.source.reloads()
+        return web.json_response(
+            {
+                "file": snap.file,
+                "sha256": snap.digest,
+                "loaded_at": snap.loaded_at,
+                "routes": len(snap.routes),
+                "upstreams": len(snap.upstreams),
+                "last_reload_error": reloads.last_error,
+                "reloads": {"success": reloads.successes, "error": reloads.failures},
+            }
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.source.before_scrape()
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _routes(self, request: web.Request) -> web.Response:
+        return web.json_response({"routes": self.source.admin_snapshot().router.table()})
+
+    async def _upstreams(self, request: web.Request) -> web.Response:
+        now = asyncio.get_running_loop().time()
+        return web.json_response({"upstreams": upstreams_view(self.source.admin_snapshot(), now)})
