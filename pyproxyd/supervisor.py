@@ -86,7 +86,11 @@ class Supervisor:
     # ------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        self.snapshot = compile_or_refuse(self.loaded)  # once, not by every worker in a loop
+        # Refused here once, not by every worker in a restart loop: a config that
+        # does not compile, a port another program holds.
+        self.snapshot = compile_or_refuse(self.loaded)
+        for addr in self.snapshot.server.listen:
+            bind(addr, key="server.listen", reuse_port=True).close()
         loop = asyncio.get_running_loop()
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()

@@ -114,10 +114,14 @@ def test_validate_loads_the_tls_certificate(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-def test_run_names_what_keeps_it_from_starting(tmp_path: Path) -> None:
-    """A certificate that does not load, a port in use: one line, exit 1, no traceback."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_names_what_keeps_it_from_starting(tmp_path: Path, workers: int) -> None:
+    """A certificate that does not load, a port in use: one line, exit 1, no traceback.
+
+    With workers, the supervisor says it before it starts any."""
+    basic = BASIC.replace("[server]", f"[server]\nworkers = {workers}")
     p = tmp_path / "gateway.toml"
-    p.write_text(BASIC.replace("[server]", '[server]\ntls = { cert = "a.crt", key = "a.key" }'))
+    p.write_text(basic.replace("[server]", '[server]\ntls = { cert = "a.crt", key = "a.key" }'))
     (tmp_path / "a.crt").write_text("not a certificate")
     (tmp_path / "a.key").write_text("not a key")
     r = cli("run", "-c", str(p))
@@ -127,7 +131,7 @@ def test_run_names_what_keeps_it_from_starting(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        p.write_text(re.sub(r'listen = \["[^"]*"\]', f'listen = ["127.0.0.1:{port}"]', BASIC))
+        p.write_text(re.sub(r'listen = \["[^"]*"\]', f'listen = ["127.0.0.1:{port}"]', basic))
         r = cli("run", "-c", str(p))
     assert r.returncode == 1
     assert f"{p}: server.listen: cannot listen on 127.0.0.1:{port}: Address already in use" in (
