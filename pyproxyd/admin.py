@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Protocol
@@ -51,29 +52,25 @@ class AdminSource(Protocol):
     def before_scrape(self) -> None:
         """Bring the metrics up to date before /metrics renders them."""
 
+    async def upstreams(self) -> dict[str, Any]:
+        """The body of /admin/upstreams: {"upstreams": {name: view}, ...}."""
+
 
 class Admin:
-    """The aiohttp app of the admin listener.
+    """The aiohttp app of the admin listener."""
 
-    `upstreams`: /admin/upstreams shows pools and health, which live in the
-    process that serves; a supervisor's workers each have their own, so it
-    does not answer it (404, which the status page takes as "not here").
-    """
-
-    def __init__(self, source: AdminSource, *, upstreams: bool = True):
+    def __init__(self, source: AdminSource):
         self.source = source
         self.app = web.Application(middlewares=[self._auth])
-        routes = [
+        for path, handler in (
             ("/healthz", self._healthz),
             ("/readyz", self._readyz),
             ("/metrics", self._metrics),
             ("/admin/config", self._config),
             ("/admin/routes", self._routes),
+            ("/admin/upstreams", self._upstreams),
             ("/", self._status_page),
-        ]
-        if upstreams:
-            routes.append(("/admin/upstreams", self._upstreams))
-        for path, handler in routes:
+        ):
             self.app.router.add_get(path, handler)
 
     @web.middleware
@@ -137,5 +134,21 @@ class Admin:
         return web.json_response({"routes": self.source.admin_snapshot().router.table()})
 
     async def _upstreams(self, request: web.Request) -> web.Response:
-        now = asyncio.get_running_loop().time()
-        return web.json_response({"upstreams": upstreams_view(self.source.admin_snapshot(), now)})
+        return web.json_response(await self.source.upstreams())
+
+
+def local_upstreams(snapshot: Snapshot) -> dict[str, Any]:
+    """/admin/upstreams of the process that serves: its own pools, health and circuits."""
+    return {"upstreams": upstreams_view(snapshot, asyncio.get_running_loop().time())}
+
+
+def worker_app(snapshot: Callable[[], Snapshot]) -> web.Application:
+    """A worker's private admin, on a Unix socket in its supervisor's 0700 folder:
+    the supervisor's /admin/upstreams gathers every worker's from here."""
+
+    async def upstreams(request: web.Request) -> web.Response:
+        return web.json_response(local_upstreams(snapshot()))
+
+    app = web.Application()
+    app.router.add_get("/admin/upstreams", upstreams)
+    return app

@@ -107,14 +107,19 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     from . import sdnotify
     from .reload import Reloader
     from .server import Gateway
-    from .supervisor import WORKER_ENV, Supervisor, stop_with_supervisor
+    from .supervisor import WORKER_ENV, WORKER_SOCKET_ENV, Supervisor, stop_with_supervisor
 
     worker = os.environ.get(WORKER_ENV) is not None
     workers = loaded.config.server.workers or (os.cpu_count() or 1)
     if workers > 1 and not worker:
         await Supervisor(loaded, workers, watch=watch).run()
         return
-    gateway = Gateway(loaded, admin=not worker, reuse_port=worker)
+    gateway = Gateway(
+        loaded,
+        admin=not worker,
+        reuse_port=worker,
+        worker_socket=os.environ.get(WORKER_SOCKET_ENV) if worker else None,
+    )
     await gateway.start()
     reloader = Reloader(gateway, counted=not worker)
     gateway.reloader = reloader

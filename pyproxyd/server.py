@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .admin import Admin, Reloads
+from .admin import Admin, Reloads, local_upstreams, worker_app
 from .compile import compile_snapshot
 from .compiled import status as compiled_status
 from .config_load import Loaded
@@ -67,9 +67,17 @@ def compile_or_refuse(loaded: Loaded) -> Snapshot:
 class Gateway:
     """One serving process: listeners, admin, the snapshot holder."""
 
-    def __init__(self, loaded: Loaded, *, admin: bool = True, reuse_port: bool = False):
+    def __init__(
+        self,
+        loaded: Loaded,
+        *,
+        admin: bool = True,
+        reuse_port: bool = False,
+        worker_socket: str | None = None,
+    ):
         self.loaded = loaded
         self.with_admin = admin
+        self.worker_socket = worker_socket  # a worker's private admin (supervisor.py)
         self.reuse_port = reuse_port
         self.reloader: Any = None
         self.holder: SnapshotHolder | None = None
@@ -79,6 +87,7 @@ class Gateway:
         self._servers: list[asyncio.base_events.Server] = []
         self._http: Frontend | None = None
         self._admin: web.AppRunner | None = None
+        self._worker_admin: web.AppRunner | None = None
         self.stopped = asyncio.Event()
         self.sampler = metrics.PoolSampler()
 
@@ -129,6 +138,10 @@ class Gateway:
             self.ports.append(sock.getsockname()[1])
         if self.with_admin:
             await self._start_admin(snap.admin_listen)
+        if self.worker_socket is not None:
+            self._worker_admin = web.AppRunner(worker_app(lambda: self.snapshot), access_log=None)
+            await self._worker_admin.setup()
+            await web.UnixSite(self._worker_admin, self.worker_socket).start()
         self.sampler.start(lambda: self.snapshot)
         self.ready = True
         # What is alive now lives as long as the config: keep it out of every
@@ -173,6 +186,9 @@ class Gateway:
     def before_scrape(self) -> None:
         self.sampler.sample(self.snapshot)
 
+    async def upstreams(self) -> dict[str, Any]:
+        return local_upstreams(self.snapshot)
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within graceful_timeout."""
         if not self.ready and not self._servers:
@@ -206,8 +222,9 @@ class Gateway:
                 await close()
         self.access_log.flush()
         self.proxy.metrics.flush()
-        if self._admin is not None:
-            await self._admin.cleanup()
+        for runner in (self._admin, self._worker_admin):
+            if runner is not None:
+                await runner.cleanup()
         self.stopped.set()
 
     async def __aenter__(self) -> Gateway:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from . import sdnotify
@@ -29,12 +30,14 @@ from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
+from .resilience.view import merge_views
 from .server import bind, compile_or_refuse
 from .snapshot import Snapshot
 from .watch import watch
 
 WORKER_ENV = "PYPROXYD_WORKER"
 SUPERVISOR_ENV = "PYPROXYD_SUPERVISOR"
+WORKER_SOCKET_ENV = "PYPROXYD_WORKER_SOCKET"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -58,8 +61,9 @@ BACKOFF_START, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
 
 
 class Worker:
-    def __init__(self, index: int):
+    def __init__(self, index: int, folder: str):
         self.index = index
+        self.socket = str(Path(folder) / f"worker-{index}.sock")  # its private admin
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = False
         self.backoff = BACKOFF_START
@@ -70,13 +74,13 @@ class Supervisor:
     def __init__(self, loaded: Loaded, workers: int, *, watch: bool = True):
         self.loaded = loaded
         self.watch = watch
-        self.workers = [Worker(i) for i in range(workers)]
         self.stopping = False
         self.snapshot: Snapshot | None = None  # the last config validated, for /admin/*
         self.last_error: list[str] | None = None
         self.successes = self.failures = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="pyproxyd-")
         self._notify_path = str(Path(self._tmp.name) / "notify.sock")
+        self.workers = [Worker(i, self._tmp.name) for i in range(workers)]
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(self._notify_path)
         self._notify.setblocking(False)
@@ -125,11 +129,14 @@ class Supervisor:
                 **{
                     WORKER_ENV: str(w.index),
                     SUPERVISOR_ENV: str(os.getpid()),
+                    WORKER_SOCKET_ENV: w.socket,
                     "NOTIFY_SOCKET": self._notify_path,
                 },
             )
             w.ready = False
             w.started_at = loop.time()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(w.socket)  # left by a worker that was killed
             w.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pyproxyd", "run", "-c", str(self.loaded.path), env=env
             )
@@ -222,7 +229,7 @@ class Supervisor:
     # ----------------------------------------------------------------- admin
 
     async def _start_admin(self) -> web.AppRunner:
-        runner = web.AppRunner(Admin(self, upstreams=False).app, access_log=None)
+        runner = web.AppRunner(Admin(self).app, access_log=None)
         await runner.setup()
         sock = bind(self.loaded.config.admin.listen, key="admin.listen")
         await web.SockSite(runner, sock).start()
@@ -247,3 +254,25 @@ class Supervisor:
 
     def before_scrape(self) -> None:
         pass  # the workers flush theirs to the multiprocess files once a second
+
+    async def upstreams(self) -> dict[str, Any]:
+        """Every worker's view, and all of them merged into the single-process shape."""
+        workers = await asyncio.gather(*(self._worker_upstreams(w) for w in self.workers))
+        views = [w["upstreams"] for w in workers if "upstreams" in w]
+        return {"upstreams": merge_views(views), "workers": workers}
+
+    async def _worker_upstreams(self, w: Worker) -> dict[str, Any]:
+        out: dict[str, Any] = {"worker": w.index, "pid": w.proc.pid if w.proc else None}
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=w.socket),
+                    timeout=aiohttp.ClientTimeout(total=2.0),
+                ) as session,
+                session.get("http://worker/admin/upstreams") as r,
+            ):
+                r.raise_for_status()
+                out["upstreams"] = (await r.json())["upstreams"]
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            out["error"] = str(e) or type(e).__name__  # starting, restarting, stuck
+        return out

@@ -363,7 +363,25 @@ async def test_a_supervisor_answers_admin_config_and_routes_and_counts_reloads_o
             assert cfg["last_reload_error"] is None
             status, routes = await get("/admin/routes")
             assert [r["id"] for r in routes["routes"]] == ["a"]
-            assert (await get("/admin/upstreams"))[0] == 404  # pools live in each worker
+            for _ in range(10):  # fresh connections: both workers open upstream connections
+                async with aiohttp.ClientSession() as fresh:
+                    assert await status_of(fresh, st.url("/a/echo")) == 200
+            status, ups = await get("/admin/upstreams")
+            assert status == 200
+            assert sorted(w["pid"] for w in ups["workers"]) == sorted(children(gw.proc.pid))  # type: ignore[union-attr]
+            per_worker = [w["upstreams"]["app"]["targets"][0] for w in ups["workers"]]
+            merged = ups["upstreams"]["app"]["targets"][0]
+            assert merged["opened_total"] == sum(t["opened_total"] for t in per_worker) >= 1
+            assert merged["idle"] == sum(t["idle"] for t in per_worker)
+            stuck = ups["workers"][0]["pid"]
+            os.kill(stuck, signal.SIGSTOP)  # a worker that does not answer is named, not waited on
+            try:
+                status, ups = await get("/admin/upstreams")
+            finally:
+                os.kill(stuck, signal.SIGCONT)
+            assert status == 200
+            assert "error" in ups["workers"][0] and "upstreams" not in ups["workers"][0]
+            assert ups["upstreams"]["app"] == ups["workers"][1]["upstreams"]["app"]
 
             st.save_atomically(st.base + "[[routes]]\nid = 1\n")  # invalid
             await wait_for_async(lambda: get("/admin/config"), lambda c: c[1]["last_reload_error"])
