@@ -437,6 +437,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, err: errors.GatewayError) -> None:
         """The byte stream is broken: answer what came before, then this, then close."""
+        if self._lingering:
+            # Already answered and closing (Connection: close answered while the
+            # parser still held what followed): those bytes are not requests.
+            return
         self._broken = True
         self._upgraded = False
         self._in_head = False

@@ -272,6 +272,31 @@ async def test_http11_connection_close_is_answered_then_closed(tmp_path: Path) -
     assert rest == b""
 
 
+async def test_bytes_after_a_connection_close_request_answered_at_once_are_dropped(
+    tmp_path: Path,
+) -> None:
+    """A 404 is written while the parser still holds the bytes after it; they are not
+    parsed into a second answer, and nothing fails in the connection (found by fuzzing:
+    the error for them was written after the FIN, and the transport died)."""
+    loop = asyncio.get_running_loop()
+    failures: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: failures.append(context))
+    try:
+        async with (
+            Backend(ROUTES) as b,
+            gateway(tmp_path, front(b.url)) as gw,
+            client(gw) as (reader, writer),
+        ):
+            writer.write(get("/nowhere", extra=b"Connection: close\r\n") + b"GARBAGE\r\n")
+            resp = await read_response(reader)
+            rest = await read_eof(reader)
+    finally:
+        loop.set_exception_handler(None)
+    assert resp.status == 404 and resp.headers["Connection"] == "close"
+    assert rest == b""
+    assert failures == []
+
+
 # -- HTTP/1.0 ------------------------------------------------------------------------
 
 
