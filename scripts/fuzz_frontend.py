@@ -32,6 +32,7 @@ import re
 import sys
 import time
 from collections.abc import MutableMapping
+from contextlib import suppress
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from structlog.testing import capture_logs
 
-from tests.backends import Backend
+from tests.backends import Backend, RawBackend, RawHandler
 from tests.gateway import config, gateway, one_route
 
 SEEDS = [
@@ -122,93 +123,79 @@ async def exchange(port: int, data: bytes, rng: random.Random, wait: float = 0.3
     return bytes(out)
 
 
-class RawBackend:
-    """Answers every request head with a mutated response; sometimes closes after it."""
+class Findings:
+    """What a run saw: statuses, and the problems that fail it."""
 
-    def __init__(self, rng: random.Random):
-        self.rng = rng
-        self.port = 0
-        self._server: asyncio.Server | None = None
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.problems: list[str] = []
+        self.loop_errors: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, ctx: self.loop_errors.append(ctx)
+        )
 
-    async def __aenter__(self) -> RawBackend:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
+    def answered(self, out: bytes, sent: bytes) -> None:
+        for m in STATUS.finditer(out):
+            status = int(m.group(1))
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            own = b"X-Backend:" not in out
+            if status >= 500 and status not in (502, 503, 504) and own:
+                self.problems.append(f"{status} for {sent!r}: {out[:300]!r}")
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
+    def report(self, requests: int, seed: int, logs: list[MutableMapping[str, Any]]) -> int:
+        problems = self.problems + [
+            f"internal_error: {line}" for line in logs if line.get("event") == "internal_error"
+        ]
+        problems += [f"loop: {c.get('message')} {c.get('exception')!r}" for c in self.loop_errors]
+        took = time.monotonic() - self.started
+        counts = dict(sorted(self.statuses.items()))
+        print(f"{requests} requests in {took:.0f} s, seed {seed}; statuses {counts}")
+        for p in problems[:20]:
+            print("PROBLEM", p[:500])
+        print(f"{len(problems)} problems")
+        return 1 if problems else 0
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
+
+def mutated_answers(rng: random.Random) -> RawHandler:
+    """A raw upstream answering each request head with a mutated response on a
+    kept-alive connection, closing after some."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        with suppress(asyncio.LimitOverrunError):
             while True:
                 await reader.readuntil(b"\r\n\r\n")  # the gateway sends body-less GETs
-                answer = mutate(self.rng, self.rng.choice(ANSWERS), ANSWERS)
-                for i in range(0, len(answer), step := self.rng.randint(1, len(answer))):
+                answer = mutate(rng, rng.choice(ANSWERS), ANSWERS)
+                step = rng.randint(1, len(answer))
+                for i in range(0, len(answer), step):
                     writer.write(answer[i : i + step])
                     await writer.drain()
-                if self.rng.random() < 0.3:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
+                if rng.random() < 0.3:
+                    return
+
+    return handler
 
 
 async def run_upstream(requests: int, seed: int) -> int:
     rng = random.Random(seed)
-    loop_errors: list[dict[str, Any]] = []
-    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
-    statuses: dict[int, int] = {}
-    problems: list[str] = []
-    started = time.monotonic()
+    found = Findings()
     request = b"GET /a/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     with TemporaryDirectory() as tmp, capture_logs() as logs:
-        async with RawBackend(rng) as raw:
-            route = one_route(f"http://127.0.0.1:{raw.port}", "a", "/a")
+        async with RawBackend(mutated_answers(rng)) as raw:
+            route = one_route(raw.url, "a", "/a")
             route = route.replace("[[routes]]", 'read_timeout = "1s"\nretries = 0\n[[routes]]')
             async with gateway(Path(tmp), config(route)) as gw:
                 for _ in range(requests):
                     out = await exchange(gw.ports[0], request, rng, wait=2.0)
-                    m = STATUS.match(out)
-                    if m is None:
-                        problems.append(f"no answer: {out[:200]!r}")
-                        continue
-                    status = int(m.group(1))
-                    statuses[status] = statuses.get(status, 0) + 1
-                    if status >= 500 and status not in (502, 503, 504) and b"X-Backend" not in out:
-                        problems.append(f"{status}: {out[:300]!r}")
-    return report(requests, seed, started, statuses, problems, logs, loop_errors)
-
-
-def report(
-    requests: int,
-    seed: int,
-    started: float,
-    statuses: dict[int, int],
-    problems: list[str],
-    logs: list[MutableMapping[str, Any]],
-    loop_errors: list[dict[str, Any]],
-) -> int:
-    internal = [line for line in logs if line.get("event") == "internal_error"]
-    problems += [f"internal_error: {line}" for line in internal]
-    problems += [f"loop: {c.get('message')} {c.get('exception')!r}" for c in loop_errors]
-    took = time.monotonic() - started
-    counts = dict(sorted(statuses.items()))
-    print(f"{requests} requests in {took:.0f} s, seed {seed}; statuses {counts}")
-    for p in problems[:20]:
-        print("PROBLEM", p[:500])
-    print(f"{len(problems)} problems")
-    return 1 if problems else 0
+                    if STATUS.match(out) is None:
+                        found.problems.append(f"no answer: {out[:200]!r}")
+                    found.answered(out, request)
+    return found.report(requests, seed, logs)
 
 
 async def run(requests: int, seed: int) -> int:
     rng = random.Random(seed)
-    loop_errors: list[dict[str, Any]] = []
-    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
-    statuses: dict[int, int] = {}
-    problems: list[str] = []
-    started = time.monotonic()
+    found = Findings()
     with TemporaryDirectory() as tmp, capture_logs() as logs:
         async with Backend() as backend:
             server = 'client_header_timeout = "1s"\nclient_max_body_size = "1KiB"'
@@ -217,16 +204,10 @@ async def run(requests: int, seed: int) -> int:
                 port = gw.ports[0]
                 for k in range(requests):
                     data = mutate(rng, rng.choice(SEEDS))
-                    out = await exchange(port, data, rng)
-                    for m in STATUS.finditer(out):
-                        status = int(m.group(1))
-                        statuses[status] = statuses.get(status, 0) + 1
-                        own = b"X-Backend:" not in out
-                        if status >= 500 and status not in (502, 503, 504) and own:
-                            problems.append(f"{status} for {data!r}")
+                    found.answered(await exchange(port, data, rng), data)
                     if k % 200 == 0 and b" 200 " not in await exchange(port, PLAIN, rng, 2.0):
-                        problems.append(f"no answer to a plain request after {data!r}")
-    return report(requests, seed, started, statuses, problems, logs, loop_errors)
+                        found.problems.append(f"no answer to a plain request after {data!r}")
+    return found.report(requests, seed, logs)
 
 
 def main() -> None:
