@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import random
 import re
 import sys
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from structlog.testing import capture_logs
 
+from tests.auth.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
 from tests.backends import Backend, RawBackend, RawHandler
 from tests.gateway import config, gateway, one_route
 
@@ -67,6 +70,64 @@ TOKENS = [
     b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n", b"Expect: 100-continue\r\n",
 ]  # fmt: skip
 PLAIN = b"GET /a/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+# Routes that read headers: a JWT (its claims forwarded and matched), an API key,
+# and a rate limit keyed by X-Client-ID with a tier from a claim.
+GUARDED = f"""
+[[routes]]
+id = "j"
+path = "/j/**"
+auth = "jwt"
+claims = {{ roles = "user" }}
+upstream = "app"
+strip_prefix = 1
+
+[[routes]]
+id = "k"
+path = "/k/**"
+auth = "api_key"
+upstream = "app"
+strip_prefix = 1
+
+[[routes]]
+id = "r"
+path = "/r/**"
+auth = "optional_jwt"
+rate_limit = "per-client"
+upstream = "app"
+strip_prefix = 1
+
+[rate_limits.per-client]
+algorithm = "token_bucket"
+backend = "local"
+key = ["header:X-Client-ID", "ip"]
+rate = "1/s"
+burst = 1
+tier_key = "claim:plan"
+
+[rate_limits.per-client.tiers]
+gold = {{ rate = "100/s", burst = 10 }}
+
+[auth.jwt]
+algorithms = ["RS256"]
+jwks_file = "jwks.json"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+forward_claims = {{ sub = "X-User-ID", roles = "X-User-Roles" }}
+
+[auth.api_key]
+header = "X-API-Key"
+
+[consumers.acme]
+api_key_sha256 = "{hashlib.sha256(b"fuzz-key").hexdigest()}"
+"""
+TOKEN = sign(rsa_key(), "RS256", claims(time.time(), plan="gold"), "rsa-1").encode()  # 10 min
+SEEDS += [
+    b"GET /j/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN + b"\r\n\r\n",
+    b"GET /r/echo HTTP/1.1\r\nHost: x\r\nX-Client-ID: c-1\r\nAuthorization: Bearer "
+    + TOKEN
+    + b"\r\n\r\nGET /r/echo HTTP/1.1\r\nHost: x\r\nX-Client-ID: c-1\r\n\r\n",
+    b"POST /k/echo HTTP/1.1\r\nHost: x\r\nX-API-Key: fuzz-key\r\nContent-Length: 2\r\n\r\nhi",
+]
 ANSWERS = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Backend: raw\r\n\r\nhello",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -199,7 +260,9 @@ async def run(requests: int, seed: int) -> int:
     with TemporaryDirectory() as tmp, capture_logs() as logs:
         async with Backend() as backend:
             server = 'client_header_timeout = "1s"\nclient_max_body_size = "1KiB"'
-            toml = config(one_route(backend.url, "a", "/a"), server=server)
+            toml = config(one_route(backend.url, "a", "/a") + GUARDED, server=server)
+            doc = jwks(public_jwk(rsa_key(), "rsa-1"))
+            (Path(tmp) / "jwks.json").write_text(json.dumps(doc))
             async with gateway(Path(tmp), toml) as gw:
                 port = gw.ports[0]
                 for k in range(requests):
