@@ -7,7 +7,7 @@
 gateway in this process, then sends requests made by mutating a few valid ones
 (byte flips, inserted HTTP tokens, cut and repeated runs, pipelined extras),
 each on a fresh connection, written in random pieces. `--side upstream` sends
-valid requests to a raw backend that answers each with a mutated response
+GETs and POSTs to a raw backend that answers each with a mutated response
 (bad status lines, framing, chunk sizes, early closes) on a kept-alive
 connection, so the pool sees whatever state a broken answer leaves. Reports
 what the gateway did and fails (exit 1) on:
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from structlog.testing import capture_logs
 
 from tests.auth.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
-from tests.backends import Backend, RawBackend, RawHandler
+from tests.backends import Backend, RawBackend, RawHandler, read_request
 from tests.gateway import config, gateway, one_route
 
 SEEDS = [
@@ -225,7 +225,10 @@ def mutated_answers(rng: random.Random) -> RawHandler:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         with suppress(asyncio.LimitOverrunError):
             while True:
-                await reader.readuntil(b"\r\n\r\n")  # the gateway sends body-less GETs
+                if rng.random() < 0.2:  # answer early, the request body unread
+                    await reader.readuntil(b"\r\n\r\n")
+                else:
+                    await read_request(reader)
                 answer = mutate(rng, rng.choice(ANSWERS), ANSWERS)
                 step = rng.randint(1, len(answer))
                 for i in range(0, len(answer), step):
@@ -240,13 +243,18 @@ def mutated_answers(rng: random.Random) -> RawHandler:
 async def run_upstream(requests: int, seed: int) -> int:
     rng = random.Random(seed)
     found = Findings()
-    request = b"GET /a/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    requests_sent = [
+        b"GET /a/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /a/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4096\r\n\r\n"
+        + bytes(4096),
+    ]
     with TemporaryDirectory() as tmp, capture_logs() as logs:
         async with RawBackend(mutated_answers(rng)) as raw:
             route = one_route(raw.url, "a", "/a")
             route = route.replace("[[routes]]", 'read_timeout = "1s"\nretries = 0\n[[routes]]')
             async with gateway(Path(tmp), config(route)) as gw:
                 for _ in range(requests):
+                    request = rng.choice(requests_sent)
                     out = await exchange(gw.ports[0], request, rng, wait=2.0)
                     if STATUS.match(out) is None:
                         found.problems.append(f"no answer: {out[:200]!r}")

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 READ_HIGH_WATER = 256 * 1024
 
 
+class _InvalidResponse(ValueError):
+    """A response head llhttp accepts but HTTP does not."""
+
+
 class Lost(Exception):
     """The connection broke (or spoke garbage) before the response head was complete."""
 
@@ -144,7 +148,9 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserUpgrade:
             self._fail("upstream switched protocols unasked")
         except HttpParserError as exc:
-            self._fail(f"malformed response from upstream: {exc}")
+            cause = exc.__context__
+            why = cause if isinstance(cause, _InvalidResponse) else exc
+            self._fail(f"malformed response from upstream: {why}")
         finally:
             self._feeding = False
         if self._woken:
@@ -213,6 +219,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         parser = self._parser
         status = parser.get_status_code()
+        if status > 599:
+            # RFC 9110 15: a status is 100-599. Relayed, a client could not
+            # read it as success or failure (nginx: "upstream sent invalid status").
+            raise _InvalidResponse(f"invalid status {status}")
         if status < 200:
             if status != 101:
                 self._informational = True  # 100 Continue, 103 Early Hints: skipped

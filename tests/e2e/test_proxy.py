@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.backends import Backend, RawBackend, payload, read_request, sha256, wait_for
@@ -143,6 +144,21 @@ async def test_keepalive_race_is_retried_on_a_fresh_connection(tmp_path: Path) -
                     assert r.status == 200
                     assert await r.read() == b"ok"
         assert b.connections_opened == 3
+
+
+@pytest.mark.parametrize("status", [b"600", b"700", b"999"])
+async def test_a_status_outside_100_to_599_is_a_bad_gateway(tmp_path: Path, status: bytes) -> None:
+    """llhttp reads any three digits; HTTP has no such status (found by fuzzing)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 " + status + b" OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async with RawBackend(handler) as b, gateway(tmp_path, routes(b.url)) as gw:
+        got, _, body = await fetch(url(gw, "/api/x"))
+    assert got == 502
+    assert json.loads(body)["error"] == "bad_gateway"
 
 
 # ----------------------------------------------------------------- streaming
