@@ -10,9 +10,8 @@ import asyncio
 import hmac
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -21,6 +20,9 @@ from .observe import metrics
 from .resilience.view import upstreams_view
 from .snapshot import Snapshot
 from .tracing import new_id
+
+if TYPE_CHECKING:
+    from .reload import ReloadTally
 
 
 def error_response(err: errors.GatewayError, rid: str) -> web.Response:
@@ -33,13 +35,6 @@ def error_response(err: errors.GatewayError, rid: str) -> web.Response:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Reloads:
-    last_error: list[str] | None
-    successes: int
-    failures: int
-
-
 class AdminSource(Protocol):
     def admin_snapshot(self) -> Snapshot:
         """The config the answers describe: the one serving, or the one last validated."""
@@ -47,7 +42,7 @@ class AdminSource(Protocol):
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready or not, and the body /readyz answers with."""
 
-    def reloads(self) -> Reloads: ...
+    def reloads(self) -> ReloadTally: ...
 
     def before_scrape(self) -> None:
         """Bring the metrics up to date before /metrics renders them."""

@@ -21,15 +21,42 @@ if TYPE_CHECKING:
 log = get_logger("pyproxyd.reload")
 
 
-class Reloader:
-    def __init__(self, gateway: Gateway, *, counted: bool = True):
-        self.gateway = gateway
-        # A worker's reloads are its supervisor's to count: it validated them
-        # first, and the workers' counters would add up to N per reload.
+class ReloadTally:
+    """One process's reload results: what /admin/config shows and the metric counts.
+
+    `counted=False` for a worker: its reloads are its supervisor's to count
+    (it validated them first), or N workers would count each one N times.
+    """
+
+    def __init__(self, *, counted: bool = True):
         self.counted = counted
         self.last_error: list[str] | None = None
         self.successes = 0
         self.failures = 0
+
+    def unchanged(self) -> None:
+        self.last_error = None
+
+    def succeeded(self) -> None:
+        self.last_error = None
+        self.successes += 1
+        if self.counted:
+            metrics.reloads("success")
+
+    def failed(self, file: str, exc: Exception) -> None:
+        """A file that did not load or compile: the lines `pyproxyd validate` prints."""
+        lines = exc.lines() if isinstance(exc, ConfigError) else [f"{file}: (compile): {exc}"]
+        self.last_error = lines
+        self.failures += 1
+        if self.counted:
+            metrics.reloads("error")
+        log.error("config_reload_failed", file=file, errors=lines)
+
+
+class Reloader:
+    def __init__(self, gateway: Gateway, *, counted: bool = True):
+        self.gateway = gateway
+        self.tally = ReloadTally(counted=counted)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -73,18 +100,15 @@ class Reloader:
         try:
             loaded = await asyncio.to_thread(load, current.file)
             if loaded.digest == current.digest:
-                self.last_error = None
+                self.tally.unchanged()
                 return False
             problems = unsupported(loaded.config)
             if problems:
                 raise ConfigError(current.file, problems)
             fixed = _fixed_settings(current, loaded.config)
             new = await asyncio.to_thread(compile_snapshot, loaded, current)
-        except ConfigError as e:
-            self._failed(current.file, e.lines())
-            return False
-        except (ValueError, OSError) as e:
-            self._failed(current.file, [f"{current.file}: (compile): {e}"])
+        except (ConfigError, ValueError, OSError) as e:
+            self.tally.failed(current.file, e)
             return False
         for setting in fixed:
             log.warning("config_change_needs_restart", setting=setting, kept="old value")
@@ -92,20 +116,10 @@ class Reloader:
         assert gw.holder is not None
         gw.holder.swap(new)
         gw.loaded = loaded
-        self.last_error = None
-        self.successes += 1
-        if self.counted:
-            metrics.reloads("success")
+        self.tally.succeeded()
         sdnotify.ready()
         log.info("config_reloaded", file=current.file, digest=loaded.digest, routes=len(new.routes))
         return True
-
-    def _failed(self, file: str, lines: list[str]) -> None:
-        self.last_error = lines
-        self.failures += 1
-        if self.counted:
-            metrics.reloads("error")
-        log.error("config_reload_failed", file=file, errors=lines)
 
 
 def _fixed_settings(current: object, cfg: object) -> list[str]:

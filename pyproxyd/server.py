@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .admin import Admin, Reloads, local_upstreams, worker_app
+from .admin import Admin, local_upstreams, worker_app
 from .compile import compile_snapshot
 from .compiled import status as compiled_status
 from .config_load import Loaded
@@ -23,6 +23,7 @@ from .frontend.connection import Frontend
 from .observe import metrics
 from .observe.logging import AccessLog, get_logger
 from .proxy import Proxy
+from .reload import ReloadTally
 from .snapshot import Snapshot, SnapshotHolder
 from .upstream.pool import TargetPool
 
@@ -177,11 +178,8 @@ class Gateway:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.ready, {"status": "ready" if self.ready else "draining"}
 
-    def reloads(self) -> Reloads:
-        r = self.reloader
-        if r is None:
-            return Reloads(None, 0, 0)
-        return Reloads(r.last_error, r.successes, r.failures)
+    def reloads(self) -> ReloadTally:
+        return self.reloader.tally if self.reloader is not None else ReloadTally()
 
     def before_scrape(self) -> None:
         self.sampler.sample(self.snapshot)

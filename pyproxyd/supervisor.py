@@ -25,11 +25,12 @@ import aiohttp
 from aiohttp import web
 
 from . import sdnotify
-from .admin import Admin, Reloads
+from .admin import Admin
 from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
+from .reload import ReloadTally
 from .resilience.view import merge_views
 from .server import bind, compile_or_refuse
 from .snapshot import Snapshot
@@ -76,8 +77,7 @@ class Supervisor:
         self.watch = watch
         self.stopping = False
         self.snapshot: Snapshot | None = None  # the last config validated, for /admin/*
-        self.last_error: list[str] | None = None
-        self.successes = self.failures = 0
+        self.tally = ReloadTally()
         self._tmp = tempfile.TemporaryDirectory(prefix="pyproxyd-")
         self._notify_path = str(Path(self._tmp.name) / "notify.sock")
         self.workers = [Worker(i, self._tmp.name) for i in range(workers)]
@@ -198,19 +198,14 @@ class Supervisor:
             if problems:
                 raise ConfigError(str(self.loaded.path), problems)
             snapshot = await asyncio.to_thread(compile_snapshot, loaded)
-        except ConfigError as e:
-            self._failed(e.lines())
-            return
-        except (ValueError, OSError) as e:
-            self._failed([f"{self.loaded.path}: (compile): {e}"])
+        except (ConfigError, ValueError, OSError) as e:
+            self.tally.failed(str(self.loaded.path), e)
             return
         if loaded.digest == self.loaded.digest:
-            self.last_error = None
+            self.tally.unchanged()
             return
         self.loaded, self.snapshot = loaded, snapshot
-        self.last_error = None
-        self.successes += 1
-        metrics.reloads("success")
+        self.tally.succeeded()
         sdnotify.reloading()
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
@@ -219,12 +214,6 @@ class Supervisor:
         sdnotify.ready()
         log.info("config_reloaded", file=str(self.loaded.path), digest=loaded.digest,
                  workers=len(self.workers))  # fmt: skip
-
-    def _failed(self, lines: list[str]) -> None:
-        self.last_error = lines
-        self.failures += 1
-        metrics.reloads("error")
-        log.error("config_reload_failed", file=str(self.loaded.path), errors=lines)
 
     # ----------------------------------------------------------------- admin
 
@@ -249,8 +238,8 @@ class Supervisor:
             return True, {"status": "ready", **body}
         return False, {"status": "not_ready", **body}
 
-    def reloads(self) -> Reloads:
-        return Reloads(self.last_error, self.successes, self.failures)
+    def reloads(self) -> ReloadTally:
+        return self.tally
 
     def before_scrape(self) -> None:
         pass  # the workers flush theirs to the multiprocess files once a second

@@ -18,6 +18,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from . import errors
 from .forwarding import filter_response_headers
+from .upstream.connection import failure, response_status
 
 if TYPE_CHECKING:
     from .frontend.request import ClientRequest
@@ -66,7 +67,7 @@ class _UpstreamSide(asyncio.Protocol):
             if rest:
                 self.early.append(rest)
         except HttpParserError as exc:
-            self.error = f"malformed upgrade answer from upstream: {exc}"
+            self.error = f"malformed upgrade answer from upstream: {failure(exc)}"
             self.head_done.set()
             if self.transport is not None:
                 self.transport.abort()
@@ -103,7 +104,7 @@ class _UpstreamSide(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        self.status = response_status(self.parser)
         self.head_done.set()
 
     def on_body(self, data: bytes) -> None:

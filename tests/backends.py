@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import inspect
 import itertools
 import json
 import random
@@ -58,11 +59,19 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll until predicate() holds; AssertionError after timeout seconds."""
+async def wait_for(
+    predicate: Callable[[], bool] | Callable[[], Awaitable[bool]], timeout: float = 2.0
+) -> None:
+    """Poll until predicate() holds (awaited when it is a coroutine function);
+    AssertionError after timeout seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+
+    async def holds() -> bool:
+        result = predicate()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+    while not await holds():
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)

@@ -25,8 +25,27 @@ if TYPE_CHECKING:
 READ_HIGH_WATER = 256 * 1024
 
 
-class _InvalidResponse(ValueError):
+class InvalidResponse(ValueError):
     """A response head llhttp accepts but HTTP does not."""
+
+
+def response_status(parser: HttpResponseParser) -> int:
+    """The status of a parsed response head, from a parser callback.
+
+    RFC 9110 15: a status is 100-599; llhttp reads any three digits. Relayed,
+    a client could not tell success from failure (nginx: "upstream sent
+    invalid status"). Raised in a callback, it fails the feed (`failure`).
+    """
+    status = parser.get_status_code()
+    if status > 599:
+        raise InvalidResponse(f"invalid status {status}")
+    return status
+
+
+def failure(exc: HttpParserError) -> str:
+    """What went wrong in a feed: the callback's own reason when it raised one."""
+    cause = exc.__context__
+    return str(cause if isinstance(cause, InvalidResponse) else exc)
 
 
 class Lost(Exception):
@@ -148,9 +167,7 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserUpgrade:
             self._fail("upstream switched protocols unasked")
         except HttpParserError as exc:
-            cause = exc.__context__
-            why = cause if isinstance(cause, _InvalidResponse) else exc
-            self._fail(f"malformed response from upstream: {why}")
+            self._fail(f"malformed response from upstream: {failure(exc)}")
         finally:
             self._feeding = False
         if self._woken:
@@ -218,11 +235,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_done:
             return
         parser = self._parser
-        status = parser.get_status_code()
-        if status > 599:
-            # RFC 9110 15: a status is 100-599. Relayed, a client could not
-            # read it as success or failure (nginx: "upstream sent invalid status").
-            raise _InvalidResponse(f"invalid status {status}")
+        status = response_status(parser)
         if status < 200:
             if status != 101:
                 self._informational = True  # 100 Continue, 103 Early Hints: skipped

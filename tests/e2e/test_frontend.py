@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxyd.server import Gateway
-from tests.backends import Backend, json_of, payload, sha256
+from tests.backends import Backend, RawBackend, json_of, payload, read_request, sha256
 from tests.gateway import config, fetch, gateway, one_route
 
 TIMEOUT = 5.0  # generous: the machine is shared
@@ -748,3 +748,24 @@ async def test_websocket_refused_by_the_upstream_is_passed_through(tmp_path: Pat
     assert resp.body == b"no sockets for you"
     assert resp.headers["X-Backend"] == "refuser"  # the upstream's answer, not the gateway's
     assert "Sec-WebSocket-Accept" not in resp.headers
+
+
+async def test_a_websocket_answer_with_a_status_outside_100_to_599_is_a_bad_gateway(
+    tmp_path: Path,
+) -> None:
+    """The same rule as for a proxied request (upstream.connection.response_status)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 700 Odd\r\nContent-Length: 2\r\n\r\nno")
+        await writer.drain()
+
+    async with (
+        RawBackend(handler) as b,
+        gateway(tmp_path, front(b.url)) as gw,
+        client(gw) as (reader, writer),
+    ):
+        writer.write(ws_handshake("/api/ws", base64.b64encode(os.urandom(16))))
+        resp = await read_response(reader)
+    assert resp.status == 502
+    assert error_of(resp)["error"] == "bad_gateway"

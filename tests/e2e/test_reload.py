@@ -187,11 +187,11 @@ async def test_a_renewed_certificate_is_picked_up_without_touching_the_config(
                 tmp = live / f"{name}.new"
                 tmp.symlink_to(Path("..") / "archive" / target)
                 os.replace(tmp, live / name)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 3
-            while await served_cert(st.port) != renewed:
-                assert loop.time() < deadline, "the renewed certificate was not served in 3 s"
-                await asyncio.sleep(0.05)
+
+            async def renewed_served() -> bool:
+                return await served_cert(st.port) == renewed
+
+            await wait_for(renewed_served, timeout=3)
             assert await gw.stop() == 0
 
 
@@ -384,7 +384,11 @@ async def test_a_supervisor_answers_admin_config_and_routes_and_counts_reloads_o
             assert ups["upstreams"]["app"] == ups["workers"][1]["upstreams"]["app"]
 
             st.save_atomically(st.base + "[[routes]]\nid = 1\n")  # invalid
-            await wait_for_async(lambda: get("/admin/config"), lambda c: c[1]["last_reload_error"])
+
+            async def failed() -> bool:
+                return (await get("/admin/config"))[1]["last_reload_error"] is not None
+
+            await wait_for(failed, timeout=3)
             st.save_atomically(st.base + ROUTE_B)
             await eventually_status(s, st.url("/b/echo"), 200, within=3.0)
             _, cfg = await get("/admin/config")
@@ -398,11 +402,3 @@ async def test_a_supervisor_answers_admin_config_and_routes_and_counts_reloads_o
             assert 'pyproxyd_config_reloads_total{result="success"} 1.0' in text
             assert 'pyproxyd_config_reloads_total{result="error"} 1.0' in text
             assert await gw.stop() == 0
-
-
-async def wait_for_async(fetch: Any, done: Any, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not done(await fetch()):
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)

@@ -196,13 +196,13 @@ async def test_a_certificate_that_does_not_load_keeps_the_old_one(tmp_path: Path
         key.write_bytes(old_key)  # the new certificate with the old key: a mismatch
         reloader = Reloader(gw)
         assert not await reloader.reload()
-        assert reloader.last_error is not None
-        assert "server.tls:" in reloader.last_error[0]
+        assert reloader.tally.last_error is not None
+        assert "server.tls:" in reloader.tally.last_error[0]
         assert await served_cert(gw.ports[0]) == first
         key.unlink()
         assert not await reloader.reload()
-        assert reloader.last_error is not None
-        assert f"server.tls.key: cannot read {key}" in reloader.last_error[0]
+        assert reloader.tally.last_error is not None
+        assert f"server.tls.key: cannot read {key}" in reloader.tally.last_error[0]
         assert await served_cert(gw.ports[0]) == first
 
 
