@@ -57,7 +57,7 @@ def unsupported(cfg: Config) -> list[Problem]:
     return out
 
 
-def pool_settings(up: UpstreamConfig) -> PoolSettings:
+def pool_settings(up: UpstreamConfig, max_header_size: int) -> PoolSettings:
     return PoolSettings(
         max_connections=up.max_connections,
         keepalive=up.keepalive,
@@ -66,6 +66,7 @@ def pool_settings(up: UpstreamConfig) -> PoolSettings:
         keepalive_time=up.keepalive_time,
         connect_timeout=up.connect_timeout,
         read_timeout=up.read_timeout,
+        max_head=max_header_size,
     )
 
 
@@ -94,9 +95,13 @@ def _target(
 
 
 def _upstream(
-    name: str, up: UpstreamConfig, old: dict[Hashable, Any], state: dict[Hashable, Any]
+    name: str,
+    up: UpstreamConfig,
+    max_head: int,
+    old: dict[Hashable, Any],
+    state: dict[Hashable, Any],
 ) -> Upstream:
-    settings = pool_settings(up)
+    settings = pool_settings(up, max_head)
     targets = tuple(_target(name, t.url, t.weight, settings, old, state) for t in up.targets)
     weights = [t.weight for t in targets]
     balancer: Any
@@ -419,7 +424,10 @@ def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapsh
     cfg = loaded.config
     old: dict[Hashable, Any] = previous.state if previous is not None else {}
     state: dict[Hashable, Any] = {}
-    upstreams = {name: _upstream(name, up, old, state) for name, up in cfg.upstreams.items()}
+    upstreams = {
+        name: _upstream(name, up, cfg.server.max_header_size, old, state)
+        for name, up in cfg.upstreams.items()
+    }
     auth = _auth(loaded, cfg, old, state)
     policies = _policies(cfg, old, state)
     routes = tuple(_route(r, upstreams, auth, policies) for r in cfg.routes)
@@ -438,6 +446,7 @@ def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapsh
             trusted=TrustedProxies.parse(s.trusted_proxies),
             client_max_body_size=s.client_max_body_size,
             client_header_timeout=s.client_header_timeout,
+            client_body_timeout=s.client_body_timeout,
             keepalive_timeout=s.keepalive_timeout,
             graceful_timeout=s.graceful_timeout,
             max_header_size=s.max_header_size,

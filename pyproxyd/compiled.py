@@ -11,6 +11,7 @@ from pathlib import Path
 # CLI code (runs once), and anything tests patch at module level.
 MODULES = (
     "pyproxyd.forwarding",
+    "pyproxyd.framing",
     "pyproxyd.keys",
     "pyproxyd.frontend.connection",
     "pyproxyd.frontend.request",

@@ -102,6 +102,11 @@ class ServerConfig(Model):
     client_header_timeout: Duration = Field(
         10.0, description="a client that has not sent its headers by then is closed"
     )
+    client_body_timeout: Duration = Field(
+        60.0,
+        description="a client that sends no byte of its request body for this long gets 408 "
+        "and the upstream request is aborted",
+    )
     keepalive_timeout: Duration = Field(
         75.0, description="idle client connections are closed after this"
     )
@@ -109,7 +114,9 @@ class ServerConfig(Model):
         30.0, description="on SIGTERM/SIGINT, how long in-flight requests may take to finish"
     )
     max_header_size: Size = Field(
-        8190, description="longest request line or header line accepted; a longer one gets 431"
+        8190,
+        description="longest request line or header line accepted (a longer one gets 431); "
+        "also the largest upstream response head (a larger one is a 502)",
     )
     tls: TLSConfig | None = Field(
         None,

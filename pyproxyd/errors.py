@@ -21,10 +21,16 @@ class GatewayError(Exception):
     status = 500
     code = "internal_error"
     default_message = "internal gateway error"
+    # The message names things the client must not learn (an upstream's
+    # address, an errno): it goes to the log as `detail`, and the client
+    # gets default_message.
+    internal = False
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
-        super().__init__(message or self.default_message)
-        self.message = message or self.default_message
+        detail = message or self.default_message
+        super().__init__(detail)
+        self.detail = detail
+        self.message = self.default_message if self.internal else detail
         self.headers = headers or {}
 
 
@@ -122,6 +128,20 @@ class PayloadTooLarge(GatewayError):
     default_message = "request body too large"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    default_message = "the request body did not arrive in time"
+
+
+class NotImplementedCoding(GatewayError):
+    """A transfer coding the gateway cannot pass on (RFC 9112 6.1: 501)."""
+
+    status = 501
+    code = "not_implemented"
+    default_message = "transfer coding not implemented"
+
+
 class HeadersTooLarge(GatewayError):
     status = 431
     code = "request_header_fields_too_large"
@@ -137,7 +157,8 @@ class RateLimited(GatewayError):
 class BadGateway(GatewayError):
     status = 502
     code = "bad_gateway"
-    default_message = "upstream connection failed"
+    default_message = "the upstream failed to answer"
+    internal = True
     # Set where raised: False means no byte of the response arrived, so an
     # idempotent request may be tried again on another target.
     response_started = False
@@ -170,7 +191,8 @@ class RateLimiterUnavailable(GatewayError):
 class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
-    default_message = "upstream timed out"
+    default_message = "the upstream did not answer in time"
+    internal = True
     response_started = False
 
 

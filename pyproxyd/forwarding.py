@@ -10,6 +10,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .framing import FRAMING
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -124,8 +126,10 @@ def forwarded_for(peer: str, xff_values: Sequence[str], trusted: TrustedProxies)
 
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
-    """Header names listed in Connection, which are hop-by-hop too."""
-    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+    """Header names listed in Connection, which are hop-by-hop too; never a
+    framing header (framing.FRAMING), whichever direction the message goes."""
+    listed = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+    return listed - FRAMING
 
 
 def filter_request_headers(

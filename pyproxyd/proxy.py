@@ -159,6 +159,21 @@ class Proxy:
             return
         self._spawn(request, ex, snap, clock, stage, None)
 
+    def refused(self, method: str, target: str, peer: str, err: GatewayError, rid: str) -> None:
+        """A request the frontend answered itself (frontend.connection.Refused):
+        logged and counted like any other, under route "(none)"."""
+        ex = RequestInfo(self.loop.time())
+        ex.request_id = rid
+        ex.status = err.status
+        ex.peer = ex.client_ip = peer
+        ex.path = target.partition("?")[0][:1024]
+        self.metrics.observe("(none)", "(none)", err.status, 0.0)
+        if self.holder.current.logging.access_log:
+            try:
+                self.access_log.request(method, ex, 0.0)
+            except Exception as e:  # a logging fault must never fail the request
+                _log_fault(e)
+
     def _spawn(
         self,
         request: ClientRequest,
@@ -204,6 +219,16 @@ class Proxy:
         self._finish(request, ex, clock, snap)
 
     def _failed(self, request: ClientRequest, ex: RequestInfo, err: GatewayError) -> None:
+        if err.internal:
+            # What the client is not told (addresses, errnos) is for the operator.
+            log.warning(
+                "upstream_error",
+                request_id=ex.request_id,
+                route=ex.route or None,
+                upstream=ex.upstream or None,
+                status=err.status,
+                error=err.detail,
+            )
         if request.started:
             request.abort()  # too late for an error response: cut the connection
             return

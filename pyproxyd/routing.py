@@ -32,10 +32,13 @@ def normalise_path(raw: str) -> str:
     """The path that is both matched and sent upstream (behaviour.md).
 
     `raw` is the path as the client sent it, query removed. Escapes of
-    unreserved characters are decoded and the hex of other escapes upper-cased;
-    "%2F" and "%2E" are decoded before dot-segments are removed (as nginx does,
-    so `/public/..%2Fadmin` cannot smuggle a ".." past matching); "//" runs
-    collapse; characters outside the path set are percent-encoded as UTF-8.
+    unreserved characters are decoded (so "%2E%2E" is a ".." segment, removed
+    with the others); escapes of reserved characters stay escapes (their hex
+    upper-cased, RFC 3986 6.2.2.1), so "%2F" is never a separator:
+    `/public%2F..%2Fadmin` is one segment, for the matcher and for the
+    upstream alike (a server that decoded it would see a path the gateway
+    never matched). "//" runs collapse; characters outside the path set are
+    percent-encoded as UTF-8.
     Raises BadRequest for a path that climbs above "/", does not start with
     "/", has a bad escape, an encoded NUL, a control character or a space.
     """
@@ -77,8 +80,7 @@ def _decode(raw: str) -> str:
         ch = chr(int(hx, 16))
         if ch == "\0":
             raise BadRequest("an encoded NUL in the path")
-        # "/" too: matching must see the same segments the upstream will.
-        out.append(ch if ch in _UNRESERVED or ch == "/" else "%" + hx.upper())
+        out.append(ch if ch in _UNRESERVED else "%" + hx.upper())
         out.append(chunk[2:])
     return "".join(out)
 

@@ -124,6 +124,8 @@ class Gateway:
             header_timeout=s.client_header_timeout,
             keepalive_timeout=s.keepalive_timeout,
             max_header_size=s.max_header_size,
+            body_timeout=s.client_body_timeout,
+            refused=proxy.refused,
         )
         self._http.start()
         context = s.tls

@@ -126,6 +126,7 @@ class ServerSettings:
     trusted: TrustedProxies
     client_max_body_size: int
     client_header_timeout: float
+    client_body_timeout: float
     keepalive_timeout: float
     graceful_timeout: float
     max_header_size: int

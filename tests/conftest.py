@@ -5,8 +5,14 @@ build that silently fell back to the .py files must not pass as compiled."""
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import structlog
+
+from pyproxyd.observe import logging as plog
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -20,3 +26,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
     if want == "0" and compiled:
         raise pytest.UsageError(f"expected pure Python, found compiled {compiled}")
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Path]:
+    """The gateway's log (JSON lines) goes to this file for the test's length."""
+    path = tmp_path / "gateway.log"
+    stream = plog.configure("json", "info", str(path))
+    yield path
+    stream.close()
+    structlog.reset_defaults()
+    plog._output.update(stream=sys.stdout, json=True, level=20)

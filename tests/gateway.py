@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -65,6 +67,12 @@ async def gateway(tmp_path: Path, toml: str) -> AsyncIterator[Gateway]:
         yield gw
     finally:
         await gw.stop()
+
+
+def access_lines(path: Path) -> list[dict[str, Any]]:
+    """The access-log events of a log file (see the log_file fixture)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [line for line in lines if line["event"] == "request"]
 
 
 def url(gw: Gateway, path: str = "/") -> str:

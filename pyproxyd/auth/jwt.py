@@ -10,6 +10,7 @@ token cache and the tests agree on what "now" is.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -39,7 +40,9 @@ def bearer_token(value: str) -> str | None:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    # json.loads reads NaN and Infinity: an exp of Infinity never expires, and
+    # every comparison with NaN is false, so neither would ever be refused.
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def header_value(value: Any, joiner: str = ", ") -> bytes:

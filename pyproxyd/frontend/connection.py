@@ -26,7 +26,7 @@ from httptools import (
     HttpRequestParser,
 )
 
-from .. import errors
+from .. import errors, framing
 from ..errors import ClientGone
 from ..observe.logging import get_logger
 from ..tracing import new_id
@@ -38,12 +38,16 @@ log = get_logger("pyproxyd.server")
 # its own, as it likes. It calls `request.conn.done(request)` at the end, and
 # sets `request.cancel` to hear of a client that leaves before that.
 Handler = Callable[[ClientRequest], None]
+# Told of every request the frontend answers itself (malformed, too large, a
+# stalled body), so that it is logged and counted as the handler's are:
+# (method or "", raw target or "", peer, the error, its request id).
+Refused = Callable[[str, str, str, errors.GatewayError, str], None]
 
 # Request headers the proxy reads on every request (ClientRequest.picked).
 PICKED = frozenset({b"host", b"x-request-id", b"traceparent", b"x-forwarded-for"})
 _PICK_LENGTHS = frozenset(len(n) for n in PICKED)
 
-_HEADER, _IDLE, _LINGER = 1, 2, 3
+_HEADER, _IDLE, _LINGER, _BODY = 1, 2, 3, 4
 # After the gateway decides to close, it still reads (and drops) what the
 # client sends for this long, so that a response is not destroyed by the RST
 # a close with unread data causes (nginx's lingering_close).
@@ -54,6 +58,14 @@ _QUEUE_LIMIT = 8
 
 class _TooLarge(Exception):
     """A request line or header line over max_header_size."""
+
+
+class _Refused(Exception):
+    """Raised in a parser callback: the request is answered with `error`."""
+
+    def __init__(self, error: errors.GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Frontend:
@@ -67,10 +79,14 @@ class Frontend:
         header_timeout: float,
         keepalive_timeout: float,
         max_header_size: int,
+        body_timeout: float = 60.0,
+        refused: Refused | None = None,
     ) -> None:
         self.handler = handler
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.body_timeout = body_timeout
+        self.refused = refused
         self.max_line = max_header_size
         # Everything before the body, all lines together (nginx: 4 x 8k buffers).
         self.max_head = max(64 * 1024, 4 * max_header_size)
@@ -78,7 +94,7 @@ class Frontend:
         self.loop = asyncio.get_running_loop()
         self._date_at = 0
         self._date = b""
-        shortest = min(t for t in (header_timeout, keepalive_timeout, 4.0) if t > 0)
+        shortest = min(t for t in (header_timeout, keepalive_timeout, body_timeout, 4.0) if t > 0)
         self._interval = min(1.0, max(0.05, shortest / 5))
         self._sweep_handle: asyncio.TimerHandle | None = None
 
@@ -110,9 +126,11 @@ class Frontend:
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_active",
+        "_auths",
         "_broken",
         "_clen",
         "_closing",
+        "_connection",
         "_deadline_kind",
         "_dispatching",
         "_drain_waiter",
@@ -121,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
         "_expect",
         "_head_bytes",
         "_head_size",
+        "_hosts",
         "_in_head",
         "_lingering",
         "_parsing",
@@ -129,6 +148,7 @@ class ClientConnection(asyncio.Protocol):
         "_queue",
         "_raw",
         "_te",
+        "_te_value",
         "_tunnel",
         "_tunnel_eof",
         "_tunnel_lost",
@@ -169,6 +189,10 @@ class ClientConnection(asyncio.Protocol):
         self._picked: dict[bytes, bytes] = {}
         self._clen: int | None = None
         self._te = False
+        self._te_value = b""
+        self._connection: bytes | None = None
+        self._hosts = 0
+        self._auths = 0
         self._expect = False
         self._parsing: ClientRequest | None = None  # the request whose body is arriving
         self._active: ClientRequest | None = None  # the request being answered
@@ -222,6 +246,8 @@ class ClientConnection(asyncio.Protocol):
             cause = exc.__context__
             if isinstance(cause, _TooLarge):
                 self._refuse(errors.HeadersTooLarge())
+            elif isinstance(cause, _Refused):
+                self._refuse(cause.error)
             else:
                 if not isinstance(cause, (ValueError, UnicodeError)):
                     log.error("internal_error", error=repr(cause))
@@ -238,6 +264,9 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(errors.HeadersTooLarge())
             elif self._deadline_kind != _HEADER:
                 self._set_deadline(_HEADER)
+        elif self._parsing is not None:
+            # client_body_timeout runs between two reads of the body (nginx).
+            self._set_deadline(_BODY)
 
     def eof_received(self) -> bool | None:
         if self._lingering:
@@ -297,6 +326,10 @@ class ClientConnection(asyncio.Protocol):
         self._picked = {}
         self._clen = None
         self._te = False
+        self._te_value = b""
+        self._connection = None
+        self._hosts = 0
+        self._auths = 0
         self._expect = False
         # (client_header_timeout starts in data_received if the head is not whole)
 
@@ -314,23 +347,49 @@ class ClientConnection(asyncio.Protocol):
         self._head_size += size
         if self._head_size > self.front.max_head:
             raise _TooLarge
+        if b"_" in name:
+            # Dropped, as nginx does (underscores_in_headers off): a CGI/WSGI
+            # backend reads X_User_ID as X-User-ID, a forged identity header.
+            return
         self._raw.append((name, value))
-        # Only three names matter here; their lengths are 14, 17 and 6.
+        # The names that matter here, told apart by length first: 14, 17, 6,
+        # 10 and 13 (framing, Expect, Connection, Authorization).
         if n == 14 and name.lower() == b"content-length":
             self._clen = int(value)
         elif n == 17 and name.lower() == b"transfer-encoding":
             self._te = True
+            self._te_value = self._te_value + b"," + value if self._te_value else value
         elif n == 6 and name.lower() == b"expect":
             self._expect = value.strip().lower() == b"100-continue"
+        elif n == 10 and name.lower() == b"connection":
+            c = self._connection
+            self._connection = value if c is None else c + b"," + value
+        elif n == 13 and name.lower() == b"authorization":
+            self._auths += 1
         elif n in _PICK_LENGTHS and (lname := name.lower()) in PICKED:
             # The few headers every request reads, kept apart so that most
             # requests never build a header mapping. Repeats join with ", ".
             picked = self._picked
+            if n == 4:
+                self._hosts += 1
             picked[lname] = picked[lname] + b", " + value if lname in picked else value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self.parser
+        version = parser.get_http_version()
+        problem = framing.request_problem(
+            version,
+            self._hosts,
+            self._auths,
+            self._te_value if self._te else None,
+            self._connection,
+        )
+        if problem is not None:
+            raise _Refused(problem)
+        url = self._url
+        if url[:1] != b"/" and url[:4].lower() == b"http":
+            url = self._origin_form(url)
         upgrade = parser.should_upgrade()
         clen = None if self._te else self._clen
         body = None
@@ -339,8 +398,8 @@ class ClientConnection(asyncio.Protocol):
         req = ClientRequest(
             self,
             parser.get_method().decode("ascii", "replace"),
-            self._url.decode("latin-1"),
-            parser.get_http_version(),
+            url.decode("latin-1"),
+            version,
             self._raw,
             self._picked,
             parser.should_keep_alive(),
@@ -349,9 +408,26 @@ class ClientConnection(asyncio.Protocol):
             clen,
         )
         self._parsing = req if body is not None else None
-        self.deadline = 0.0
-        self._deadline_kind = 0
+        if body is not None:
+            self._set_deadline(_BODY)
+        else:
+            self.deadline = 0.0
+            self._deadline_kind = 0
         self._submit(req)
+
+    def _origin_form(self, url: bytes) -> bytes:
+        """An absolute-form target (`GET http://host/path HTTP/1.1`) as the
+        path it names. RFC 9112 3.2.2: a server must accept it, and its
+        authority replaces the Host header."""
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise _Refused(errors.BadRequest("the request target is neither a path nor a URL"))
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        authority, path = rest[:cut], rest[cut:]
+        if not authority or b"@" in authority:
+            raise _Refused(errors.BadRequest("the request target's authority is not a host"))
+        self._picked[b"host"] = authority
+        return path if path[:1] == b"/" else b"/" + path
 
     def on_body(self, data: bytes) -> None:
         req = self._parsing
@@ -362,6 +438,9 @@ class ClientConnection(asyncio.Protocol):
         req = self._parsing
         if req is not None and req.body is not None:
             req.body.feed_eof()
+            if self._deadline_kind == _BODY:
+                self.deadline = 0.0
+                self._deadline_kind = 0
         self._parsing = None
 
     # -- requests in order ---------------------------------------------------------
@@ -447,9 +526,9 @@ class ClientConnection(asyncio.Protocol):
         parsing = self._parsing
         self._parsing = None
         if parsing is not None and parsing.body is not None:
-            # Broken mid-body: the request it belongs to fails (its handler
-            # answers), and no second response follows.
-            parsing.body.fail(errors.BadRequest(err.message))
+            # Broken or stalled mid-body: the request it belongs to fails (its
+            # handler answers), and no second response follows.
+            parsing.body.fail(err)
             return
         if self._active is None and not self._queue:
             self._send_error(err, None)
@@ -459,6 +538,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_error(self, err: errors.GatewayError, req: ClientRequest | None) -> None:
         rid = new_id()
+        refused = self.front.refused
+        if refused is not None:
+            method = req.method if req is not None else self._method()
+            target = req.raw_path if req is not None else self._url.decode("latin-1")
+            try:
+                refused(method, target, self.peer, err, rid)
+            except Exception as exc:  # bookkeeping must not cost the answer
+                log.error("internal_error", error=repr(exc))
         body = errors.render(err, rid)
         lines = [
             f"HTTP/1.1 {err.status} {reason_for(err.status)}\r\n"
@@ -471,6 +558,12 @@ class ClientConnection(asyncio.Protocol):
             body = b""
         self.write(head + body)
         self.close()
+
+    def _method(self) -> str:
+        try:
+            return self.parser.get_method().decode("ascii", "replace")
+        except HttpParserError:
+            return ""  # the request line itself was what broke
 
     # -- writing -------------------------------------------------------------------
 
@@ -603,6 +696,8 @@ class ClientConnection(asyncio.Protocol):
             timeout = _LINGER_TIME
         elif kind == _HEADER:
             timeout = self.front.header_timeout
+        elif kind == _BODY:
+            timeout = self.front.body_timeout
         else:
             timeout = self.front.keepalive_timeout
         self._deadline_kind = kind
@@ -618,6 +713,15 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         elif kind == _LINGER:
             self.abort()
+        elif kind == _BODY and self._parsing is not None:
+            body = self._parsing.body
+            if self._paused or (body is not None and body.awaits_continue):
+                # The wait is the gateway's (the handler is behind, or has not
+                # asked for the body yet): not the client's to time out.
+                self._set_deadline(_BODY)
+            else:
+                timeout = self.front.body_timeout
+                self._refuse(errors.RequestTimeout(f"no request body byte for {timeout:g}s"))
 
     def drain_close(self) -> None:
         """Graceful stop: no further requests; close now if idle. A WebSocket

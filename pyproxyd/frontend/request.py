@@ -60,6 +60,11 @@ class RequestBody:
         self.eof = False
         self.total = 0  # bytes received so far
 
+    @property
+    def awaits_continue(self) -> bool:
+        """The client waits for 100 Continue, which the first read sends."""
+        return self._continue
+
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from ..forwarding import names_more_headers
+from ..framing import response_problem
 
 if TYPE_CHECKING:
     from .pool import TargetPool
@@ -71,7 +72,9 @@ class UpstreamConnection(asyncio.Protocol):
         "_dirty",
         "_error",
         "_feeding",
+        "_head_bytes",
         "_head_done",
+        "_head_size",
         "_headers",
         "_informational",
         "_is_head",
@@ -82,6 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_reason",
         "_received",
         "_te",
+        "_te_value",
         "_version",
         "_waiter",
         "_woken",
@@ -116,6 +120,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._active = False  # an exchange owns the connection and expects bytes
         self._is_head = is_head
         self._received = False  # any byte of this exchange's response arrived
+        self._head_bytes = 0  # bytes read while the final head was incomplete
+        self._head_size = 0  # parsed bytes of the heads (interim ones too)
         self._head_done = False
         self._body_done = False
         self._dirty = False  # something happened that forbids reuse
@@ -130,6 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = ""
         self._content_length: int | None = None
         self._te = False
+        self._te_value = b""
         self._chunked = False
         self._conn_close = False
         self._conn_keepalive = False
@@ -170,6 +177,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(f"malformed response from upstream: {failure(exc)}")
         finally:
             self._feeding = False
+        if not self._head_done and self._error is None:
+            # httptools holds a header line until it ends: bound what a head
+            # still incomplete may take, however the reads cut it.
+            self._head_bytes += len(data)
+            if self._head_bytes > self._pool.settings.max_head:
+                self._fail("upstream response head too large")
         if self._woken:
             self._woken = False
             self._wake()
@@ -211,9 +224,19 @@ class UpstreamConnection(asyncio.Protocol):
             self._new_message()
 
     def on_status(self, reason: bytes) -> None:
+        if self._head_done:
+            # A second response nobody asked for: not this exchange's, and no
+            # client's. The connection is not reused (see on_message_begin).
+            return
+        self._head_size += len(reason) + 15
         self._reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a stray response's or the trailer of a chunked body
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._pool.settings.max_head:
+            raise InvalidResponse("response head too large")
         self._headers.append((name, value))
         n = len(name)
         # Only three names matter here; their lengths are 10, 14 and 17.
@@ -221,6 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._content_length = int(value)
         elif n == 17 and name.lower() == b"transfer-encoding":
             self._te = True
+            self._te_value = self._te_value + b"," + value if self._te_value else value
             self._chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif n == 10 and name.lower() == b"connection":
             tokens = value.lower()
@@ -241,10 +265,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self._informational = True  # 100 Continue, 103 Early Hints: skipped
             return
         self._informational = False
+        problem = response_problem(
+            self._te_value if self._te else None, self._content_length is not None
+        )
+        if problem is not None:
+            raise InvalidResponse(problem)
         self._code = status
         self._version = parser.get_http_version()
-        if self._te:
-            self._content_length = None
         self._head_done = True
         if self._is_head:
             # llhttp cannot be told this answers a HEAD, and would wait for the

@@ -36,6 +36,9 @@ class PoolSettings:
     keepalive_time: float  # a connection is not reused once open this long
     connect_timeout: float  # connect, plus any wait for a free slot
     read_timeout: float  # default for exchange(): wait for the head / between body reads
+    # The largest response head accepted (server.max_header_size; nginx's
+    # proxy_buffer_size): a larger one is a 502, not memory and loop time.
+    max_head: int = 8190
 
 
 class PooledConn(Protocol):

@@ -149,6 +149,15 @@ def test_non_numeric_exp_is_refused() -> None:
     assert reason(verifier(), token) == "exp claim is not a number"
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_time_claims_are_refused(claim: str, value: float) -> None:
+    # PyJWT writes these as the JSON extensions Infinity / NaN, which json.loads
+    # reads back: an exp of Infinity would never expire, a NaN never compare.
+    token = sign(rsa_key(), "RS256", claims(**{claim: value}), "rsa-1")
+    assert reason(verifier(), token) == f"{claim} claim is not a number"
+
+
 def test_wrong_issuer() -> None:
     token = sign(rsa_key(), "RS256", claims(iss="https://evil.test"), "rsa-1")
     assert reason(verifier(), token) == "wrong issuer"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import structlog
 
 from pyproxyd import compiled
@@ -19,16 +17,6 @@ FIELDS = {
     "event", "level", "timestamp", "request_id", "trace_id", "route", "upstream",
     "method", "path", "status", "duration_ms", "client_ip",
 }  # fmt: skip
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "gateway.log"
-    stream = plog.configure("json", "info", str(path))
-    yield path
-    stream.close()
-    structlog.reset_defaults()
-    plog._output.update(stream=sys.stdout, json=True, level=20)
 
 
 async def test_access_log_lines(tmp_path: Path, log_file: Path) -> None:

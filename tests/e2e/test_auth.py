@@ -10,19 +10,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 from aiohttp import web
 
-from pyproxyd.observe import logging as plog
 from pyproxyd.reload import Reloader
 from pyproxyd.server import Gateway
 from tests.auth.tokens import (
@@ -40,7 +37,7 @@ from tests.auth.tokens import (
     unsigned,
 )
 from tests.backends import Backend, wait_for
-from tests.gateway import config, fetch, gateway, url
+from tests.gateway import access_lines, config, fetch, gateway, url
 
 API_KEY = "acme-secret-key-0123456789"
 
@@ -399,21 +396,6 @@ async def test_optional_jwt_with_a_bad_token_is_401(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------ API keys, consumers
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "gateway.log"
-    stream = plog.configure("json", "info", str(path))
-    yield path
-    stream.close()
-    structlog.reset_defaults()
-    plog._output.update(stream=sys.stdout, json=True, level=20)
-
-
-def access_lines(path: Path) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    return [line for line in lines if line["event"] == "request"]
 
 
 @asynccontextmanager

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyproxyd.observe import logging as plog
 from pyproxyd.reload import Reloader
 from tests.backends import Backend
 from tests.gateway import config, gateway, url
@@ -200,16 +195,6 @@ strip_prefix = 1
     assert first == again
     assert 0.4 < first.count("a") / 400 < 0.6  # both targets get clients
     assert 0.68 < hdr.count("b") / 800 < 0.82  # weight 3 of 4
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "gateway.log"
-    stream = plog.configure("json", "info", str(path))
-    yield path
-    stream.close()
-    structlog.reset_defaults()
-    plog._output.update(stream=sys.stdout, json=True, level=20)
 
 
 async def test_access_log_names_the_chosen_upstream(tmp_path: Path, log_file: Path) -> None:

@@ -192,7 +192,7 @@ async def test_keepalive_race_with_body_over_replay_limit_is_bad_gateway() -> No
             )
         assert type(info.value) is errors.BadGateway
         assert info.value.response_started is False
-        assert "too large to replay" in info.value.message
+        assert "too large to replay" in info.value.detail
         assert b.connections_opened == 1
         assert pool.busy == 0
         await pool.aclose()
@@ -412,7 +412,7 @@ async def test_malformed_response_is_bad_gateway_before_start() -> None:
         with pytest.raises(errors.BadGateway) as info:
             await exchange(pool, get("/"), None)
         assert info.value.response_started is False
-        assert "malformed" in info.value.message
+        assert "malformed" in info.value.detail
         assert pool.busy == 0
 
 
