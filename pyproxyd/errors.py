@@ -1,6 +1,6 @@
 """One error hierarchy for everything the gateway answers itself.
 
-Each error carries its HTTP status and the `error` code of behaviour.md;
+Each error carries its HTTP status and the `error` code of docs/behaviour.md;
 `render()` is the only place that turns one into a response body.
 """
 
@@ -197,7 +197,7 @@ class UpstreamTimeout(GatewayError):
 
 
 def render(err: GatewayError, request_id: str) -> bytes:
-    """The JSON body of behaviour.md for an error the gateway answers itself."""
+    """The JSON body of docs/behaviour.md for an error the gateway answers itself."""
     return json.dumps(
         {
             "error": err.code,

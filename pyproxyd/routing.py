@@ -29,7 +29,7 @@ _OUTSIDE = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
 
 
 def normalise_path(raw: str) -> str:
-    """The path that is both matched and sent upstream (behaviour.md).
+    """The path that is both matched and sent upstream (docs/behaviour.md).
 
     `raw` is the path as the client sent it, query removed. Escapes of
     unreserved characters are decoded (so "%2E%2E" is a ".." segment, removed

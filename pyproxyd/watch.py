@@ -18,7 +18,7 @@ async def watch(
 
     Watches the folders, not the files: an editor's atomic save (write a temp
     file, rename it over) replaces the inode, after which a watch on the file
-    itself goes silent (field notes). An event that names a watched file in a
+    itself goes silent (inotify follows the inode). An event that names a watched file in a
     watched folder triggers a re-read; the reload skips an unchanged digest.
     The set is asked for again after each reload, so a config that names
     another jwks_file is watched there from then on.

@@ -47,8 +47,10 @@ INTRO = """\
 pyproxyd reads one TOML file (`pyproxyd run -c FILE`). `pyproxyd validate -c FILE`
 checks it without binding ports and prints every problem as
 `FILE: dotted.path: message (line N)`; `pyproxyd schema` prints the JSON Schema of
-the format, for editors and CI. `etc/gateway.toml` is a runnable example, and
-`../shared/spec/gateway.toml` shows every table.
+the format, for editors and CI. [`etc/gateway.toml`](../etc/gateway.toml) is a
+runnable example, and [`gateway.toml`](gateway.toml) beside this page shows every
+table and key. What the gateway does with a request is in
+[behaviour.md](behaviour.md).
 
 Conventions:
 

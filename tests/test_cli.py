@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.reference import REFERENCE, REFERENCE_CONFIGS, config_id
+
 REPO = Path(__file__).resolve().parents[1]
-SPEC = REPO.parent / "shared" / "spec" / "gateway.toml"
 
 BASIC = """
 [server]
@@ -65,8 +66,9 @@ def basic(tmp_path: Path) -> Path:
     return p
 
 
-def test_validate_accepts_the_spec_file() -> None:
-    r = cli("validate", "-c", str(SPEC))
+@pytest.mark.parametrize("config", REFERENCE_CONFIGS, ids=config_id)
+def test_validate_accepts_the_reference_config(config: Path) -> None:
+    r = cli("validate", "-c", str(config))
     assert r.returncode == 0, r.stderr
     assert "5 routes, 3 upstreams, 3 rate-limit policies" in r.stdout
 
@@ -140,21 +142,22 @@ def test_run_names_what_keeps_it_from_starting(tmp_path: Path, workers: int) -> 
     assert "Traceback" not in r.stderr
 
 
-def test_validate_accepts_the_spec_with_nothing_left_unsupported() -> None:
-    r = cli("validate", "-c", str(SPEC))
+@pytest.mark.parametrize("config", REFERENCE_CONFIGS, ids=config_id)
+def test_validate_accepts_the_reference_with_nothing_left_unsupported(config: Path) -> None:
+    r = cli("validate", "-c", str(config))
     assert r.returncode == 0, r.stderr
     # auth, claims, rate limits, sticky splits and hashing balancers are all enforced now
     assert "not supported" not in r.stdout + r.stderr
 
 
 def test_explain_sticky_split_and_version_route() -> None:
-    r = cli("explain", "-c", str(SPEC), "GET", "/api/users/7", "--ip", "10.1.2.3")
+    r = cli("explain", "-c", str(REFERENCE), "GET", "/api/users/7", "--ip", "10.1.2.3")
     assert r.returncode == 0, r.stderr
     assert "route: users\n" in r.stdout
     assert "upstream: split (sticky on ip): user-v1 95.0%, user-v2 5.0%" in r.stdout
     assert "split: sticky: ip = '10.1.2.3' -> slot " in r.stdout
     # the version route beats the split route on the same path
-    r = cli("explain", "-c", str(SPEC), "GET", "/api/users/7", "-H", "Api-Version: v2")
+    r = cli("explain", "-c", str(REFERENCE), "GET", "/api/users/7", "-H", "Api-Version: v2")
     assert r.returncode == 0, r.stderr
     assert "route: users-v2-by-header" in r.stdout
     assert "upstream: user-v2 (" in r.stdout

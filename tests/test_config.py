@@ -1,4 +1,4 @@
-"""The config layer: units, the spec's example, unknown keys, cross-references.
+"""The config layer: units, the reference config, unknown keys, cross-references.
 
 Problems are asserted as the exact `dotted.path: message (line N)` text that
 `pyproxyd validate` prints, so a wrong path or a wrong line fails here.
@@ -7,6 +7,7 @@ Problems are asserted as the exact `dotted.path: message (line N)` text that
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,9 @@ import pytest
 from pyproxyd.config import Config
 from pyproxyd.config_load import ConfigError, Loaded, load, parse
 from pyproxyd.units import Rate, parse_duration, parse_rate, parse_size
+from tests.reference import REFERENCE, REFERENCE_CONFIGS, config_id
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = REPO.parent / "shared" / "spec" / "gateway.toml"
 EXAMPLE = REPO / "etc" / "gateway.toml"
 
 UPSTREAMS = """\
@@ -167,14 +168,15 @@ def test_invalid_unit_values_are_located() -> None:
     ]
 
 
-# --------------------------------------------------------- the spec's example
+# ------------------------------------------------------- the reference config
 
 
-def test_the_spec_example_loads() -> None:
-    loaded = load(SPEC)
+@pytest.mark.parametrize("config", REFERENCE_CONFIGS, ids=config_id)
+def test_the_reference_config_loads(config: Path) -> None:
+    loaded = load(config)
     assert isinstance(loaded, Loaded)
     cfg = loaded.config
-    assert loaded.path == SPEC.resolve()
+    assert loaded.path == config.resolve()
     assert len(loaded.digest) == 64
     assert [r.id for r in cfg.routes] == [
         "users-v2-by-header",
@@ -195,6 +197,34 @@ def test_the_spec_example_loads() -> None:
     assert cfg.routes[2].split is not None and [s.weight for s in cfg.routes[2].split] == [95, 5]
     assert cfg.routes[3].rewrite == "/users/{id}"
     assert cfg.auth.jwt is not None and cfg.auth.jwt.forward_claims["sub"] == "X-User-ID"
+
+
+@pytest.mark.parametrize("config", REFERENCE_CONFIGS, ids=config_id)
+def test_every_reference_config_is_the_same_config(config: Path) -> None:
+    # docs/gateway.toml is our wording of the spec's file: the words differ,
+    # the configuration must not (checked against the spec when it is beside us)
+    assert load(config).config == load(REFERENCE).config
+
+
+def test_the_reference_config_shows_every_key() -> None:
+    """docs/gateway.toml shows every key of the models, set or commented out."""
+    from tests.test_config_docs import generator
+
+    gen = generator()
+    text = REFERENCE.read_text()
+
+    def shown(name: str) -> bool:
+        # `name = ...` (maybe after `{`, `,` or `#`), or in a table header `[...name]`
+        n = re.escape(name)
+        return re.search(rf"(^|[\s{{,#]){n}\s*=|[\[.]{n}[\].]", text, re.M) is not None
+
+    missing = [
+        f"{s.path}.{name}" if s.path else name
+        for s in gen.walk(gen.Section("", gen.Config))
+        for name in s.model.model_fields
+        if not shown(name)
+    ]
+    assert missing == []
 
 
 def test_the_example_config_loads_and_uses_only_what_runs() -> None:

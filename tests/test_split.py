@@ -7,13 +7,13 @@ import subprocess
 import sys
 from collections import Counter
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 from multidict import CIMultiDict
 
 from pyproxyd.auth.identity import Consumer, Identity
 from pyproxyd.split import SLOTS, Split, slot_bounds, slot_of, slot_table, stable_hash
+from tests.reference import REFERENCE
 
 KEYS = [f"client-{i}" for i in range(20_000)]
 
@@ -156,14 +156,11 @@ def test_zero_weight_side_is_never_picked() -> None:
     assert {split.choose() for _ in range(200)} == {"v1"}
 
 
-SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "gateway.toml"
-
-
-def test_compiled_split_of_the_spec() -> None:
+def test_compiled_split_of_the_reference_config() -> None:
     from pyproxyd.compile import compile_snapshot, unsupported
     from pyproxyd.config_load import load
 
-    loaded = load(SPEC)
+    loaded = load(REFERENCE)
     assert unsupported(loaded.config) == []  # hash_on and hashing balancers are enforced
     snap = compile_snapshot(loaded)
     route = next(r for r in snap.routes if r.id == "users")
@@ -171,7 +168,7 @@ def test_compiled_split_of_the_spec() -> None:
     assert [u.name for u, _ in route.split.shares()] == ["user-v1", "user-v2"]
     for ip in ("10.0.0.1", "10.1.2.3"):
         assert route.pick_upstream(Req(), None, ip) is route.split.side_of(ip)
-    again = compile_snapshot(load(SPEC), snap)  # a reload: same table
+    again = compile_snapshot(load(REFERENCE), snap)  # a reload: same table
     route2 = next(r for r in again.routes if r.id == "users")
     assert route2.split is not None
     assert [u.name for u in route2.split.table] == [u.name for u in route.split.table]

@@ -4,8 +4,8 @@ aiohttp's server did this job until the profile showed that its request and
 response objects cost more than everything the gateway does per request. This
 keeps only what a proxy needs: the raw head, a streamed body with flow control,
 a response written with one `transport.write`, keep-alive and pipelining in
-order, client_header_timeout and keepalive_timeout, errors as behaviour.md's
-JSON, and a raw byte tunnel after a WebSocket upgrade.
+order, client_header_timeout and keepalive_timeout, errors as the JSON of
+docs/behaviour.md, and a raw byte tunnel after a WebSocket upgrade.
 
 Timeouts are not one timer per request: each connection keeps a deadline and
 `Frontend` sweeps them a few times a second, so a request costs no timer at all.

@@ -8,7 +8,7 @@ hash tag, so a call's keys always sit in one slot, and a client key with
 braces of its own (or a long one) is replaced by its SHA-1 first. Scripts
 read the time with Redis `TIME` and set PEXPIRE, so idle keys vanish.
 
-Redis trouble (field notes: redis-py 8 defaults to 5 s timeouts and 10
+Redis trouble (redis-py 8 defaults to 5 s timeouts and 10
 retries): every call has `timeout` as its deadline, at most one retry and a
 pool wait as short as the call. After `FAIL_AFTER` failures in a row the
 backend is *degraded*: calls fail at once without touching the network, a

@@ -1,4 +1,4 @@
-"""One JSON access line a request, with the fields behaviour.md names."""
+"""One JSON access line a request, with the fields docs/behaviour.md names."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def get(path: str, version: str = "1.1", extra: bytes = b"") -> bytes:
 
 
 def error_of(resp: Response) -> dict[str, object]:
-    """The gateway's own error JSON, checked against behaviour.md's shape."""
+    """The gateway's own error JSON, checked against docs/behaviour.md's shape."""
     assert resp.headers["Content-Type"] == "application/json"
     body = json_of(resp.body)
     assert set(body) == {"error", "message", "status", "request_id"}

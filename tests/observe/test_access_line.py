@@ -1,4 +1,4 @@
-"""The hand-written access line is the JSON object behaviour.md describes."""
+"""The hand-written access line is the JSON object docs/behaviour.md describes."""
 
 from __future__ import annotations
 
