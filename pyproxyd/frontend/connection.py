@@ -378,15 +378,17 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         parser = self.parser
         version = parser.get_http_version()
-        problem = framing.request_problem(
-            version,
-            self._hosts,
-            self._auths,
-            self._te_value if self._te else None,
-            self._connection,
-        )
-        if problem is not None:
-            raise _Refused(problem)
+        if self._hosts != 1 or self._auths > 1 or self._te or self._connection is not None:
+            # (the common head has one Host and nothing else to judge: no call)
+            problem = framing.request_problem(
+                version,
+                self._hosts,
+                self._auths,
+                self._te_value if self._te else None,
+                self._connection,
+            )
+            if problem is not None:
+                raise _Refused(problem)
         url = self._url
         if url[:1] != b"/" and url[:4].lower() == b"http":
             url = self._origin_form(url)

@@ -79,6 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_informational",
         "_is_head",
         "_loop",
+        "_max_head",
         "_parser",
         "_pool",
         "_reading_paused",
@@ -100,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: TargetPool, loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
         self._loop = loop
+        self._max_head = pool.settings.max_head
         self.transport: asyncio.Transport | None = None
         self._parser = HttpResponseParser(self)
         self.requests = 0  # completed exchanges
@@ -181,7 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
             # httptools holds a header line until it ends: bound what a head
             # still incomplete may take, however the reads cut it.
             self._head_bytes += len(data)
-            if self._head_bytes > self._pool.settings.max_head:
+            if self._head_bytes > self._max_head:
                 self._fail("upstream response head too large")
         if self._woken:
             self._woken = False
@@ -235,7 +237,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_done:
             return  # a stray response's or the trailer of a chunked body
         self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._pool.settings.max_head:
+        if self._head_size > self._max_head:
             raise InvalidResponse("response head too large")
         self._headers.append((name, value))
         n = len(name)
@@ -265,11 +267,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._informational = True  # 100 Continue, 103 Early Hints: skipped
             return
         self._informational = False
-        problem = response_problem(
-            self._te_value if self._te else None, self._content_length is not None
-        )
-        if problem is not None:
-            raise InvalidResponse(problem)
+        if self._te:
+            problem = response_problem(self._te_value, self._content_length is not None)
+            if problem is not None:
+                raise InvalidResponse(problem)
         self._code = status
         self._version = parser.get_http_version()
         self._head_done = True
