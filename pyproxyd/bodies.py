@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from . import errors
 
 if TYPE_CHECKING:
-    from .frontend.request import ClientRequest
+    from .proxy.interface import Request
 
 
-async def limited(request: ClientRequest, limit: int) -> AsyncIterator[bytes]:
+async def limited(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The client's body, cut off with 413 once it passes `limit` bytes."""
     assert request.body is not None
     total = 0

@@ -22,7 +22,7 @@ from .config_load import Loaded
 from .frontend.connection import Frontend
 from .observe import metrics
 from .observe.logging import AccessLog, get_logger
-from .proxy import Proxy
+from .proxy.handler import Proxy
 from .reload import ReloadTally
 from .snapshot import Snapshot, SnapshotHolder
 from .upstream.pool import TargetPool

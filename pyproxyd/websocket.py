@@ -21,8 +21,8 @@ from .forwarding import filter_response_headers
 from .upstream.connection import failure, response_status
 
 if TYPE_CHECKING:
-    from .frontend.request import ClientRequest
-    from .proxy import RequestInfo
+    from .proxy.interface import Request
+    from .proxy.record import RequestInfo
     from .snapshot import Upstream
 
 # A refused upgrade's answer is relayed whole; more than this is cut.
@@ -119,7 +119,7 @@ class _UpstreamSide(asyncio.Protocol):
 
 
 async def proxy_websocket(
-    request: ClientRequest,
+    request: Request,
     upstream: Upstream,
     head_common: bytes,
     host_line: bytes | None,
@@ -177,7 +177,7 @@ async def proxy_websocket(
 
 
 async def _relay_refusal(
-    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[bytes, bytes]], timeout: float
+    request: Request, side: _UpstreamSide, headers: list[tuple[bytes, bytes]], timeout: float
 ) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
@@ -186,9 +186,11 @@ async def _relay_refusal(
 
 
 async def _tunnel(
-    request: ClientRequest, side: _UpstreamSide, headers: list[tuple[bytes, bytes]]
+    request: Request, side: _UpstreamSide, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    conn = request.conn
+    conn = request.tunnel()
+    if conn is None:
+        raise errors.BadRequest("this protocol cannot switch to a WebSocket tunnel")
     client = conn.transport
     upstream = side.transport
     if client is None or upstream is None:

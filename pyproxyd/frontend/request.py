@@ -1,21 +1,20 @@
-"""What a handler sees of one client request, and how it answers.
+"""Compiled by mypyc (pyproxyd/compiled.py). An HTTP/1.1 request as the
+pipeline sees it (proxy/interface.py), and how it answers.
 
-`ClientRequest` is deliberately small: the raw head as parsed, a few lazily
-built views (headers, query, cookies) and the response methods, which write
-straight to the client transport. `RequestBody` streams the body with flow
-control: the socket stops being read while a handler is behind.
+`ClientRequest` is deliberately small: the raw head as parsed, the views of
+its base class, and the response methods, which write straight to the client
+transport. `RequestBody` streams the body with flow control: the socket stops
+being read while a handler is behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
 
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from ..proxy.interface import Request
 
 if TYPE_CHECKING:
     from .connection import ClientConnection
@@ -117,30 +116,11 @@ class RequestBody:
             await fut
 
 
-class ClientRequest:
-    """One parsed request head, its body stream and the response methods."""
+class ClientRequest(Request):
+    """One parsed HTTP/1.1 request head, its body stream, and the answer
+    written straight to the client transport (proxy/interface.py)."""
 
-    __slots__ = (
-        "_cookies",
-        "_headers",
-        "_query",
-        "body",
-        "cancel",
-        "chunked_out",
-        "close_after",
-        "conn",
-        "content_length",
-        "finished",
-        "keep_alive",
-        "method",
-        "picked",
-        "raw_headers",
-        "raw_path",
-        "sent",
-        "started",
-        "upgrade",
-        "version",
-    )
+    __slots__ = ("chunked_out", "close_after", "conn", "keep_alive")
 
     def __init__(
         self,
@@ -155,93 +135,31 @@ class ClientRequest:
         upgrade: bool,
         content_length: int | None,
     ) -> None:
+        super().__init__(
+            method, raw_path, version, raw_headers, picked, body, content_length, upgrade,
+            conn.secure, conn.peer,
+        )  # fmt: skip
         self.conn = conn
-        self.method = method
-        self.raw_path = raw_path
-        self.version = version
-        self.raw_headers = raw_headers
-        self.picked = picked  # host, x-request-id, traceparent, x-forwarded-for (lower-case)
         self.keep_alive = keep_alive
-        self.body = body
-        self.upgrade = upgrade
-        self.content_length = content_length
-        self._headers: CIMultiDictProxy[str] | None = None
-        self._query: MultiDictProxy[str] | None = None
-        self._cookies: dict[str, str] | None = None
-        self.started = False  # the status line is written
-        self.finished = False  # the whole response is written
         self.chunked_out = False
         self.close_after = False
-        self.sent = 0  # response body bytes written
-        self.cancel: Callable[[], object] | None = None  # set by the handler (see Handler)
 
     # -- the request ---------------------------------------------------------------
 
     @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        h = self._headers
-        if h is None:
-            h = self._headers = CIMultiDictProxy(
-                CIMultiDict(
-                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers]
-                )
-            )
-        return h
+    def local(self) -> str:
+        return self.conn.local
 
     @property
-    def lazy_headers(self) -> Mapping[str, str]:
-        """`headers`, built only if something actually looks one up."""
-        return _LazyHeaders(self)
+    def client_connected(self) -> bool:
+        transport = self.conn.transport
+        return transport is not None and not transport.is_closing()
 
-    def pick(self, name: bytes) -> str | None:
-        """One of the picked headers (lower-case name), repeats joined with ", "."""
-        value = self.picked.get(name)
-        return None if value is None else value.decode("latin-1")
+    def tunnel(self) -> ClientConnection:
+        return self.conn
 
-    @property
-    def remote(self) -> str:
-        return self.conn.peer
-
-    @property
-    def secure(self) -> bool:
-        return self.conn.secure
-
-    @property
-    def host(self) -> str:
-        host = self.picked.get(b"host")
-        return host.decode("latin-1") if host else self.conn.local
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self.conn.transport
-
-    @property
-    def query(self) -> MultiDictProxy[str]:
-        q = self._query
-        if q is None:
-            _, _, qs = self.raw_path.partition("?")
-            q = self._query = MultiDictProxy(MultiDict(parse_qsl(qs, keep_blank_values=True)))
-        return q
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        c = self._cookies
-        if c is None:
-            c = {}
-            for value in self.headers.getall("Cookie", ()):
-                jar: SimpleCookie = SimpleCookie()
-                try:
-                    jar.load(value)
-                except CookieError:
-                    continue
-                c.update({k: m.value for k, m in jar.items()})
-            self._cookies = c
-        return c
-
-    @property
-    def received(self) -> int:
-        body = self.body
-        return body.total if body is not None else 0
+    def handled(self) -> None:
+        self.conn.done(self)
 
     # -- the response --------------------------------------------------------------
 
@@ -301,6 +219,15 @@ class ClientRequest:
         if conn.write_paused:
             await conn.drain()
 
+    def trailers(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """Sent with the last chunk of a chunked answer; a length-framed one
+        has nowhere to carry them (RFC 9110 6.5: they may be dropped)."""
+        if self.chunked_out and headers:
+            lines = b"".join(b"%s: %s\r\n" % hv for hv in headers)
+            self.conn.write(b"0\r\n%b\r\n" % lines)
+            self.chunked_out = False  # end() writes no second last-chunk
+            self.finished = True
+
     def end(self) -> None:
         if self.chunked_out:
             self.conn.write(b"0\r\n\r\n")
@@ -309,37 +236,3 @@ class ClientRequest:
     def abort(self) -> None:
         """Cut the client connection: a response that cannot be completed honestly."""
         self.conn.abort()
-
-
-class _LazyHeaders(Mapping[str, str]):
-    __slots__ = ("_request",)
-
-    def __init__(self, request: ClientRequest) -> None:
-        self._request = request
-
-    def __getitem__(self, name: str) -> str:
-        return self._request.headers[name]
-
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        request = self._request
-        built = request._headers
-        if built is not None:
-            return built.get(name, default)
-        # A lookup or two per request (Authorization, X-Client-ID): scanning the
-        # raw pairs costs less than building the mapping. The first one wins,
-        # as with the mapping's get().
-        target = name.lower().encode("latin-1", "replace")  # ("?" is in no header name)
-        size = len(target)
-        for n, v in request.raw_headers:
-            if len(n) == size and n.lower() == target:
-                return v.decode("latin-1")
-        return default
-
-    def getall(self, name: str, default: Sequence[str] = ()) -> Sequence[str]:
-        return self._request.headers.getall(name, default)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._request.headers)
-
-    def __len__(self) -> int:
-        return len(self._request.headers)

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 import structlog
 
 if TYPE_CHECKING:
-    from ..proxy import RequestInfo
+    from ..proxy.record import RequestInfo
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}  # fmt: skip

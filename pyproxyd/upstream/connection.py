@@ -1,10 +1,22 @@
-"""One upstream HTTP/1.1 connection: an asyncio.Protocol fed to httptools.
+"""Compiled by mypyc (pyproxyd/compiled.py). One upstream HTTP/1.1 connection:
+an asyncio.Protocol fed to httptools.
 
 It parses responses (llhttp), buffers the body with flow control both ways,
-and tells the exchange layer about progress through one waiter future. The
-exchange layer (http1.py) decides what a failure means; this module only
-records it. Exchanges are strictly sequential on a connection (no
-pipelining), which is what makes the HEAD trick below safe.
+and tells whoever waits on it about progress through one waiter (the
+`Waiter` protocol below). The exchange layer (http1.py) decides what a
+failure means; this module only records it. Exchanges are strictly
+sequential on a connection (no pipelining), which is what makes the HEAD
+trick below safe.
+
+The exchange on a connection is one state machine (h11's `_state.py` is the
+model): every state change goes through `_to()`, which refuses a
+transition the table does not list.
+
+    IDLE --begin()--> HEAD --final head--> BODY --message end--> DONE
+                       |                    |                     |
+                       +------ failure -----+-> FAILED            +--finish()--> IDLE
+
+FAILED and a connection marked `reuse_forbidden` never go back to a pool.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -25,9 +37,47 @@ if TYPE_CHECKING:
 # Unread response body above this pauses the socket until read() catches up.
 READ_HIGH_WATER = 256 * 1024
 
+# The states of the exchange on a connection.
+IDLE = 0  # between exchanges: any byte that arrives is a stray one
+HEAD = 1  # a request was (or is being) sent; the final response head is not in
+BODY = 2  # the final head is in; its body is arriving
+DONE = 3  # the whole response is in; not yet handed back to the pool
+FAILED = 4  # the exchange broke (`error` says why); the connection is done for
+STATE_NAMES = ("IDLE", "HEAD", "BODY", "DONE", "FAILED")
+
+_TRANSITIONS: dict[int, frozenset[int]] = {
+    IDLE: frozenset({HEAD}),
+    HEAD: frozenset({BODY, FAILED}),
+    BODY: frozenset({DONE, FAILED}),
+    DONE: frozenset({IDLE}),  # (a failure after DONE costs the connection, not the answer)
+    FAILED: frozenset(),
+}
+
 
 class InvalidResponse(ValueError):
     """A response head llhttp accepts but HTTP does not."""
+
+
+class StateError(RuntimeError):
+    """A transition the state table does not allow: a bug, never input."""
+
+
+class Waiter(Protocol):
+    """What a connection wakes when its exchange makes progress.
+
+    An asyncio.Future fits; so does a callback object (the proxy's
+    no-task path). The connection calls `set_result(True)` after a read that
+    changed something (a head, body bytes, the end, a failure, room to
+    write); the pool's Deadlines calls `set_exception(WaitTimeout())` once
+    the connection's `deadline` passes. Each waiter is woken at most once:
+    it is forgotten before it is called, and `done()` must be true after.
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: bool, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 def response_status(parser: HttpResponseParser) -> int:
@@ -57,25 +107,47 @@ class WaitTimeout(Exception):
     """A wait reached its deadline before the connection made progress."""
 
 
+class ResponseHead:
+    """The final response head of an exchange, as the upstream sent it."""
+
+    __slots__ = (
+        "chunked",
+        "close",
+        "content_length",
+        "headers",
+        "keepalive",
+        "lists_headers",
+        "reason",
+        "status",
+        "te",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = ""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []  # raw, as received
+        self.content_length: int | None = None
+        self.te = b""  # the Transfer-Encoding value(s), joined
+        self.chunked = False
+        self.close = False  # Connection: close
+        self.keepalive = False  # Connection: keep-alive
+        self.lists_headers = False  # Connection names headers beyond close/keep-alive
+
+    @property
+    def until_close(self) -> bool:
+        """The body ends where the connection does."""
+        return not self.chunked and self.content_length is None
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_active",
-        "_body_done",
         "_buffer",
         "_buffered",
-        "_chunked",
-        "_code",
-        "_conn_close",
-        "_conn_keepalive",
-        "_conn_listed",
-        "_content_length",
-        "_dirty",
-        "_error",
         "_feeding",
         "_head_bytes",
-        "_head_done",
         "_head_size",
-        "_headers",
         "_informational",
         "_is_head",
         "_loop",
@@ -83,18 +155,18 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_pool",
         "_reading_paused",
-        "_reason",
-        "_received",
-        "_te",
-        "_te_value",
-        "_version",
+        "_reuse_forbidden",
         "_waiter",
         "_woken",
         "_write_paused",
         "deadline",
+        "error",
+        "head",
         "idle_since",
         "opened_at",
+        "received",
         "requests",
+        "state",
         "transport",
     )
 
@@ -107,7 +179,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0  # completed exchanges
         self.opened_at = loop.time()
         self.idle_since = self.opened_at
-        self._waiter: asyncio.Future[bool] | None = None
+        self._waiter: Waiter | None = None
         self._feeding = False  # inside feed_data: wake the waiter once it returns
         self._woken = False
         self.deadline = 0.0  # of the current wait (Deadlines)
@@ -115,42 +187,124 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._buffer: list[bytes] = []
         self._buffered = 0
-        self._reset(False)
-        self._new_message()
-
-    def _reset(self, is_head: bool) -> None:
-        self._active = False  # an exchange owns the connection and expects bytes
-        self._is_head = is_head
-        self._received = False  # any byte of this exchange's response arrived
+        self.state = IDLE
+        self.head = ResponseHead()  # of the exchange under way (or the last one)
+        self.error: str | None = None  # why the exchange FAILED
+        self.received = False  # any byte of this exchange's response arrived
+        self._is_head = False
+        self._reuse_forbidden = False
+        self._informational = False
         self._head_bytes = 0  # bytes read while the final head was incomplete
         self._head_size = 0  # parsed bytes of the heads (interim ones too)
-        self._head_done = False
-        self._body_done = False
-        self._dirty = False  # something happened that forbids reuse
-        self._error: str | None = None
-        self._informational = False
-        # (the message fields are reset by on_message_begin)
 
-    def _new_message(self) -> None:
-        self._code = 0
-        self._version = "1.1"
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = ""
-        self._content_length: int | None = None
-        self._te = False
-        self._te_value = b""
-        self._chunked = False
-        self._conn_close = False
-        self._conn_keepalive = False
-        self._conn_listed = False  # Connection names headers beyond close/keep-alive
+    @property
+    def pool(self) -> TargetPool:
+        return self._pool
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     @property
     def is_closed(self) -> bool:
         return self.transport is None
 
+    @property
+    def head_done(self) -> bool:
+        """The final response head is in (whatever happened after)."""
+        state = self.state
+        return state in (BODY, DONE) or (state == FAILED and self.head.status > 0)
+
+    @property
+    def body_done(self) -> bool:
+        return self.state == DONE
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self._buffer)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
     def __repr__(self) -> str:
-        state = "closed" if self.transport is None else "active" if self._active else "idle"
+        state = "closed" if self.transport is None else STATE_NAMES[self.state].lower()
         return f"<UpstreamConnection {self._pool.label} {state} requests={self.requests}>"
+
+    # -- the state machine ---------------------------------------------------------
+
+    def _to(self, new: int) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise StateError(f"{STATE_NAMES[self.state]} -> {STATE_NAMES[new]}")
+        self.state = new
+
+    def begin(self, is_head: bool) -> None:
+        """An exchange starts: its request is about to be written."""
+        self._to(HEAD)
+        self._is_head = is_head
+        self.received = False
+        self._reuse_forbidden = False
+        self.error = None
+        self._informational = False
+        self._head_bytes = 0
+        self._head_size = 0
+        self.head = ResponseHead()
+        if self._buffer or self._reading_paused:
+            # The last response was complete but not all read by its consumer.
+            self.take()
+
+    def _complete(self) -> None:
+        self._to(DONE)
+        self.requests += 1
+
+    def _failed(self, reason: str) -> None:
+        if self.state == DONE:
+            # The answer is whole (junk came after it): only the connection is lost.
+            self._reuse_forbidden = True
+        elif self.state != FAILED:
+            self.error = reason
+            self._to(FAILED)
+
+    def fail(self, reason: str) -> None:
+        """The exchange cannot go on (the peer, a parse, a write): close."""
+        self._failed(reason)
+        self.abort()
+        self._wake()
+
+    def write_failed(self, reason: str) -> None:
+        """A request head could not be written (start() found the connection
+        closing): recorded, so that whoever resumes the exchange sees it."""
+        self._failed(reason)
+
+    def forbid_reuse(self) -> None:
+        """Something happened that leaves the byte stream in doubt (an answer
+        before the whole request was sent, stray bytes): close at release."""
+        self._reuse_forbidden = True
+
+    def finish(self) -> None:
+        """The exchange is over and the connection goes back to the pool."""
+        self._to(IDLE)
+
+    @property
+    def clean(self) -> bool:
+        """The whole response arrived, nothing odd happened, keep-alive allowed."""
+        return (
+            self.state == DONE
+            and not self._reuse_forbidden
+            and self.transport is not None
+            and self.keep_alive
+        )
+
+    @property
+    def keep_alive(self) -> bool:
+        head = self.head
+        if head.close:
+            return False
+        if head.version == "1.0" and not head.keepalive:
+            return False
+        if self._is_head or head.status in (204, 304):
+            return True
+        return not head.until_close
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -162,11 +316,12 @@ class UpstreamConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if not self._active:
+        state = self.state
+        if state in (IDLE, FAILED):
             # Nothing was asked: a stray byte (a 408, junk) poisons the connection.
             self.abort()
             return
-        self._received = True
+        self.received = True
         # The waiter hears of a read once all of it is parsed: a head and the
         # body in the same read are one wake-up, and a callback waiter (the
         # proxy's fast path) sees the whole response.
@@ -174,17 +329,19 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
-            self._fail("upstream switched protocols unasked")
+            self._feeding = False
+            self.fail("upstream switched protocols unasked")
         except HttpParserError as exc:
-            self._fail(f"malformed response from upstream: {failure(exc)}")
+            self._feeding = False
+            self.fail(f"malformed response from upstream: {failure(exc)}")
         finally:
             self._feeding = False
-        if not self._head_done and self._error is None:
+        if self.state == HEAD:
             # httptools holds a header line until it ends: bound what a head
             # still incomplete may take, however the reads cut it.
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head:
-                self._fail("upstream response head too large")
+                self.fail("malformed response from upstream: response head too large")
         if self._woken:
             self._woken = False
             self._wake()
@@ -194,16 +351,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if not self._active:
-            self._pool._lost_idle(self)
-        elif self._head_done and not self._body_done:
-            if exc is None and self._error is None and self._until_close():
-                self._body_done = True  # the read-until-close body ends here
-                self.requests += 1
-            elif self._error is None:
-                self._error = "upstream closed the connection mid-body"
-        elif not self._head_done and self._error is None:
-            self._error = (
+        state = self.state
+        if state == IDLE:
+            self._pool.lost_idle(self)
+        elif state == BODY:
+            if exc is None and self.head.until_close:
+                self._complete()  # the read-until-close body ends here
+            else:
+                self._failed("upstream closed the connection mid-body")
+        elif state == HEAD:
+            self._failed(
                 f"upstream connection lost: {exc}" if exc else "upstream closed the connection"
             )
         self._wake()
@@ -218,47 +375,47 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._head_done:
+        if self.state != HEAD:
             # A second message after the final one: we never pipeline, so the
             # upstream is confused (or this is the stale parser of a HEAD).
-            self._dirty = True
+            self._reuse_forbidden = True
         else:
-            self._new_message()
+            self.head = ResponseHead()
 
     def on_status(self, reason: bytes) -> None:
-        if self._head_done:
+        if self.state != HEAD:
             # A second response nobody asked for: not this exchange's, and no
             # client's. The connection is not reused (see on_message_begin).
             return
         self._head_size += len(reason) + 15
-        self._reason = reason.decode("latin-1")
+        self.head.reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_done:
-            return  # a stray response's or the trailer of a chunked body
+        if self.state != HEAD:
+            return  # a stray response's, or the trailer of a chunked body
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self._max_head:
             raise InvalidResponse("response head too large")
-        self._headers.append((name, value))
+        head = self.head
+        head.headers.append((name, value))
         n = len(name)
         # Only three names matter here; their lengths are 10, 14 and 17.
         if n == 14 and name.lower() == b"content-length":
-            self._content_length = int(value)
+            head.content_length = int(value)
         elif n == 17 and name.lower() == b"transfer-encoding":
-            self._te = True
-            self._te_value = self._te_value + b"," + value if self._te_value else value
-            self._chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            head.te = head.te + b"," + value if head.te else value
+            head.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif n == 10 and name.lower() == b"connection":
             tokens = value.lower()
             if b"close" in tokens:
-                self._conn_close = True
+                head.close = True
             if b"keep-alive" in tokens:
-                self._conn_keepalive = True
+                head.keepalive = True
             if names_more_headers(tokens):
-                self._conn_listed = True
+                head.lists_headers = True
 
     def on_headers_complete(self) -> None:
-        if self._head_done:
+        if self.state != HEAD:
             return
         parser = self._parser
         status = response_status(parser)
@@ -267,13 +424,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self._informational = True  # 100 Continue, 103 Early Hints: skipped
             return
         self._informational = False
-        if self._te:
-            problem = response_problem(self._te_value, self._content_length is not None)
+        head = self.head
+        if head.te:
+            problem = response_problem(head.te, head.content_length is not None)
             if problem is not None:
                 raise InvalidResponse(problem)
-        self._code = status
-        self._version = parser.get_http_version()
-        self._head_done = True
+        head.status = status
+        head.version = parser.get_http_version()
+        self._to(BODY)
         if self._is_head:
             # llhttp cannot be told this answers a HEAD, and would wait for the
             # Content-Length body. Finish here and give later bytes a new parser.
@@ -282,8 +440,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._woken = True  # (parser callbacks run inside feed_data: see data_received)
 
     def on_body(self, data: bytes) -> None:
-        if self._body_done:
-            self._dirty = True  # bytes after a HEAD response
+        if self.state != BODY:
+            self._reuse_forbidden = True  # bytes after a HEAD response
             return
         self._buffer.append(data)
         self._buffered += len(data)
@@ -298,35 +456,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
-        if not self._body_done:
+        if self.state == BODY:
             self._complete()
             self._woken = True
 
-    # -- state helpers -----------------------------------------------------------
-
-    def _complete(self) -> None:
-        self._body_done = True
-        self.requests += 1
-
-    def _until_close(self) -> bool:
-        return not self._chunked and self._content_length is None
-
-    @property
-    def keep_alive(self) -> bool:
-        if self._conn_close:
-            return False
-        if self._version == "1.0" and not self._conn_keepalive:
-            return False
-        if self._is_head or self._code in (204, 304):
-            return True
-        return not self._until_close()
-
-    def _fail(self, reason: str) -> None:
-        if self._error is None:
-            self._error = reason
-        self._dirty = True
-        self.abort()
-        self._wake()
+    # -- waiting -------------------------------------------------------------------
 
     def _wake(self) -> None:
         w = self._waiter
@@ -338,19 +472,40 @@ class UpstreamConnection(asyncio.Protocol):
             if not w.done():
                 w.set_result(True)  # Deadlines drops the connection on its next tick
 
-    def _wait(self, deadline: float) -> asyncio.Future[bool]:
-        """Await it for any progress; it raises WaitTimeout once `deadline` passes.
-
-        Not a coroutine (one frame less on every resume) and no timer of its
-        own: the pool's Deadlines sweep checks it (see there).
-        """
-        fut: asyncio.Future[bool] = self._loop.create_future()
-        self._waiter = fut
+    def watch(self, waiter: Waiter, deadline: float) -> None:
+        """Wake `waiter` on the next progress, or fail it once `deadline` passes
+        (the pool's Deadlines sweep: no timer of its own per wait)."""
+        self._waiter = waiter
         self.deadline = deadline
         self._pool.deadlines.watch(self)
+
+    def unwatch(self, waiter: Waiter) -> None:
+        """`waiter` no longer wants to hear (its client left)."""
+        if self._waiter is waiter:
+            self._waiter = None
+
+    def expire(self, now: float) -> bool:
+        """Deadlines' question: is this wait over? Fails an overdue waiter."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return True
+        if self.deadline <= now:
+            self._waiter = None
+            waiter.set_exception(WaitTimeout())
+            return True
+        return False
+
+    def wait(self, deadline: float) -> asyncio.Future[bool]:
+        """Await it for any progress; it raises WaitTimeout once `deadline` passes.
+
+        Not a coroutine (one frame less on every resume).
+        """
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        self.watch(fut, deadline)
         return fut
 
     def take(self) -> bytes:
+        """The body bytes buffered so far (reading resumes if it was paused)."""
         buf = self._buffer
         data = buf[0] if len(buf) == 1 else b"".join(buf)
         buf.clear()
@@ -362,14 +517,15 @@ class UpstreamConnection(asyncio.Protocol):
                 transport.resume_reading()
         return data
 
-    # -- used by exchange() ------------------------------------------------------
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
 
-    def begin(self, is_head: bool) -> None:
-        self._reset(is_head)
-        self._active = True
-        if self._buffer or self._reading_paused:
-            # The last response was complete but not all read by its consumer.
-            self.take()
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    # -- writing -------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -381,31 +537,19 @@ class UpstreamConnection(asyncio.Protocol):
             raise Lost(f"write to upstream failed: {exc}") from None
 
     async def drain(self, deadline: float) -> None:
-        while self._write_paused and not self._head_done:
-            if self.transport is None or self._error is not None:
-                raise Lost(self._error or "upstream connection closed while sending")
-            await self._wait(deadline)
+        while self._write_paused and not self.head_done:
+            if self.transport is None or self.state == FAILED:
+                raise Lost(self.error or "upstream connection closed while sending")
+            await self.wait(deadline)
 
-    @property
-    def clean(self) -> bool:
-        """The whole response arrived, nothing odd happened, keep-alive allowed."""
-        return (
-            self._body_done
-            and not self._dirty
-            and self._error is None
-            and self.transport is not None
-            and self.keep_alive
-        )
-
-    def finish(self) -> None:
-        self._active = False
+    # -- closing -------------------------------------------------------------------
 
     def close(self) -> None:
         """Close; abruptly unless the connection is between exchanges."""
         transport = self.transport
         if transport is None:
             return
-        if self._active:
+        if self.state != IDLE:
             self.abort()
         else:
             self.transport = None
@@ -439,7 +583,7 @@ class Deadlines:
     def watch(self, conn: UpstreamConnection) -> None:
         self._waiting.add(conn)
         if self._handle is None:
-            loop = self._loop = conn._loop
+            loop = self._loop = conn.loop
             self._handle = loop.call_later(self.TICK, self._tick)
 
     def _tick(self) -> None:
@@ -447,16 +591,7 @@ class Deadlines:
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        done = []
-        for conn in self._waiting:
-            waiter = conn._waiter
-            if waiter is None or waiter.done():
-                done.append(conn)
-            elif conn.deadline <= now:
-                done.append(conn)
-                conn._waiter = None
-                waiter.set_exception(WaitTimeout())
-        self._waiting.difference_update(done)
+        self._waiting.difference_update([c for c in self._waiting if c.expire(now)])
         if self._waiting:
             self._handle = loop.call_later(self.TICK, self._tick)
 

@@ -1,4 +1,5 @@
-"""The upstream HTTP/1.1 exchange: send one request, hand back the response.
+"""Compiled by mypyc (pyproxyd/compiled.py). The upstream HTTP/1.1 exchange:
+send one request, hand back the response.
 
 `exchange()` takes a pooled connection, writes the request head in one
 transport.write, streams the body, waits for the response head, and turns
@@ -8,7 +9,7 @@ actually has to wait. The connection protocol itself is in connection.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from .. import errors
@@ -20,10 +21,10 @@ if TYPE_CHECKING:
 __all__ = [
     "READ_HIGH_WATER",
     "REPLAY_LIMIT",
+    "InFlight",
     "UpstreamConnection",
     "UpstreamResponse",
     "exchange",
-    "resume",
     "start",
 ]
 
@@ -59,14 +60,15 @@ class UpstreamResponse:
         self._conn = conn
         self._timeout = timeout
         self._done = False
-        self.status: int = conn._code
-        self.reason: str = conn._reason
-        self.headers: list[tuple[bytes, bytes]] = conn._headers  # raw, as received
+        head = conn.head
+        self.status: int = head.status
+        self.reason: str = head.reason
+        self.headers: list[tuple[bytes, bytes]] = head.headers  # raw, as received
         # Its Connection header names more hop-by-hop headers than the usual ones.
-        self.lists_headers: bool = conn._conn_listed
-        self.version: str = conn._version
-        self.content_length: int | None = conn._content_length
-        self.chunked: bool = conn._chunked
+        self.lists_headers: bool = head.lists_headers
+        self.version: str = head.version
+        self.content_length: int | None = None if head.te else head.content_length
+        self.chunked: bool = head.chunked
 
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} {self.reason!r} via {self._conn!r}>"
@@ -75,30 +77,30 @@ class UpstreamResponse:
         """The entire body if it has already arrived (no await needed), else None.
         A small answer usually comes in the same read as its head."""
         conn = self._conn
-        if self._done or not conn._body_done:
+        if self._done or not conn.body_done:
             return None
-        return conn.take() if conn._buffer else b""
+        return conn.take() if conn.has_data else b""
 
     async def read(self) -> bytes:
         """The next de-framed body chunk; b"" at the end of the body."""
         if self._done:
             return b""
         conn = self._conn
-        if conn._buffer:
+        if conn.has_data:
             return conn.take()
-        if conn._body_done:
+        if conn.body_done:
             return b""
         deadline = 0.0
         while True:
-            if conn._error is not None:
-                err = errors.BadGateway(conn._error)
+            if conn.error is not None:
+                err = errors.BadGateway(conn.error)
                 err.response_started = True
                 self.abort()
                 raise err
             if not deadline:
-                deadline = conn._loop.time() + self._timeout
+                deadline = conn.loop.time() + self._timeout
             try:
-                await conn._wait(deadline)
+                await conn.wait(deadline)
             except WaitTimeout:
                 self.abort()
                 err2 = errors.UpstreamTimeout(
@@ -109,9 +111,9 @@ class UpstreamResponse:
             except BaseException:
                 self.abort()
                 raise
-            if conn._buffer:
+            if conn.has_data:
                 return conn.take()
-            if conn._body_done:
+            if conn.body_done:
                 return b""
 
     def release(self) -> None:
@@ -189,33 +191,111 @@ async def exchange(
     return await _exchange_on(pool, conn, head, sender, is_head, timeout, conn.requests > 0)
 
 
-def start(pool: TargetPool, head: bytes, is_head: bool) -> tuple[UpstreamConnection, bool] | None:
-    """The first half of a body-less exchange without awaiting: an idle pooled
-    connection with `head` written to it, and whether it was reused; None when
-    no connection is idle (then `exchange()`). Finish with `resume()`."""
+class InFlight:
+    """A body-less exchange begun without a task: its head is written on an
+    idle pooled connection, and it waits for the answer in callbacks.
+
+    It is the connection's Waiter (connection.py). On the first progress (a
+    read that brought something, a failure, or its deadline passing) it calls
+    `on_wake(self)` once. The listener then takes a whole answer at once
+    (`complete`, `response()`), or goes on in a task with `await resume()`,
+    which carries on this very exchange (a timeout already passed is raised
+    there, the keep-alive race is replayed there). `cancel()` is for a
+    client that left before any of that.
+    """
+
+    __slots__ = ("_on_wake", "conn", "deadline", "fired", "head", "is_head", "pool", "reused",
+                 "timeout")  # fmt: skip
+
+    def __init__(
+        self,
+        pool: TargetPool,
+        conn: UpstreamConnection,
+        head: bytes,
+        is_head: bool,
+        timeout: float,
+        on_wake: Callable[[InFlight], None],
+    ) -> None:
+        self.pool = pool
+        self.conn = conn
+        self.head = head
+        self.is_head = is_head
+        self.timeout = timeout
+        self.reused = conn.requests > 0
+        self.deadline = conn.loop.time() + timeout
+        self.fired = False
+        self._on_wake = on_wake
+
+    def arm(self) -> None:
+        """Wait for the answer; a head that could not be written (a keep-alive
+        connection already closing) wakes at once: no read ever would."""
+        conn = self.conn
+        if conn.error is not None:
+            self.set_result(True)
+        else:
+            conn.watch(self, self.deadline)
+
+    # -- the Waiter protocol (connection.py) --
+    def done(self) -> bool:
+        return self.fired
+
+    def set_result(self, result: bool, /) -> None:
+        if not self.fired:
+            self.fired = True
+            self._on_wake(self)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.set_result(False)  # a read timeout: resume() raises it at once
+
+    @property
+    def complete(self) -> bool:
+        """The whole answer is in, nothing went wrong."""
+        conn = self.conn
+        return conn.body_done and conn.error is None
+
+    def response(self) -> UpstreamResponse:
+        return UpstreamResponse(self.pool, self.conn, self.timeout)
+
+    async def resume(self) -> UpstreamResponse:
+        """The rest of the exchange in a task, as exchange() would go on."""
+        return await _exchange_on(
+            self.pool, self.conn, self.head, None, self.is_head, self.timeout, self.reused,
+            self.deadline,
+        )  # fmt: skip
+
+    def cancel(self) -> bool:
+        """The client left before the answer: the connection cannot be reused.
+        False when it had woken already (then whoever took over cleans up)."""
+        if self.fired:
+            return False
+        self.fired = True
+        conn = self.conn
+        conn.unwatch(self)
+        conn.abort()
+        self.pool.release(conn, reusable=False)
+        return True
+
+
+def start(
+    pool: TargetPool,
+    head: bytes,
+    is_head: bool,
+    timeout: float,
+    on_wake: Callable[[InFlight], None],
+) -> InFlight | None:
+    """The first half of a body-less exchange without awaiting: `head` written
+    to an idle pooled connection; None when no connection is idle (then
+    `exchange()`). The caller arms the InFlight once it is ready to be woken."""
     conn = pool.take_idle()
     if conn is None:
         return None
-    reused = conn.requests > 0
+    flight = InFlight(pool, conn, head, is_head, timeout, on_wake)
     conn.begin(is_head)
     try:
         conn.write(head)
     except Lost as exc:
-        conn._error = str(exc)  # resume() takes it from here (the keep-alive race)
-    return conn, reused
-
-
-async def resume(
-    pool: TargetPool,
-    conn: UpstreamConnection,
-    head: bytes,
-    is_head: bool,
-    timeout: float,
-    reused: bool,
-    deadline: float,
-) -> UpstreamResponse:
-    """exchange() from where `start()` left it: the head is written."""
-    return await _exchange_on(pool, conn, head, None, is_head, timeout, reused, deadline)
+        conn.write_failed(str(exc))  # resume() takes it from here (the keep-alive race)
+    return flight
 
 
 async def _exchange_on(
@@ -261,16 +341,16 @@ async def _attempt(
                 conn.write(head)
             else:
                 await _send_body(conn, head, body, timeout, reused)
-        elif not conn._head_done and conn._error is None and sent_at <= conn._loop.time():
+        elif not conn.head_done and conn.error is None and sent_at <= conn.loop.time():
             raise WaitTimeout  # it passed while the proxy's callback path waited
-        while not conn._head_done:  # (inline: one coroutine less to resume through)
-            if conn._error is not None:
-                raise Lost(conn._error)
+        while not conn.head_done:  # (inline: one coroutine less to resume through)
+            if conn.error is not None:
+                raise Lost(conn.error)
             if not deadline:
-                deadline = conn._loop.time() + timeout
-            await conn._wait(deadline)
+                deadline = conn.loop.time() + timeout
+            await conn.wait(deadline)
     except Lost as exc:
-        if reused and not conn._received and (body is None or not body.overflow):
+        if reused and not conn.received and (body is None or not body.overflow):
             raise _Stale from None  # renew() closes it and keeps the slot
         pool.release(conn, reusable=False)
         message = str(exc)
@@ -309,17 +389,17 @@ async def _send_body(
             conn.write(first)
     deadline = 0.0
     while not body.done:
-        if conn._head_done:
+        if conn.head_done:
             # The upstream answered before taking the whole body (a 413, a 401):
             # stop sending; that connection cannot carry another request.
-            conn._dirty = True
+            conn.forbid_reuse()
             return
-        if conn.transport is None or conn._error is not None:
-            raise Lost(conn._error or "upstream connection closed while sending the body")
-        if conn._write_paused:
+        if conn.transport is None or conn.error is not None:
+            raise Lost(conn.error or "upstream connection closed while sending the body")
+        if conn.write_paused:
             # nginx has proxy_send_timeout; read_timeout bounds a stalled upstream here.
             if not deadline:
-                deadline = conn._loop.time() + timeout
+                deadline = conn.loop.time() + timeout
             await conn.drain(deadline)
             deadline = 0.0
             continue
@@ -329,7 +409,7 @@ async def _send_body(
         try:
             conn.write(chunk)
         except Lost:
-            if not conn._head_done:
+            if not conn.head_done:
                 raise
-            conn._dirty = True  # answered, then closed: the answer still counts
+            conn.forbid_reuse()  # answered, then closed: the answer still counts
             return

@@ -451,7 +451,7 @@ class TargetPool:
         self.opened_total += 1
         return conn
 
-    def _lost_idle(self, conn: UpstreamConnection) -> None:
+    def lost_idle(self, conn: UpstreamConnection) -> None:
         """The peer closed a connection that is not lent out."""
         self._core.drop(conn)
 

@@ -106,7 +106,7 @@ async def _measure(requests: int, rounds: int, flavour: str) -> list[float]:
     from pyproxyd.config_load import load
     from pyproxyd.frontend.connection import Frontend
     from pyproxyd.observe.logging import AccessLog, configure
-    from pyproxyd.proxy import Proxy
+    from pyproxyd.proxy.handler import Proxy
     from pyproxyd.snapshot import SnapshotHolder
     from pyproxyd.upstream.connection import UpstreamConnection
 

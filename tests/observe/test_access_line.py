@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pyproxyd.observe import logging as plog
-from pyproxyd.proxy import RequestInfo
+from pyproxyd.proxy.record import RequestInfo
 
 
 async def test_access_line_escapes_every_string_and_nulls_empty_ones(tmp_path: Path) -> None:

@@ -265,8 +265,8 @@ async def test_unread_body_is_bounded_by_pausing_the_socket() -> None:
         resp = await exchange(pool, get(f"/download/{10 << 20}"), None)
         await asyncio.sleep(0.2)  # read nothing: the socket must pause
         conn = resp._conn
-        assert conn._reading_paused
-        assert conn._buffered <= READ_HIGH_WATER + 256 * 1024
+        assert conn.reading_paused
+        assert conn.buffered <= READ_HIGH_WATER + 256 * 1024
         body = await read_all(resp)
         assert len(body) == 10 << 20
         resp.release()

@@ -1,0 +1,48 @@
+"""Compiled by mypyc (pyproxyd/compiled.py). The facts of one request that
+the pipeline gathers and the access log and metrics read.
+
+It imports nothing of the gateway: observe/ reads it without depending on
+the pipeline.
+"""
+
+from __future__ import annotations
+
+
+class RequestInfo:
+    """Per-request facts the log line and the forwarder share."""
+
+    __slots__ = (
+        "client_ip",
+        "consumer",
+        "limits",
+        "parent",
+        "path",
+        "peer",
+        "query",
+        "request_id",
+        "route",
+        "started",
+        "status",
+        "target_key",
+        "trace_id",
+        "upstream",
+        "xff",
+    )
+
+    def __init__(self, started: float = 0.0) -> None:
+        self.started = started  # loop time at arrival: the request's one clock read
+        self.request_id = ""
+        self.trace_id = ""
+        self.route = ""
+        self.upstream = ""
+        self.path = ""
+        self.client_ip = ""
+        self.consumer = ""  # the consumer the request's credential or X-Client-ID named
+        self.limits = b""  # rate-limit response header lines, rendered
+        self.status = 0
+        self.target_key: int | None = None  # hashed client key, for ip_hash / hash:<key>
+        # What the upstream request head is built from:
+        self.peer = ""  # the client's socket address
+        self.xff: tuple[str, ...] = ()  # its X-Forwarded-For, when it sent one
+        self.parent = ""  # the traceparent sent upstream
+        self.query: str | None = None  # the query string, when the target had a "?"
