@@ -64,19 +64,6 @@ def choose(
     return index, ticket
 
 
-def first_try(upstream: Upstream, now: float, key: int | None) -> First:
-    """The first try of a request: counted by the retry budget, its target
-    chosen and its breaker ticket taken."""
-    if upstream.budget is not None:
-        upstream.budget.request(now)
-    skip: set[int] = set()
-    chosen = choose(upstream, skip, now, 0, key)
-    if chosen is None:
-        no_target(upstream, now)
-    index, ticket = chosen
-    return First(index, ticket, skip)
-
-
 def answered(ticket: Ticket | None, health: Any, status: int, now: float) -> None:
     if ticket is not None:
         ticket.answered(status, now)

@@ -18,9 +18,10 @@ from ..errors import ClientGone, GatewayError
 from ..forwarding import client_address
 from ..observe.logging import get_logger
 from ..observe.metrics import RequestMetrics
+from ..resilience.breaker import Ticket
 from ..tracing import request_id, traceparent
-from ..upstream.http1 import InFlight, start
-from .forward import First, answered, first_try, forward
+from ..upstream.http1 import InFlight, UpstreamResponse
+from .forward import First, answered, choose, forward, no_target
 from .interface import Request
 from .prepare import Pending, Plan, prepare, settle
 from .record import RequestInfo
@@ -113,22 +114,27 @@ class Proxy:
         """The first try of a body-less request, without a task: on an idle
         connection the head goes upstream now and _Awaiting waits for the answer."""
         upstream = plan.upstream
-        first = first_try(upstream, ex.started, ex.target_key)
-        target = upstream.targets[first.index]
+        now = ex.started
+        if upstream.budget is not None:
+            upstream.budget.request(now)
+        skip: set[int] = set()
+        chosen = choose(upstream, skip, now, 0, ex.target_key)
+        if chosen is None:
+            no_target(upstream, now)
+        index, ticket = chosen
+        target = upstream.targets[index]
         pool = target.pool
         timeout = (
             pool.settings.read_timeout if upstream.read_timeout is None else upstream.read_timeout
         )
-        awaiting = _Awaiting(self, request, ex, snap, clock, plan, first)
-        flight = start(
-            pool, plan.head_for(target.host_header), request.method == "HEAD", timeout,
-            awaiting.woke,
+        flight = _Awaiting(
+            self, request, ex, snap, clock, plan, index, ticket, skip,
+            plan.head_for(target.host_header), timeout,
         )  # fmt: skip
-        if flight is None:  # no idle connection: connect (or wait for one) in a task
-            self._spawn(request, ex, snap, clock, plan, first)
+        if not flight.begin():  # no idle connection: connect (or wait for one) in a task
+            self._spawn(request, ex, snap, clock, plan, First(index, ticket, skip))
             return
-        first.flight = flight
-        request.cancel = awaiting.cancel
+        request.cancel = flight.cancel_request
         flight.arm()
 
     # -- the task, wherever the request left the callbacks ------------------------------
@@ -219,15 +225,16 @@ class Proxy:
         request.handled()
 
 
-class _Awaiting:
+class _Awaiting(InFlight):
     """A request whose head is upstream, waiting for the answer in callbacks.
 
-    upstream.http1.InFlight wakes it once (`woke`): a whole small answer is
-    relayed right there; anything else (a partial or large body, an error,
-    a timeout) goes on in a task from this very try, handed over as `first`.
+    The exchange wakes it once (`woke`): a whole small answer is relayed
+    right there; anything else (a partial or large body, an error, a
+    timeout) goes on in a task from this very try, handed over as a First.
     """
 
-    __slots__ = ("clock", "ex", "first", "plan", "proxy", "request", "sent", "snap")
+    __slots__ = ("clock", "ex", "index", "plan", "proxy", "request", "sent", "skip", "snap",
+                 "ticket")  # fmt: skip
 
     def __init__(
         self,
@@ -237,24 +244,32 @@ class _Awaiting:
         snap: Snapshot,
         clock: float,
         plan: Plan,
-        first: First,
+        index: int,
+        ticket: Ticket | None,
+        skip: set[int],
+        head: bytes,
+        timeout: float,
     ) -> None:
+        super().__init__(plan.upstream.targets[index].pool, head, request.method == "HEAD",
+                         timeout)  # fmt: skip
         self.proxy = proxy
         self.request = request
         self.ex = ex
         self.snap = snap
         self.clock = clock
         self.plan = plan
-        self.first = first
+        self.index = index
+        self.ticket = ticket
+        self.skip = skip
         self.sent = perf_counter()
 
-    def woke(self, flight: InFlight) -> None:
+    def woke(self) -> None:
         request = self.request
-        if flight.complete:
-            up = flight.response()
+        if self.complete:
+            up = self.response()
             if small(request, up):
                 try:
-                    self._relay(flight)
+                    self._relay(up)
                 except Exception as exc:  # a bug: never out into the connection's callback
                     log.error("internal_error", error=repr(exc), request_id=self.ex.request_id)
                     up.abort()
@@ -262,13 +277,14 @@ class _Awaiting:
                     self.ex.status = 500
                     self.proxy._finish(request, self.ex, self.clock, self.snap)
                 return
-        self.proxy._spawn(request, self.ex, self.snap, self.clock, self.plan, self.first)
+        first = First(self.index, self.ticket, self.skip)
+        first.flight = self
+        self.proxy._spawn(request, self.ex, self.snap, self.clock, self.plan, first)
 
-    def _relay(self, flight: InFlight) -> None:
-        proxy, ex, first = self.proxy, self.ex, self.first
+    def _relay(self, up: UpstreamResponse) -> None:
+        proxy, ex = self.proxy, self.ex
         upstream = self.plan.upstream
-        up = flight.response()
-        answered(first.ticket, upstream.targets[first.index].health, up.status, ex.started)
+        answered(self.ticket, upstream.targets[self.index].health, up.status, ex.started)
         proxy.metrics.upstream_answered(upstream.name, perf_counter() - self.sent)
         try:
             relay_now(self.request, up, ex)
@@ -276,13 +292,12 @@ class _Awaiting:
             ex.status = 499
         proxy._finish(self.request, ex, self.clock, self.snap)
 
-    def cancel(self) -> None:
+    def cancel_request(self) -> None:
         """The client left while the upstream works on its request."""
-        flight = self.first.flight
-        if flight is None or not flight.cancel():
+        if not self.cancel():
             return
-        if self.first.ticket is not None:
-            self.first.ticket.abandon()  # a client that left says nothing about the upstream
+        if self.ticket is not None:
+            self.ticket.abandon()  # a client that left says nothing about the upstream
         self.ex.status = 499
         self.proxy._finish(self.request, self.ex, self.clock, self.snap, counted=False)
 

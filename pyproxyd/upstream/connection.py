@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -38,27 +38,34 @@ if TYPE_CHECKING:
 READ_HIGH_WATER = 256 * 1024
 
 # The states of the exchange on a connection.
-IDLE = 0  # between exchanges: any byte that arrives is a stray one
-HEAD = 1  # a request was (or is being) sent; the final response head is not in
-BODY = 2  # the final head is in; its body is arriving
-DONE = 3  # the whole response is in; not yet handed back to the pool
-FAILED = 4  # the exchange broke (`error` says why); the connection is done for
+# (Final: mypyc inlines them; a plain module global is a dict lookup per use.)
+IDLE: Final = 0  # between exchanges: any byte that arrives is a stray one
+HEAD: Final = 1  # a request was (or is being) sent; the final response head is not in
+BODY: Final = 2  # the final head is in; its body is arriving
+DONE: Final = 3  # the whole response is in; not yet handed back to the pool
+FAILED: Final = 4  # the exchange broke (`error` says why); the connection is done for
 STATE_NAMES = ("IDLE", "HEAD", "BODY", "DONE", "FAILED")
 
-_TRANSITIONS: dict[int, frozenset[int]] = {
-    IDLE: frozenset({HEAD}),
-    HEAD: frozenset({BODY, FAILED}),
-    BODY: frozenset({DONE, FAILED}),
-    DONE: frozenset({IDLE}),  # (a failure after DONE costs the connection, not the answer)
-    FAILED: frozenset(),
-}
+
+def allowed(old: int, new: int) -> bool:
+    """The transition table. (Written as code: a table in a module global is
+    a dictionary lookup per transition in the compiled build.)"""
+    if old == IDLE:
+        return new == HEAD
+    if old == HEAD:
+        return new in (BODY, FAILED)
+    if old == BODY:
+        return new in (DONE, FAILED)
+    if old == DONE:
+        return new == IDLE  # (a failure after DONE costs the connection, not the answer)
+    return False  # FAILED is final
 
 
 class InvalidResponse(ValueError):
     """A response head llhttp accepts but HTTP does not."""
 
 
-class StateError(RuntimeError):
+class StateError(Exception):
     """A transition the state table does not allow: a bug, never input."""
 
 
@@ -124,10 +131,15 @@ class ResponseHead:
     )
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty, for the next message (one object per connection, not per exchange)."""
         self.status = 0
         self.reason = ""
         self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []  # raw, as received
+        self.headers: list[tuple[bytes, bytes]] = []  # raw, as received (a new list: a
+        # response of the last exchange may still hold the old one)
         self.content_length: int | None = None
         self.te = b""  # the Transfer-Encoding value(s), joined
         self.chunked = False
@@ -149,6 +161,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_bytes",
         "_head_size",
         "_informational",
+        "_interim",
         "_is_head",
         "_loop",
         "_max_head",
@@ -194,6 +207,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._is_head = False
         self._reuse_forbidden = False
         self._informational = False
+        self._interim = False  # an interim (1xx) head was parsed into `head`
         self._head_bytes = 0  # bytes read while the final head was incomplete
         self._head_size = 0  # parsed bytes of the heads (interim ones too)
 
@@ -234,7 +248,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- the state machine ---------------------------------------------------------
 
     def _to(self, new: int) -> None:
-        if new not in _TRANSITIONS[self.state]:
+        if not allowed(self.state, new):
             raise StateError(f"{STATE_NAMES[self.state]} -> {STATE_NAMES[new]}")
         self.state = new
 
@@ -246,9 +260,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._reuse_forbidden = False
         self.error = None
         self._informational = False
+        self._interim = False
         self._head_bytes = 0
         self._head_size = 0
-        self.head = ResponseHead()
+        self.head.reset()
         if self._buffer or self._reading_paused:
             # The last response was complete but not all read by its consumer.
             self.take()
@@ -379,8 +394,9 @@ class UpstreamConnection(asyncio.Protocol):
             # A second message after the final one: we never pipeline, so the
             # upstream is confused (or this is the stale parser of a HEAD).
             self._reuse_forbidden = True
-        else:
-            self.head = ResponseHead()
+        elif self._interim:
+            self._interim = False
+            self.head.reset()  # the final head after a 100 Continue or 103
 
     def on_status(self, reason: bytes) -> None:
         if self.state != HEAD:
@@ -422,6 +438,7 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             if status != 101:
                 self._informational = True  # 100 Continue, 103 Early Hints: skipped
+            self._interim = True
             return
         self._informational = False
         head = self.head

@@ -9,7 +9,7 @@ actually has to wait. The connection protocol itself is in connection.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from .. import errors
@@ -25,7 +25,6 @@ __all__ = [
     "UpstreamConnection",
     "UpstreamResponse",
     "exchange",
-    "start",
 ]
 
 # Body bytes kept to replay a request after the keep-alive race.
@@ -197,39 +196,52 @@ class InFlight:
 
     It is the connection's Waiter (connection.py). On the first progress (a
     read that brought something, a failure, or its deadline passing) it calls
-    `on_wake(self)` once. The listener then takes a whole answer at once
+    `woke()` once, which a subclass overrides (one object per request: no
+    callback to allocate). There it takes a whole answer at once
     (`complete`, `response()`), or goes on in a task with `await resume()`,
     which carries on this very exchange (a timeout already passed is raised
     there, the keep-alive race is replayed there). `cancel()` is for a
-    client that left before any of that.
+    client that left before any of that. `begin()` writes the head on an
+    idle connection of `pool`, or says there is none.
     """
 
-    __slots__ = ("_on_wake", "conn", "deadline", "fired", "head", "is_head", "pool", "reused",
-                 "timeout")  # fmt: skip
+    __slots__ = ("conn", "deadline", "fired", "head", "is_head", "pool", "reused", "timeout")
 
-    def __init__(
-        self,
-        pool: TargetPool,
-        conn: UpstreamConnection,
-        head: bytes,
-        is_head: bool,
-        timeout: float,
-        on_wake: Callable[[InFlight], None],
-    ) -> None:
+    def __init__(self, pool: TargetPool, head: bytes, is_head: bool, timeout: float) -> None:
         self.pool = pool
-        self.conn = conn
         self.head = head
         self.is_head = is_head
         self.timeout = timeout
-        self.reused = conn.requests > 0
-        self.deadline = conn.loop.time() + timeout
+        self.conn: UpstreamConnection | None = None
+        self.reused = False
+        self.deadline = 0.0
         self.fired = False
-        self._on_wake = on_wake
+
+    def begin(self) -> bool:
+        """The head written to an idle pooled connection; False when none is
+        idle (then exchange() in a task). Call arm() once ready to be woken."""
+        conn = self.pool.take_idle()
+        if conn is None:
+            return False
+        self.conn = conn
+        self.reused = conn.requests > 0
+        self.deadline = conn.loop.time() + self.timeout
+        conn.begin(self.is_head)
+        try:
+            conn.write(self.head)
+        except Lost as exc:
+            conn.write_failed(str(exc))  # resume() takes it from here (the keep-alive race)
+        return True
+
+    def woke(self) -> None:
+        """The exchange made progress (the subclass's business)."""
+        raise NotImplementedError
 
     def arm(self) -> None:
         """Wait for the answer; a head that could not be written (a keep-alive
         connection already closing) wakes at once: no read ever would."""
         conn = self.conn
+        assert conn is not None
         if conn.error is not None:
             self.set_result(True)
         else:
@@ -242,7 +254,7 @@ class InFlight:
     def set_result(self, result: bool, /) -> None:
         if not self.fired:
             self.fired = True
-            self._on_wake(self)
+            self.woke()
 
     def set_exception(self, exception: BaseException, /) -> None:
         self.set_result(False)  # a read timeout: resume() raises it at once
@@ -251,13 +263,15 @@ class InFlight:
     def complete(self) -> bool:
         """The whole answer is in, nothing went wrong."""
         conn = self.conn
-        return conn.body_done and conn.error is None
+        return conn is not None and conn.body_done and conn.error is None
 
     def response(self) -> UpstreamResponse:
+        assert self.conn is not None
         return UpstreamResponse(self.pool, self.conn, self.timeout)
 
     async def resume(self) -> UpstreamResponse:
         """The rest of the exchange in a task, as exchange() would go on."""
+        assert self.conn is not None
         return await _exchange_on(
             self.pool, self.conn, self.head, None, self.is_head, self.timeout, self.reused,
             self.deadline,
@@ -266,36 +280,14 @@ class InFlight:
     def cancel(self) -> bool:
         """The client left before the answer: the connection cannot be reused.
         False when it had woken already (then whoever took over cleans up)."""
-        if self.fired:
+        conn = self.conn
+        if self.fired or conn is None:
             return False
         self.fired = True
-        conn = self.conn
         conn.unwatch(self)
         conn.abort()
         self.pool.release(conn, reusable=False)
         return True
-
-
-def start(
-    pool: TargetPool,
-    head: bytes,
-    is_head: bool,
-    timeout: float,
-    on_wake: Callable[[InFlight], None],
-) -> InFlight | None:
-    """The first half of a body-less exchange without awaiting: `head` written
-    to an idle pooled connection; None when no connection is idle (then
-    `exchange()`). The caller arms the InFlight once it is ready to be woken."""
-    conn = pool.take_idle()
-    if conn is None:
-        return None
-    flight = InFlight(pool, conn, head, is_head, timeout, on_wake)
-    conn.begin(is_head)
-    try:
-        conn.write(head)
-    except Lost as exc:
-        conn.write_failed(str(exc))  # resume() takes it from here (the keep-alive race)
-    return flight
 
 
 async def _exchange_on(

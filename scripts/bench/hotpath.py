@@ -106,7 +106,10 @@ async def _measure(requests: int, rounds: int, flavour: str) -> list[float]:
     from pyproxyd.config_load import load
     from pyproxyd.frontend.connection import Frontend
     from pyproxyd.observe.logging import AccessLog, configure
-    from pyproxyd.proxy.handler import Proxy
+    try:
+        from pyproxyd.proxy.handler import Proxy
+    except ImportError:  # a checkout from before proxy/ became a package (--against)
+        from pyproxyd.proxy import Proxy  # type: ignore[no-redef,attr-defined]
     from pyproxyd.snapshot import SnapshotHolder
     from pyproxyd.upstream.connection import UpstreamConnection
 
