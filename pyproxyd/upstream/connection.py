@@ -47,20 +47,6 @@ FAILED: Final = 4  # the exchange broke (`error` says why); the connection is do
 STATE_NAMES = ("IDLE", "HEAD", "BODY", "DONE", "FAILED")
 
 
-def allowed(old: int, new: int) -> bool:
-    """The transition table. (Written as code: a table in a module global is
-    a dictionary lookup per transition in the compiled build.)"""
-    if old == IDLE:
-        return new == HEAD
-    if old == HEAD:
-        return new in (BODY, FAILED)
-    if old == BODY:
-        return new in (DONE, FAILED)
-    if old == DONE:
-        return new == IDLE  # (a failure after DONE costs the connection, not the answer)
-    return False  # FAILED is final
-
-
 class InvalidResponse(ValueError):
     """A response head llhttp accepts but HTTP does not."""
 
@@ -248,8 +234,23 @@ class UpstreamConnection(asyncio.Protocol):
     # -- the state machine ---------------------------------------------------------
 
     def _to(self, new: int) -> None:
-        if not allowed(self.state, new):
-            raise StateError(f"{STATE_NAMES[self.state]} -> {STATE_NAMES[new]}")
+        """The one place the state changes. The table, as code (a table in a
+        module global is a dictionary lookup per transition, compiled):
+        IDLE -> HEAD -> BODY -> DONE -> IDLE; HEAD and BODY -> FAILED (final).
+        A failure after DONE costs the connection, not the answer (_failed)."""
+        old = self.state
+        if old == IDLE:
+            ok = new == HEAD
+        elif old == HEAD:
+            ok = new in (BODY, FAILED)
+        elif old == BODY:
+            ok = new in (DONE, FAILED)
+        elif old == DONE:
+            ok = new == IDLE
+        else:
+            ok = False
+        if not ok:
+            raise StateError(f"{STATE_NAMES[old]} -> {STATE_NAMES[new]}")
         self.state = new
 
     def begin(self, is_head: bool) -> None:
