@@ -86,6 +86,7 @@ class Supervisor:
         self._notify.setblocking(False)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent_ready = False
+        self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -191,29 +192,38 @@ class Supervisor:
         await watch(lambda: watched(self.loaded), self.reload, stop)
 
     async def reload(self) -> None:
-        """Validate first, so a bad file is reported once and no worker tries it."""
+        """Validate first, so a bad file is reported once and no worker tries it.
+
+        Answered as the single process answers (reload.Reloader.reload):
+        RELOADING=1, one log event, READY=1, whatever the outcome.
+        """
+        async with self._reload_lock:
+            sdnotify.reloading()
+            try:
+                await self._reload()
+            finally:
+                sdnotify.ready()
+
+    async def _reload(self) -> None:
+        file = str(self.loaded.path)
         try:
             loaded = await asyncio.to_thread(load, self.loaded.path)
+            if loaded.digest == self.loaded.digest:
+                self.tally.unchanged(file)
+                return
             problems = unsupported(loaded.config)
             if problems:
-                raise ConfigError(str(self.loaded.path), problems)
+                raise ConfigError(file, problems)
             snapshot = await asyncio.to_thread(compile_snapshot, loaded)
         except (ConfigError, ValueError, OSError) as e:
-            self.tally.failed(str(self.loaded.path), e)
-            return
-        if loaded.digest == self.loaded.digest:
-            self.tally.unchanged()
+            self.tally.failed(file, e)
             return
         self.loaded, self.snapshot = loaded, snapshot
-        self.tally.succeeded()
-        sdnotify.reloading()
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(signal.SIGHUP)
-        sdnotify.ready()
-        log.info("config_reloaded", file=str(self.loaded.path), digest=loaded.digest,
-                 workers=len(self.workers))  # fmt: skip
+        self.tally.succeeded(file, digest=loaded.digest, workers=len(self.workers))
 
     # ----------------------------------------------------------------- admin
 
