@@ -100,16 +100,27 @@ class Supervisor:
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()
         stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                stop.set()
+                self.stopping = True
+                log.info("shutdown", signal=sig.name, workers=len(self.workers),
+                         graceful_timeout=self.loaded.config.server.graceful_timeout)  # fmt: skip
+                sdnotify.stopping()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         for w in self.workers:
             self._spawn(self._keep_running(w))
         watcher = asyncio.create_task(self._watch(stop)) if self.watch else None
         await stop.wait()
-        self.stopping = True
-        sdnotify.stopping()
-        await self._stop_workers()
+        started = loop.time()
+        killed = await self._stop_workers()
+        # Each worker logs its own worker_stopped with the requests it finished or cut.
+        log.info("stopped", workers=len(self.workers), killed=killed,
+                 seconds=round(loop.time() - started, 3))  # fmt: skip
         if watcher is not None:
             await watcher
         loop.remove_reader(self._notify.fileno())
@@ -154,20 +165,24 @@ class Supervisor:
             await asyncio.sleep(w.backoff)
             w.backoff = min(w.backoff * 2, BACKOFF_MAX)
 
-    async def _stop_workers(self) -> None:
+    async def _stop_workers(self) -> int:
+        """SIGTERM to every worker; how many had to be killed after the grace."""
         grace = self.loaded.config.server.graceful_timeout + 5.0
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
+        killed = 0
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
         except TimeoutError:
             for p in procs:
                 if p.returncode is None:
+                    killed += 1
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
             await asyncio.gather(*(p.wait() for p in procs))
+        return killed
 
     # ---------------------------------------------------------------- notify
 

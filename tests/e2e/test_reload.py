@@ -467,3 +467,30 @@ async def test_every_sighup_is_answered_on_notify_socket_and_in_the_log(
     answers = [e["event"] for e in events(gw.output) if e["event"] in RELOAD_EVENTS]
     assert answers == ["config_unchanged", "config_reload_failed", "config_reloaded"]
 
+
+@pytest.mark.parametrize(("workers", "sig"), [(1, signal.SIGTERM), (1, signal.SIGINT),
+                                              (2, signal.SIGTERM)])  # fmt: skip
+async def test_a_stop_logs_shutdown_then_stopped_with_what_it_drained(
+    tmp_path: Path, workers: int, sig: signal.Signals
+) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b, workers=workers)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin, timeout=20)
+            slow = asyncio.create_task(status_of(s, st.url("/a/sleep?s=1")))
+            await wait_for(lambda: b.open_connections == 1, timeout=5)
+            await asyncio.sleep(0.1)  # the request has reached the backend
+            gw.proc.send_signal(sig)  # type: ignore[union-attr]
+            assert await slow == 200
+            assert await gw.stop() == 0
+    logged = events(gw.output)
+    names = [e["event"] for e in logged]
+    assert names.count("shutdown") == 1 and names.count("stopped") == 1
+    assert names.index("shutdown") < names.index("stopped")
+    shutdown = logged[names.index("shutdown")]
+    assert shutdown["signal"] == sig.name
+    drained = [e for e in logged if e["event"] == ("stopped" if workers == 1 else "worker_stopped")]
+    assert len(drained) == workers
+    assert sum(e["in_flight"] for e in drained) == 1
+    assert sum(e["finished"] for e in drained) == 1
+    assert sum(e["cut"] for e in drained) == 0
