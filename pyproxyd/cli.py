@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .config import Config
-from .config_load import ConfigError, Loaded, load
+from .config_load import ConfigError, Loaded, load, log_file
 
 
 def _load_or_exit(path: str) -> Loaded:
@@ -87,9 +87,12 @@ def _run(loaded: Loaded, path: str, *, watch: bool) -> None:
             click.echo(p.format(path), err=True)
         sys.exit(1)
     lc = loaded.config.logging
-    # Like every path in the config, a relative log file is relative to its folder.
-    log_file = str(loaded.path.parent / lc.file) if lc.file else None
-    configure(lc.format, lc.level, log_file)
+    log_path = log_file(loaded.config, loaded.path.parent)
+    try:
+        configure(lc.format, lc.level, str(log_path) if log_path else None)
+    except OSError as e:  # validate checks the folder; permissions it cannot know
+        click.echo(f"{path}: logging.file: cannot open {log_path}: {e.strerror}", err=True)
+        sys.exit(1)
     try:
         import uvloop
 
