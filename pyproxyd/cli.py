@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .config import Config
-from .config_load import ConfigError, Loaded, load
+from .config_load import ConfigError, Loaded, load, log_file
 
 
 def _load_or_exit(path: str) -> Loaded:
@@ -87,9 +87,12 @@ def _run(loaded: Loaded, path: str, *, watch: bool) -> None:
             click.echo(p.format(path), err=True)
         sys.exit(1)
     lc = loaded.config.logging
-    # Like every path in the config, a relative log file is relative to its folder.
-    log_file = str(loaded.path.parent / lc.file) if lc.file else None
-    configure(lc.format, lc.level, log_file)
+    log_path = log_file(loaded.config, loaded.path.parent)
+    try:
+        configure(lc.format, lc.level, str(log_path) if log_path else None)
+    except OSError as e:  # validate checks the folder; permissions it cannot know
+        click.echo(f"{path}: logging.file: cannot open {log_path}: {e.strerror}", err=True)
+        sys.exit(1)
     try:
         import uvloop
 
@@ -105,10 +108,12 @@ def _run(loaded: Loaded, path: str, *, watch: bool) -> None:
 
 async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     from . import sdnotify
+    from .observe.logging import get_logger
     from .reload import Reloader
     from .server import Gateway
     from .supervisor import WORKER_ENV, WORKER_SOCKET_ENV, Supervisor, stop_with_supervisor
 
+    log = get_logger("pyproxyd.server")
     worker = os.environ.get(WORKER_ENV) is not None
     workers = loaded.config.server.workers or (os.cpu_count() or 1)
     if workers > 1 and not worker:
@@ -125,19 +130,35 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     gateway.reloader = reloader
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    # A worker's lines are named worker_*: the instance's shutdown and stopped
+    # are its supervisor's; a worker's own say what it drained.
+    prefix = "worker_" if worker else ""
+    fields: dict[str, object] = {"worker": int(os.environ[WORKER_ENV])} if worker else {}
+
+    def stopping(reason: str) -> None:
+        if stop.is_set():
+            return
+        stop.set()
+        log.info(f"{prefix}shutdown", signal=reason, **fields,
+                 graceful_timeout=gateway.snapshot.server.graceful_timeout)  # fmt: skip
+        sdnotify.stopping()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping, sig.name)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
     if worker:
-        stop_with_supervisor(stop.set)
+        stop_with_supervisor(lambda: stopping("supervisor_gone"))
     # A worker is told to reload by its supervisor; a single process watches itself.
     watcher = asyncio.create_task(reloader.watch(stop)) if watch and not worker else None
     sdnotify.ready()
     await stop.wait()
-    sdnotify.stopping()
-    await gateway.stop()
+    started = loop.time()
+    drained = await gateway.stop()
     if watcher is not None:
         await watcher
+    log.info(f"{prefix}stopped", **fields, in_flight=drained.in_flight,
+             finished=drained.finished, cut=drained.cut,
+             seconds=round(loop.time() - started, 3))  # fmt: skip
 
 
 @main.command()

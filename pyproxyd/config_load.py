@@ -147,12 +147,38 @@ def load(path: str | Path) -> Loaded:
     except UnicodeDecodeError:
         raise ConfigError(str(path), [Problem("(file)", "not valid UTF-8")]) from None
     cfg = parse(text, str(path))
+    problems = _check_paths(cfg, p.resolve().parent, text)
+    if problems:
+        raise ConfigError(str(path), problems)
     digest = hashlib.sha256(raw)
     for extra in _read_by_compile(cfg, p.resolve().parent):
         # A file the compile reads is part of the config: when only it changed,
         # the digest changes too, so a reload (SIGHUP) is not skipped as a no-op.
         digest.update(b"\0" + extra)
     return Loaded(cfg, p.resolve(), digest.hexdigest())
+
+
+def log_file(cfg: Config, folder: Path) -> Path | None:
+    """Where `logging.file` appends (like every path in the config, relative to its folder)."""
+    return folder / cfg.logging.file if cfg.logging.file else None
+
+
+def _check_paths(cfg: Config, folder: Path, text: str) -> list[Problem]:
+    """What `run` would open for writing and cannot: found by `validate`, not by a
+    traceback at start. Files the compile reads (TLS, jwks_file) it checks itself."""
+    path = log_file(cfg, folder)
+    if path is None:
+        return []
+    if not path.parent.exists():
+        message = f"folder {path.parent} does not exist"
+    elif not path.parent.is_dir():
+        message = f"{path.parent} is not a folder"
+    elif path.is_dir():
+        message = f"{path} is a folder"
+    else:
+        return []
+    loc = ("logging", "file")
+    return [Problem(dotted(loc), message, _Locator(text)(loc))]
 
 
 def inputs(cfg: Config, folder: Path) -> list[Path]:

@@ -22,10 +22,13 @@ log = get_logger("pyproxyd.reload")
 
 
 class ReloadTally:
-    """One process's reload results: what /admin/config shows and the metric counts.
+    """One process's reload results: what /admin/config shows, the metric counts,
+    and the one log event each reload attempt gets.
 
     `counted=False` for a worker: its reloads are its supervisor's to count
-    (it validated them first), or N workers would count each one N times.
+    (it validated them first), or N workers would count each one N times; and
+    its events are named `worker_*`, so that a reload logs one `config_*`
+    event per instance, the supervisor's.
     """
 
     def __init__(self, *, counted: bool = True):
@@ -34,14 +37,22 @@ class ReloadTally:
         self.successes = 0
         self.failures = 0
 
-    def unchanged(self) -> None:
-        self.last_error = None
+    def _event(self, name: str) -> str:
+        return name if self.counted else f"worker_{name}"
 
-    def succeeded(self) -> None:
+    def unchanged(self, file: str) -> None:
+        self.last_error = None
+        if self.counted:
+            log.info("config_unchanged", file=file)
+        else:  # the supervisor already said so; a worker is only told when it changed
+            log.debug("worker_config_unchanged", file=file)
+
+    def succeeded(self, file: str, **fields: object) -> None:
         self.last_error = None
         self.successes += 1
         if self.counted:
             metrics.reloads("success")
+        log.info(self._event("config_reloaded"), file=file, **fields)
 
     def failed(self, file: str, exc: Exception) -> None:
         """A file that did not load or compile: the lines `pyproxyd validate` prints."""
@@ -50,7 +61,7 @@ class ReloadTally:
         self.failures += 1
         if self.counted:
             metrics.reloads("error")
-        log.error("config_reload_failed", file=file, errors=lines)
+        log.error(self._event("config_reload_failed"), file=file, errors=lines)
 
 
 class Reloader:
@@ -72,11 +83,16 @@ class Reloader:
     async def reload(self) -> bool:
         """True when a new snapshot was installed.
 
-        Parsing and compiling run in a thread: with the GIL handing the loop
-        a turn every few milliseconds, a 5,000-route compile does not stall
-        the requests in flight.
+        Every call is answered the same way, whatever its outcome: RELOADING=1,
+        one log event (config_reloaded, config_unchanged or
+        config_reload_failed), READY=1. systemd's notify-reload waits for
+        READY=1 after each SIGHUP, and an operator who sent one wants to see
+        that it was read. Parsing and compiling run in a thread: with the GIL
+        handing the loop a turn every few milliseconds, a 5,000-route compile
+        does not stall the requests in flight.
         """
         async with self._lock:
+            sdnotify.reloading()
             gw = self.gateway
             assert gw.holder is not None
             current = gw.holder.current
@@ -95,12 +111,13 @@ class Reloader:
                 sys.setswitchinterval(interval)
                 gc.freeze()
                 gc.enable()
+                sdnotify.ready()  # after a failure too: the old config keeps serving
 
     async def _reload(self, gw: Gateway, current: Snapshot) -> bool:
         try:
             loaded = await asyncio.to_thread(load, current.file)
             if loaded.digest == current.digest:
-                self.tally.unchanged()
+                self.tally.unchanged(current.file)
                 return False
             problems = unsupported(loaded.config)
             if problems:
@@ -112,13 +129,10 @@ class Reloader:
             return False
         for setting in fixed:
             log.warning("config_change_needs_restart", setting=setting, kept="old value")
-        sdnotify.reloading()
         assert gw.holder is not None
         gw.holder.swap(new)
         gw.loaded = loaded
-        self.tally.succeeded()
-        sdnotify.ready()
-        log.info("config_reloaded", file=current.file, digest=loaded.digest, routes=len(new.routes))
+        self.tally.succeeded(current.file, digest=loaded.digest, routes=len(new.routes))
         return True
 
 

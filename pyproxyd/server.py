@@ -11,7 +11,7 @@ import contextlib
 import gc
 import socket
 import ssl
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -33,6 +33,18 @@ log = get_logger("pyproxyd.server")
 def split_host_port(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+class Drained(NamedTuple):
+    """What a graceful stop found busy, counted by client connection (one
+    request or WebSocket each; pipelined requests behind one are its own)."""
+
+    in_flight: int  # busy when the listeners closed
+    cut: int  # still busy at graceful_timeout, aborted
+
+    @property
+    def finished(self) -> int:
+        return self.in_flight - self.cut
 
 
 class CannotStart(Exception):
@@ -189,15 +201,16 @@ class Gateway:
     async def upstreams(self) -> dict[str, Any]:
         return local_upstreams(self.snapshot)
 
-    async def stop(self) -> None:
+    async def stop(self) -> Drained:
         """Stop accepting, let in-flight requests finish within graceful_timeout."""
         if not self.ready and not self._servers:
-            return
+            return Drained(0, 0)
         self.ready = False
         self.sampler.stop()
         timeout = self.snapshot.server.graceful_timeout
         for server in self._servers:
             server.close()
+        drained = Drained(0, 0)
         if self._http is not None:
             # Idle connections close now; busy ones (a request, a WebSocket) get
             # until graceful_timeout, then are cut.
@@ -205,8 +218,10 @@ class Gateway:
             deadline = loop.time() + timeout
             for conn in list(self._http.connections):
                 conn.drain_close()
+            in_flight = sum(1 for c in self._http.connections if c.busy)
             while any(c.busy for c in self._http.connections) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
+            drained = Drained(in_flight, sum(1 for c in self._http.connections if c.busy))
             for conn in list(self._http.connections):
                 conn.abort()
             self._http.stop()
@@ -226,6 +241,7 @@ class Gateway:
             if runner is not None:
                 await runner.cleanup()
         self.stopped.set()
+        return drained
 
     async def __aenter__(self) -> Gateway:
         await self.start()

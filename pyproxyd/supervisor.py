@@ -86,6 +86,7 @@ class Supervisor:
         self._notify.setblocking(False)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent_ready = False
+        self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -99,16 +100,27 @@ class Supervisor:
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()
         stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                stop.set()
+                self.stopping = True
+                log.info("shutdown", signal=sig.name, workers=len(self.workers),
+                         graceful_timeout=self.loaded.config.server.graceful_timeout)  # fmt: skip
+                sdnotify.stopping()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         for w in self.workers:
             self._spawn(self._keep_running(w))
         watcher = asyncio.create_task(self._watch(stop)) if self.watch else None
         await stop.wait()
-        self.stopping = True
-        sdnotify.stopping()
-        await self._stop_workers()
+        started = loop.time()
+        killed = await self._stop_workers()
+        # Each worker logs its own worker_stopped with the requests it finished or cut.
+        log.info("stopped", workers=len(self.workers), killed=killed,
+                 seconds=round(loop.time() - started, 3))  # fmt: skip
         if watcher is not None:
             await watcher
         loop.remove_reader(self._notify.fileno())
@@ -153,20 +165,24 @@ class Supervisor:
             await asyncio.sleep(w.backoff)
             w.backoff = min(w.backoff * 2, BACKOFF_MAX)
 
-    async def _stop_workers(self) -> None:
+    async def _stop_workers(self) -> int:
+        """SIGTERM to every worker; how many had to be killed after the grace."""
         grace = self.loaded.config.server.graceful_timeout + 5.0
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
+        killed = 0
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
         except TimeoutError:
             for p in procs:
                 if p.returncode is None:
+                    killed += 1
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
             await asyncio.gather(*(p.wait() for p in procs))
+        return killed
 
     # ---------------------------------------------------------------- notify
 
@@ -191,29 +207,38 @@ class Supervisor:
         await watch(lambda: watched(self.loaded), self.reload, stop)
 
     async def reload(self) -> None:
-        """Validate first, so a bad file is reported once and no worker tries it."""
+        """Validate first, so a bad file is reported once and no worker tries it.
+
+        Answered as the single process answers (reload.Reloader.reload):
+        RELOADING=1, one log event, READY=1, whatever the outcome.
+        """
+        async with self._reload_lock:
+            sdnotify.reloading()
+            try:
+                await self._reload()
+            finally:
+                sdnotify.ready()
+
+    async def _reload(self) -> None:
+        file = str(self.loaded.path)
         try:
             loaded = await asyncio.to_thread(load, self.loaded.path)
+            if loaded.digest == self.loaded.digest:
+                self.tally.unchanged(file)
+                return
             problems = unsupported(loaded.config)
             if problems:
-                raise ConfigError(str(self.loaded.path), problems)
+                raise ConfigError(file, problems)
             snapshot = await asyncio.to_thread(compile_snapshot, loaded)
         except (ConfigError, ValueError, OSError) as e:
-            self.tally.failed(str(self.loaded.path), e)
-            return
-        if loaded.digest == self.loaded.digest:
-            self.tally.unchanged()
+            self.tally.failed(file, e)
             return
         self.loaded, self.snapshot = loaded, snapshot
-        self.tally.succeeded()
-        sdnotify.reloading()
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(signal.SIGHUP)
-        sdnotify.ready()
-        log.info("config_reloaded", file=str(self.loaded.path), digest=loaded.digest,
-                 workers=len(self.workers))  # fmt: skip
+        self.tally.succeeded(file, digest=loaded.digest, workers=len(self.workers))
 
     # ----------------------------------------------------------------- admin
 

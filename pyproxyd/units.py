@@ -11,10 +11,27 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# One pattern per unit, used as it is by the parser here and by the JSON Schema
+# (`pyproxyd schema`), so an editor checking the schema and `validate` agree.
+# Written in the subset Python's re and ECMA-262 (JSON Schema's dialect) read
+# alike: [0-9] not \d (Python's matches any Unicode digit), [ \t] not \s, no
+# named groups. Python's `$` also matches before a final newline; `(?!\n)`
+# stops that (in ECMA-262 it holds anyway). Matched with search(), as
+# JSON Schema validators apply `pattern`.
+_SP = r"[ \t]*"
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+# A rate's count and multiplier cannot be zero: written in the pattern, so the
+# schema refuses "0/s" and "10/0s" too.
+_POSITIVE = r"(?:[0-9]*[1-9][0-9]*(?:\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)"
+_END = r"$(?!\n)"
+DURATION_PATTERN = rf"^{_SP}({_NUMBER}){_SP}(ms|s|m|h|d)?{_SP}{_END}"
+SIZE_PATTERN = rf"^{_SP}([0-9]+){_SP}(B|KiB|MiB|GiB|K|M|G|k|m|g|KB|MB|GB)?{_SP}{_END}"
+RATE_PATTERN = rf"^{_SP}({_POSITIVE}){_SP}/{_SP}([0-9]*[1-9][0-9]*)?{_SP}(ms|s|m|h|d){_SP}{_END}"
+
+_DURATION = re.compile(DURATION_PATTERN)
 _DURATION_FACTOR = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G|k|m|g|KB|MB|GB)?\s*$")
+_SIZE = re.compile(SIZE_PATTERN)
 _SIZE_FACTOR = {
     None: 1,
     "B": 1,
@@ -32,7 +49,7 @@ _SIZE_FACTOR = {
     "GB": 1000**3,
 }
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(ms|s|m|h|d)\s*$")
+_RATE = re.compile(RATE_PATTERN)
 
 
 def parse_duration(value: Any) -> float:
@@ -46,7 +63,7 @@ def parse_duration(value: Any) -> float:
             raise ValueError("a duration cannot be negative")
         return float(value)
     if isinstance(value, str):
-        m = _DURATION.match(value)
+        m = _DURATION.search(value)
         if m:
             return float(m.group(1)) * _DURATION_FACTOR[m.group(2)]
     raise ValueError(f"invalid duration {value!r}: expected e.g. '250ms', '2s', '1m', '1h'")
@@ -61,7 +78,7 @@ def parse_size(value: Any) -> int:
             raise ValueError("a size cannot be negative")
         return value
     if isinstance(value, str):
-        m = _SIZE.match(value)
+        m = _SIZE.search(value)
         if m:
             return int(m.group(1)) * _SIZE_FACTOR[m.group(2)]
     raise ValueError(f"invalid size {value!r}: expected e.g. '512KiB', '10MiB' or a byte count")
@@ -86,15 +103,15 @@ def parse_rate(value: Any) -> Rate:
     if isinstance(value, Rate):
         return value
     if isinstance(value, str):
-        m = _RATE.match(value)
+        m = _RATE.search(value)
         if m:
             count = float(m.group(1))
             mult = float(m.group(2)) if m.group(2) else 1.0
-            period = mult * _DURATION_FACTOR[m.group(3)]
-            if count <= 0 or period <= 0:
-                raise ValueError(f"invalid rate {value!r}: must be positive")
-            return Rate(count, period)
-    raise ValueError(f"invalid rate {value!r}: expected e.g. '10/s', '600/m', '5000/h'")
+            return Rate(count, mult * _DURATION_FACTOR[m.group(3)])
+    raise ValueError(
+        f"invalid rate {value!r}: expected a positive count per period, e.g. '10/s', "
+        "'600/m', '5000/h'"
+    )
 
 
 Duration = Annotated[
@@ -104,7 +121,7 @@ Duration = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)?$"},
+                {"type": "string", "pattern": DURATION_PATTERN},
                 {"type": "number", "minimum": 0},
             ],
             "description": "duration: '250ms', '2s', '1m', '1h' (a bare number is seconds)",
@@ -117,7 +134,7 @@ Size = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^\d+(B|KiB|MiB|GiB|K|M|G|k|m|g|KB|MB|GB)?$"},
+                {"type": "string", "pattern": SIZE_PATTERN},
                 {"type": "integer", "minimum": 0},
             ],
             "description": "size: '512KiB', '10MiB' (a bare number is bytes)",
@@ -131,7 +148,7 @@ RateValue = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": r"^\d+(\.\d+)?/\d*(ms|s|m|h|d)$",
+            "pattern": RATE_PATTERN,
             "description": "rate: '10/s', '600/m', '5000/h'",
         }
     ),

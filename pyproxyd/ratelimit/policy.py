@@ -365,6 +365,11 @@ def build_policy(
     a change of rate, burst, limit or tiers applies to the existing buckets."""
 
     def carry(key: Any, make: Callable[[], Any]) -> Any:
+        # Shared by the policies of one compile (the reporter): the first policy's
+        # object, not one per policy with only the last kept in `state`, which
+        # left the others' stats unexported, unsummarised and lost on reload.
+        if key in state:
+            return state[key]
         obj = old[key] if key in old else make()
         state[key] = obj
         return obj

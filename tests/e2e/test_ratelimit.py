@@ -320,3 +320,62 @@ gold = {{ burst = {gold} }}
         assert await Reloader(gw).reload()
         assert await statuses(target, 1, plain) == [429]  # its bucket was kept
         assert await statuses(target, 3, gold) == [200, 200, 429]  # 5 now, 3 used
+
+
+async def test_decisions_of_every_policy_reach_metrics(tmp_path: Path) -> None:
+    """Each policy of a config with several has its samples (one was left without them)."""
+    body = """
+[rate_limits.multi-a]
+algorithm = "token_bucket"
+key = "header:X-Client-ID"
+rate = "1/m"
+burst = 1
+[rate_limits.multi-b]
+algorithm = "sliding_window"
+key = "ip"
+limit = 100
+window = "60s"
+[rate_limits.multi-c]
+algorithm = "token_bucket"
+key = "ip"
+rate = "1/m"
+burst = 2
+"""
+    async with Backend() as b:
+        routes = f"""
+[upstreams.b]
+targets = [{{ url = "{b.url}" }}]
+[[routes]]
+id = "multi-ab"
+path = "/ab/**"
+upstream = "b"
+strip_prefix = 1
+rate_limit = ["multi-a", "multi-b"]
+[[routes]]
+id = "multi-c"
+path = "/c/**"
+upstream = "b"
+strip_prefix = 1
+rate_limit = "multi-c"
+"""
+        async with gateway(tmp_path, config(routes + body)) as gw:
+            assert await statuses(url(gw, "/ab/echo"), 2, {"X-Client-ID": "x"}) == [200, 429]
+            assert await statuses(url(gw, "/c/echo"), 3) == [200, 200, 429]
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as r,
+            ):
+                text = await r.text()
+    got = {
+        (x.labels["route"], x.labels["policy"], x.labels["result"]): x.value
+        for family in text_string_to_metric_families(text)
+        for x in family.samples
+        if x.name == "pyproxyd_ratelimit_decisions_total"
+        and x.labels["policy"].startswith("multi-")
+    }
+    assert got[("multi-ab", "multi-a", "allowed")] == 1
+    assert got[("multi-ab", "multi-a", "rejected")] == 1
+    # multi-b allowed the first request; the second was refused by multi-a first
+    assert got[("multi-ab", "multi-b", "allowed")] == 1
+    assert got[("multi-c", "multi-c", "allowed")] == 2
+    assert got[("multi-c", "multi-c", "rejected")] == 1

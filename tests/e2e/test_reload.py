@@ -402,3 +402,95 @@ async def test_a_supervisor_answers_admin_config_and_routes_and_counts_reloads_o
             assert 'pyproxyd_config_reloads_total{result="success"} 1.0' in text
             assert 'pyproxyd_config_reloads_total{result="error"} 1.0' in text
             assert await gw.stop() == 0
+
+
+class Notify:
+    """A NOTIFY_SOCKET as systemd has it: a datagram socket the test reads."""
+
+    def __init__(self, tmp_path: Path):
+        self.path = str(tmp_path / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+
+    async def next(self, timeout: float = 20.0) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), timeout)
+        return dict(line.split("=", 1) for line in data.decode().splitlines())
+
+    def pending(self) -> list[dict[str, str]]:
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return out
+            out.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+
+def events(output: bytes) -> list[dict[str, Any]]:
+    """The JSON log lines of a process (and its workers), in order."""
+    out = []
+    for line in output.decode(errors="replace").splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+RELOAD_EVENTS = ("config_reloaded", "config_unchanged", "config_reload_failed")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_every_sighup_is_answered_on_notify_socket_and_in_the_log(
+    tmp_path: Path, workers: int
+) -> None:
+    notify = Notify(tmp_path)
+    async with Backend() as b:
+        st = Setup(tmp_path, b, workers=workers)
+        async with GatewayProcess(st.path, "--no-watch", env={"NOTIFY_SOCKET": notify.path}) as gw:
+            assert (await notify.next())["READY"] == "1"
+            await gw.wait_ready(st.admin, timeout=20)
+            for text in (
+                None,  # byte-identical: config_unchanged
+                st.base + "[[routes]]\nid = 1\n",  # invalid: config_reload_failed
+                st.base + ROUTE_B,  # config_reloaded
+            ):
+                if text is not None:
+                    st.path.write_text(text)
+                gw.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+                assert "RELOADING" in await notify.next()
+                ready = await notify.next()
+                assert ready["READY"] == "1", ready
+            assert await gw.stop() == 0
+        assert [m for m in notify.pending() if "STOPPING" in m]
+    notify.sock.close()
+    answers = [e["event"] for e in events(gw.output) if e["event"] in RELOAD_EVENTS]
+    assert answers == ["config_unchanged", "config_reload_failed", "config_reloaded"]
+
+
+@pytest.mark.parametrize(("workers", "sig"), [(1, signal.SIGTERM), (1, signal.SIGINT),
+                                              (2, signal.SIGTERM)])  # fmt: skip
+async def test_a_stop_logs_shutdown_then_stopped_with_what_it_drained(
+    tmp_path: Path, workers: int, sig: signal.Signals
+) -> None:
+    async with Backend() as b:
+        st = Setup(tmp_path, b, workers=workers)
+        async with GatewayProcess(st.path) as gw, aiohttp.ClientSession() as s:
+            await gw.wait_ready(st.admin, timeout=20)
+            slow = asyncio.create_task(status_of(s, st.url("/a/sleep?s=1")))
+            await wait_for(lambda: b.open_connections == 1, timeout=5)
+            await asyncio.sleep(0.1)  # the request has reached the backend
+            gw.proc.send_signal(sig)  # type: ignore[union-attr]
+            assert await slow == 200
+            assert await gw.stop() == 0
+    logged = events(gw.output)
+    names = [e["event"] for e in logged]
+    assert names.count("shutdown") == 1 and names.count("stopped") == 1
+    assert names.index("shutdown") < names.index("stopped")
+    shutdown = logged[names.index("shutdown")]
+    assert shutdown["signal"] == sig.name
+    drained = [e for e in logged if e["event"] == ("stopped" if workers == 1 else "worker_stopped")]
+    assert len(drained) == workers
+    assert sum(e["in_flight"] for e in drained) == 1
+    assert sum(e["finished"] for e in drained) == 1
+    assert sum(e["cut"] for e in drained) == 0

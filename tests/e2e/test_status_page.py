@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from pyproxyd.observe import metrics
 from pyproxyd.server import Gateway
@@ -250,3 +251,115 @@ async def test_status_page_sends_the_token(tmp_path: Path, monkeypatch: pytest.M
     # /metrics is open, /admin/* is not: counts show, the route table and targets do not
     assert refused.rows.get(("route", "orders-api"), {}).get("pattern", NONE) == NONE
     assert ("target", f"127.0.0.1:{app.port}") not in refused.rows
+
+
+def recent_toml(app: Backend, dead_port: int) -> str:
+    return f"""
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+[logging]
+access_log = false
+
+[upstreams.app]
+targets = [{{ url = "{app.url}" }}]
+
+[upstreams.unwatched]
+targets = [{{ url = "http://127.0.0.1:{dead_port}" }}]
+connect_timeout = "1s"
+retries = 0
+
+[[routes]]
+id = "recent-api"
+path = "/api/**"
+upstream = "app"
+strip_prefix = 1
+
+[[routes]]
+id = "recent-broken"
+path = "/broken/**"
+upstream = "app"
+strip_prefix = 1
+
+[[routes]]
+id = "recent-gone"
+path = "/gone/**"
+upstream = "unwatched"
+"""
+
+
+@contextlib.asynccontextmanager
+async def between_polls(gw: Gateway, path: str, n: int) -> AsyncIterator[str]:
+    """The admin listener behind a relay that, before every /metrics request but the
+    first, sends `n` requests to `path` through the gateway: traffic that falls
+    between two polls whatever Chromium's virtual clock does. Yields the relay's URL."""
+    admin = f"http://127.0.0.1:{gw.admin_port}"
+    polls = 0
+
+    async def relay(request: web.Request) -> web.Response:
+        nonlocal polls
+        if request.path == "/metrics":
+            polls += 1
+            for _ in range(n if polls > 1 else 0):
+                assert (await fetch(url(gw, path)))[0] == 200
+        status, headers, body = await fetch(admin + request.path_qs)
+        return web.Response(status=status, body=body, content_type=headers["Content-Type"]
+                            .split(";")[0], charset="utf-8")  # fmt: skip
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", relay)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def seconds(text: str) -> float:
+    value, unit = text.split()
+    return float(value) / 1000 if unit == "ms" else float(value)
+
+
+async def test_status_page_shows_recent_values_and_failing_targets(tmp_path: Path) -> None:
+    """(a) a dead target of an upstream without [health] is not shown healthy;
+    (b) a route whose traffic stopped shows "no traffic", not a 0.0% error rate;
+    (c) p50/p99 are of recent requests, not of everything since start."""
+    chromium_binary()
+    dead_port = free_port()
+    async with Backend(name="app") as app, gateway(tmp_path, recent_toml(app, dead_port)) as gw:
+        for _ in range(3):
+            assert (await fetch(url(gw, "/gone/x")))[0] == 502
+        for _ in range(4):
+            assert (await fetch(url(gw, "/broken/status/500")))[0] == 500
+        slow = await asyncio.gather(*(fetch(url(gw, "/api/sleep?s=1.2")) for _ in range(20)))
+        assert {status for status, _, _ in slow} == {200}
+        # fast requests to recent-api only, between the page's polls
+        async with between_polls(gw, "/api/echo", 10) as admin:
+            dom = await chromium(tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom",
+                                 admin + "/")  # fmt: skip
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "status-page-recent.html").write_text(dom)
+    page = Page(dom)
+    assert int(page.body["data-polls"]) >= 2, "the page did not poll twice"
+    assert page.ids["error"] == ""
+
+    gone = page.rows[("target", f"127.0.0.1:{dead_port}")]
+    assert gone["health"].startswith("failing"), gone  # (a): was "in rotation", green
+
+    broken = page.rows[("route", "recent-broken")]
+    assert broken["requests"] == "4" and broken["errors"] == "4"
+    # (b): was "0.0%" once the route's traffic stopped
+    assert broken["error-rate"] == "no traffic (last 100.0%)", broken
+    assert broken["latency"] == "no traffic"
+
+    api = page.rows[("route", "recent-api")]
+    _p50, p99 = (seconds(v) for v in api["latency"].split(" / "))
+    # (c): the 20 requests of 1.2 s before the page opened are out of the window:
+    # since start they made p99 over 1 s
+    assert p99 < 1.0, api
+    assert api["error-rate"] == "0.0%"
