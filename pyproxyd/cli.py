@@ -37,7 +37,7 @@ def main() -> None:
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
 def validate(path: str) -> None:
     """Parse, validate and compile FILE without binding ports."""
-    from .compile import compile_snapshot, unsupported, warnings
+    from .compile import compile_snapshot, warnings
 
     loaded = _load_or_exit(path)
     try:
@@ -46,7 +46,7 @@ def validate(path: str) -> None:
         click.echo(f"{path}: (compile): {e}", err=True)
         sys.exit(1)
     cfg = loaded.config
-    for p in [*unsupported(cfg), *warnings(cfg)]:
+    for p in warnings(cfg):
         click.echo(f"{path}: {p.path}: warning: {p.message}", err=True)
     click.echo(
         f"{path}: ok: {len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams, "
@@ -77,15 +77,9 @@ def run(path: str, no_watch: bool) -> None:
 
 
 def _run(loaded: Loaded, path: str, *, watch: bool) -> None:
-    from .compile import unsupported
     from .observe.logging import configure
     from .server import CannotStart
 
-    problems = unsupported(loaded.config)
-    if problems:
-        for p in problems:
-            click.echo(p.format(path), err=True)
-        sys.exit(1)
     lc = loaded.config.logging
     log_path = log_file(loaded.config, loaded.path.parent)
     try:
@@ -109,7 +103,6 @@ def _run(loaded: Loaded, path: str, *, watch: bool) -> None:
 async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     from . import sdnotify
     from .observe.logging import get_logger
-    from .reload import Reloader
     from .server import Gateway
     from .supervisor import WORKER_ENV, WORKER_SOCKET_ENV, Supervisor, stop_with_supervisor
 
@@ -126,8 +119,7 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
         worker_socket=os.environ.get(WORKER_SOCKET_ENV) if worker else None,
     )
     await gateway.start()
-    reloader = Reloader(gateway, counted=not worker)
-    gateway.reloader = reloader
+    reloader = gateway.reloader
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # A worker's lines are named worker_*: the instance's shutdown and stopped

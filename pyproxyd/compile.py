@@ -44,19 +44,6 @@ from .upstream.health import HealthChecker, HealthSettings, TargetHealth, Upstre
 from .upstream.pool import PoolSettings, TargetPool
 
 
-def unsupported(cfg: Config) -> list[Problem]:
-    """Settings this build validates but cannot enforce yet.
-
-    `run` refuses them rather than ignoring them: an ignored rate limit is
-    an outage waiting to happen.
-    """
-    out: list[Problem] = []
-    # None left: sticky splits (hash_on) and ip_hash / hash:<key> balancing are enforced.
-    # Add a Problem(path, "... is not supported by this version of pyproxyd yet") here
-    # for the next setting that validates before it is enforced.
-    return out
-
-
 def pool_settings(up: UpstreamConfig, max_header_size: int) -> PoolSettings:
     return PoolSettings(
         max_connections=up.max_connections,

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import sdnotify
-from .compile import compile_snapshot, unsupported
-from .config_load import ConfigError, load, watched
+from .compile import compile_snapshot
+from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
 from .watch import watch
 
 if TYPE_CHECKING:
-    from .server import Gateway
-    from .snapshot import Snapshot
+    from .snapshot import Snapshot, SnapshotHolder
 
 log = get_logger("pyproxyd.reload")
 
@@ -64,16 +64,54 @@ class ReloadTally:
         log.error(self._event("config_reload_failed"), file=file, errors=lines)
 
 
+async def candidate(path: str | Path, serving: Snapshot) -> tuple[Loaded, Snapshot] | None:
+    """The next config, read and compiled off the event loop, for the single
+    process and the supervisor alike; None when the files are byte-identical
+    to the ones `serving` came from. Raises ConfigError, ValueError (a file
+    the config names does not load) or OSError.
+
+    The compile thread and the event loop share the GIL. At the default 5 ms
+    switch interval the loop waits for it on every turn and stalls 100-150 ms
+    under load (scripts/bench/reload_stall.py); at 0.2 ms the worst stall
+    measured was under 20 ms. A full collection over the new objects would
+    stall too: none while compiling, and what survives is frozen out of
+    later ones.
+    """
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)
+    gc.disable()
+    try:
+        loaded = await asyncio.to_thread(load, path)
+        if loaded.digest == serving.digest:
+            return None
+        new = await asyncio.to_thread(compile_snapshot, loaded, serving)
+    finally:
+        sys.setswitchinterval(interval)
+        gc.freeze()
+        gc.enable()
+    for setting in _fixed_settings(serving, loaded.config):
+        log.warning("config_change_needs_restart", setting=setting, kept="old value")
+    return loaded, new
+
+
 class Reloader:
-    def __init__(self, gateway: Gateway, *, counted: bool = True):
-        self.gateway = gateway
+    """Installs new snapshots in `holder`: from a file change, SIGHUP or a call.
+
+    It knows the holder and the files, not the server: whatever listens for
+    a change reads the holder (one atomic swap), as Traefik's watcher knows
+    no server.
+    """
+
+    def __init__(self, holder: SnapshotHolder, loaded: Loaded, *, counted: bool = True):
+        self.holder = holder
+        self.loaded = loaded  # the files the serving snapshot came from
         self.tally = ReloadTally(counted=counted)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Reload when the file, or a file it reads (jwks_file), changes on disk."""
-        await watch(lambda: watched(self.gateway.loaded), self.reload, stop)
+        await watch(lambda: watched(self.loaded), self.reload, stop)
 
     def trigger(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload())
@@ -87,52 +125,28 @@ class Reloader:
         one log event (config_reloaded, config_unchanged or
         config_reload_failed), READY=1. systemd's notify-reload waits for
         READY=1 after each SIGHUP, and an operator who sent one wants to see
-        that it was read. Parsing and compiling run in a thread: with the GIL
-        handing the loop a turn every few milliseconds, a 5,000-route compile
-        does not stall the requests in flight.
+        that it was read.
         """
         async with self._lock:
             sdnotify.reloading()
-            gw = self.gateway
-            assert gw.holder is not None
-            current = gw.holder.current
-            # The compile thread and the event loop share the GIL. At the default
-            # 5 ms switch interval the loop waits for it on every turn and stalls
-            # 100-150 ms under load (scripts/bench/reload_stall.py); at 0.2 ms
-            # the worst stall measured was under 20 ms. A full collection over
-            # the new objects would stall too: none while compiling, and what
-            # survives is frozen out of later ones.
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(0.0002)
-            gc.disable()
             try:
-                return await self._reload(gw, current)
+                return await self._reload()
             finally:
-                sys.setswitchinterval(interval)
-                gc.freeze()
-                gc.enable()
                 sdnotify.ready()  # after a failure too: the old config keeps serving
 
-    async def _reload(self, gw: Gateway, current: Snapshot) -> bool:
+    async def _reload(self) -> bool:
+        current = self.holder.current
         try:
-            loaded = await asyncio.to_thread(load, current.file)
-            if loaded.digest == current.digest:
-                self.tally.unchanged(current.file)
-                return False
-            problems = unsupported(loaded.config)
-            if problems:
-                raise ConfigError(current.file, problems)
-            fixed = _fixed_settings(current, loaded.config)
-            new = await asyncio.to_thread(compile_snapshot, loaded, current)
+            found = await candidate(current.file, current)
         except (ConfigError, ValueError, OSError) as e:
             self.tally.failed(current.file, e)
             return False
-        for setting in fixed:
-            log.warning("config_change_needs_restart", setting=setting, kept="old value")
-        assert gw.holder is not None
-        gw.holder.swap(new)
-        gw.loaded = loaded
-        self.tally.succeeded(current.file, digest=loaded.digest, routes=len(new.routes))
+        if found is None:
+            self.tally.unchanged(current.file)
+            return False
+        self.loaded, new = found
+        self.holder.swap(new)
+        self.tally.succeeded(current.file, digest=new.digest, routes=len(new.routes))
         return True
 
 

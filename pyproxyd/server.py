@@ -20,10 +20,10 @@ from .compile import compile_snapshot
 from .compiled import status as compiled_status
 from .config_load import Loaded
 from .frontend.connection import Frontend
-from .observe import metrics
 from .observe.logging import AccessLog, get_logger
 from .proxy.handler import Proxy
-from .reload import ReloadTally
+from .reload import Reloader, ReloadTally
+from .sampler import PoolSampler
 from .snapshot import Snapshot, SnapshotHolder
 from .upstream.pool import TargetPool
 
@@ -92,7 +92,7 @@ class Gateway:
         self.with_admin = admin
         self.worker_socket = worker_socket  # a worker's private admin (supervisor.py)
         self.reuse_port = reuse_port
-        self.reloader: Any = None
+        self._reloader: Reloader | None = None  # made by start()
         self.holder: SnapshotHolder | None = None
         self.ready = False
         self.ports: list[int] = []
@@ -102,7 +102,12 @@ class Gateway:
         self._admin: web.AppRunner | None = None
         self._worker_admin: web.AppRunner | None = None
         self.stopped = asyncio.Event()
-        self.sampler = metrics.PoolSampler()
+        self.sampler = PoolSampler()
+
+    @property
+    def reloader(self) -> Reloader:
+        assert self._reloader is not None, "start() first"
+        return self._reloader
 
     @property
     def snapshot(self) -> Snapshot:
@@ -125,6 +130,8 @@ class Gateway:
     async def start(self) -> None:
         snap = compile_or_refuse(self.loaded)
         self.holder = SnapshotHolder(snap)
+        # A worker's reloads are its supervisor's to count (see ReloadTally).
+        self._reloader = Reloader(self.holder, self.loaded, counted=self.worker_socket is None)
         self.holder.activate()  # health checkers; a reload's swap activates its snapshot
         s = snap.server
         self.access_log = AccessLog()
@@ -193,7 +200,7 @@ class Gateway:
         return self.ready, {"status": "ready" if self.ready else "draining"}
 
     def reloads(self) -> ReloadTally:
-        return self.reloader.tally if self.reloader is not None else ReloadTally()
+        return self._reloader.tally if self._reloader is not None else ReloadTally()
 
     def before_scrape(self) -> None:
         self.sampler.sample(self.snapshot)

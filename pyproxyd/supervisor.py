@@ -26,11 +26,10 @@ from aiohttp import web
 
 from . import sdnotify
 from .admin import Admin
-from .compile import compile_snapshot, unsupported
-from .config_load import ConfigError, Loaded, load, watched
+from .config_load import ConfigError, Loaded, watched
 from .observe import metrics
 from .observe.logging import get_logger
-from .reload import ReloadTally
+from .reload import ReloadTally, candidate
 from .resilience.view import merge_views
 from .server import bind, compile_or_refuse
 from .snapshot import Snapshot
@@ -221,24 +220,21 @@ class Supervisor:
 
     async def _reload(self) -> None:
         file = str(self.loaded.path)
+        assert self.snapshot is not None
         try:
-            loaded = await asyncio.to_thread(load, self.loaded.path)
-            if loaded.digest == self.loaded.digest:
-                self.tally.unchanged(file)
-                return
-            problems = unsupported(loaded.config)
-            if problems:
-                raise ConfigError(file, problems)
-            snapshot = await asyncio.to_thread(compile_snapshot, loaded)
+            found = await candidate(self.loaded.path, self.snapshot)
         except (ConfigError, ValueError, OSError) as e:
             self.tally.failed(file, e)
             return
-        self.loaded, self.snapshot = loaded, snapshot
+        if found is None:
+            self.tally.unchanged(file)
+            return
+        self.loaded, self.snapshot = found
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(signal.SIGHUP)
-        self.tally.succeeded(file, digest=loaded.digest, workers=len(self.workers))
+        self.tally.succeeded(file, digest=self.loaded.digest, workers=len(self.workers))
 
     # ----------------------------------------------------------------- admin
 

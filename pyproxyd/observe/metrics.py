@@ -12,11 +12,9 @@ tallies reach prometheus-client once a second and before every scrape.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from bisect import bisect_left
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,11 +25,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as mp
-
-from ..resilience.breaker import STATE_NAMES
-
-if TYPE_CHECKING:
-    from ..snapshot import Snapshot
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -163,62 +156,6 @@ def _add_tally(child: Any, tally: list[float]) -> None:
     for i, count in enumerate(tally[1:]):
         if count:
             buckets[i].inc(count)
-
-
-class PoolSampler:
-    """Copies pool state into gauges once a second (and before each scrape)."""
-
-    def __init__(self) -> None:
-        self._opened: dict[int, int] = {}
-        self._transitions: dict[tuple[int, int, int], int] = {}
-        self._task: asyncio.Task[None] | None = None
-        self.flushers: list[Callable[[], None]] = []  # batched per-request tallies
-
-    def sample(self, snap: Snapshot) -> None:
-        for flush in self.flushers:
-            flush()
-        for obj in snap.state.values():  # rate-limit decisions, tallied per request
-            export = getattr(obj, "export", None)
-            if export is not None:
-                export()
-        now = asyncio.get_running_loop().time()  # the clock breakers and health use
-        for up in snap.upstreams.values():
-            breaker = up.breaker
-            if breaker is not None:
-                CIRCUIT_STATE.labels(up.name).set(breaker.current_state(now))
-                for (old, new), count in list(breaker.transitions.items()):
-                    key = (id(breaker), old, new)  # a reload may bring a new breaker
-                    delta = count - self._transitions.get(key, 0)
-                    if delta > 0:
-                        CIRCUIT_TRANSITIONS.labels(up.name, STATE_NAMES[old], STATE_NAMES[new]).inc(
-                            delta
-                        )
-                    self._transitions[key] = count
-            for t in up.targets:
-                if t.health is not None:
-                    TARGET_EJECTED.labels(up.name, t.label).set(0 if t.health.available(now) else 1)
-            for t in up.targets:
-                pool = t.pool
-                CONNECTIONS.labels(up.name, t.label, "busy").set(pool.busy)
-                CONNECTIONS.labels(up.name, t.label, "idle").set(pool.idle)
-                POOL_QUEUED.labels(up.name, t.label).set(pool.queued)
-                pool_key = id(pool)  # a reload may bring a new pool, counting from 0
-                delta = pool.opened_total - self._opened.get(pool_key, 0)
-                if delta > 0:
-                    OPENED.labels(up.name, t.label).inc(delta)
-                self._opened[pool_key] = pool.opened_total
-
-    def start(self, current: Any) -> None:
-        async def loop() -> None:
-            while True:
-                self.sample(current())
-                await asyncio.sleep(1.0)
-
-        self._task = asyncio.get_running_loop().create_task(loop())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
 
 def render() -> tuple[bytes, str]:

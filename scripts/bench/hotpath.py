@@ -106,6 +106,7 @@ async def _measure(requests: int, rounds: int, flavour: str) -> list[float]:
     from pyproxyd.config_load import load
     from pyproxyd.frontend.connection import Frontend
     from pyproxyd.observe.logging import AccessLog, configure
+
     try:
         from pyproxyd.proxy.handler import Proxy
     except ImportError:  # a checkout from before proxy/ became a package (--against)

@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from pyproxyd.config_load import load  # noqa: E402
-from pyproxyd.reload import Reloader  # noqa: E402
 from pyproxyd.server import Gateway  # noqa: E402
 
 BACKEND_PORT, GW_PORT = 18480, 18481
@@ -94,8 +93,7 @@ async def main(args: argparse.Namespace) -> None:
     gw = Gateway(loaded)
     await gw.start()
     print(f"cold load+compile of {args.routes} routes: {time.perf_counter() - t0:.2f}s")
-    reloader = Reloader(gw)
-    gw.reloader = reloader
+    reloader = gw.reloader
     probe = LagProbe()
     probe.start()
     window = args.reloads * 2.0 + 4

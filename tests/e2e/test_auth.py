@@ -20,7 +20,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pyproxyd.reload import Reloader
 from pyproxyd.server import Gateway
 from tests.auth.tokens import (
     AUDIENCE,
@@ -463,7 +462,7 @@ async def test_a_rotated_jwks_file_is_read_on_reload(tmp_path: Path) -> None:
         assert await refused(gw, token) == "unknown signing key"
         doc = jwks(public_jwk(rsa_key(), "rsa-1"), public_jwk(rsa_key("next"), "rsa-2"))
         (tmp_path / "jwks.json").write_text(json.dumps(doc))
-        assert await Reloader(gw).reload()  # only jwks.json changed: still a reload
+        assert await gw.reloader.reload()  # only jwks.json changed: still a reload
         status, _, _ = await fetch(url(gw, "/api/echo"), headers=auth(token))
         assert status == 200
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyproxyd.reload import Reloader
 from tests.backends import Backend
 from tests.gateway import config, gateway, url
 
@@ -124,7 +123,7 @@ async def test_live_weight_edit_moves_no_v2_client_back(tmp_path: Path) -> None:
         target = url(gw, "/api/echo")
         at5 = await sides(s, target, by_ip(range(2000)))
         (tmp_path / "gateway.toml").write_text(toml(v1, v2, 20, hash_on='"ip"'))
-        assert await Reloader(gw).reload()
+        assert await gw.reloader.reload()
         at20 = await sides(s, target, by_ip(range(2000)))
     back = [i for i in range(2000) if at5[i] == "v2" and at20[i] == "v1"]
     assert back == []  # every client that saw v2 at 5% still sees it at 20%

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyproxyd.reload import Reloader
 from tests.backends import Backend
 from tests.gateway import config, fetch, gateway, one_route, url
 
@@ -114,7 +113,7 @@ async def test_config_reloads_are_counted_by_result(tmp_path: Path) -> None:
         async with gateway(tmp_path, toml) as gw:
             metrics_url = f"http://127.0.0.1:{gw.admin_port}/metrics"
             _, _, before = await fetch(metrics_url)
-            reloader = Reloader(gw)
+            reloader = gw.reloader
             (tmp_path / "gateway.toml").write_text(toml + "\n# edited\n")
             assert await reloader.reload()
             (tmp_path / "gateway.toml").write_text(toml + "[[routes]]\nid = 1\n")

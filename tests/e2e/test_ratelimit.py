@@ -12,7 +12,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyproxyd.ratelimit import redis as rl_redis
-from pyproxyd.reload import Reloader
 from pyproxyd.server import Gateway
 from tests.backends import Backend
 from tests.gateway import GatewayProcess, config, fetch, free_port, gateway, url
@@ -317,7 +316,7 @@ gold = {{ burst = {gold} }}
         assert await statuses(target, 3, plain) == [200, 200, 429]
         assert await statuses(target, 3, gold) == [200, 200, 200]
         (tmp_path / "gateway.toml").write_text(toml(b, limits.format(gold=5)))
-        assert await Reloader(gw).reload()
+        assert await gw.reloader.reload()
         assert await statuses(target, 1, plain) == [429]  # its bucket was kept
         assert await statuses(target, 3, gold) == [200, 200, 429]  # 5 now, 3 used
 

@@ -11,7 +11,6 @@ import aiohttp
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from pyproxyd.reload import Reloader
 from pyproxyd.resilience.retry import MIN_PER_SECOND, RATIO, WINDOW
 from pyproxyd.server import Gateway
 from pyproxyd.upstream.health import HealthChecker
@@ -328,7 +327,7 @@ async def test_breaker_and_health_survive_a_reload_that_does_not_touch_them(
     async with Backend([web.get("/healthz", check.handle)]) as b:
         toml = upstream([b.url], extra)
         async with gateway(tmp_path, toml) as gw:
-            reloader = Reloader(gw)
+            reloader = gw.reloader
             for _ in range(3):
                 await fetch(url(gw, "/r/status/503"))
             old = gw.snapshot.upstreams["app"]

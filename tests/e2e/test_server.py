@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from pyproxyd.reload import Reloader
 from tests.gateway import config, fetch, free_port, gateway, make_cert, served_cert, url
 
 DEAD = """
@@ -177,7 +176,7 @@ async def test_a_renewed_certificate_is_served_after_a_reload(tmp_path: Path) ->
         writer.write(request)
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 404")
         renewed = make_cert(cert, key, "renewed")  # gateway.toml is unchanged
-        assert await Reloader(gw).reload()
+        assert await gw.reloader.reload()
         assert await served_cert(port) == renewed  # no SNI (an address)
         assert await served_cert(port, "localhost") == renewed  # SNI
         await reader.readuntil(b"}")  # the rest of the 404
@@ -194,7 +193,7 @@ async def test_a_certificate_that_does_not_load_keeps_the_old_one(tmp_path: Path
         old_key = key.read_bytes()
         make_cert(cert, key, "renewed")
         key.write_bytes(old_key)  # the new certificate with the old key: a mismatch
-        reloader = Reloader(gw)
+        reloader = gw.reloader
         assert not await reloader.reload()
         assert reloader.tally.last_error is not None
         assert "server.tls:" in reloader.tally.last_error[0]
@@ -212,7 +211,7 @@ async def test_a_listener_cannot_start_speaking_tls_on_a_reload(tmp_path: Path) 
     async with gateway(tmp_path, plain) as gw:
         (tmp_path / "gateway.toml").write_text(config(DEAD.format(port=free_port()), server=TLS))
         with capture_logs() as logs:
-            assert await Reloader(gw).reload()  # the rest of the file applies
+            assert await gw.reloader.reload()  # the rest of the file applies
         restart = [e for e in logs if e["event"] == "config_change_needs_restart"]
         assert [e["setting"] for e in restart] == ["server.tls"]
         status, _, _ = await fetch(url(gw, "/x"))  # still plain HTTP
