@@ -1,4 +1,6 @@
-"""Header rules between client and upstream: hop-by-hop, X-Forwarded-*, client IP.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Header rules between client and upstream: hop-by-hop, X-Forwarded-*, client IP.
 
 Everything per request here is a set lookup or a byte operation; the sets and
 parsed networks are built once per snapshot by `compile.py`.

@@ -1,4 +1,6 @@
-"""How a message says where it ends, judged once for both directions.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+How a message says where it ends, judged once for both directions.
 
 A proxy that reads a message's framing one way while the next hop reads it
 another is a request-smuggling (or response-splitting) vector. llhttp

@@ -1,4 +1,6 @@
-"""Client keys ("ip", "header:X", "cookie:x", "claim:x", "consumer", or a list).
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Client keys ("ip", "header:X", "cookie:x", "claim:x", "consumer", or a list).
 
 `compile_key(spec)` turns a key spec into a function of
 (request, identity, client_ip) -> str | None, once, at compile time. Sticky

@@ -1,4 +1,6 @@
-"""Path normalisation and the route trie (pure: no aiohttp, no config models).
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Path normalisation and the route trie (pure: no aiohttp, no config models).
 
 Lookup walks one trie node per path segment (a dict lookup each), so its
 cost depends on the path's depth, not on how many routes the file has.

@@ -1,4 +1,6 @@
-"""The immutable runtime objects a request sees, and the holder that swaps them.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+The immutable runtime objects a request sees, and the holder that swaps them.
 
 A snapshot is built whole by `compile.py`, then installed with one
 assignment. Stateful parts (pools, breakers, retry budgets, target health and

@@ -1,4 +1,6 @@
-"""Weighted splits between upstreams: random per request, or sticky per client key.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Weighted splits between upstreams: random per request, or sticky per client key.
 
 Sticky assignment buckets a key into one of `SLOTS` (10,000) fixed slots by a
 stable hash (BLAKE2b, the same in every process, worker and release; never

@@ -1,4 +1,6 @@
-"""X-Request-ID and W3C Trace Context (traceparent) for every request."""
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+X-Request-ID and W3C Trace Context (traceparent) for every request."""
 
 from __future__ import annotations
 

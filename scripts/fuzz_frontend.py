@@ -66,7 +66,6 @@ import json
 import logging
 import random
 import re
-import sys
 import time
 from collections.abc import MutableMapping
 from contextlib import suppress
@@ -74,13 +73,11 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from structlog.testing import capture_logs
 
-from tests.auth.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
-from tests.backends import Backend, RawBackend, RawHandler, read_request
-from tests.gateway import config, gateway, one_route
+from harness.backends import Backend, RawBackend, RawHandler, read_request
+from harness.gateway import config, gateway, one_route
+from harness.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
 
 SEEDS = [
     b"GET /a/echo HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\r\n"

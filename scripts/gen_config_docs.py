@@ -26,7 +26,6 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from pyproxyd.config import Config  # noqa: E402
 from pyproxyd.units import parse_duration, parse_rate, parse_size  # noqa: E402

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv and run the whole test suite: ruff check, ruff format --check,
-# pytest on the source, and pytest again with the request path compiled by
+# mypy, pytest on the source, and pytest again with the request path compiled by
 # mypyc (scripts/compile.sh; PYPROXYD_TEST_COMPILED=0 skips that run).
 #
 #   scripts/test.sh                        # everything
@@ -80,6 +80,9 @@ setup_venv() {
     rm -rf "$VENV"
     make_venv
   fi
+  # The checkout itself on the venv's path: scripts import harness/ (the
+  # suite's real backends) and their own siblings as they import pyproxyd.
+  "$VENV/bin/python" -c 'import site, sys; open(site.getsitepackages()[0] + "/pyproxyd-dev.pth", "w").write(sys.argv[1] + "\n")' "$REPO"
   local stamp="$VENV/.installed${extras:+-$extras}"
   local digest
   digest=$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)
@@ -122,6 +125,8 @@ main() {
   ruff check . || failed+=("ruff check")
   say "ruff format --check ."
   ruff format --check . || failed+=("ruff format")
+  say "mypy pyproxyd (strict on the pure cores: pyproject.toml)"
+  mypy pyproxyd || failed+=("mypy")
 
   # The suite runs twice: on the source, then with the request path compiled
   # by mypyc (scripts/compile.sh), which is how the benchmarks run it. The

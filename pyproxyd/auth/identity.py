@@ -1,4 +1,6 @@
-"""Who a request is: the verified claims, and the consumer it belongs to.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Who a request is: the verified claims, and the consumer it belongs to.
 
 An `Identity` is immutable and shared: one per verified token (cached with
 it) and one per consumer (built at compile time), so the hot path hands out

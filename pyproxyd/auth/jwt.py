@@ -1,4 +1,6 @@
-"""Bearer tokens: verify a JWT once, then serve it from a cache until it expires.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Bearer tokens: verify a JWT once, then serve it from a cache until it expires.
 
 `JWTVerifier.verify(token)` returns a shared `Identity` (claims, roles, the
 prebuilt forward_claims header lines, the consumer) or raises InvalidToken

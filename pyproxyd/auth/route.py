@@ -1,4 +1,4 @@
-"""Per-route authentication, composed at compile time.
+"""Compiled by mypyc (pyproxyd/compiled.py). Per-route authentication, composed at compile time.
 
 A route's `auth` is one callable, `(headers, memo) -> Identity | None`,
 that raises a GatewayError (401, 403) to refuse the request:

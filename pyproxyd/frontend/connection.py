@@ -1,4 +1,6 @@
-"""The client side of HTTP/1.1: an asyncio.Protocol fed to httptools (llhttp).
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+The client side of HTTP/1.1: an asyncio.Protocol fed to httptools (llhttp).
 
 aiohttp's server did this job until the profile showed that its request and
 response objects cost more than everything the gateway does per request. This

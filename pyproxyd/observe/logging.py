@@ -1,4 +1,6 @@
-"""Structured logs: one JSON object a line, and a cheap access log.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Structured logs: one JSON object a line, and a cheap access log.
 
 aiohttp's own access logger costs more than half of a small request's
 throughput (measured on a hello-world route), so it is off and `AccessLog`

@@ -1,4 +1,6 @@
-"""Prometheus metrics, named as docs/behaviour.md lists them.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Prometheus metrics, named as docs/behaviour.md lists them.
 
 With `server.workers > 1` every worker writes its samples to the files of
 prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the

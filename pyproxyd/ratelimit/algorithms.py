@@ -1,4 +1,6 @@
-"""Rate-limit algorithms: pure cores over `now` (seconds), table-tested.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Rate-limit algorithms: pure cores over `now` (seconds), table-tested.
 
 Every algorithm is a small immutable object holding its normalised settings
 and a `decide(state, now) -> (Decision, new_state)` method. The caller owns

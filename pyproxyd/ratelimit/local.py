@@ -1,4 +1,6 @@
-"""Per-key limiter state in this process, with bounded memory.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Per-key limiter state in this process, with bounded memory.
 
 One `LocalStore` per policy: an LRU (`OrderedDict`, least recently used
 first) from client key to the algorithm's state. Memory stays bounded two

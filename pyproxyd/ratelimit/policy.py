@@ -1,4 +1,6 @@
-"""Compiled rate-limit policies and the per-route limiter the proxy calls.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Compiled rate-limit policies and the per-route limiter the proxy calls.
 
 Everything is resolved at compile time (`build_policy`): the key function,
 the tier function, one algorithm object per tier, the store (carried over

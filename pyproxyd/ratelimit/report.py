@@ -1,4 +1,6 @@
-"""Rate-limit logs and counters: `rate_limited`, `rate_limit_summary`, metrics.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Rate-limit logs and counters: `rate_limited`, `rate_limit_summary`, metrics.
 
 A flood must not flood the log: `rate_limited` is written at most once per
 policy and key per second, and every `SUMMARY_EVERY` seconds one

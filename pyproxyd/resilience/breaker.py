@@ -1,4 +1,6 @@
-"""A circuit breaker per upstream: gobreaker's state machine, time as an argument.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+A circuit breaker per upstream: gobreaker's state machine, time as an argument.
 
     Closed --(consecutive_failures in a row, or failure_ratio once
               min_requests outcomes were counted)--> Open

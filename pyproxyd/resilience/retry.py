@@ -1,4 +1,6 @@
-"""A retry budget per upstream, so that retries cannot multiply an outage.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+A retry budget per upstream, so that retries cannot multiply an outage.
 
 Envoy's retry budget and Finagle's `RetryBudget` have the same idea: retries
 may add at most a fixed share of the traffic (20%), plus a small floor so that

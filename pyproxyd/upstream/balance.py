@@ -1,4 +1,6 @@
-"""Balancers: pick a target index by weight. Pure, no I/O, no clock.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+Balancers: pick a target index by weight. Pure, no I/O, no clock.
 
 Each has `choose(skip=()) -> int | None`; `skip` holds indexes already tried
 for this request or ejected, and None means nothing is left. A weight of 0

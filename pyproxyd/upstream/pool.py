@@ -1,4 +1,6 @@
-"""The per-target upstream connection pool, with nginx's keepalive semantics.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+
+The per-target upstream connection pool, with nginx's keepalive semantics.
 
 Two layers, in the httpcore discipline:
 

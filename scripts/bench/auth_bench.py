@@ -38,8 +38,6 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_bench import BACKEND_PORT, NGINX_BACKEND, start, stop, wait_port, wrk, wrk_args
 
 PY_PORT = 18391  # the backend is proxy_bench's nginx on BACKEND_PORT

@@ -36,7 +36,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from auth_bench import make_token
 from proxy_bench import (
     REPO,

@@ -52,7 +52,6 @@ upstream = "backend"
 """
 # Issue 9's second target: the same route with a local token bucket that never
 # refuses, and with a cached RS256 JWT check: features_bench.py's rows.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from features_bench import EXTRA as FLAVOURS  # noqa: E402
 
 REQUEST = b"GET /api/users/1 HTTP/1.1\r\nHost: 127.0.0.1:18200\r\n\r\n"

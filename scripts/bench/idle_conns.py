@@ -44,7 +44,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_bench import backend_conf, gateway_toml, start, stop, wait_port, wait_ready
 
 BACKEND_PORT, PY_PORT, ADMIN_PORT = 18400, 18401, 18402

@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_bench import NGINX_BACKEND, start, stop, wait_port, wrk, wrk_args
 
 BACKEND_PORT, PY_PORT, REDIS_PORT = 18380, 18390, 18391

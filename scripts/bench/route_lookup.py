@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import timeit
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 from multidict import CIMultiDict, MultiDict
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyproxyd.routing import Router, RouteRule, normalise_path
 

@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_bench import backend_conf, gateway_toml, start, stop, to_ms, wait_port, wait_ready
 
 BACKEND_PORT = 18410

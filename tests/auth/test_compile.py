@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.tokens import jwks, public_jwk, rsa_key
 from pyproxyd.auth import APIKeyAuth, ClientIdAuth, JWTAuth, RemoteKeys, StaticKeys
 from pyproxyd.compile import compile_snapshot
 from pyproxyd.config_load import ConfigError, load
 from pyproxyd.explain import explain_request
-from tests.auth.tokens import jwks, public_jwk, rsa_key
 
 BASE = """
 [upstreams.app]

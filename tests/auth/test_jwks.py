@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from harness.tokens import JWKSServer, ec_key, ed_key, jwks, public_jwk, rsa_key
 from pyproxyd.auth.jwks import KeySet, RemoteKeys, cache_ttl, hs_secret_keys, parse_jwks
-from tests.auth.tokens import JWKSServer, ec_key, ed_key, jwks, public_jwk, rsa_key
 
 ALL = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256"]
 

@@ -9,11 +9,7 @@ from typing import Any
 
 import pytest
 
-from pyproxyd.auth.identity import Consumers
-from pyproxyd.auth.jwks import StaticKeys, hs_secret_keys, parse_jwks
-from pyproxyd.auth.jwt import MAX_TOKEN_LENGTH, JWTVerifier, header_value, roles_of
-from pyproxyd.errors import InvalidToken, UnknownKey
-from tests.auth.tokens import (
+from harness.tokens import (
     AUDIENCE,
     ISSUER,
     T0,
@@ -29,6 +25,10 @@ from tests.auth.tokens import (
     tamper,
     unsigned,
 )
+from pyproxyd.auth.identity import Consumers
+from pyproxyd.auth.jwks import StaticKeys, hs_secret_keys, parse_jwks
+from pyproxyd.auth.jwt import MAX_TOKEN_LENGTH, JWTVerifier, header_value, roles_of
+from pyproxyd.errors import InvalidToken, UnknownKey
 
 ALL_ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
 

@@ -7,6 +7,7 @@ import hashlib
 import pytest
 from multidict import CIMultiDict
 
+from harness.tokens import T0, JWKSServer, claims, jwks, public_jwk, rsa_key, sign, tamper
 from pyproxyd.auth import (
     APIKeyAuth,
     AuthRuntime,
@@ -27,7 +28,6 @@ from pyproxyd.errors import (
     Unauthorized,
     UnknownKey,
 )
-from tests.auth.tokens import T0, JWKSServer, claims, jwks, public_jwk, rsa_key, sign, tamper
 
 KEY = "s3cret-key-of-acme"
 CONSUMERS = Consumers(

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import structlog
 
+from harness.backends import Backend
+from harness.gateway import config, fetch, gateway, one_route, url
 from pyproxyd import compiled
 from pyproxyd.observe import logging as plog
-from tests.backends import Backend
-from tests.gateway import config, fetch, gateway, one_route, url
 
 FIELDS = {
     "event", "level", "timestamp", "request_id", "trace_id", "route", "upstream",

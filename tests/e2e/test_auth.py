@@ -20,8 +20,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pyproxyd.server import Gateway
-from tests.auth.tokens import (
+from harness.backends import Backend, wait_for
+from harness.gateway import access_lines, config, fetch, gateway, url
+from harness.tokens import (
     AUDIENCE,
     ISSUER,
     JWKSServer,
@@ -35,8 +36,7 @@ from tests.auth.tokens import (
     tamper,
     unsigned,
 )
-from tests.backends import Backend, wait_for
-from tests.gateway import access_lines, config, fetch, gateway, url
+from pyproxyd.server import Gateway
 
 API_KEY = "acme-secret-key-0123456789"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.backends import Backend
-from tests.gateway import config, gateway, url
+from harness.backends import Backend
+from harness.gateway import config, gateway, url
 
 ROUTES = """
 [upstreams.v1]

@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.backends import Backend, RawBackend, json_of, read_request
+from harness.backends import Backend, RawBackend, json_of, read_request
+from harness.gateway import access_lines, config, free_port, gateway, one_route
 from tests.e2e.test_frontend import (
     ROUTES,
     TIMEOUT,
@@ -27,7 +28,6 @@ from tests.e2e.test_frontend import (
     read_eof,
     read_response,
 )
-from tests.gateway import access_lines, config, free_port, gateway, one_route
 
 Raw = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 

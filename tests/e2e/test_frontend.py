@@ -23,9 +23,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.backends import Backend, RawBackend, json_of, payload, read_request, sha256
+from harness.gateway import config, fetch, gateway, one_route
 from pyproxyd.server import Gateway
-from tests.backends import Backend, RawBackend, json_of, payload, read_request, sha256
-from tests.gateway import config, fetch, gateway, one_route
 
 TIMEOUT = 5.0  # generous: the machine is shared
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.backends import Backend
-from tests.gateway import config, fetch, gateway, one_route, url
+from harness.backends import Backend
+from harness.gateway import config, fetch, gateway, one_route, url
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

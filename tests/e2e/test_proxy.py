@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.backends import Backend, RawBackend, payload, read_request, sha256, wait_for
-from tests.gateway import config, fetch, gateway, url
+from harness.backends import Backend, RawBackend, payload, read_request, sha256, wait_for
+from harness.gateway import config, fetch, gateway, url
 
 ROUTES = """
 [upstreams.app]

@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.backends import Backend
+from harness.gateway import GatewayProcess, config, fetch, free_port, gateway, url
+from harness.redis_server import RedisServer
 from pyproxyd.ratelimit import redis as rl_redis
 from pyproxyd.server import Gateway
-from tests.backends import Backend
-from tests.gateway import GatewayProcess, config, fetch, free_port, gateway, url
-from tests.redis_server import RedisServer
 
 
 @pytest.fixture

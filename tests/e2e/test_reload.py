@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.auth.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
-from tests.backends import Backend, wait_for
-from tests.gateway import GatewayProcess, alive, children, free_port, make_cert, served_cert
+from harness.backends import Backend, wait_for
+from harness.gateway import GatewayProcess, alive, children, free_port, make_cert, served_cert
+from harness.tokens import AUDIENCE, ISSUER, claims, jwks, public_jwk, rsa_key, sign
 
 BASE = """
 [server]

@@ -11,11 +11,11 @@ import aiohttp
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from harness.backends import Backend, RawBackend, read_request, wait_for
+from harness.gateway import config, fetch, free_port, gateway, url
 from pyproxyd.resilience.retry import MIN_PER_SECOND, RATIO, WINDOW
 from pyproxyd.server import Gateway
 from pyproxyd.upstream.health import HealthChecker
-from tests.backends import Backend, RawBackend, read_request, wait_for
-from tests.gateway import config, fetch, free_port, gateway, url
 
 ROUTE = """
 [[routes]]

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from tests.gateway import config, fetch, free_port, gateway, make_cert, served_cert, url
+from harness.gateway import config, fetch, free_port, gateway, make_cert, served_cert, url
 
 DEAD = """
 [upstreams.dead]

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from harness.backends import Backend
+from harness.gateway import fetch, free_port, gateway, url
 from pyproxyd.observe import metrics
 from pyproxyd.server import Gateway
-from tests.backends import Backend
-from tests.gateway import fetch, free_port, gateway, url
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 NONE = "\u2013"  # what the page shows for no value

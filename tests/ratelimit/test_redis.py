@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer, cluster_create, cluster_port
 from pyproxyd.ratelimit import redis as rl_redis
 from pyproxyd.ratelimit.algorithms import LeakyBucket, SlidingWindow, TokenBucket
 from pyproxyd.ratelimit.redis import (
@@ -19,7 +20,6 @@ from pyproxyd.ratelimit.redis import (
     redis_key,
     script_call,
 )
-from tests.redis_server import RedisServer, cluster_create, cluster_port
 
 # Offsets (s) from a base time; bursts, gaps and exact boundaries.
 TIMES = [0, 0, 0, 0, 0.01, 0.05, 0.1, 0.1, 0.1, 0.15, 0.2, 0.3, 0.31, 0.5, 0.95, 1.0, 1.0, 1.05,

@@ -11,12 +11,12 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from harness.backends import Backend, wait_for
+from harness.gateway import free_port
 from pyproxyd.snapshot import Target, Upstream
 from pyproxyd.upstream.balance import SmoothRoundRobin
 from pyproxyd.upstream.health import HealthChecker, HealthSettings, TargetHealth, UpstreamHealth
 from pyproxyd.upstream.pool import PoolSettings, TargetPool
-from tests.backends import Backend, wait_for
-from tests.gateway import free_port
 
 BASE = HealthSettings(
     max_fails=3,

@@ -13,11 +13,7 @@ from typing import Any
 
 import pytest
 
-from pyproxyd import errors
-from pyproxyd.bodies import chunked
-from pyproxyd.upstream.http1 import READ_HIGH_WATER, UpstreamResponse, exchange
-from pyproxyd.upstream.pool import PoolSettings, TargetPool
-from tests.backends import (
+from harness.backends import (
     Backend,
     RawBackend,
     payload,
@@ -26,7 +22,11 @@ from tests.backends import (
     sha256,
     wait_for,
 )
-from tests.gateway import free_port
+from harness.gateway import free_port
+from pyproxyd import errors
+from pyproxyd.bodies import chunked
+from pyproxyd.upstream.http1 import READ_HIGH_WATER, UpstreamResponse, exchange
+from pyproxyd.upstream.pool import PoolSettings, TargetPool
 
 SETTINGS = PoolSettings(
     max_connections=100,

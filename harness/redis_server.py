@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.gateway import free_port
+from harness.gateway import free_port
 
 
 def cluster_port() -> int:
