@@ -4,7 +4,7 @@
     .venv/bin/python scripts/fuzz_frontend.py [--side client|upstream] [--requests 3000]
         [--seed 1] [--cases mutate,smuggle,stall | mutate,stray,oversize] [--time-limit 1800]
 
-`--side client` (the default) starts a test backend (tests/backends.py), a raw
+`--side client` (the default) starts a test backend (harness/backends.py), a raw
 counting upstream and a gateway in this process (client_body_timeout 300ms),
 and sends, each on a fresh connection written in random pieces, one of:
 
