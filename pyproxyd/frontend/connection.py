@@ -392,7 +392,7 @@ class ClientConnection(asyncio.Protocol):
             if problem is not None:
                 raise _Refused(problem)
         url = self._url
-        if url[:1] != b"/" and url[:4].lower() == b"http":
+        if url and url[0] != 47 and url[:4].lower() == b"http":  # 47: "/"
             url = self._origin_form(url)
         upgrade = parser.should_upgrade()
         clen = None if self._te else self._clen
