@@ -349,9 +349,11 @@ class ClientConnection(asyncio.Protocol):
         self._head_size += size
         if self._head_size > self.front.max_head:
             raise _TooLarge
-        if b"_" in name:
+        if name.find(b"_") >= 0:
             # Dropped, as nginx does (underscores_in_headers off): a CGI/WSGI
             # backend reads X_User_ID as X-User-ID, a forged identity header.
+            # (find, not `in`: bytes.__contains__ first tries the operand as an
+            # int and builds a TypeError message each time: perf showed it.)
             return
         self._raw.append((name, value))
         # The names that matter here, told apart by length first: 14, 17, 6,

@@ -424,9 +424,10 @@ class UpstreamConnection(asyncio.Protocol):
             head.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         elif n == 10 and name.lower() == b"connection":
             tokens = value.lower()
-            if b"close" in tokens:
+            # (find, not `in`: see frontend/connection.py's on_header)
+            if tokens.find(b"close") >= 0:
                 head.close = True
-            if b"keep-alive" in tokens:
+            if tokens.find(b"keep-alive") >= 0:
                 head.keepalive = True
             if names_more_headers(tokens):
                 head.lists_headers = True
