@@ -18,7 +18,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from . import errors
 from .forwarding import filter_response_headers
-from .upstream.connection import failure, response_status
+from .upstream.connection import InvalidResponse, failure, response_status
 
 if TYPE_CHECKING:
     from .proxy.interface import Request
@@ -32,8 +32,11 @@ _REFUSAL_LIMIT = 1024 * 1024
 class _UpstreamSide(asyncio.Protocol):
     """The upstream socket: parses the handshake answer, then forwards raw bytes."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_head: int) -> None:
         self.loop = loop
+        self.max_head = max_head  # server.max_header_size, as for any upstream head
+        self.head_bytes = 0  # read while the head was incomplete
+        self.head_size = 0  # of the header lines parsed
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.head_done = asyncio.Event()
@@ -60,6 +63,12 @@ class _UpstreamSide(asyncio.Protocol):
         if self.head_done.is_set() and self.status == 101:
             self.early.append(data)
             return
+        if not self.head_done.is_set():
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head + 64 * 1024:
+                # (a refusal's body may ride in the same reads: some slack)
+                self._refused("upgrade answer head too large")
+                return
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -67,10 +76,13 @@ class _UpstreamSide(asyncio.Protocol):
             if rest:
                 self.early.append(rest)
         except HttpParserError as exc:
-            self.error = f"malformed upgrade answer from upstream: {failure(exc)}"
-            self.head_done.set()
-            if self.transport is not None:
-                self.transport.abort()
+            self._refused(failure(exc))
+
+    def _refused(self, why: str) -> None:
+        self.error = f"malformed upgrade answer from upstream: {why}"
+        self.head_done.set()
+        if self.transport is not None:
+            self.transport.abort()
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -101,6 +113,11 @@ class _UpstreamSide(asyncio.Protocol):
         pass
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done.is_set():
+            return  # trailers of a refusal's chunked body
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.max_head:
+            raise InvalidResponse("response head too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -135,7 +152,7 @@ async def proxy_websocket(
     try:
         async with asyncio.timeout(pool.settings.connect_timeout):
             _, side = await loop.create_connection(
-                lambda: _UpstreamSide(loop),
+                lambda: _UpstreamSide(loop, pool.settings.max_head),
                 pool.host,
                 pool.port,
                 ssl=pool.ssl,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
@@ -759,6 +760,36 @@ async def test_a_websocket_answer_with_a_status_outside_100_to_599_is_a_bad_gate
         await read_request(reader)
         writer.write(b"HTTP/1.1 700 Odd\r\nContent-Length: 2\r\n\r\nno")
         await writer.drain()
+
+    async with (
+        RawBackend(handler) as b,
+        gateway(tmp_path, front(b.url)) as gw,
+        client(gw) as (reader, writer),
+    ):
+        writer.write(ws_handshake("/api/ws", base64.b64encode(os.urandom(16))))
+        resp = await read_response(reader)
+    assert resp.status == 502
+    assert error_of(resp)["error"] == "bad_gateway"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+        b"HTTP/1.1 403 No\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(20_000)) + b"\r\n",
+    ],
+    ids=["one-long-line", "many-lines"],
+)
+async def test_an_oversized_websocket_answer_head_is_a_bad_gateway(
+    tmp_path: Path, answer: bytes
+) -> None:
+    """server.max_header_size bounds an upgrade's answer as any upstream head."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()
 
     async with (
         RawBackend(handler) as b,
