@@ -36,6 +36,8 @@ from pathlib import Path
 
 from proxy_bench import backend_conf, gateway_toml, start, stop, to_ms, wait_port, wait_ready
 
+from harness.gateway import children
+
 BACKEND_PORT = 18410
 PORTS = {1: (18411, 18413), 2: (18412, 18414)}  # workers -> (listen, admin)
 
@@ -48,19 +50,10 @@ def all_cpus() -> str:
 
 
 def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants, from /proc/*/stat."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    """`pid` and all its descendants."""
     tree, todo = [pid], [pid]
     while todo:
-        kids = [p for p, pp in parents.items() if pp == todo[-1]]
-        todo.pop()
+        kids = children(todo.pop())
         tree += kids
         todo += kids
     return tree
