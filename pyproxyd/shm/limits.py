@@ -1,0 +1,144 @@
+"""Local rate limits one per instance: LocalStore's interface over the shared zone.
+
+A policy's keys live in the zone under the policy's tag (its name and what
+it counts, as the in-process carry-over keys it), so every worker, a worker
+restarted after a crash, and the next config with the same policy find the
+same buckets. Per decision: hash the key, lock its bucket, load the state,
+run the pure algorithm (algorithms.py), store the state, unlock.
+
+Time: each worker passes its own event loop's clock, the system-wide
+CLOCK_MONOTONIC (uvloop's loop.time() reads it once per loop iteration, in
+milliseconds). A worker whose loop read the clock a moment before another
+decided could otherwise append an older timestamp after a newer one, so the
+decision is made at max(now, the slot's last touch): time never runs
+backwards for a key.
+
+A sliding window keeps its log of timestamps in the log table of the
+smallest class (zone.LOG_CAPS) that holds the policy's largest limit; the
+log is exact (never more than `limit` entries).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from ..ratelimit.algorithms import Algorithm, Decision, SlidingWindow
+from .zone import LIMITS, LOG_CAPS, MAX_LOG, PAYLOAD_AT, Table, Zone, key_hash
+
+_ONE = struct.Struct("<d")
+_LOGS: dict[int, struct.Struct] = {}
+
+
+def _log_struct(n: int) -> struct.Struct:
+    fmt = _LOGS.get(n)
+    if fmt is None:
+        fmt = _LOGS[n] = struct.Struct(f"<{n}d")
+    return fmt
+
+
+def log_cap(limit: int) -> int:
+    """The capacity of the smallest log class that holds `limit` timestamps."""
+    for cap in LOG_CAPS:
+        if limit <= cap:
+            return cap
+    raise ValueError(f"a shared sliding window holds at most {MAX_LOG} requests, not {limit}")
+
+
+def log_table(zone: Zone, limit: int) -> Table:
+    """The table whose slots hold `limit` timestamps."""
+    return zone.tables[LIMITS + 2 + LOG_CAPS.index(log_cap(limit))]
+
+
+class SharedStore:
+    """Limiter state of one policy, one per instance (see LocalStore for the interface)."""
+
+    __slots__ = ("_cap", "_table", "_tag", "_window", "_zone", "evicted")
+
+    local = True  # decides synchronously, as LocalStore
+
+    def __init__(self, zone: Zone, tag: str, log_limit: int | None = None) -> None:
+        """`log_limit`: a sliding window's largest limit (any tier); None for the buckets."""
+        self._zone = zone
+        self._tag = tag.encode() + b"\0"
+        self._window = log_limit is not None
+        self._table = zone.tables[LIMITS] if log_limit is None else log_table(zone, log_limit)
+        self._cap = self._table.payload // 8
+        self.evicted = 0  # by this process; the zone is full of hotter keys
+
+    def __repr__(self) -> str:
+        return f"<SharedStore {self._tag[:-1].decode()!r} {self._table!r}>"
+
+    def _load(self, off: int, count: int) -> Any:
+        if not count:
+            return None
+        mm = self._zone.mm
+        if self._window:
+            return list(_log_struct(count).unpack_from(mm, off + PAYLOAD_AT))
+        return _ONE.unpack_from(mm, off + PAYLOAD_AT)[0]
+
+    def _store(self, off: int, fp: int, state: Any, now: float) -> None:
+        zone = self._zone
+        if state is None or (self._window and not state):
+            zone.free(off)
+        elif self._window:
+            if len(state) > self._cap:  # a limit above the class: never written past the slot
+                del state[: len(state) - self._cap]
+            zone.write(off, fp, now, _log_struct(len(state)), *state)
+        else:
+            zone.write(off, fp, now, _ONE, state)
+
+    def take(self, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
+        """Decide for one request under `key`; returns (decision, refund token)."""
+        zone = self._zone
+        table = self._table
+        h = key_hash(self._tag + key.encode())
+        fp = h | 1
+        base = table.bucket(h)
+        zone.lock(base)
+        try:
+            off, touched, count, evicted = table.claim(zone.mm, base, fp, now)
+            if touched > now:
+                now = touched
+            decision, state = algo.decide(self._load(off, count), now)
+            self._store(off, fp, state, now)
+        finally:
+            zone.unlock(base)
+        if evicted:
+            self.evicted += 1
+        return decision, now
+
+    def give_back(self, key: str, algo: Algorithm, token: Any, now: float) -> None:
+        """Undo an allowed `take` (token: what take returned)."""
+        zone = self._zone
+        table = self._table
+        h = key_hash(self._tag + key.encode())
+        fp = h | 1
+        base = table.bucket(h)
+        zone.lock(base)
+        try:
+            off, touched, count = table.find(zone.mm, base, fp)
+            if off < 0 or not count:
+                return
+            if touched > now:
+                now = touched
+            state = self._load(off, count)
+            if isinstance(algo, SlidingWindow):
+                state = algo.refund(state, now, token)
+            else:
+                state = algo.refund(state, now)
+            self._store(off, fp, state, touched)
+        finally:
+            zone.unlock(base)
+
+    def peek(self, key: str) -> Any:
+        """The stored state of `key` (None when it has none), for tests and the operator."""
+        zone = self._zone
+        h = key_hash(self._tag + key.encode())
+        base = self._table.bucket(h)
+        zone.lock(base)
+        try:
+            off, _touched, count = self._table.find(zone.mm, base, h | 1)
+            return None if off < 0 else self._load(off, count)
+        finally:
+            zone.unlock(base)
