@@ -114,11 +114,14 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     if workers > 1 and not worker:
         await Supervisor(loaded, workers, watch=watch).run()
         return
+    from .shm.zone import from_env
+
     gateway = Gateway(
         loaded,
         admin=not worker,
         reuse_port=worker,
         worker_socket=os.environ.get(WORKER_SOCKET_ENV) if worker else None,
+        zone=from_env() if worker else None,
     )
     await gateway.start()
     reloader = Reloader(gateway, counted=not worker)

@@ -24,6 +24,7 @@ from .observe import metrics
 from .observe.logging import AccessLog, get_logger
 from .proxy import Proxy
 from .reload import ReloadTally
+from .shm.zone import Zone
 from .snapshot import Snapshot, SnapshotHolder
 from .upstream.pool import TargetPool
 
@@ -58,9 +59,9 @@ def bind(addr: str, *, key: str, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def compile_or_refuse(loaded: Loaded) -> Snapshot:
+def compile_or_refuse(loaded: Loaded, zone: Zone | None = None) -> Snapshot:
     try:
-        return compile_snapshot(loaded)
+        return compile_snapshot(loaded, zone=zone)
     except ValueError as e:  # a file the config names does not load (TLS pair, jwks_file)
         raise CannotStart(f"(compile): {e}") from None
 
@@ -75,8 +76,10 @@ class Gateway:
         admin: bool = True,
         reuse_port: bool = False,
         worker_socket: str | None = None,
+        zone: Zone | None = None,
     ):
         self.loaded = loaded
+        self.zone = zone  # a worker's: the instance's shared state (pyproxyd/shm)
         self.with_admin = admin
         self.worker_socket = worker_socket  # a worker's private admin (supervisor.py)
         self.reuse_port = reuse_port
@@ -111,7 +114,7 @@ class Gateway:
             conn.context = current
 
     async def start(self) -> None:
-        snap = compile_or_refuse(self.loaded)
+        snap = compile_or_refuse(self.loaded, self.zone)
         self.holder = SnapshotHolder(snap)
         self.holder.activate()  # health checkers; a reload's swap activates its snapshot
         s = snap.server
