@@ -24,17 +24,20 @@ import struct
 from typing import Any
 
 from ..ratelimit.algorithms import Algorithm, Decision, SlidingWindow
-from .zone import LIMITS, LOG_CAPS, MAX_LOG, PAYLOAD_AT, Table, Zone, key_hash
+from .zone import LIMITS, LOG_CAPS, MAX_LOG, PAYLOAD_AT, Table, Zone, key_hash, slot_struct
 
 _ONE = struct.Struct("<d")
-_LOGS: dict[int, struct.Struct] = {}
+HASHED = 8192  # keys whose (fp, bucket) a store remembers: a hot key skips BLAKE2b
+_ONE_SLOT = slot_struct("d")
+_LOGS: dict[int, tuple[struct.Struct, struct.Struct]] = {}
 
 
-def _log_struct(n: int) -> struct.Struct:
-    fmt = _LOGS.get(n)
-    if fmt is None:
-        fmt = _LOGS[n] = struct.Struct(f"<{n}d")
-    return fmt
+def _log_struct(n: int) -> tuple[struct.Struct, struct.Struct]:
+    """(n timestamps, a slot of them)."""
+    fmts = _LOGS.get(n)
+    if fmts is None:
+        fmts = _LOGS[n] = (struct.Struct(f"<{n}d"), slot_struct(f"{n}d"))
+    return fmts
 
 
 def log_cap(limit: int) -> int:
@@ -53,7 +56,7 @@ def log_table(zone: Zone, limit: int) -> Table:
 class SharedStore:
     """Limiter state of one policy, one per instance (see LocalStore for the interface)."""
 
-    __slots__ = ("_cap", "_table", "_tag", "_window", "_zone", "evicted")
+    __slots__ = ("_cap", "_hashed", "_table", "_tag", "_window", "_zone", "evicted")
 
     local = True  # decides synchronously, as LocalStore
 
@@ -64,17 +67,28 @@ class SharedStore:
         self._window = log_limit is not None
         self._table = zone.tables[LIMITS] if log_limit is None else log_table(zone, log_limit)
         self._cap = self._table.payload // 8
+        self._hashed: dict[str, tuple[int, int]] = {}
         self.evicted = 0  # by this process; the zone is full of hotter keys
 
     def __repr__(self) -> str:
         return f"<SharedStore {self._tag[:-1].decode()!r} {self._table!r}>"
+
+    def _where(self, key: str) -> tuple[int, int]:
+        """(fp, bucket offset) of `key`."""
+        where = self._hashed.get(key)
+        if where is None:
+            if len(self._hashed) >= HASHED:
+                self._hashed.clear()  # cheaper than an LRU, and a miss costs one hash
+            h = key_hash(self._tag + key.encode())
+            where = self._hashed[key] = (h | 1, self._table.bucket(h))
+        return where
 
     def _load(self, off: int, count: int) -> Any:
         if not count:
             return None
         mm = self._zone.mm
         if self._window:
-            return list(_log_struct(count).unpack_from(mm, off + PAYLOAD_AT))
+            return list(_log_struct(count)[0].unpack_from(mm, off + PAYLOAD_AT))
         return _ONE.unpack_from(mm, off + PAYLOAD_AT)[0]
 
     def _store(self, off: int, fp: int, state: Any, now: float) -> None:
@@ -84,17 +98,15 @@ class SharedStore:
         elif self._window:
             if len(state) > self._cap:  # a limit above the class: never written past the slot
                 del state[: len(state) - self._cap]
-            zone.write(off, fp, now, _log_struct(len(state)), *state)
+            zone.write(off, fp, now, _log_struct(len(state))[1], *state)
         else:
-            zone.write(off, fp, now, _ONE, state)
+            zone.write(off, fp, now, _ONE_SLOT, state)
 
     def take(self, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
         """Decide for one request under `key`; returns (decision, refund token)."""
         zone = self._zone
         table = self._table
-        h = key_hash(self._tag + key.encode())
-        fp = h | 1
-        base = table.bucket(h)
+        fp, base = self._where(key)
         zone.lock(base)
         try:
             off, touched, count, evicted = table.claim(zone.mm, base, fp, now)
@@ -112,9 +124,7 @@ class SharedStore:
         """Undo an allowed `take` (token: what take returned)."""
         zone = self._zone
         table = self._table
-        h = key_hash(self._tag + key.encode())
-        fp = h | 1
-        base = table.bucket(h)
+        fp, base = self._where(key)
         zone.lock(base)
         try:
             off, touched, count = table.find(zone.mm, base, fp)
@@ -134,11 +144,10 @@ class SharedStore:
     def peek(self, key: str) -> Any:
         """The stored state of `key` (None when it has none), for tests and the operator."""
         zone = self._zone
-        h = key_hash(self._tag + key.encode())
-        base = self._table.bucket(h)
+        fp, base = self._where(key)
         zone.lock(base)
         try:
-            off, _touched, count = self._table.find(zone.mm, base, h | 1)
+            off, _touched, count = self._table.find(zone.mm, base, fp)
             return None if off < 0 else self._load(off, count)
         finally:
             zone.unlock(base)

@@ -20,23 +20,25 @@ from typing import Any
 
 from ..resilience.breaker import Breaker
 from ..upstream.health import TargetHealth
-from .zone import PAYLOAD_AT, RESILIENCE, Zone, key_hash
+from .zone import PAYLOAD_AT, RESILIENCE, Zone, key_hash, slot_struct
 
-BREAKER = struct.Struct("<qd6i")  # generation, expiry, state, five counts
-PASSIVE = struct.Struct("<qqd")  # fails, ejected, ejected_until
+BREAKER = "qd6i"  # generation, expiry, state, five counts
+PASSIVE = "qqd"  # fails, ejected, ejected_until
 
 
 class Record:
-    __slots__ = ("_base", "_fmt", "_fp", "_off", "_table", "_zone", "tag")
+    __slots__ = ("_base", "_fmt", "_fp", "_off", "_slot", "_table", "_zone", "tag")
 
-    def __init__(self, zone: Zone, tag: str, fmt: struct.Struct) -> None:
+    def __init__(self, zone: Zone, tag: str, fields: str) -> None:
         table = zone.tables[RESILIENCE]
+        fmt = struct.Struct("<" + fields)
         assert fmt.size <= table.payload
         h = key_hash(tag.encode())
         self.tag = tag
         self._zone = zone
         self._table = table
         self._fmt = fmt
+        self._slot = slot_struct(fields)
         self._fp = h | 1
         self._base = table.bucket(h)
         self._off = -1
@@ -58,7 +60,7 @@ class Record:
     def release(self, fields: Any) -> None:
         zone = self._zone
         try:
-            zone.write(self._off, self._fp, time.monotonic(), self._fmt, *fields)
+            zone.write(self._off, self._fp, time.monotonic(), self._slot, *fields)
         finally:
             zone.unlock(self._base)
 

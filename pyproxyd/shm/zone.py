@@ -78,6 +78,11 @@ SPECS = (
 LIMITS, RESILIENCE = 0, 1
 
 
+def slot_struct(payload: str) -> struct.Struct:
+    """A whole slot (head and payload) for one pack: `payload` in struct's format, no prefix."""
+    return struct.Struct("<QdII" + payload)
+
+
 def key_hash(data: bytes) -> int:
     """64 bits the same in every process (str's hash() is salted per process)."""
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
@@ -231,11 +236,11 @@ class Zone:
 
     # -- slot writes: dirty first, cleared last --------------------------------
 
-    def write(self, off: int, fp: int, now: float, fmt: struct.Struct, *payload: float) -> None:
+    def write(self, off: int, fp: int, now: float, whole: struct.Struct, *payload: float) -> None:
+        """Write a slot: `whole` is slot_struct() of the payload's format."""
         mm = self.mm
         _DIRTY.pack_into(mm, off + _DIRTY_AT, 1)
-        fmt.pack_into(mm, off + PAYLOAD_AT, *payload)
-        SLOT_HEAD.pack_into(mm, off, fp, now, 1, len(payload))
+        whole.pack_into(mm, off, fp, now, 1, len(payload), *payload)
         _DIRTY.pack_into(mm, off + _DIRTY_AT, 0)
 
     def free(self, off: int) -> None:

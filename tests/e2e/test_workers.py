@@ -227,3 +227,46 @@ async def test_the_zone_is_a_memfd_every_worker_maps(tmp_path: Path) -> None:
                 maps = Path(f"/proc/{pid}/maps").read_text()
                 assert "/memfd:pyproxyd-zone (deleted)" in maps
             assert not [n for n in os.listdir("/dev/shm") if "pyproxyd" in n]
+
+
+async def test_a_reload_carries_the_shared_buckets_over_as_in_one_process(
+    tmp_path: Path,
+) -> None:
+    """Same policy (name, algorithm, mode, key): the same buckets, new numbers applied;
+    another algorithm: fresh buckets. As the in-process carry-over."""
+    async with Backend() as b:
+        body = LIMITED.format(backend=b.url, algorithm="token_bucket", numbers='rate = "1/h"')
+        async with instance(tmp_path, 2, body) as inst:
+            path = tmp_path / "gateway.toml"
+            head = path.read_text().replace(body, "")
+
+            async def allowed(n: int) -> int:
+                got = [
+                    await fresh(inst.url("/l/echo"), headers={"X-Client": "k"}) for _ in range(n)
+                ]
+                return [s for s, _ in got].count(200)
+
+            async def reload(new_body: str) -> None:
+                path.write_text(head + new_body)
+                assert inst.gw.proc is not None
+                inst.gw.proc.send_signal(signal.SIGHUP)
+
+            async def quota_everywhere(quota: str) -> None:
+                """Until 8 fresh connections in a row (both workers) show the new limit."""
+                row = 0
+                while row < 8:
+                    async with (
+                        aiohttp.ClientSession() as s,
+                        s.get(inst.url("/l/echo"), headers={"X-Client": "probe"}) as r,
+                    ):
+                        row = row + 1 if r.headers.get("X-RateLimit-Limit") == quota else 0
+                    await asyncio.sleep(0.02)
+
+            assert await allowed(4) == 1  # burst: one second of 1/h, so 1
+            await reload(body.replace('rate = "1/h"', 'rate = "1/h"\nburst = 3'))
+            await asyncio.wait_for(quota_everywhere("3"), 15)
+            assert await allowed(6) == 2  # the request counted before still is: 2 more, not 3
+            await reload(body.replace("token_bucket", "leaky_bucket").replace(
+                'rate = "1/h"', 'rate = "1/h"\nburst = 4\nmode = "reject"'))  # fmt: skip
+            await asyncio.wait_for(quota_everywhere("5"), 15)
+            assert await allowed(8) == 5  # another algorithm counts afresh: burst 4 + 1

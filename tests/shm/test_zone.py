@@ -22,6 +22,7 @@ from pyproxyd.shm.zone import (
     Zone,
     key_hash,
     layout,
+    slot_struct,
 )
 
 
@@ -75,7 +76,7 @@ def test_memory_is_the_size_asked_whatever_the_number_of_keys(zone: Zone) -> Non
 
 
 def _struct_d() -> struct.Struct:
-    return struct.Struct("<d")
+    return slot_struct("d")
 
 
 def _same_bucket_keys(zone: Zone, table_index: int, n: int) -> list[tuple[int, int]]:
