@@ -29,6 +29,7 @@ from .zone import LIMITS, LOG_CAPS, MAX_LOG, PAYLOAD_AT, Table, Zone, key_hash, 
 _ONE = struct.Struct("<d")
 HASHED = 8192  # keys whose (fp, bucket) a store remembers: a hot key skips BLAKE2b
 _ONE_SLOT = slot_struct("d")
+_TOUCHED_AT = 8
 _LOGS: dict[int, tuple[struct.Struct, struct.Struct]] = {}
 
 
@@ -67,20 +68,21 @@ class SharedStore:
         self._window = log_limit is not None
         self._table = zone.tables[LIMITS] if log_limit is None else log_table(zone, log_limit)
         self._cap = self._table.payload // 8
-        self._hashed: dict[str, tuple[int, int]] = {}
+        # key -> [fp, bucket offset, the slot it had last time (a hint; -1: none)]
+        self._hashed: dict[str, list[int]] = {}
         self.evicted = 0  # by this process; the zone is full of hotter keys
 
     def __repr__(self) -> str:
         return f"<SharedStore {self._tag[:-1].decode()!r} {self._table!r}>"
 
-    def _where(self, key: str) -> tuple[int, int]:
-        """(fp, bucket offset) of `key`."""
+    def _where(self, key: str) -> list[int]:
+        """[fp, bucket offset, slot hint] of `key`."""
         where = self._hashed.get(key)
         if where is None:
             if len(self._hashed) >= HASHED:
                 self._hashed.clear()  # cheaper than an LRU, and a miss costs one hash
             h = key_hash(self._tag + key.encode())
-            where = self._hashed[key] = (h | 1, self._table.bucket(h))
+            where = self._hashed[key] = [h | 1, self._table.bucket(h), -1]
         return where
 
     def _load(self, off: int, count: int) -> Any:
@@ -105,11 +107,27 @@ class SharedStore:
     def take(self, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
         """Decide for one request under `key`; returns (decision, refund token)."""
         zone = self._zone
-        table = self._table
-        fp, base = self._where(key)
+        mm = zone.mm
+        where = self._where(key)
+        fp, base, hint = where
         zone.lock(base)
         try:
-            off, touched, count, evicted = table.claim(zone.mm, base, fp, now)
+            if hint >= 0 and not self._window:
+                # A bucket in the slot it had last time: one read, two aligned 8-byte
+                # writes (each whole, and either order is a valid state).
+                got, touched, dirty, count, tat = _ONE_SLOT.unpack_from(mm, hint)
+                if got == fp and count and not dirty:
+                    if touched > now:
+                        now = touched
+                    decision, state = algo.decide(tat, now)
+                    if state is None:
+                        zone.free(hint)
+                    else:
+                        _ONE.pack_into(mm, hint + _TOUCHED_AT, now)
+                        _ONE.pack_into(mm, hint + PAYLOAD_AT, state)
+                    return decision, now
+            off, touched, count, evicted = self._table.claim(mm, base, fp, now)
+            where[2] = off
             if touched > now:
                 now = touched
             decision, state = algo.decide(self._load(off, count), now)
@@ -124,7 +142,7 @@ class SharedStore:
         """Undo an allowed `take` (token: what take returned)."""
         zone = self._zone
         table = self._table
-        fp, base = self._where(key)
+        fp, base, _hint = self._where(key)
         zone.lock(base)
         try:
             off, touched, count = table.find(zone.mm, base, fp)
@@ -144,7 +162,7 @@ class SharedStore:
     def peek(self, key: str) -> Any:
         """The stored state of `key` (None when it has none), for tests and the operator."""
         zone = self._zone
-        fp, base = self._where(key)
+        fp, base, _hint = self._where(key)
         zone.lock(base)
         try:
             off, _touched, count = self._table.find(zone.mm, base, fp)

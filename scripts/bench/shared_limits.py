@@ -21,9 +21,12 @@ cost with workers (target >= 0.90x); limit-w1 / plain-w1 is the cost without
 them, as features_bench measures. Each round runs every row (order rotated),
 a warm-up run before each measured run; each row is compared with its plain
 row of the same round and the median of those ratios printed (the host's speed
-drifts within a minute). Needs wrk and nginx (`apt-get install -y wrk
-nginx-light`). Only 127.0.0.1, ports 18430-18438. Every process started here
-is stopped by PID at the end.
+drifts within a minute). Because other work on the host moves req/s by 2x
+from run to run, the CPU the instance's processes used (utime + stime from
+/proc, workers included) per request is measured too: its ratio is what the
+limiter costs, whatever share of the core the instance got. Needs wrk and
+nginx (`apt-get install -y wrk nginx-light`). Only 127.0.0.1, ports
+18430-18438. Every process started here is stopped by PID at the end.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from proxy_bench import (
     wrk,
     wrk_args,
 )
+from workers_scale import cpu_seconds
 
 BACKEND_PORT = 18430
 ROWS = {  # name -> (listen, admin, workers, limited)
@@ -68,7 +72,10 @@ burst = 1000000
 def main() -> None:
     args = wrk_args(__doc__)
     results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in ROWS}
+    cpu: dict[str, list[float]] = {k: [] for k in ROWS}  # CPU us per request
+    seconds = float(args.duration.rstrip("s"))
     procs = []
+    pids: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "backend.conf").write_text(backend_conf(BACKEND_PORT, tmpdir))
@@ -83,6 +90,7 @@ def main() -> None:
             for name in ROWS:
                 cmd = [sys.executable, "-m", "pyproxyd", "run", "--no-watch", "-c"]
                 procs.append(start([*cmd, str(tmp / f"{name}.toml")], "1", tmp / f"{name}.log"))
+                pids[name] = procs[-1].pid
             wait_port(BACKEND_PORT)
             for port, admin, _w, _l in ROWS.values():
                 wait_port(port)
@@ -92,9 +100,12 @@ def main() -> None:
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     port = ROWS[name][0]
                     wrk(port, args.warmup, args.connections)
+                    before = cpu_seconds(pids[name])
                     results[name].append(wrk(port, args.duration, args.connections))
-                    print(f"round {r + 1} {name}: {results[name][-1][0]:.0f} req/s",
-                          file=sys.stderr)  # fmt: skip
+                    used = cpu_seconds(pids[name]) - before
+                    cpu[name].append(used * 1e6 / max(1.0, results[name][-1][0] * seconds))
+                    print(f"round {r + 1} {name}: {results[name][-1][0]:.0f} req/s, "
+                          f"{cpu[name][-1]:.1f} us CPU a request", file=sys.stderr)  # fmt: skip
         finally:
             stop(procs)
     med = {
@@ -107,15 +118,25 @@ def main() -> None:
         )
         for k, base in BASE.items()
     }
+    cpu_paired = {
+        k: statistics.median(c / (p or 1.0) for c, p in zip(cpu[k], cpu[base], strict=True))
+        for k, base in BASE.items()
+    }
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"\n{args.rounds} rounds x {args.duration}, {args.connections} connections; "
           "gateways on core 1, wrk and nginx on core 0; medians\n")  # fmt: skip
-    print("| config | req/s | p50 ms | p99 ms | non-2xx/errors | vs its plain (per round) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| config | req/s | p50 ms | p99 ms | non-2xx/errors | req/s vs its plain "
+          "(per round) | CPU us a request | CPU vs its plain (per round) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for k, (rps, p50, p99) in med.items():
         ratio = f"{paired[k]:.2f}x" if k in paired else ""
-        print(f"| {k} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errs[k]} | {ratio} |")
-    print(f"\ntarget >= 0.90x: shared (workers = 2) {paired['limit-w2']:.2f}x, "
-          f"in-process (workers = 1) {paired['limit-w1']:.2f}x")  # fmt: skip
+        cost = f"{cpu_paired[k]:.2f}x" if k in cpu_paired else ""
+        print(f"| {k} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errs[k]} | {ratio} "
+              f"| {cpu_med[k]:.1f} | {cost} |")  # fmt: skip
+    print(f"\ntarget >= 0.90x of plain's req/s (<= 1.11x its CPU a request): shared "
+          f"(workers = 2) {paired['limit-w2']:.2f}x req/s, {cpu_paired['limit-w2']:.2f}x CPU; "
+          f"in-process (workers = 1) {paired['limit-w1']:.2f}x req/s, "
+          f"{cpu_paired['limit-w1']:.2f}x CPU")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -171,3 +171,23 @@ def test_a_process_killed_holding_a_lock_does_not_wedge_the_others(zone: Zone) -
     assert out.get(timeout=30) == 2  # the lock was released when its holder died
     taker.join(10)
     assert SharedStore(zone, "p").take("k", TokenBucket(1.0, 1), 0.0)[0].allowed
+
+
+def test_a_remembered_slot_taken_by_another_key_is_not_reused(zone: Zone) -> None:
+    """A store remembers where a key was; another worker may have evicted it since."""
+    mine, other = SharedStore(zone, "p"), SharedStore(Zone.attach(zone.fd), "p")
+    tb = TokenBucket(1.0, 1)
+    assert mine.take("a", tb, 0.0)[0].allowed
+    assert not mine.take("a", tb, 0.0)[0].allowed  # from the remembered slot
+    table = zone.tables[LIMITS]
+    bucket = table.bucket(key_hash(b"p\0a"))
+    crowd = [
+        k
+        for k in (f"c{i}" for i in range(200_000))
+        if table.bucket(key_hash(b"p\0" + k.encode())) == bucket
+    ]
+    for t, k in enumerate(crowd[:8]):  # newer than "a": it is the one evicted
+        assert other.take(k, tb, 1.0 + t)[0].allowed
+    assert other.evicted == 1 and other.peek("a") is None
+    assert mine.take("a", tb, 20.0)[0].allowed  # afresh, in a slot of its own
+    assert [other.peek(k) is not None for k in crowd[:8]].count(True) == 7
