@@ -121,7 +121,7 @@ class ServerConfig(Model):
         ge=1024 * 1024,
         description="with workers > 1: the shared memory that keeps local rate limits, "
         "circuit breakers and passive ejection one per instance (as nginx's limit_req_zone); "
-        "16MiB holds 114,000 keys of token or leaky buckets. When full, the key used least "
+        "16MiB holds 112,000 keys of token or leaky buckets. When full, the key used least "
         "recently in its bucket is forgotten (that client starts afresh). Read at start; a "
         "change needs a restart",
     )

@@ -174,7 +174,7 @@ class Breaker:
     def _allow(self, now: float) -> Ticket | None:
         state = self.state
         if state != CLOSED or (self.expiry and now >= self.expiry):
-            state = self.current_state(now)
+            state = self._current_state(now)  # under the record's lock already
             if state == OPEN or (state == HALF_OPEN and self.requests >= self._max_requests):
                 self.refused += 1
                 return None

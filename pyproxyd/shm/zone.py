@@ -10,6 +10,7 @@ process holding it exits.
 Layout (all little-endian, fixed at creation from the size alone):
 
     header   4 KiB: magic, size
+    locks    STRIPES robust mutexes, 64 bytes apart
     tables   one after another; each is `nbuckets` buckets of WAYS slots
     slot     fp u64 | touched f64 | dirty u32 | count u32 | payload
 
@@ -21,10 +22,12 @@ full zone costs the coldest keys their state (a rate-limited client evicted
 starts afresh: it errs towards letting a request through, as LocalStore's
 max_keys does).
 
-Locking: one lock per bucket, an fcntl open-file-description lock on the
-bucket's first byte (F_OFD_SETLKW). Each process opens the memfd anew through
-/proc/self/fd, so each has its own description and the locks exclude each
-other; the kernel drops a process's locks when it dies, so a worker killed
+Locking: a bucket is guarded by one of STRIPES process-shared robust
+pthread mutexes in the zone (called through ctypes), picked by its offset.
+Taking a free one is an atomic instruction in user space, no system call
+(an fcntl OFD lock took two, 0.86 us a decision against 0.38 us). When the
+holder dies, the kernel marks the mutex (the robust futex list) and the next
+locker gets EOWNERDEAD, makes it consistent and goes on: a worker killed
 while holding one never wedges the others. A write sets the slot's `dirty`
 word first and clears it last: a slot found dirty under the lock was being
 written by a process that died, and is treated as empty.
@@ -32,7 +35,8 @@ written by a process that died, and is treated as empty.
 
 from __future__ import annotations
 
-import fcntl
+import ctypes
+import errno
 import hashlib
 import mmap
 import os
@@ -51,11 +55,20 @@ PAYLOAD_AT = SLOT_HEAD.size  # 24
 _DIRTY_AT = 16
 _DIRTY = struct.Struct("<I")
 _HEADER = struct.Struct("<16sQ")
-# struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
-_FLOCK = struct.Struct("hhqqi4x")
-_LOCK = fcntl.F_WRLCK
-_UNLOCK = fcntl.F_UNLCK
-_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)  # Linux >= 3.15
+STRIPES = 4096  # mutexes: two buckets share one with odds of 1 in 4096
+_MUTEX_SIZE = 64  # sizeof(pthread_mutex_t) is 40 on 64-bit glibc and musl; a cache line each
+LOCKS_SIZE = STRIPES * _MUTEX_SIZE
+_PTHREAD_PROCESS_SHARED = 1
+_PTHREAD_MUTEX_ROBUST = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_mutex_lock = _libc.pthread_mutex_lock
+_mutex_trylock = _libc.pthread_mutex_trylock
+_mutex_unlock = _libc.pthread_mutex_unlock
+_mutex_consistent = _libc.pthread_mutex_consistent
+for _fn in (_mutex_lock, _mutex_trylock, _mutex_unlock, _mutex_consistent):
+    _fn.argtypes = [ctypes.c_void_p]
+    _fn.restype = ctypes.c_int
 
 # Sliding-window logs hold at most this many timestamps a key, by size class.
 LOG_CAPS = (16, 128, 1024, 8192)
@@ -164,9 +177,9 @@ def _free(mm: mmap.mmap, off: int) -> None:
 
 def layout(size: int) -> tuple[Table, ...]:
     """The tables of a zone of `size` bytes (the same in every process)."""
-    budget = size - HEADER_SIZE
+    budget = size - HEADER_SIZE - LOCKS_SIZE
     tables = []
-    offset = HEADER_SIZE
+    offset = HEADER_SIZE + LOCKS_SIZE
     for spec in SPECS:
         table_bytes = budget * spec.share // 64
         nbuckets = max(1, table_bytes // ((PAYLOAD_AT + spec.payload) * WAYS))
@@ -177,9 +190,9 @@ def layout(size: int) -> tuple[Table, ...]:
 
 
 class Zone:
-    """One process's view of the zone: its own descriptor (own locks) and mapping."""
+    """One process's view of the zone: its descriptor and mapping."""
 
-    __slots__ = ("fd", "mm", "size", "tables")
+    __slots__ = ("_locks", "_view", "fd", "mm", "size", "tables")
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
@@ -187,6 +200,19 @@ class Zone:
         self.tables = layout(size)
         length = max(size, self.tables[-1].end)
         self.mm = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # The mutexes' addresses in this process (the mapping is at another address
+        # in each process; a process-shared mutex works at any of them).
+        self._view = (ctypes.c_char * LOCKS_SIZE).from_buffer(self.mm, HEADER_SIZE)
+        self._locks = ctypes.addressof(self._view)
+
+    def _init_locks(self) -> None:
+        attr = ctypes.create_string_buffer(64)  # pthread_mutexattr_t is 4 bytes; room to spare
+        _check(_libc.pthread_mutexattr_init(attr))
+        _check(_libc.pthread_mutexattr_setpshared(attr, _PTHREAD_PROCESS_SHARED))
+        _check(_libc.pthread_mutexattr_setrobust(attr, _PTHREAD_MUTEX_ROBUST))
+        for i in range(STRIPES):
+            _check(_libc.pthread_mutex_init(ctypes.c_void_p(self._locks + i * _MUTEX_SIZE), attr))
+        _libc.pthread_mutexattr_destroy(attr)
 
     def __repr__(self) -> str:
         return f"<Zone fd={self.fd} {self.size} B>"
@@ -199,6 +225,7 @@ class Zone:
         try:
             os.ftruncate(fd, max(size, layout(size)[-1].end))
             zone = cls(fd, size)
+            zone._init_locks()
         except BaseException:
             os.close(fd)
             raise
@@ -207,11 +234,7 @@ class Zone:
 
     @classmethod
     def attach(cls, fd: int) -> Zone:
-        """Map the zone behind an inherited descriptor, through a description of our own.
-
-        Locks belong to an open file description, and an inherited descriptor
-        shares its parent's: reopening /proc/self/fd/N makes a new one.
-        """
+        """Map the zone behind an inherited descriptor (reopened: ours to close)."""
         own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
         try:
             magic, size = _HEADER.unpack(os.pread(own, _HEADER.size, 0))
@@ -223,16 +246,34 @@ class Zone:
             raise
 
     def close(self) -> None:
+        del self._view  # the mapping cannot close while ctypes holds a view of it
         self.mm.close()
         os.close(self.fd)
 
     # -- locks: held only for the few instructions of one decision ------------
 
+    def _mutex(self, at: int) -> int:
+        """The address of the mutex that guards the bucket at offset `at`."""
+        return self._locks + (at >> 9) % STRIPES * _MUTEX_SIZE
+
     def lock(self, at: int) -> None:
-        fcntl.fcntl(self.fd, _SETLKW, _FLOCK.pack(_LOCK, os.SEEK_SET, at, 1, 0))
+        mutex = self._mutex(at)
+        got = _mutex_lock(mutex)
+        if got:
+            _taken(mutex, got)
 
     def unlock(self, at: int) -> None:
-        fcntl.fcntl(self.fd, _SETLKW, _FLOCK.pack(_UNLOCK, os.SEEK_SET, at, 1, 0))
+        _mutex_unlock(self._mutex(at))
+
+    def held(self, at: int) -> bool:
+        """Whether another process holds the lock of `at` now (for tests and the operator)."""
+        mutex = self._mutex(at)
+        got = _mutex_trylock(mutex)
+        if got == errno.EBUSY:
+            return True
+        _taken(mutex, got)
+        _mutex_unlock(mutex)
+        return False
 
     # -- slot writes: dirty first, cleared last --------------------------------
 
@@ -247,6 +288,21 @@ class Zone:
         _free(self.mm, off)
 
 
+def _check(result: int) -> None:
+    if result:
+        raise OSError(result, os.strerror(result))
+
+
+def _taken(mutex: int, result: int) -> None:
+    """After a lock call that did not return 0: ours all the same, or raise."""
+    if result == errno.EOWNERDEAD:
+        # Its holder died holding it. The slot it was writing, if any, is marked
+        # dirty and reads as empty; the mutex itself is fine to go on with.
+        _check(_mutex_consistent(mutex))
+    elif result:
+        raise OSError(result, os.strerror(result))
+
+
 def from_env() -> Zone | None:
     """The zone the supervisor handed this worker, if any."""
     value = os.environ.get(ENV)
@@ -254,5 +310,5 @@ def from_env() -> Zone | None:
         return None
     fd = int(value)
     zone = Zone.attach(fd)
-    os.close(fd)  # ours is open; the inherited one would only share the parent's locks
+    os.close(fd)  # ours is open: the number the next worker gets is the supervisor's
     return zone

@@ -14,6 +14,7 @@ import pytest
 from pyproxyd.shm.zone import (
     HEADER_SIZE,
     LIMITS,
+    LOCKS_SIZE,
     LOG_CAPS,
     MIN_SIZE,
     RESILIENCE,
@@ -53,7 +54,7 @@ def test_layout_fits_the_size_and_is_fixed_by_it() -> None:
     for size in (MIN_SIZE, 16 * 1024 * 1024, 64 * 1024 * 1024 + 12345):
         tables = layout(size)
         assert len(tables) == len(SPECS)
-        assert tables[0].offset == HEADER_SIZE
+        assert tables[0].offset == HEADER_SIZE + LOCKS_SIZE  # the mutexes first
         for a, b in itertools.pairwise(tables):
             assert a.end == b.offset  # back to back, no overlap
         assert tables[-1].end <= size or size == MIN_SIZE  # 1 bucket at least a table
