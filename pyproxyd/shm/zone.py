@@ -61,7 +61,9 @@ LOCKS_SIZE = STRIPES * _MUTEX_SIZE
 _PTHREAD_PROCESS_SHARED = 1
 _PTHREAD_MUTEX_ROBUST = 1
 
-_libc = ctypes.CDLL(None, use_errno=True)
+# PyDLL: the calls keep the GIL. A CDLL call releases and retakes it, and any
+# other thread of the worker waiting for it would run in between, mid-decision.
+_libc = ctypes.PyDLL(None, use_errno=True)
 _mutex_lock = _libc.pthread_mutex_lock
 _mutex_trylock = _libc.pthread_mutex_trylock
 _mutex_unlock = _libc.pthread_mutex_unlock
