@@ -37,7 +37,7 @@ def main() -> None:
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
 def validate(path: str) -> None:
     """Parse, validate and compile FILE without binding ports."""
-    from .compile import compile_snapshot, warnings
+    from .compile import compile_snapshot, unsupported, warnings
 
     loaded = _load_or_exit(path)
     try:
@@ -46,7 +46,7 @@ def validate(path: str) -> None:
         click.echo(f"{path}: (compile): {e}", err=True)
         sys.exit(1)
     cfg = loaded.config
-    for p in warnings(cfg):
+    for p in [*unsupported(cfg), *warnings(cfg)]:
         click.echo(f"{path}: {p.path}: warning: {p.message}", err=True)
     click.echo(
         f"{path}: ok: {len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams, "
@@ -77,9 +77,15 @@ def run(path: str, no_watch: bool) -> None:
 
 
 def _run(loaded: Loaded, path: str, *, watch: bool) -> None:
+    from .compile import unsupported
     from .observe.logging import configure
     from .server import CannotStart
 
+    problems = unsupported(loaded.config)
+    if problems:
+        for p in problems:
+            click.echo(p.format(path), err=True)
+        sys.exit(1)
     lc = loaded.config.logging
     log_path = log_file(loaded.config, loaded.path.parent)
     try:
@@ -112,11 +118,14 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     if workers > 1 and not worker:
         await Supervisor(loaded, workers, watch=watch).run()
         return
+    from .shm.zone import from_env
+
     gateway = Gateway(
         loaded,
         admin=not worker,
         reuse_port=worker,
         worker_socket=os.environ.get(WORKER_SOCKET_ENV) if worker else None,
+        zone=from_env() if worker else None,
     )
     await gateway.start()
     reloader = gateway.reloader

@@ -38,10 +38,39 @@ from .ratelimit.redis import RedisBackend
 from .resilience.breaker import Breaker, BreakerSettings, transition_logger
 from .resilience.retry import RetryBudget
 from .routing import Router, RouteRule, compile_rewrite, strip_segments
+from .shm.resilience import share_breaker, share_health
+from .shm.zone import MAX_LOG, Zone
 from .snapshot import LogSettings, Route, ServerSettings, Snapshot, Split, Target, Upstream
 from .upstream.balance import LeastConn, Rendezvous, SmoothRoundRobin, WeightedRandom
 from .upstream.health import HealthChecker, HealthSettings, TargetHealth, UpstreamHealth
 from .upstream.pool import PoolSettings, TargetPool
+
+
+def unsupported(cfg: Config) -> list[Problem]:
+    """Settings this build validates but cannot enforce yet.
+
+    `run` refuses them rather than ignoring them: an ignored rate limit is
+    an outage waiting to happen.
+    """
+    out: list[Problem] = []
+    # Sticky splits (hash_on) and ip_hash / hash:<key> balancing are enforced.
+    # Add a Problem(path, "... is not supported by this version of pyproxyd yet") here
+    # for the next setting that validates before it is enforced.
+    if (cfg.server.workers or os.cpu_count() or 1) > 1:
+        for name, rl in cfg.rate_limits.items():
+            if rl.backend != "local" or rl.algorithm != "sliding_window":
+                continue
+            limits = [rl.limit or 0, *(t.limit or 0 for t in rl.tiers.values())]
+            if max(limits) > MAX_LOG:
+                out.append(
+                    Problem(
+                        f"rate_limits.{name}.limit",
+                        f"with workers > 1 a local sliding window counts at most {MAX_LOG} "
+                        "requests (the shared zone keeps every timestamp); use a token "
+                        "bucket or backend = 'redis'",
+                    )
+                )
+    return out
 
 
 def pool_settings(up: UpstreamConfig, max_header_size: int) -> PoolSettings:
@@ -87,6 +116,7 @@ def _upstream(
     max_head: int,
     old: dict[Hashable, Any],
     state: dict[Hashable, Any],
+    zone: Zone | None = None,
 ) -> Upstream:
     settings = pool_settings(up, max_head)
     targets = tuple(_target(name, t.url, t.weight, settings, old, state) for t in up.targets)
@@ -110,9 +140,9 @@ def _upstream(
         balancer,
         up.retries,
         up.read_timeout,
-        breaker=_breaker(name, up, old, state),
+        breaker=_breaker(name, up, old, state, zone),
         budget=_carry(old, state, ("retry_budget", name), RetryBudget) if up.retries else None,
-        health=_health(name, up, targets, old, state),
+        health=_health(name, up, targets, old, state, zone),
         key=key,
         keyed=keyed,
     )
@@ -130,7 +160,11 @@ def _carry(
 
 
 def _breaker(
-    name: str, up: UpstreamConfig, old: dict[Hashable, Any], state: dict[Hashable, Any]
+    name: str,
+    up: UpstreamConfig,
+    old: dict[Hashable, Any],
+    state: dict[Hashable, Any],
+    zone: Zone | None,
 ) -> Breaker | None:
     cb = up.circuit_breaker
     if cb is None:
@@ -145,7 +179,9 @@ def _breaker(
         failure_statuses=frozenset(cb.failure_statuses),
     )
     make = partial(Breaker, settings, name=name, listener=transition_logger(name))
-    breaker: Breaker = _carry(old, state, ("breaker", name, settings), make)
+    if zone is not None:  # one per instance: the state is in the zone, tagged as the key
+        make = partial(share_breaker, zone, make)
+    breaker: Breaker = _carry(old, state, ("breaker", name, settings, zone is not None), make)
     return breaker
 
 
@@ -155,6 +191,7 @@ def _health(
     targets: tuple[Target, ...],
     old: dict[Hashable, Any],
     state: dict[Hashable, Any],
+    zone: Zone | None,
 ) -> UpstreamHealth | None:
     h = up.health
     if h is None:
@@ -170,10 +207,11 @@ def _health(
         expected_statuses=frozenset(h.expected_statuses),
     )
     for t in targets:
-        key = ("health", name, t.url, settings)
-        health: TargetHealth = _carry(
-            old, state, key, partial(TargetHealth, settings, name, t.label)
-        )
+        key = ("health", name, t.url, settings, zone is not None)
+        make = partial(TargetHealth, settings, name, t.label)
+        if zone is not None:
+            make = partial(share_health, zone, make, t.url)
+        health: TargetHealth = _carry(old, state, key, make)
         t.health = health
         if settings.path is not None:
             pool = t.pool
@@ -288,27 +326,16 @@ def _route_auth(r: RouteConfig, a: _Auth) -> Authenticator | None:
 
 
 def warnings(cfg: Config) -> list[Problem]:
-    """Valid settings worth a word from `validate`."""
-    out: list[Problem] = []
-    workers = cfg.server.workers or (os.cpu_count() or 1)
-    for name, rl in cfg.rate_limits.items():
-        if rl.backend == "local" and workers > 1:
-            out.append(
-                Problem(
-                    f"rate_limits.{name}.backend",
-                    f"with {workers} workers each enforces 1/{workers} of rate, burst and "
-                    "limit (approximate: clients are not spread evenly); backend = 'redis' "
-                    "is exact",
-                )
-            )
-    return out
+    """Valid settings worth a word from `validate` (none now: local limits are
+    one per instance with workers, see pyproxyd/shm)."""
+    return []
 
 
 # -- rate limits: policies compiled once, their state carried over (pyproxyd/ratelimit)
 
 
 def _policies(
-    cfg: Config, old: dict[Hashable, Any], state: dict[Hashable, Any]
+    cfg: Config, old: dict[Hashable, Any], state: dict[Hashable, Any], zone: Zone | None
 ) -> dict[str, Policy]:
     redis = None
     on_error = "local"
@@ -318,7 +345,6 @@ def _policies(
         if any(rl.backend == "redis" for rl in cfg.rate_limits.values()):
             make = partial(RedisBackend, rc.url, rc.timeout, rc.key_prefix)
             redis = _carry(old, state, ("redis", rc.url, rc.timeout, rc.key_prefix), make)
-    workers = cfg.server.workers or (os.cpu_count() or 1)
 
     def limits(x: Any) -> Limits:
         return Limits(x.rate.per_second if x.rate else None, x.burst, x.limit, x.window)
@@ -336,7 +362,7 @@ def _policies(
             tiers={t: limits(tc) for t, tc in rl.tiers.items()},
         )
         out[name] = build_policy(
-            spec, workers=workers, old=old, state=state, redis=redis, on_error=on_error
+            spec, old=old, state=state, redis=redis, on_error=on_error, zone=zone
         )
     return out
 
@@ -407,16 +433,27 @@ def _rel(loaded: Loaded, path: str) -> str:
     return str(loaded.path.parent / path)
 
 
-def compile_snapshot(loaded: Loaded, previous: Snapshot | None = None) -> Snapshot:
+ZONE = ("shm_zone",)  # the worker's shared zone, carried in the state from compile to compile
+
+
+def compile_snapshot(
+    loaded: Loaded, previous: Snapshot | None = None, zone: Zone | None = None
+) -> Snapshot:
+    """`zone`: the instance's shared zone (a worker's first compile; later ones
+    find it in `previous`). Without one, all state is this process's."""
     cfg = loaded.config
     old: dict[Hashable, Any] = previous.state if previous is not None else {}
     state: dict[Hashable, Any] = {}
+    if zone is None:
+        zone = old.get(ZONE)
+    if zone is not None:
+        state[ZONE] = zone
     upstreams = {
-        name: _upstream(name, up, cfg.server.max_header_size, old, state)
+        name: _upstream(name, up, cfg.server.max_header_size, old, state, zone)
         for name, up in cfg.upstreams.items()
     }
     auth = _auth(loaded, cfg, old, state)
-    policies = _policies(cfg, old, state)
+    policies = _policies(cfg, old, state, zone)
     routes = tuple(_route(r, upstreams, auth, policies) for r in cfg.routes)
     router = Router([_rule(r, route) for r, route in zip(cfg.routes, routes, strict=True)])
     s = cfg.server

@@ -123,6 +123,15 @@ class ServerConfig(Model):
         description="serve HTTPS with this certificate and key; plain HTTP when absent. "
         "The files are watched: a renewed pair is served without a restart",
     )
+    shared_zone_size: Size = Field(
+        16 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="with workers > 1: the shared memory that keeps local rate limits, "
+        "circuit breakers and passive ejection one per instance (as nginx's limit_req_zone); "
+        "16MiB holds 112,000 keys of token or leaky buckets. When full, the key used least "
+        "recently in its bucket is forgotten (that client starts afresh). Read at start; a "
+        "change needs a restart",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import sdnotify
-from .compile import compile_snapshot
+from .compile import compile_snapshot, unsupported
 from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
@@ -84,6 +84,9 @@ async def candidate(path: str | Path, serving: Snapshot) -> tuple[Loaded, Snapsh
         loaded = await asyncio.to_thread(load, path)
         if loaded.digest == serving.digest:
             return None
+        problems = unsupported(loaded.config)
+        if problems:
+            raise ConfigError(str(path), problems)
         new = await asyncio.to_thread(compile_snapshot, loaded, serving)
     finally:
         sys.setswitchinterval(interval)

@@ -24,6 +24,7 @@ from .observe.logging import AccessLog, get_logger
 from .proxy.handler import Proxy
 from .reload import Reloader, ReloadTally
 from .sampler import PoolSampler
+from .shm.zone import Zone
 from .snapshot import Snapshot, SnapshotHolder
 from .upstream.pool import TargetPool
 
@@ -70,9 +71,9 @@ def bind(addr: str, *, key: str, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def compile_or_refuse(loaded: Loaded) -> Snapshot:
+def compile_or_refuse(loaded: Loaded, zone: Zone | None = None) -> Snapshot:
     try:
-        return compile_snapshot(loaded)
+        return compile_snapshot(loaded, zone=zone)
     except ValueError as e:  # a file the config names does not load (TLS pair, jwks_file)
         raise CannotStart(f"(compile): {e}") from None
 
@@ -87,8 +88,10 @@ class Gateway:
         admin: bool = True,
         reuse_port: bool = False,
         worker_socket: str | None = None,
+        zone: Zone | None = None,
     ):
         self.loaded = loaded
+        self.zone = zone  # a worker's: the instance's shared state (pyproxyd/shm)
         self.with_admin = admin
         self.worker_socket = worker_socket  # a worker's private admin (supervisor.py)
         self.reuse_port = reuse_port
@@ -128,7 +131,7 @@ class Gateway:
             conn.context = current
 
     async def start(self) -> None:
-        snap = compile_or_refuse(self.loaded)
+        snap = compile_or_refuse(self.loaded, self.zone)
         self.holder = SnapshotHolder(snap)
         # A worker's reloads are its supervisor's to count (see ReloadTally).
         self._reloader = Reloader(self.holder, self.loaded, counted=self.worker_socket is None)

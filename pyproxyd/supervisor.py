@@ -2,7 +2,10 @@
 
 The supervisor serves the admin listener, watches the config file, passes
 SIGHUP and SIGTERM on to the workers, and restarts a worker that dies, with
-exponential backoff. Workers report readiness to it with the sd_notify
+exponential backoff. It owns the shared zone (pyproxyd/shm): created before
+the first worker, inherited by each one it starts (a restarted worker maps
+the same memory), closed when it stops; a memfd, so nothing is left to
+remove after any kind of stop. Workers report readiness to it with the sd_notify
 protocol over a private datagram socket, so one mechanism serves both
 systemd and the supervisor.
 """
@@ -32,6 +35,7 @@ from .observe.logging import get_logger
 from .reload import ReloadTally, candidate
 from .resilience.view import merge_views
 from .server import bind, compile_or_refuse
+from .shm import zone as shm_zone
 from .snapshot import Snapshot
 from .watch import watch
 
@@ -86,6 +90,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent_ready = False
         self._reload_lock = asyncio.Lock()
+        self.zone: shm_zone.Zone | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -95,6 +100,7 @@ class Supervisor:
         self.snapshot = compile_or_refuse(self.loaded)
         for addr in self.snapshot.server.listen:
             bind(addr, key="server.listen", reuse_port=True).close()
+        self.zone = shm_zone.Zone.create(self.loaded.config.server.shared_zone_size)
         loop = asyncio.get_running_loop()
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()
@@ -125,6 +131,7 @@ class Supervisor:
         loop.remove_reader(self._notify.fileno())
         self._notify.close()
         self._tmp.cleanup()
+        self.zone.close()
         await runner.cleanup()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -134,6 +141,8 @@ class Supervisor:
 
     async def _keep_running(self, w: Worker) -> None:
         loop = asyncio.get_running_loop()
+        assert self.zone is not None
+        zone_fd = self.zone.fd
         while not self.stopping:
             env = dict(
                 os.environ,
@@ -142,6 +151,7 @@ class Supervisor:
                     SUPERVISOR_ENV: str(os.getpid()),
                     WORKER_SOCKET_ENV: w.socket,
                     "NOTIFY_SOCKET": self._notify_path,
+                    shm_zone.ENV: str(zone_fd),
                 },
             )
             w.ready = False
@@ -149,8 +159,9 @@ class Supervisor:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(w.socket)  # left by a worker that was killed
             w.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pyproxyd", "run", "-c", str(self.loaded.path), env=env
-            )
+                sys.executable, "-m", "pyproxyd", "run", "-c", str(self.loaded.path), env=env,
+                pass_fds=(zone_fd,),
+            )  # fmt: skip
             log.info("worker_started", worker=w.index, pid=w.proc.pid)
             code = await w.proc.wait()
             metrics.worker_exited(w.proc.pid)

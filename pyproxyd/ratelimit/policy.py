@@ -11,10 +11,10 @@ in turn, and when one refuses gives back what the earlier ones granted, so a
 refused request consumes nothing. Delay mode (leaky bucket) waits here; a
 client that leaves while waiting gives its slot back.
 
-`workers > 1` with local state: each worker enforces its share, rate/workers
-and burst/workers (limit/workers for windows), so the config means what it
-says in aggregate while the kernel spreads connections evenly. `redis` is
-exact; `on_error = "local"` falls back to the same per-worker share.
+`workers > 1` with local state: the store is a SharedStore in the
+supervisor's shared-memory zone (pyproxyd/shm), so the numbers mean the same
+as with one process: one bucket per key for the whole instance. `redis` is
+one per fleet; `on_error = "local"` falls back to the same local store.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any, NamedTuple, cast
 from ..auth.identity import Identity
 from ..errors import RateLimited, RateLimiterUnavailable
 from ..keys import KeyFn, KeyRequest, compile_key
+from ..shm.limits import SharedStore, log_cap
+from ..shm.zone import Zone
 from .algorithms import Algorithm, Decision, LeakyBucket, SlidingWindow, TokenBucket
 from .local import LocalStore
 from .redis import RedisBackend, RedisStore, Unavailable
@@ -58,24 +60,33 @@ class PolicySpec(NamedTuple):
     tiers: Mapping[str, Limits]
 
 
-def make_algorithm(algorithm: str, lim: Limits, mode: str, share: int = 1) -> Algorithm:
-    """The algorithm object for these numbers; `share` > 1 divides them between workers."""
+Local = LocalStore | SharedStore  # decide synchronously: in this process or this instance
+
+
+def make_algorithm(algorithm: str, lim: Limits, mode: str) -> Algorithm:
+    """The algorithm object for these numbers."""
     if algorithm == "sliding_window":
         assert lim.limit is not None and lim.window is not None
-        return SlidingWindow(max(1, round(lim.limit / share)), lim.window)
+        return SlidingWindow(lim.limit, lim.window)
     assert lim.rate is not None
-    rate = lim.rate / share
     if algorithm == "leaky_bucket":
-        return LeakyBucket(rate, (lim.burst or 0) / share, delay=mode == "delay")
+        return LeakyBucket(lim.rate, float(lim.burst or 0), delay=mode == "delay")
     # token bucket: burst defaults to one second's worth of the rate
     burst = lim.burst if lim.burst else max(1, math.ceil(lim.rate))
-    return TokenBucket(rate, max(1.0, burst / share))
+    return TokenBucket(lim.rate, float(burst))
+
+
+def _take(store: Local, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
+    # One branch keeps the in-process store's call native when compiled (mypyc).
+    if isinstance(store, LocalStore):
+        return store.take(key, algo, now)
+    return store.take(key, algo, now)
 
 
 class Tier(NamedTuple):
     label: str  # the tier name, or "default": a bounded metrics label
     algo: Algorithm  # what the store enforces
-    fallback: Algorithm | None  # the local share when Redis is down (on_error = "local")
+    fallback: Algorithm | None  # the local limit when Redis is down (on_error = "local")
     policy_field_b: bytes  # '"name";q=..;w=..' of RateLimit-Policy
     quota_b: bytes  # X-RateLimit-Limit
     # The five header lines of an allowed request, to fill with (remaining,
@@ -117,11 +128,11 @@ class Policy:
         tier_fn: KeyFn | None,
         default: Tier,
         tiers: dict[str, Tier],
-        store: LocalStore | RedisStore,
+        store: Local | RedisStore,
         stats: PolicyStats,
         *,
         on_error: str = "local",
-        fallback: LocalStore | None = None,
+        fallback: Local | None = None,
     ) -> None:
         self.name = name
         self.name_b = name.encode()
@@ -148,8 +159,8 @@ class Policy:
     async def take(self, key: str, tier: Tier, now: float) -> tuple[Decision, Any]:
         """(decision, undo) where undo is (store, algo, token) or None."""
         store = self.store
-        if isinstance(store, LocalStore):
-            decision, token = store.take(key, tier.algo, now)
+        if not isinstance(store, RedisStore):
+            decision, token = _take(store, key, tier.algo, now)
             return decision, (store, tier.algo, token)
         try:
             decision, token = await store.take(key, tier.algo)
@@ -161,7 +172,7 @@ class Policy:
                 ) from None
             if self.on_error == "allow" or self.fallback is None or tier.fallback is None:
                 return Decision(True, tier.algo.quota, 0.0, 0.0, 0.0), None
-            decision, token = self.fallback.take(key, tier.fallback, now)
+            decision, token = _take(self.fallback, key, tier.fallback, now)
             return decision, (self.fallback, tier.fallback, token)
 
 
@@ -174,6 +185,9 @@ def give_back(key: str, undo: Any, now: float) -> None:
         return
     store, algo, token = undo
     if isinstance(store, LocalStore):
+        store.give_back(key, algo, token, now)
+        return
+    if isinstance(store, SharedStore):
         store.give_back(key, algo, token, now)
         return
     task = asyncio.get_running_loop().create_task(store.give_back(key, algo, token))
@@ -198,7 +212,7 @@ class RouteLimiter:
         self.route = route
         self.policies = tuple(policies)
         # Local stores decide synchronously: no coroutine on the request path.
-        self.instant = all(isinstance(p.store, LocalStore) for p in self.policies)
+        self.instant = all(not isinstance(p.store, RedisStore) for p in self.policies)
 
     def admit(
         self,
@@ -219,8 +233,8 @@ class RouteLimiter:
         if len(self.policies) == 1:  # the common case, without the lists
             policy = self.policies[0]
             key, tier = policy.resolve(request, identity, client_ip)
-            store: LocalStore = policy.store  # type: ignore[assignment]  # (instant: local)
-            decision, token = store.take(key, tier.algo, now)
+            store: Local = policy.store  # type: ignore[assignment]  # (instant: local)
+            decision, token = _take(store, key, tier.algo, now)
             if decision.allowed and not decision.delay:
                 policy.stats.count(self.route, tier.label, key, ALLOWED)
                 return _block(tier, decision)
@@ -231,8 +245,8 @@ class RouteLimiter:
         granted: _Granted = []
         for policy in self.policies:
             key, tier = policy.resolve(request, identity, client_ip)
-            store = cast(LocalStore, policy.store)  # every store is local here
-            decision, token = store.take(key, tier.algo, now)
+            store = cast(Local, policy.store)  # every store is local here
+            decision, token = _take(store, key, tier.algo, now)
             self._grant(policy, key, tier, decision, (store, tier.algo, token), granted,
                         client_ip, path, now)  # fmt: skip
         return self._allowed(granted)
@@ -333,13 +347,9 @@ def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> list[tuple[byt
     ]
 
 
-def _tier(spec: PolicySpec, label: str, lim: Limits, workers: int) -> Tier:
-    local = make_algorithm(spec.algorithm, lim, spec.mode, workers)
-    if spec.backend == "redis":
-        algo: Algorithm = make_algorithm(spec.algorithm, lim, spec.mode)
-        fallback: Algorithm | None = local
-    else:
-        algo, fallback = local, None
+def _tier(spec: PolicySpec, label: str, lim: Limits) -> Tier:
+    algo = make_algorithm(spec.algorithm, lim, spec.mode)
+    fallback = algo if spec.backend == "redis" else None
     field = f'"{spec.name}";q={algo.quota};w={max(1, _seconds(algo.window))}'
     quota = str(algo.quota).encode()
     block = (
@@ -356,15 +366,17 @@ def _tier(spec: PolicySpec, label: str, lim: Limits, workers: int) -> Tier:
 def build_policy(
     spec: PolicySpec,
     *,
-    workers: int,
     old: Mapping[Any, Any],
     state: dict[Any, Any],
     redis: RedisBackend | None = None,
     on_error: str = "local",
+    zone: Zone | None = None,
 ) -> Policy:
     """Compile one policy; its state is carried over from `old` when the same
-    things are counted (name, algorithm, mode, backend, key, worker share):
-    a change of rate, burst, limit or tiers applies to the existing buckets."""
+    things are counted (name, algorithm, mode, backend, key): a change of
+    rate, burst, limit or tiers applies to the existing buckets. With a
+    shared `zone` (workers > 1) the state is there, under a tag made of the
+    same things, so every worker finds it, and so does the next config."""
 
     def carry(key: Any, make: Callable[[], Any]) -> Any:
         # Shared by the policies of one compile (the reporter): the first policy's
@@ -376,23 +388,37 @@ def build_policy(
         state[key] = obj
         return obj
 
-    ident = (spec.name, spec.algorithm, spec.mode, spec.backend, spec.key, workers)
-    default = _tier(spec, DEFAULT_TIER, spec.limits, workers)
+    ident = (spec.name, spec.algorithm, spec.mode, spec.backend, spec.key)
+    default = _tier(spec, DEFAULT_TIER, spec.limits)
     tiers = {}
     for name, lim in spec.tiers.items():
         # A tier's unset numbers are the policy's. (Field by field: iterating
         # the tuple would type each item float, and mypyc would store 4 as 4.0.)
         merged = spec.limits._replace(**{k: v for k, v in lim._asdict().items() if v is not None})
-        tiers[name] = _tier(spec, name, merged, workers)
-    store: LocalStore | RedisStore
+        tiers[name] = _tier(spec, name, merged)
+
+    # A shared window's log lives in the size class of its largest limit: a
+    # reload that moves it to another class starts those logs afresh.
+    windows = [
+        t.algo.limit for t in (default, *tiers.values()) if isinstance(t.algo, SlidingWindow)
+    ]
+    log_class = log_cap(max(windows)) if zone is not None and windows else None
+
+    def local() -> Local:
+        if zone is None:
+            return LocalStore()
+        return SharedStore(zone, repr(ident), log_class)
+
+    local_key = ("ratelimit_local", *ident, zone is not None, log_class)
+    store: Local | RedisStore
     fallback = None
     if spec.backend == "redis":
         assert redis is not None
         store = RedisStore(redis, spec.name, spec.algorithm)
         if on_error == "local":
-            fallback = carry(("ratelimit_local", *ident), LocalStore)
+            fallback = carry(local_key, local)
     else:
-        store = carry(("ratelimit_local", *ident), LocalStore)
+        store = carry(local_key, local)
     reporter: Reporter = carry(("ratelimit_reporter",), Reporter)
     stats = reporter.stats.get(spec.name)
     if stats is None or stats.algorithm != spec.algorithm:

@@ -17,6 +17,13 @@ breaker opened cannot close it again.
 Only the outermost caller reads the clock. Nothing here awaits or does I/O;
 state changes are reported to an optional listener (the compile step wires a
 logger in). Counters stay on the object for metrics.
+
+With workers, a breaker is one per instance: its `record` (pyproxyd/shm)
+keeps the state, generation, counts and expiry in shared memory. Each step
+then runs under the record's lock between a load and a store, so a circuit
+one worker opens is open in every worker at their next request. The lifetime
+totals (`refused`, `transitions`) stay each process's: a transition happens
+in exactly one worker, so the workers' sums are the instance's.
 """
 
 from __future__ import annotations
@@ -24,12 +31,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2  # the values of pyproxyd_circuit_state
 STATE_NAMES = ("closed", "half-open", "open")
 DEFAULT_TIMEOUT = 60.0  # gobreaker's: a zero timeout means this
 
 Listener = Callable[[int, int], None]  # (from state, to state)
+# generation, expiry, state, requests, successes, failures, consecutive s., consecutive f.
+Fields = tuple[int, float, int, int, int, int, int, int]
+
+
+class Record(Protocol):
+    """Where a shared breaker's fields live (pyproxyd/shm/resilience.py)."""
+
+    def acquire(self) -> Fields | None:
+        """Lock, and the stored fields (None: nothing stored yet, ours go first)."""
+
+    def release(self, fields: Fields) -> None:
+        """Store the fields and unlock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +110,7 @@ class Breaker:
         "generation",
         "listener",
         "name",
+        "record",
         "refused",
         "requests",
         "settings",
@@ -129,6 +150,7 @@ class Breaker:
         # For the operator and for metrics: lifetime totals.
         self.refused = 0
         self.transitions: dict[tuple[int, int], int] = {}
+        self.record: Record | None = None
         self._new_generation(now)
 
     def __repr__(self) -> str:
@@ -142,9 +164,19 @@ class Breaker:
 
     def allow(self, now: float) -> Ticket | None:
         """A ticket for one request, or None: refuse it without touching the upstream."""
+        record = self.record
+        if record is None:
+            return self._allow(now)
+        self._load(record.acquire())
+        try:
+            return self._allow(now)
+        finally:
+            record.release(self._fields())
+
+    def _allow(self, now: float) -> Ticket | None:
         state = self.state
         if state != CLOSED or (self.expiry and now >= self.expiry):
-            state = self.current_state(now)
+            state = self._current_state(now)  # under the record's lock already
             if state == OPEN or (state == HALF_OPEN and self.requests >= self._max_requests):
                 self.refused += 1
                 return None
@@ -153,6 +185,16 @@ class Breaker:
 
     def current_state(self, now: float) -> int:
         """The state at `now`, after any time-driven change (roll-over, Open -> Half-Open)."""
+        record = self.record
+        if record is None:
+            return self._current_state(now)
+        self._load(record.acquire())
+        try:
+            return self._current_state(now)
+        finally:
+            record.release(self._fields())
+
+    def _current_state(self, now: float) -> int:
         if self.state == CLOSED:
             if self.expiry and now >= self.expiry:
                 self._new_generation(now)
@@ -169,9 +211,20 @@ class Breaker:
     # -- outcomes ---------------------------------------------------------------
 
     def _outcome(self, generation: int, ok: bool, now: float) -> None:
+        record = self.record
+        if record is None:
+            self._decide(generation, ok, now)
+            return
+        self._load(record.acquire())
+        try:
+            self._decide(generation, ok, now)
+        finally:
+            record.release(self._fields())
+
+    def _decide(self, generation: int, ok: bool, now: float) -> None:
         state = self.state
         if state != CLOSED or (self.expiry and now >= self.expiry):
-            state = self.current_state(now)
+            state = self._current_state(now)
         if generation != self.generation:
             return  # from before a state change or roll-over
         if ok:
@@ -188,8 +241,41 @@ class Breaker:
                 self._set_state(OPEN, now)
 
     def _abandon(self, generation: int) -> None:
+        record = self.record
+        if record is not None:
+            self._load(record.acquire())
         if generation == self.generation and self.requests > 0:
             self.requests -= 1
+        if record is not None:
+            record.release(self._fields())
+
+    # -- shared: the fields a record keeps ---------------------------------------
+
+    def _fields(self) -> Fields:
+        return (
+            self.generation,
+            self.expiry,
+            self.state,
+            self.requests,
+            self.successes,
+            self.failures,
+            self.consecutive_successes,
+            self.consecutive_failures,
+        )
+
+    def _load(self, fields: Fields | None) -> None:
+        if fields is None:
+            return
+        (
+            self.generation,
+            self.expiry,
+            self.state,
+            self.requests,
+            self.successes,
+            self.failures,
+            self.consecutive_successes,
+            self.consecutive_failures,
+        ) = fields
 
     def _ready_to_trip(self) -> bool:
         if self.consecutive_failures >= self._consecutive_failures:

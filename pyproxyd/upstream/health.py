@@ -17,6 +17,13 @@
 
 Transitions are logged (`target_ejected`, `target_restored`) with a `reason`
 of "passive" or "health_check"; counters stay on the objects for metrics.
+
+With workers, passive ejection is one per instance: a target's `record`
+(pyproxyd/shm) keeps `fails`, `ejected` and `ejected_until` in shared memory,
+so failures count across the workers and an ejection in one is seen by all
+at their next pick. Active checks stay each worker's own (each checks on its
+own connection), as do the lifetime totals (each ejection is counted by the
+worker that made it, so the workers' sums are the instance's).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import asyncio
 import contextlib
 import ssl as ssl_module
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import GatewayError
 from ..observe.logging import get_logger
@@ -34,6 +42,21 @@ from .pool import PoolSettings, TargetPool
 log = get_logger("pyproxyd.health")
 
 CHECK_BODY_LIMIT = 64 * 1024  # a check reads at most this much body, then hangs up
+
+Passive = tuple[int, int, float]  # fails, ejected, ejected_until
+
+
+class Record(Protocol):
+    """Where a shared target's passive state lives (pyproxyd/shm/resilience.py)."""
+
+    def acquire(self) -> Passive | None:
+        """Lock, and the stored fields (None: nothing stored yet)."""
+
+    def release(self, fields: Passive) -> None:
+        """Store the fields and unlock."""
+
+    def read(self) -> Passive | None:
+        """The stored fields, read under the lock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +87,7 @@ class TargetHealth:
         "ejections_total",
         "fails",
         "last_check_error",
+        "record",
         "settings",
         "target",
         "upstream",
@@ -82,6 +106,7 @@ class TargetHealth:
         self.ejected = False  # ejected, and no response since
         self.ejected_until = 0.0  # skipped by the balancer before this time
         self.ejections_total = 0
+        self.record: Record | None = None  # shared with the other workers
         # active
         self.active_down = False
         self.check_passes = 0  # in a row
@@ -98,7 +123,17 @@ class TargetHealth:
 
     def available(self, now: float) -> bool:
         """In rotation: not ejected at `now`, and not failing its active checks."""
+        if self.record is not None:
+            self._load(self.record.read())  # also refreshes `fails`, which the proxy reads
         return self.ejected_until <= now and not self.active_down
+
+    def _load(self, fields: Passive | None) -> None:
+        if fields is not None:
+            self.fails, ejected, self.ejected_until = fields
+            self.ejected = bool(ejected)
+
+    def _fields(self) -> Passive:
+        return self.fails, int(self.ejected), self.ejected_until
 
     # -- passive ----------------------------------------------------------------
 
@@ -106,6 +141,17 @@ class TargetHealth:
         """A connect error or a timeout of a request to this target."""
         if not self._max_fails:
             return
+        record = self.record
+        if record is None:
+            self._failed(now, error)
+            return
+        self._load(record.acquire())
+        try:
+            self._failed(now, error)
+        finally:
+            record.release(self._fields())
+
+    def _failed(self, now: float, error: str) -> None:
         self.fails += 1
         if self.fails >= self._max_fails and self.ejected_until <= now:
             first = not self.ejected
@@ -125,6 +171,17 @@ class TargetHealth:
 
     def succeeded(self) -> None:
         """A response head arrived from this target (any status)."""
+        record = self.record
+        if record is None:
+            self._succeeded()
+            return
+        self._load(record.acquire())
+        try:
+            self._succeeded()
+        finally:
+            record.release(self._fields())
+
+    def _succeeded(self) -> None:
         self.fails = 0
         if self.ejected:
             self.ejected = False

@@ -53,7 +53,7 @@ def test_token_bucket_sustained_rate_and_cap() -> None:
 
 
 def test_token_bucket_fractional_burst_and_headers() -> None:
-    tb = TokenBucket(4.0, 1.5)  # burst 6 split over 4 workers
+    tb = TokenBucket(4.0, 1.5)  # a fractional capacity
     assert [d.allowed for d in run(tb, [0, 0, 0.125, 0.25])] == [True, False, True, False]
     assert TokenBucket(10.0, 50).quota == 50
     assert TokenBucket(10.0, 50).window == 5.0
