@@ -120,6 +120,12 @@ main() {
   install_system_packages
   export PATH="$VENV/bin:$PATH"
 
+  # The team's spec beside the checkout, when there, is checked as well as docs/.
+  local spec="$REPO/../shared/spec/gateway.toml"
+  if [ -z "${PYPROXYD_SPEC:-}" ] && [ -f "$spec" ]; then
+    export PYPROXYD_SPEC="$spec"
+  fi
+
   local failed=()
   say "ruff check ."
   ruff check . || failed+=("ruff check")

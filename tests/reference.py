@@ -2,23 +2,24 @@
 
 docs/gateway.toml (with docs/jwks.json beside it) is the repository's own
 copy of every config key, so a fresh clone tests on its own. The team's spec
-folder, when a checkout sits beside it (../shared/spec), holds the same
-configuration; the tests that take `REFERENCE_CONFIGS` check it too, but only
-when it is there. This is the one module of the suite allowed to name a path
-outside the repository (tests/test_standalone.py enforces that).
+of the same configuration lives outside the repository; when PYPROXYD_SPEC
+names its gateway.toml (scripts/test.sh sets it when the spec folder sits
+beside the checkout), the tests that take `REFERENCE_CONFIGS` check it too.
+No test names a path outside the repository (tests/test_standalone.py).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "gateway.toml"
 
-# Optional: checked when present, never needed.
-SPEC = REPO.parent / "shared" / "spec" / "gateway.toml"
+# Optional: checked when given, never needed.
+SPEC = Path(os.environ["PYPROXYD_SPEC"]) if os.environ.get("PYPROXYD_SPEC") else None
 
-REFERENCE_CONFIGS = [REFERENCE, *([SPEC] if SPEC.is_file() else [])]
+REFERENCE_CONFIGS = [REFERENCE, *([SPEC] if SPEC is not None and SPEC.is_file() else [])]
 
 
 def config_id(path: Path) -> str:
