@@ -150,6 +150,15 @@ class Gateway:
             refused=proxy.refused,
         )
         self._http.start()
+        frontend = self._http
+        self.holder.subscribe(
+            lambda new: frontend.configure(
+                new.server.client_header_timeout,
+                new.server.keepalive_timeout,
+                new.server.client_body_timeout,
+                new.server.max_header_size,
+            )
+        )
         context = s.tls
         if context is not None:
             context.sni_callback = self._current_certificate

@@ -168,11 +168,17 @@ class Snapshot:
 class SnapshotHolder:
     """The only mutable global: the current snapshot."""
 
-    __slots__ = ("_retire_tasks", "current")
+    __slots__ = ("_listeners", "_retire_tasks", "current")
 
     def __init__(self, snapshot: Snapshot):
         self.current = snapshot
         self._retire_tasks: set[asyncio.Task[None]] = set()
+        # Told of each new snapshot: what reads settings once (a listener's
+        # timeouts) follows a reload without the reloader knowing it.
+        self._listeners: list[Callable[[Snapshot], None]] = []
+
+    def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
+        self._listeners.append(listener)
 
     def activate(self) -> None:
         """Start the background work of the current snapshot's state objects (those
@@ -186,6 +192,8 @@ class SnapshotHolder:
         """Install `new` and activate it; retire the state objects it did not carry over."""
         old, self.current = self.current, new
         self.activate()
+        for listener in self._listeners:
+            listener(new)
         kept = {id(v) for v in new.state.values()}
         retired = [v for v in old.state.values() if id(v) not in kept]
         if retired:

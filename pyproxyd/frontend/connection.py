@@ -74,6 +74,14 @@ class Frontend:
     """The protocol factory of the client listeners, and what they share:
     settings, the open connections, the deadline sweep and the Date header."""
 
+    # (set by configure(), at start and on every reload)
+    header_timeout: float
+    keepalive_timeout: float
+    body_timeout: float
+    max_line: int
+    max_head: int
+    _interval: float
+
     def __init__(
         self,
         handler: Handler,
@@ -85,20 +93,31 @@ class Frontend:
         refused: Refused | None = None,
     ) -> None:
         self.handler = handler
-        self.header_timeout = header_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.body_timeout = body_timeout
         self.refused = refused
-        self.max_line = max_header_size
-        # Everything before the body, all lines together (nginx: 4 x 8k buffers).
-        self.max_head = max(64 * 1024, 4 * max_header_size)
         self.connections: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
         self._date_at = 0
         self._date = b""
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self.configure(header_timeout, keepalive_timeout, body_timeout, max_header_size)
+
+    def configure(
+        self,
+        header_timeout: float,
+        keepalive_timeout: float,
+        body_timeout: float,
+        max_header_size: int,
+    ) -> None:
+        """New client settings (a reload): connections use them from their next
+        deadline or head on."""
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.body_timeout = body_timeout
+        self.max_line = max_header_size
+        # Everything before the body, all lines together (nginx: 4 x 8k buffers).
+        self.max_head = max(64 * 1024, 4 * max_header_size)
         shortest = min(t for t in (header_timeout, keepalive_timeout, body_timeout, 4.0) if t > 0)
         self._interval = min(1.0, max(0.05, shortest / 5))
-        self._sweep_handle: asyncio.TimerHandle | None = None
 
     def protocol(self, secure: bool) -> Callable[[], ClientConnection]:
         return lambda: ClientConnection(self, secure)

@@ -462,3 +462,16 @@ async def test_a_request_refused_while_parsing_is_logged_and_counted(
     ]
     assert lines[0]["request_id"] == bad.headers["X-Request-ID"]
     assert samples[("(none)", "400")] >= 1 and samples[("(none)", "431")] >= 1
+
+
+async def test_client_timeouts_follow_a_reload(tmp_path: Path) -> None:
+    """client_body_timeout (like the other client timeouts and max_header_size)
+    applies from the next request after a reload, without a restart."""
+    rec = Recorder()
+    async with RawBackend(rec) as up, gateway(tmp_path, front(up.url)) as gw:  # default: 60 s
+        (tmp_path / "gateway.toml").write_text(front(up.url, 'client_body_timeout = "300ms"'))
+        assert await gw.reloader.reload()
+        async with client(gw) as (reader, writer):
+            writer.write(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+            resp = await read_response(reader)
+    assert resp.status == 408
