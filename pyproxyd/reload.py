@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import sdnotify
-from .compile import compile_snapshot, unsupported
+from .compile import ZONE, compile_snapshot, unsupported
 from .config_load import ConfigError, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
@@ -167,4 +167,7 @@ def _fixed_settings(current: object, cfg: object) -> list[str]:
         out.append("server.tls")  # a listener cannot start or stop speaking TLS
     if cfg.admin.listen != current.admin_listen:
         out.append("admin.listen")
+    zone = current.state.get(ZONE)  # a worker's: its size was set when the instance started
+    if zone is not None and zone.size != cfg.server.shared_zone_size:
+        out.append("server.shared_zone_size")
     return out

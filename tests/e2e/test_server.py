@@ -241,3 +241,25 @@ async def test_admin_token_guards_admin_endpoints(
         assert json.loads(body)["routes"][0]["id"] == "dead"
         status, _, _ = await fetch(admin + "/healthz")  # probes stay open
         assert status == 200
+
+
+async def test_a_new_shared_zone_size_is_logged_as_needing_a_restart(tmp_path: Path) -> None:
+    # A worker's zone was sized when the instance started; a reload cannot resize it.
+    from pyproxyd.config_load import load
+    from pyproxyd.server import Gateway
+    from pyproxyd.shm.zone import Zone
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(config(DEAD.format(port=free_port()), server='shared_zone_size = "2MiB"'))
+    zone = Zone.create(2 * 1024 * 1024)
+    gw = Gateway(load(path), admin=False, zone=zone)
+    await gw.start()
+    try:
+        path.write_text(config(DEAD.format(port=free_port()), server='shared_zone_size = "4MiB"'))
+        with capture_logs() as logs:
+            assert await gw.reloader.reload()  # the rest of the file applies
+        restart = [e["setting"] for e in logs if e["event"] == "config_change_needs_restart"]
+        assert restart == ["server.shared_zone_size"]
+    finally:
+        await gw.stop()
+        zone.close()
