@@ -228,7 +228,7 @@ def test_the_reference_config_shows_every_key() -> None:
 
 
 def test_the_example_config_loads_and_uses_only_what_runs() -> None:
-    from pyproxyd.compile import compile_snapshot
+    from pyproxyd.compile import compile_snapshot, unsupported
 
     loaded = load(EXAMPLE)
     cfg = loaded.config
@@ -238,6 +238,7 @@ def test_the_example_config_loads_and_uses_only_what_runs() -> None:
     targets = {t.url for up in cfg.upstreams.values() for t in up.targets}
     assert targets == {"http://127.0.0.1:9101", "http://127.0.0.1:9102"}
     assert all(r.auth == "none" and r.hash_on == "random" for r in cfg.routes)
+    assert [p.format(str(EXAMPLE)) for p in unsupported(cfg)] == []  # `run` accepts it
     snapshot = compile_snapshot(loaded)  # binds nothing
     assert {r.id for r in snapshot.routes} == {r.id for r in cfg.routes}
 

@@ -157,10 +157,11 @@ def test_zero_weight_side_is_never_picked() -> None:
 
 
 def test_compiled_split_of_the_reference_config() -> None:
-    from pyproxyd.compile import compile_snapshot
+    from pyproxyd.compile import compile_snapshot, unsupported
     from pyproxyd.config_load import load
 
     loaded = load(REFERENCE)
+    assert unsupported(loaded.config) == []  # hash_on and hashing balancers are enforced
     snap = compile_snapshot(loaded)
     route = next(r for r in snap.routes if r.id == "users")
     assert route.split is not None and route.split.key_specs == ("ip",)

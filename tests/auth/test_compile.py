@@ -10,7 +10,7 @@ import pytest
 
 from harness.tokens import jwks, public_jwk, rsa_key
 from pyproxyd.auth import APIKeyAuth, ClientIdAuth, JWTAuth, RemoteKeys, StaticKeys
-from pyproxyd.compile import compile_snapshot
+from pyproxyd.compile import compile_snapshot, unsupported
 from pyproxyd.config_load import ConfigError, load
 from pyproxyd.explain import explain_request
 
@@ -174,6 +174,10 @@ def test_a_jwks_url_is_carried_over_by_a_reload(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("jwks.json", "other.json"))
     third = compile_snapshot(load(path), second)
     assert third.auth.verifier is not None and third.auth.verifier.source is not remote
+
+
+def test_auth_and_claims_are_no_longer_unsupported(tmp_path: Path) -> None:
+    assert unsupported(load(write(tmp_path)).config) == []
 
 
 # -------------------------------------------------------------- validation
