@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,18 +12,9 @@ import pytest
 from pyproxyd.ratelimit.algorithms import Algorithm, LeakyBucket, SlidingWindow, TokenBucket
 from pyproxyd.ratelimit.local import LocalStore
 from pyproxyd.shm.limits import SharedStore, log_table
-from pyproxyd.shm.zone import LIMITS, LOG_CAPS, MIN_SIZE, Zone, key_hash
+from pyproxyd.shm.zone import LIMITS, LOG_CAPS, Zone, key_hash
 
 FORK = mp.get_context("fork")
-
-
-@pytest.fixture
-def zone() -> Iterator[Zone]:
-    z = Zone.create(MIN_SIZE)
-    try:
-        yield z
-    finally:
-        z.close()
 
 
 ALGOS: list[tuple[Algorithm, int | None]] = [

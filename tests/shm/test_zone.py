@@ -7,7 +7,6 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,15 +24,6 @@ from pyproxyd.shm.zone import (
     layout,
     slot_struct,
 )
-
-
-@pytest.fixture
-def zone() -> Iterator[Zone]:
-    z = Zone.create(MIN_SIZE)
-    try:
-        yield z
-    finally:
-        z.close()
 
 
 def test_the_hash_is_the_same_in_another_process() -> None:
