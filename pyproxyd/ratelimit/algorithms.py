@@ -126,7 +126,8 @@ def _refund(tat: float | None, now: float, t: float) -> float | None:
     if tat is None:
         return None
     back = tat - t
-    return back if back > now else None
+    # (now + t) - t can land a bit above now: that is still "nothing counted"
+    return back if back > now + EPS else None
 
 
 class SlidingWindow(NamedTuple):

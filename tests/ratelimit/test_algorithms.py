@@ -121,6 +121,16 @@ def test_sliding_window_table() -> None:
         approx(d, allowed, remaining, wait, 0.0 if allowed else wait, 0.0)
 
 
+def test_refunding_the_only_request_leaves_no_state() -> None:
+    # At this clock reading (now + 60) - 60 is one bit above now: the refunded
+    # key must still read as "nothing counted" and be dropped, not kept.
+    now = 1988.0009999766369
+    assert (now + 60.0) - 60.0 > now
+    tb = TokenBucket(1 / 60, 2.0)
+    _, state = tb.decide(None, now)
+    assert tb.refund(state, now) is None
+
+
 def test_sliding_window_refund_and_idle() -> None:
     sw = SlidingWindow(2, 1.0)
     d, log = sw.decide(None, 0.0)
