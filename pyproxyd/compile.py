@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Callable, Hashable
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from .config import Config, JWTConfig, RouteConfig, UpstreamConfig, key_list
 from .config_load import Loaded, Problem
 from .forwarding import HOP_BY_HOP_B, REPLACED_B, TrustedProxies
 from .keys import KeyFn, compile_key
+from .middleware.build import Builder
 from .ratelimit.policy import Limits, Policy, PolicySpec, RouteLimiter, build_policy
 from .ratelimit.redis import RedisBackend
 from .resilience.breaker import Breaker, BreakerSettings, transition_logger
@@ -379,6 +381,8 @@ def _route(
     upstreams: dict[str, Upstream],
     auth: _Auth,
     policies: dict[str, Policy] | None = None,
+    chains: Builder | None = None,
+    outer: list[str] | None = None,
 ) -> Route:
     split = None
     if r.split is not None:
@@ -397,6 +401,7 @@ def _route(
         timeout=r.timeout,
         auth=_route_auth(r, auth),
         limits=_route_limits(r, policies or {}),
+        chain=chains.chain([*(outer or ()), *r.middlewares], r.timeout) if chains else None,
     )
 
 
@@ -433,6 +438,10 @@ def _rel(loaded: Loaded, path: str) -> str:
     return str(loaded.path.parent / path)
 
 
+def _folder(loaded: Loaded, path: str) -> Path:
+    return (loaded.path.parent / path).resolve()
+
+
 ZONE = ("shm_zone",)  # the worker's shared zone, carried in the state from compile to compile
 
 
@@ -454,12 +463,19 @@ def compile_snapshot(
     }
     auth = _auth(loaded, cfg, old, state)
     policies = _policies(cfg, old, state, zone)
-    routes = tuple(_route(r, upstreams, auth, policies) for r in cfg.routes)
-    router = Router([_rule(r, route) for r, route in zip(cfg.routes, routes, strict=True)])
-    s = cfg.server
     forwarded_claims = frozenset(
         h.lower().encode() for h in (cfg.auth.jwt.forward_claims.values() if cfg.auth.jwt else ())
     )
+    drop = HOP_BY_HOP_B | REPLACED_B | forwarded_claims
+    chains = Builder(
+        cfg.middlewares,
+        [_folder(loaded, p) for p in cfg.server.python_path],
+        drop | {b"content-length"},
+    )
+    outer = cfg.server.middlewares
+    routes = tuple(_route(r, upstreams, auth, policies, chains, outer) for r in cfg.routes)
+    router = Router([_rule(r, route) for r, route in zip(cfg.routes, routes, strict=True)])
+    s = cfg.server
     return Snapshot(
         router=router,
         routes=routes,
@@ -481,7 +497,7 @@ def compile_snapshot(
         logging=LogSettings(
             cfg.logging.format, cfg.logging.level, cfg.logging.access_log, cfg.logging.file
         ),
-        drop_request_headers=HOP_BY_HOP_B | REPLACED_B | forwarded_claims,
+        drop_request_headers=drop,
         state=state,
         digest=loaded.digest,
         file=str(loaded.path),

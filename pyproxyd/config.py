@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .middleware.models import ANSWERING, Middleware
 from .routing import check_pattern
 from .units import Duration, RateValue, Size
 
@@ -122,6 +123,15 @@ class ServerConfig(Model):
         None,
         description="serve HTTPS with this certificate and key; plain HTTP when absent. "
         "The files are watched: a renewed pair is served without a restart",
+    )
+    middlewares: list[str] = Field(
+        default_factory=list,
+        description="names of [middlewares.*] run on every route, outside the route's own",
+    )
+    python_path: list[str] = Field(
+        default_factory=list,
+        description="folders searched for `python` middleware modules (relative to the "
+        "config file's folder); their .py files are watched like the config",
     )
     shared_zone_size: Size = Field(
         16 * 1024 * 1024,
@@ -358,7 +368,9 @@ class RouteConfig(Model):
         description="claims of the verified JWT that must equal (or contain) these values",
     )
     upstream: str | None = Field(
-        None, description="the upstream that serves the route (set this or `split`)"
+        None,
+        description="the upstream that serves the route (set this or `split`; neither when "
+        "a respond or redirect middleware of the route always answers)",
     )
     split: list[SplitEntry] | None = Field(
         None, description="a weighted choice of upstreams, e.g. a canary (set this or `upstream`)"
@@ -388,6 +400,11 @@ class RouteConfig(Model):
     )
     timeout: Duration | None = Field(
         None, description="deadline of the whole request; past it, 504"
+    )
+    middlewares: list[str] = Field(
+        default_factory=list,
+        description="names of [middlewares.*], outermost first: on_request in this order, "
+        "on_response in reverse (inside server.middlewares)",
     )
 
     @field_validator("path")
@@ -461,8 +478,8 @@ class RouteConfig(Model):
 
     @model_validator(mode="after")
     def _consistency(self) -> RouteConfig:
-        if (self.upstream is None) == (self.split is None):
-            raise ValueError("a route needs exactly one of 'upstream' or 'split'")
+        if self.upstream is not None and self.split is not None:
+            raise ValueError("a route takes either 'upstream' or 'split', not both")
         if self.rewrite is not None and self.strip_prefix:
             raise ValueError("use either rewrite or strip_prefix, not both")
         return self
@@ -700,6 +717,10 @@ class Config(Model):
     rate_limits: dict[Name, RateLimitConfig] = Field(
         default_factory=dict, description="rate-limit policies by name"
     )
+    middlewares: dict[Name, Middleware] = Field(
+        default_factory=dict,
+        description="middlewares by name, of type headers, cors, redirect, respond or python",
+    )
 
 
 Problem = tuple[tuple[Any, ...], str]
@@ -718,11 +739,15 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
         return value if isinstance(value, dict) else None
 
     upstreams, rate_limits, auth = table("upstreams"), table("rate_limits"), table("auth")
+    middlewares = table("middlewares")
+    server = table("server") or {}
+    outer = server.get("middlewares", [])
+    outer = outer if isinstance(outer, list) else []
+    problems: list[Problem] = _chain_names(("server", "middlewares"), outer, middlewares, [])
     consumers = table("consumers")
     keyed = any(isinstance(c, dict) and c.get("api_key_sha256") for c in (consumers or {}).values())
     has_jwt = auth is not None and "jwt" in auth
     routes = data.get("routes", [])
-    problems: list[Problem] = []
     seen: dict[str, int] = {}
     for i, r in enumerate(routes if isinstance(routes, list) else []):
         if not isinstance(r, dict):
@@ -736,6 +761,23 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
                 )
             seen.setdefault(rid, i)
         upstream = r.get("upstream")
+        own = r.get("middlewares", [])
+        own = own if isinstance(own, list) else []
+        problems += _chain_names((*here, "middlewares"), own, middlewares, outer)
+        if upstream is None and r.get("split") is None:
+            kinds = {
+                m.get("type")
+                for n in [*outer, *own]
+                if isinstance(n, str) and isinstance(m := (middlewares or {}).get(n), dict)
+            }
+            if not kinds & ANSWERING:
+                problems.append(
+                    (
+                        (*here, "upstream"),
+                        "a route needs 'upstream' or 'split', unless one of its middlewares "
+                        "always answers (type respond or redirect)",
+                    )
+                )
         if upstreams is not None and isinstance(upstream, str) and upstream not in upstreams:
             problems.append(((*here, "upstream"), f"unknown upstream {upstream!r}"))
         split = r.get("split")
@@ -761,5 +803,23 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
         if isinstance(rl, dict) and rl.get("backend") == "redis" and "redis" not in data:
             problems.append(
                 (("rate_limits", name, "backend"), "backend = 'redis' needs a [redis] table")
+            )
+    return problems
+
+
+def _chain_names(
+    where: tuple[Any, ...], names: list[Any], tables: dict[str, Any] | None, outer: list[Any]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for j, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if tables is not None and name not in tables:
+            problems.append(((*where, j), f"unknown middleware {name!r}"))
+        elif name in names[:j]:
+            problems.append(((*where, j), f"middleware {name!r} is listed twice"))
+        elif name in outer:
+            problems.append(
+                ((*where, j), f"middleware {name!r} already runs from server.middlewares")
             )
     return problems

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .config import Config, RouteConfig, cross_check
+from .middleware.python import sources
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,9 @@ def inputs(cfg: Config, folder: Path) -> list[Path]:
         out += [folder / cfg.server.tls.cert, folder / cfg.server.tls.key]
     if cfg.auth.jwt is not None and cfg.auth.jwt.jwks_file:
         out.append(folder / cfg.auth.jwt.jwks_file)
+    if cfg.middlewares and cfg.server.python_path:
+        # A changed middleware module is a changed config: watched, and in the digest.
+        out += sources([(folder / p).resolve() for p in cfg.server.python_path])
     return out
 
 
@@ -215,8 +219,8 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     for part in loc:
         if _has(node, part):
             node = node[part]
-        elif _is_union_tag(part):
-            continue
+        elif _is_union_tag(part) or (isinstance(node, dict) and node.get("type") == part):
+            continue  # (the second: the tag of a union told apart by its `type` key)
         else:
             node = None
         out.append(part)

@@ -22,6 +22,7 @@ from .auth.identity import Identity
 from .auth.route import NO_AUTH, Authenticator, AuthRuntime
 from .forwarding import TrustedProxies
 from .keys import KeyFn, KeyRequest
+from .middleware.chain import Chain
 from .ratelimit.policy import RouteLimiter
 from .resilience.breaker import Breaker
 from .resilience.retry import RetryBudget
@@ -106,6 +107,7 @@ class Route:
     timeout: float | None
     auth: Authenticator | None = None  # (headers, token memo) -> identity; raises 401/403
     limits: RouteLimiter | None = None  # the route's rate limits; raises 429/503
+    chain: Chain | None = None  # its middlewares (server's first); None when it has none
 
     def pick_upstream(
         self,

@@ -82,6 +82,16 @@ TARGET_EJECTED = Gauge(
 )  # fmt: skip
 
 
+MIDDLEWARE_TIME = Counter(
+    "pyproxyd_middleware_seconds", "Time spent in the route's middlewares", ["route"]
+)
+MIDDLEWARE_ERRORS = Counter(
+    "pyproxyd_middleware_errors",
+    "Requests a middleware failed (raised, timed out or returned something not a response)",
+    ["route", "middleware"],
+)
+
+
 class RequestMetrics:
     """The per-request metrics, tallied in plain dicts and flushed into the
     prometheus metrics by `flush()`: once a second by the sampler, and before
@@ -95,7 +105,7 @@ class RequestMetrics:
     the two agree).
     """
 
-    __slots__ = ("_bytes", "_durations", "_requests", "_upstream", "in_flight")
+    __slots__ = ("_bytes", "_durations", "_middleware", "_requests", "_upstream", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -103,6 +113,7 @@ class RequestMetrics:
         self._durations: dict[tuple[str, str], list[float]] = {}
         self._upstream: dict[str, list[float]] = {}
         self._bytes: dict[str, list[int]] = {}
+        self._middleware: dict[str, float] = {}
 
     def bytes(self, route: str, received: int, sent: int) -> None:
         pair = self._bytes.get(route)
@@ -117,6 +128,11 @@ class RequestMetrics:
             tally = self._upstream[upstream] = _new_tally()
         tally[0] += seconds
         tally[bisect_left(BUCKETS, seconds) + 1] += 1
+
+    def middleware(self, route: str, seconds: float, failed: str | None) -> None:
+        self._middleware[route] = self._middleware.get(route, 0.0) + seconds
+        if failed is not None:  # rare: straight to the counter
+            MIDDLEWARE_ERRORS.labels(route, failed).inc()
 
     def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
         key = (route, upstream, status)
@@ -139,6 +155,9 @@ class RequestMetrics:
         times, self._upstream = self._upstream, {}
         for name, tally in times.items():
             _add_tally(UPSTREAM_TIME.labels(name), tally)
+        spent, self._middleware = self._middleware, {}
+        for route, seconds in spent.items():
+            MIDDLEWARE_TIME.labels(route).inc(seconds)
         sizes, self._bytes = self._bytes, {}
         for route, (received, sent) in sizes.items():
             if received:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ClientGone, GatewayError
 from ..forwarding import client_address
+from ..middleware.views import Reply
 from ..observe.logging import get_logger
 from ..observe.metrics import RequestMetrics
 from ..resilience.breaker import Ticket
@@ -25,7 +26,7 @@ from .forward import First, answered, choose, forward, no_target
 from .interface import Request
 from .prepare import Pending, Plan, prepare, settle
 from .record import RequestInfo
-from .relay import relay_now, send_error, small
+from .relay import relay_now, send_error, send_error_async, send_reply, send_reply_async, small
 
 if TYPE_CHECKING:
     from ..observe.logging import AccessLog
@@ -73,8 +74,13 @@ class Proxy:
         try:
             try:
                 step = prepare(request, snap, ex)
-                if isinstance(step, Plan) and step.immediate:
-                    self._start(request, step, ex, snap, clock)
+                if isinstance(step, Plan):
+                    if step.immediate:
+                        self._start(request, step, ex, snap, clock)
+                        return
+                elif isinstance(step, Reply) and not _awaits(ex):
+                    send_reply(request, step, ex)  # a middleware answered
+                    self._finish(request, ex, clock, snap)
                     return
             except (GatewayError, ClientGone):
                 raise
@@ -82,6 +88,9 @@ class Proxy:
                 log.error("internal_error", error=repr(exc), request_id=ex.request_id)
                 raise GatewayError() from exc
         except GatewayError as err:
+            if _awaits(ex):  # the error goes back through awaited on_response hooks
+                self._spawn(request, ex, snap, clock, _raise(err), None)
+                return
             self._failed(request, ex, err)
             self._finish(request, ex, clock, snap)
             return
@@ -145,7 +154,7 @@ class Proxy:
         ex: RequestInfo,
         snap: Snapshot,
         clock: float,
-        step: Plan | Pending,
+        step: Plan | Reply | Pending,
         first: First | None,
     ) -> None:
         task = self.loop.create_task(self._run(request, ex, snap, clock, step, first))
@@ -157,21 +166,29 @@ class Proxy:
         ex: RequestInfo,
         snap: Snapshot,
         clock: float,
-        step: Plan | Awaitable[Plan | None],
+        step: Plan | Reply | Awaitable[Plan | Reply | None],
         first: First | None,
     ) -> None:
         try:
             try:
                 plan = await settle(step)
-                if plan is not None:
+                if isinstance(plan, Plan):
                     await forward(request, plan, ex, first, self.metrics)
+                elif isinstance(plan, Reply):
+                    await send_reply_async(request, plan, ex)
             except (GatewayError, ClientGone, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 log.error("internal_error", error=repr(exc), request_id=ex.request_id)
                 raise GatewayError() from exc
         except GatewayError as err:
-            self._failed(request, ex, err)
+            if _awaits(ex) and not request.started:
+                try:
+                    await send_error_async(request, err, ex)
+                except ClientGone:
+                    ex.status = 499
+            else:
+                self._failed(request, ex, err)
         except ClientGone:
             ex.status = 499  # the client went away (nginx's convention)
         except asyncio.CancelledError:
@@ -196,9 +213,8 @@ class Proxy:
         if request.started:
             request.abort()  # too late for an error response: cut the connection
             return
-        ex.status = err.status
         try:
-            send_error(request, err, ex.request_id, ex.limits)
+            send_error(request, err, ex)
         except ClientGone:
             ex.status = 499
 
@@ -217,6 +233,9 @@ class Proxy:
         metrics.observe(route, ex.upstream or "(none)", ex.status, elapsed)
         if counted:
             metrics.bytes(route, request.received, request.sent)
+        call = ex.call
+        if call is not None:
+            metrics.middleware(route, call.spent, call.failed)
         if snap.logging.access_log:  # read per request: a reload may switch it
             try:
                 self.access_log.request(request.method, ex, elapsed * 1000.0)
@@ -300,6 +319,16 @@ class _Awaiting(InFlight):
             self.ticket.abandon()  # a client that left says nothing about the upstream
         self.ex.status = 499
         self.proxy._finish(self.request, self.ex, self.clock, self.snap, counted=False)
+
+
+def _awaits(ex: RequestInfo) -> bool:
+    """Whether the request's answer must pass on_response hooks that are awaited."""
+    chain = ex.chain
+    return chain is not None and chain.async_response
+
+
+async def _raise(err: GatewayError) -> Plan | None:
+    raise err
 
 
 _faults: dict[str, int] = {}

@@ -12,12 +12,15 @@ a task) or a `Pending` to await, and no decision is taken twice either way.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..bodies import chunked, limited
 from ..errors import UnknownKey
 from ..forwarding import filter_request_headers, forwarded_for
+from ..middleware.cors import is_preflight
+from ..middleware.views import Reply, RequestView
 from ..routing import normalise_path
 from ..websocket import proxy_websocket
 from .interface import Request
@@ -33,7 +36,7 @@ class Plan:
     """Where a request goes and the head it goes with (the Host line is the
     target's unless the route preserves the client's)."""
 
-    __slots__ = ("body", "head", "host_line", "timeout", "upstream")
+    __slots__ = ("body", "head", "host_line", "sync", "timeout", "upstream")
 
     def __init__(
         self,
@@ -42,25 +45,29 @@ class Plan:
         host_line: bytes | None,
         body: AsyncIterator[bytes] | None,
         timeout: float | None,
+        sync: bool = True,
     ) -> None:
         self.upstream = upstream
         self.head = head  # request line and headers, without Host and the final CRLF
         self.host_line = host_line
         self.body = body  # framed for the upstream, or None
         self.timeout = timeout  # the route's, over the whole exchange
+        self.sync = sync  # False when a middleware's on_response must be awaited
 
     @property
     def immediate(self) -> bool:
-        """Nothing to stream and no route timeout: it can go without a task."""
-        return self.body is None and self.timeout is None
+        """Nothing to stream, no route timeout, nothing to await on the way
+        back: it can go without a task."""
+        return self.body is None and self.timeout is None and self.sync
 
     def head_for(self, host_header: bytes) -> bytes:
         return self.head + (self.host_line or host_header) + b"\r\n"
 
 
-# The rest of the pipeline, once something has been awaited: the plan, or
-# None when the request was answered on the way (a WebSocket).
-Pending = Awaitable["Plan | None"]
+# The rest of the pipeline, once something has been awaited: the plan, a
+# middleware's answer, or None when the request was answered on the way (a
+# WebSocket).
+Pending = Awaitable["Plan | Reply | None"]
 
 
 class LazyQuery:
@@ -75,7 +82,7 @@ class LazyQuery:
         return self._request.query.get(name, default)
 
 
-def prepare(request: Request, snap: Snapshot, ex: RequestInfo) -> Plan | Pending:
+def prepare(request: Request, snap: Snapshot, ex: RequestInfo) -> Plan | Reply | Pending:
     """Route, identify, rate-limit and build the upstream request head."""
     headers = request.lazy_headers
     # The claims predicate needs the verified token while matching; the memo
@@ -86,9 +93,9 @@ def prepare(request: Request, snap: Snapshot, ex: RequestInfo) -> Plan | Pending
     return _routed(request, snap, ex, headers, memo)
 
 
-async def settle(step: Plan | Pending) -> Plan | None:
+async def settle(step: Plan | Reply | Pending) -> Plan | Reply | None:
     """A step's result, awaited if it is a pending one."""
-    if isinstance(step, Plan):
+    if isinstance(step, Plan | Reply):
         return step
     return await step
 
@@ -99,7 +106,7 @@ async def _refetched(
     ex: RequestInfo,
     headers: Mapping[str, str],
     memo: TokenMemo,
-) -> Plan | None:
+) -> Plan | Reply | None:
     assert memo.refresh is not None
     await memo.refresh()  # a kid we do not know yet: refetch the JWKS first
     return await settle(_routed(request, snap, ex, headers, memo))
@@ -111,8 +118,15 @@ def _routed(
     ex: RequestInfo,
     headers: Mapping[str, str],
     memo: TokenMemo | None,
-) -> Plan | Pending:
+) -> Plan | Reply | Pending:
     route, params = match(request, snap, ex, headers, memo)
+    chain = route.chain
+    if chain is not None and chain.cors is not None and is_preflight(request.method, headers):
+        # Browsers send preflights without credentials: answered before auth and
+        # limits, through the on_response of the steps outside the cors one.
+        assert ex.call is not None
+        ex.call.depth = chain.cors_at
+        return chain.cors.preflight(ex.call)
     try:
         identity = identify(route, headers, memo, ex)
     except UnknownKey as err:
@@ -130,7 +144,7 @@ async def _rekeyed(
     headers: Mapping[str, str],
     route: Route,
     params: dict[str, str],
-) -> Plan | None:
+) -> Plan | Reply | None:
     await refresh()  # a rotated key: refetch the JWKS once, then check again
     identity = identify(route, headers, None, ex)
     return await settle(_identified(request, snap, ex, route, params, identity))
@@ -143,7 +157,7 @@ def _identified(
     route: Route,
     params: dict[str, str],
     identity: Identity | None,
-) -> Plan | Pending:
+) -> Plan | Reply | Pending:
     limits = route.limits
     if limits is not None:  # 429/503 raise; a shared store or delay mode is awaited
         admitted = limits.admit(request, identity, ex.client_ip, ex.path, ex.started)
@@ -161,7 +175,7 @@ async def _admitted(
     route: Route,
     params: dict[str, str],
     identity: Identity | None,
-) -> Plan | None:
+) -> Plan | Reply | None:
     ex.limits = await admitted
     return await settle(plan(request, snap, ex, route, params, identity))
 
@@ -186,7 +200,19 @@ def match(
         raise errors.NoRoute(f"no route for {request.method} {path}")
     route: Route = found.rule.target
     ex.route = route.id
+    if route.chain is not None:
+        ex.chain = route.chain
+        ex.call = _view(request, ex, len(route.chain.steps))
     return route, found.params
+
+
+def _view(request: Request, ex: RequestInfo, depth: int) -> RequestView:
+    view = RequestView(
+        request.method, ex.path, ex.query or "", request.host, ex.client_ip, ex.route,
+        ex.request_id, None, None, depth,
+    )  # fmt: skip
+    view.client = request.lazy_headers
+    return view
 
 
 def identify(
@@ -208,13 +234,15 @@ def plan(
     route: Route,
     params: dict[str, str],
     identity: Identity | None,
-) -> Plan | Pending:
-    """The upstream and the request head for it; for a WebSocket, the
-    coroutine that proxies it."""
-    upstream = route.pick_upstream(request, identity, ex.client_ip)  # sticky: by its key
-    ex.upstream = upstream.name
-    if upstream.key is not None:
-        ex.target_key = upstream.target_key(request, identity, ex.client_ip)
+) -> Plan | Reply | Pending:
+    """The upstream and the request head for it, past the route's
+    middlewares; for a WebSocket, the coroutine that proxies it."""
+    upstream = None
+    if route.upstream is not None or route.split is not None:
+        upstream = route.pick_upstream(request, identity, ex.client_ip)  # sticky: by its key
+        ex.upstream = upstream.name
+        if upstream.key is not None:
+            ex.target_key = upstream.target_key(request, identity, ex.client_ip)
 
     length = request.content_length
     if length is not None and length > snap.server.client_max_body_size:
@@ -224,6 +252,83 @@ def plan(
 
     kept, seen = filter_request_headers(request.raw_headers, snap.drop_request_headers)
     target_path = route.path_fn(ex.path, params)
+    chain = route.chain
+    if chain is None:
+        assert upstream is not None
+        return head(request, snap, ex, route, upstream, kept, seen, target_path, identity)
+    view = ex.call
+    assert view is not None
+    view.pairs = kept
+    view.target = target_path
+    view.upstream = ex.upstream or None
+    if identity is not None:
+        view.claims = identity.claims
+        view.consumer = ex.consumer or None
+    outcome = chain.enter(view)
+    if outcome is None:
+        return _entered(request, snap, ex, route, upstream, kept, seen, target_path, identity)
+    if isinstance(outcome, Reply):
+        return outcome
+    return _entered_later(
+        outcome, request, snap, ex, route, upstream, kept, seen, target_path, identity
+    )
+
+
+async def _entered_later(
+    outcome: Awaitable[Reply | None],
+    request: Request,
+    snap: Snapshot,
+    ex: RequestInfo,
+    route: Route,
+    upstream: Upstream | None,
+    kept: list[tuple[bytes, bytes]],
+    seen: dict[bytes, list[bytes]],
+    target_path: str,
+    identity: Identity | None,
+) -> Plan | Reply | None:
+    reply = await outcome
+    if reply is not None:
+        return reply
+    step = _entered(request, snap, ex, route, upstream, kept, seen, target_path, identity)
+    return await step if isawaitable(step) else step
+
+
+def _entered(
+    request: Request,
+    snap: Snapshot,
+    ex: RequestInfo,
+    route: Route,
+    upstream: Upstream | None,
+    kept: list[tuple[bytes, bytes]],
+    seen: dict[bytes, list[bytes]],
+    target_path: str,
+    identity: Identity | None,
+) -> Plan | Pending:
+    """Past every on_request: the headers as the middlewares left them, less
+    any the gateway sets itself (a middleware cannot forge forward_claims or
+    X-Forwarded-For, nor frame the body: the client's Content-Length stays)."""
+    if upstream is None:
+        raise errors.GatewayError(f"route {route.id!r} has no upstream and nothing answered")
+    assert ex.call is not None and ex.chain is not None
+    framing = [p for p in kept if p[0].lower() == b"content-length"]
+    drop = ex.chain.drop
+    headers = [p for p in ex.call.pairs if p[0].lower() not in drop]
+    headers.extend(framing)
+    return head(request, snap, ex, route, upstream, headers, seen, target_path, identity)
+
+
+def head(
+    request: Request,
+    snap: Snapshot,
+    ex: RequestInfo,
+    route: Route,
+    upstream: Upstream,
+    kept: list[tuple[bytes, bytes]],
+    seen: dict[bytes, list[bytes]],
+    target_path: str,
+    identity: Identity | None,
+) -> Plan | Pending:
+    """The request head for the upstream."""
     if ex.query is not None:
         target_path = f"{target_path}?{ex.query}"
 
@@ -249,18 +354,21 @@ def plan(
         )
     )
     body: AsyncIterator[bytes] | None = None
+    length = request.content_length
     if request.body is not None:
         body = limited(request, snap.server.client_max_body_size)
         if length is None:
             lines.append(b"Transfer-Encoding: chunked\r\n")
             body = chunked(body)
-    head = b"".join(lines)
+    text = b"".join(lines)
     host_line = (
         b"Host: %s\r\n" % request.host.encode("latin-1", "replace") if route.preserve_host else None
     )
     if request.upgrade and _is_websocket(seen):
-        return proxy_websocket(request, upstream, head, host_line, ex)
-    return Plan(upstream, head, host_line, body, route.timeout)
+        return proxy_websocket(request, upstream, text, host_line, ex)
+    chain = ex.chain
+    return Plan(upstream, text, host_line, body, route.timeout,
+                chain is None or not chain.async_response)  # fmt: skip
 
 
 def _is_websocket(seen: dict[bytes, list[bytes]]) -> bool:

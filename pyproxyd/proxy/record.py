@@ -7,11 +7,19 @@ the pipeline.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types only: nothing of the gateway is imported at run time
+    from ..middleware.chain import Chain
+    from ..middleware.views import RequestView
+
 
 class RequestInfo:
     """Per-request facts the log line and the forwarder share."""
 
     __slots__ = (
+        "call",
+        "chain",
         "client_ip",
         "consumer",
         "limits",
@@ -46,3 +54,6 @@ class RequestInfo:
         self.xff: tuple[str, ...] = ()  # its X-Forwarded-For, when it sent one
         self.parent = ""  # the traceparent sent upstream
         self.query: str | None = None  # the query string, when the target had a "?"
+        # The route's middlewares and the request as they see it (None without any).
+        self.chain: Chain | None = None
+        self.call: RequestView | None = None

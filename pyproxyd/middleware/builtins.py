@@ -1,0 +1,73 @@
+"""The built-in middlewares that need no code of the user's: `headers`,
+`redirect` and `respond` (cors.py has `cors`). Each is turned into a Step
+whose hooks work on the header byte pairs directly; nothing is looked up
+by name per request."""
+
+from __future__ import annotations
+
+from .chain import Step
+from .models import HeaderOps, HeadersMiddleware, RedirectMiddleware, RespondMiddleware
+from .template import Template, header_value
+from .views import Pairs, Reply, RequestView, ResponseView
+
+
+class HeaderEdit:
+    """One direction's changes: remove (and the names set), then set, then add."""
+
+    __slots__ = ("added", "drop")
+
+    def __init__(self, ops: HeaderOps) -> None:
+        self.drop = frozenset(n.lower().encode() for n in [*ops.remove, *ops.set])
+        # set and add both append once the names set are gone; set first.
+        self.added = tuple(
+            (name.encode("latin-1"), Template(value))
+            for name, value in [*ops.set.items(), *ops.add.items()]
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.drop or self.added)
+
+    def apply(self, pairs: Pairs, view: RequestView) -> None:
+        drop = self.drop
+        if drop:
+            pairs[:] = [p for p in pairs if p[0].lower() not in drop]
+        for name, template in self.added:
+            value = template.constant
+            pairs.append((name, header_value(template.render(view) if value is None else value)))
+
+
+def headers_step(name: str, cfg: HeadersMiddleware) -> Step:
+    request, response = HeaderEdit(cfg.request), HeaderEdit(cfg.response)
+
+    def on_request(view: RequestView) -> None:
+        request.apply(view.pairs, view)
+
+    def on_response(view: RequestView, resp: ResponseView) -> None:
+        response.apply(resp.pairs, view)
+
+    return Step(name, "headers", on_request if request else None, on_response if response else None)
+
+
+def redirect_step(name: str, cfg: RedirectMiddleware) -> Step:
+    to, status = Template(cfg.to), cfg.status
+
+    def on_request(view: RequestView) -> Reply:
+        location = to.render(view)
+        if view.query:
+            location += ("&" if "?" in location else "?") + view.query
+        return Reply(status, [(b"Location", header_value(location))], b"")
+
+    return Step(name, "redirect", on_request, None)
+
+
+def respond_step(name: str, cfg: RespondMiddleware) -> Step:
+    body = cfg.body.encode()
+    pairs: Pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in cfg.headers.items()]
+    if body and not any(n.lower() == b"content-type" for n, _ in pairs):
+        pairs.insert(0, (b"Content-Type", cfg.content_type.encode("latin-1")))
+    reply = Reply(cfg.status, pairs, body)  # shared: the writer copies the pairs
+
+    def on_request(view: RequestView) -> Reply:
+        return reply
+
+    return Step(name, "respond", on_request, None)

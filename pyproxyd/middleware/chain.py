@@ -1,0 +1,242 @@
+"""A route's middlewares, compiled into a plain tuple of steps, and the two
+walks through them: `enter` (each on_request, outermost first) and `leave`
+(each on_response of the steps entered, innermost first).
+
+A hook is called the same way whether it is a plain function or a coroutine
+function: a plain result continues the walk at once, an awaitable one
+hands the rest of the walk to a coroutine (so a chain of plain hooks never
+makes a task). Whatever a hook does wrong becomes a GatewayError here, in
+one place: an exception or a result that is not a response is a 500, a hook
+that has not returned within the chain's timeout is a 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Awaitable, Callable
+from inspect import isawaitable
+from time import monotonic, perf_counter
+from typing import Any
+
+from .. import errors
+from ..observe.logging import get_logger
+from .views import Reply, RequestView, ResponseView, to_reply
+
+log = get_logger("pyproxyd.middleware")
+
+RequestHook = Callable[[RequestView], Any]
+ResponseHook = Callable[[RequestView, ResponseView], Any]
+
+
+class Step:
+    """One middleware of a chain: its name, its type and its two hooks."""
+
+    __slots__ = ("kind", "name", "on_request", "on_response", "response_async")
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        on_request: RequestHook | None,
+        on_response: ResponseHook | None,
+        response_async: bool = False,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.on_request = on_request
+        self.on_response = on_response
+        self.response_async = response_async  # on_response is a coroutine function
+
+
+class Chain:
+    """The steps of one route, outermost first."""
+
+    __slots__ = ("async_response", "cors", "cors_at", "drop", "names", "steps", "timeout")
+
+    def __init__(
+        self,
+        steps: tuple[Step, ...],
+        timeout: float,
+        cors: Any = None,
+        drop: frozenset[bytes] = frozenset(),
+    ) -> None:
+        self.steps = steps
+        self.drop = drop  # names the gateway sets itself, dropped from what on_request left
+        self.names = tuple(s.name for s in steps)
+        self.timeout = timeout  # a hook that has not returned by then: 504
+        self.async_response = any(s.response_async for s in steps)
+        # The first cors step answers preflights, before auth and limits.
+        self.cors = cors
+        self.cors_at = next((i for i, s in enumerate(steps) if s.kind == "cors"), -1)
+
+    # -- on the way in -------------------------------------------------------------
+
+    def enter(self, view: RequestView, start: int = 0) -> Reply | Awaitable[Reply | None] | None:
+        """Run each on_request from step `start`; a Reply when one answered
+        (view.depth then counts the steps outside it), else None with every
+        step entered."""
+        started = perf_counter()
+        try:
+            return self._walk(view, start)
+        finally:
+            view.spent += perf_counter() - started
+
+    async def _enter_async(
+        self, view: RequestView, i: int, pending: Awaitable[Any]
+    ) -> Reply | None:
+        step = self.steps[i]
+        started = perf_counter()
+        try:
+            result = await self._awaited(step, view, pending)
+        finally:
+            view.spent += perf_counter() - started
+        if result is not None:
+            return _reply(step, view, result)
+        outcome = self.enter(view, i + 1)
+        return await outcome if isawaitable(outcome) else outcome
+
+    def _walk(self, view: RequestView, start: int) -> Reply | Awaitable[Reply | None] | None:
+        steps = self.steps
+        for i in range(start, len(steps)):
+            step = steps[i]
+            view.depth = i
+            hook = step.on_request
+            if hook is None:
+                continue
+            try:
+                result = hook(view)
+            except errors.GatewayError:
+                raise
+            except Exception as exc:
+                raise failed(step, view, exc) from exc
+            if result is None:
+                continue
+            if isawaitable(result):
+                return self._enter_async(view, i, result)
+            return _reply(step, view, result)
+        view.depth = len(steps)
+        return None
+
+    async def _awaited(self, step: Step, view: RequestView, pending: Awaitable[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(pending, self.timeout)
+        except TimeoutError:
+            report(step, view, None)
+            raise errors.UpstreamTimeout(
+                f"middleware {step.name!r} did not return within {self.timeout:g}s"
+            ) from None
+        except errors.GatewayError:
+            raise
+        except Exception as exc:
+            raise failed(step, view, exc) from exc
+
+    # -- on the way out ------------------------------------------------------------
+
+    def leave(self, view: RequestView, resp: ResponseView) -> None:
+        """Each on_response of the steps entered, innermost first, where
+        nothing can be awaited (the chain has no async on_response). On a
+        failure view.depth is left at the failing step: the 500 that follows
+        passes only the steps outside it."""
+        started = perf_counter()
+        try:
+            steps = self.steps
+            i = view.depth
+            while i > 0:
+                i -= 1
+                step = steps[i]
+                hook = step.on_response
+                if hook is None:
+                    continue
+                try:
+                    result = hook(view, resp)
+                except errors.GatewayError:
+                    view.depth = i
+                    raise
+                except Exception as exc:
+                    view.depth = i
+                    raise failed(step, view, exc) from exc
+                if result is not None and isawaitable(result):
+                    _discard(result)
+                    view.depth = i
+                    raise failed(step, view, TypeError("on_response returned an awaitable "
+                                                       "from a plain function"))  # fmt: skip
+        finally:
+            view.spent += perf_counter() - started
+
+    async def leave_async(self, view: RequestView, resp: ResponseView) -> None:
+        """leave(), awaiting the hooks that are coroutines."""
+        started = perf_counter()
+        try:
+            steps = self.steps
+            i = view.depth
+            while i > 0:
+                i -= 1
+                step = steps[i]
+                hook = step.on_response
+                if hook is None:
+                    continue
+                try:
+                    result = hook(view, resp)
+                except errors.GatewayError:
+                    view.depth = i
+                    raise
+                except Exception as exc:
+                    view.depth = i
+                    raise failed(step, view, exc) from exc
+                if result is not None and isawaitable(result):
+                    try:
+                        await self._awaited(step, view, result)
+                    except errors.GatewayError:
+                        view.depth = i
+                        raise
+        finally:
+            view.spent += perf_counter() - started
+
+
+def _reply(step: Step, view: RequestView, result: Any) -> Reply:
+    try:
+        return to_reply(result)
+    except (TypeError, ValueError) as exc:
+        raise failed(step, view, exc) from None
+
+
+def _discard(result: Any) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()  # a coroutine never awaited: no "never awaited" warning
+
+
+# -- what the operator is told -------------------------------------------------------
+
+_last_logged: dict[tuple[str, str, str], float] = {}
+
+
+def failed(step: Step, view: RequestView, exc: BaseException) -> errors.GatewayError:
+    """The 500 a middleware's fault gets; the fault is counted and logged."""
+    report(step, view, exc)
+    # The exception's text stays in the log: it may hold anything.
+    return errors.GatewayError(f"middleware {step.name!r} failed")
+
+
+def report(step: Step, view: RequestView, exc: BaseException | None) -> None:
+    """Count a fault, and log it with its traceback once per distinct error
+    and second (a middleware failing every request must not flood the log)."""
+    view.failed = step.name  # counted by the metrics when the request ends
+    what = "timeout" if exc is None else repr(exc)[:300]
+    seen = (step.name, type(exc).__name__, what)
+    now = monotonic()
+    if now - _last_logged.get(seen, -2.0) < 1.0:
+        return
+    _last_logged[seen] = now
+    if len(_last_logged) > 1024:
+        _last_logged.clear()
+    fields: dict[str, Any] = {
+        "middleware": step.name,
+        "route": view.route,
+        "request_id": view.request_id,
+        "error": what,
+    }
+    if exc is not None:
+        fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
+    log.error("middleware_error" if exc is not None else "middleware_timeout", **fields)
