@@ -126,7 +126,12 @@ class Admin:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _routes(self, request: web.Request) -> web.Response:
-        return web.json_response({"routes": self.source.admin_snapshot().router.table()})
+        snap = self.source.admin_snapshot()
+        chains = {r.id: r.chain.names if r.chain is not None else () for r in snap.routes}
+        rows = snap.router.table()
+        for row in rows:  # in the order they run: server.middlewares first
+            row["middlewares"] = list(chains.get(row["id"], ()))
+        return web.json_response({"routes": rows})
 
     async def _upstreams(self, request: web.Request) -> web.Response:
         return web.json_response(await self.source.upstreams())

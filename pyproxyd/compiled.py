@@ -40,6 +40,11 @@ MODULES = (
     "pyproxyd.resilience.breaker",
     "pyproxyd.resilience.retry",
     "pyproxyd.split",
+    "pyproxyd.middleware.views",
+    "pyproxyd.middleware.chain",
+    "pyproxyd.middleware.template",
+    "pyproxyd.middleware.builtins",
+    "pyproxyd.middleware.cors",
 )
 
 

@@ -28,6 +28,10 @@ class _KeyView:
         self.cookies = {name: morsel.value for name, morsel in jar.items()}
 
 
+def _preflight(headers: CIMultiDict[str]) -> bool:
+    return "Origin" in headers and "Access-Control-Request-Method" in headers
+
+
 def parse_claims(claim_args: tuple[str, ...]) -> dict[str, Any]:
     """--claim NAME=VALUE, repeatable; a name given twice becomes a list claim."""
     claims: dict[str, Any] = {}
@@ -92,9 +96,16 @@ def explain_request(
     lines.append(f"route: {route.id}")
     if route.auth is not None:
         lines.append(f"auth: {route.auth.describe()}")
+    if route.chain is not None:
+        names = " -> ".join(route.chain.names)
+        lines.append(f"middlewares: {names} (on_request in this order, on_response reversed)")
+        if route.chain.cors is not None and method == "OPTIONS" and _preflight(headers):
+            lines.append("CORS preflight: answered by the gateway before auth and rate limits")
     if result.match.params:
         lines.append("captured: " + ", ".join(f"{k}={v}" for k, v in result.match.params.items()))
-    if route.upstream is not None:
+    if route.upstream is None and route.split is None:
+        lines.append("upstream: none (a middleware answers)")
+    elif route.upstream is not None:
         targets = ", ".join(t.label for t in route.upstream.targets)
         lines.append(f"upstream: {route.upstream.name} ({targets})")
     elif route.split is not None:
@@ -105,8 +116,10 @@ def explain_request(
         identity = Identity(claims=claims) if claims else None
         words, _, side = split.explain(_KeyView(headers), identity, ip)
         lines.append(f"split: {words}" + (f" -> {side.name}" if side is not None else ""))
-    lines.append(f"path sent upstream: {upstream_path}")
-    lines.append(
-        "host sent upstream: " + ("client's Host" if route.preserve_host else "target's host:port")
-    )
+    if route.upstream is not None or route.split is not None:
+        lines.append(f"path sent upstream: {upstream_path}")
+        lines.append(
+            "host sent upstream: "
+            + ("client's Host" if route.preserve_host else "target's host:port")
+        )
     return "\n".join(lines), True

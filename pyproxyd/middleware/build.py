@@ -44,7 +44,7 @@ class Builder:
         if isinstance(cfg, CorsMiddleware):
             return cors_step(name, cfg)
         if isinstance(cfg, HeadersMiddleware):
-            return headers_step(name, cfg), None
+            return headers_step(name, cfg, self.drop), None
         if isinstance(cfg, RedirectMiddleware):
             return redirect_step(name, cfg), None
         if isinstance(cfg, RespondMiddleware):

@@ -1,7 +1,7 @@
-"""The built-in middlewares that need no code of the user's: `headers`,
-`redirect` and `respond` (cors.py has `cors`). Each is turned into a Step
-whose hooks work on the header byte pairs directly; nothing is looked up
-by name per request."""
+"""Compiled by mypyc (pyproxyd/compiled.py). The built-in middlewares that need
+no code of the user's: `headers`, `redirect` and `respond` (cors.py has
+`cors`). Each is turned into a Step whose hooks work on the header byte
+pairs directly; nothing is looked up by name per request."""
 
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ from .views import Pairs, Reply, RequestView, ResponseView
 class HeaderEdit:
     """One direction's changes: remove (and the names set), then set, then add."""
 
-    __slots__ = ("added", "drop")
+    __slots__ = ("added", "drop", "fixed")
 
     def __init__(self, ops: HeaderOps) -> None:
         self.drop = frozenset(n.lower().encode() for n in [*ops.remove, *ops.set])
         # set and add both append once the names set are gone; set first.
-        self.added = tuple(
+        added = [
             (name.encode("latin-1"), Template(value))
             for name, value in [*ops.set.items(), *ops.add.items()]
-        )
+        ]
+        # Without a placeholder a value is rendered once, here.
+        self.fixed: tuple[tuple[bytes, bytes], ...] | None = None
+        if all(t.constant is not None for _, t in added):
+            self.fixed = tuple((n, header_value(t.constant or "")) for n, t in added)
+        self.added = tuple(added)
 
     def __bool__(self) -> bool:
         return bool(self.drop or self.added)
@@ -31,12 +36,25 @@ class HeaderEdit:
         drop = self.drop
         if drop:
             pairs[:] = [p for p in pairs if p[0].lower() not in drop]
+        fixed = self.fixed
+        if fixed is not None:
+            pairs.extend(fixed)
+            return
         for name, template in self.added:
-            value = template.constant
-            pairs.append((name, header_value(template.render(view) if value is None else value)))
+            pairs.append((name, header_value(template.render(view))))
 
 
-def headers_step(name: str, cfg: HeadersMiddleware) -> Step:
+def headers_step(name: str, cfg: HeadersMiddleware, reserved: frozenset[bytes]) -> Step:
+    """`reserved`: request headers the gateway sets itself (X-Forwarded-*,
+    forward_claims, ...); naming one in request.set or add is a config error,
+    so a built-in never needs its output checked per request."""
+    for key, names in (("set", cfg.request.set), ("add", cfg.request.add)):
+        for header in names:
+            if header.lower().encode() in reserved:
+                raise ValueError(
+                    f"middlewares.{name}.request.{key}: {header!r} is a header the gateway "
+                    "sets itself on the way upstream"
+                )
     request, response = HeaderEdit(cfg.request), HeaderEdit(cfg.response)
 
     def on_request(view: RequestView) -> None:

@@ -1,6 +1,7 @@
-"""A route's middlewares, compiled into a plain tuple of steps, and the two
-walks through them: `enter` (each on_request, outermost first) and `leave`
-(each on_response of the steps entered, innermost first).
+"""Compiled by mypyc (pyproxyd/compiled.py). A route's middlewares, compiled
+into a plain tuple of steps, and the two walks through them: `enter` (each
+on_request, outermost first) and `leave` (each on_response of the steps
+entered, innermost first).
 
 A hook is called the same way whether it is a plain function or a coroutine
 function: a plain result continues the walk at once, an awaitable one

@@ -1,4 +1,5 @@
-"""The `cors` middleware: the CORS protocol of the Fetch standard.
+"""Compiled by mypyc (pyproxyd/compiled.py). The `cors` middleware: the CORS
+protocol of the Fetch standard.
 
 A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
 answered by the gateway before auth and rate limits, allowed or not, and

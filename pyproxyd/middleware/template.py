@@ -1,5 +1,6 @@
-"""Header values and redirect targets with placeholders, parsed once at
-compile time into parts and rendered per request from the request view."""
+"""Compiled by mypyc (pyproxyd/compiled.py). Header values and redirect targets
+with placeholders, parsed once at compile time into parts and rendered per
+request from the request view."""
 
 from __future__ import annotations
 
@@ -77,5 +78,7 @@ class Template:
 def header_value(text: str) -> bytes:
     """A rendered value as a header value: latin-1, control characters
     (a claim can hold anything, CR LF included) replaced by spaces."""
+    if text.isprintable():  # the common case: nothing to replace
+        return text.encode("latin-1", "replace")
     clean = "".join(c if (c >= " " and c != "\x7f") or c == "\t" else " " for c in text)
     return clean.encode("latin-1", "replace")

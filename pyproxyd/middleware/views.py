@@ -1,6 +1,6 @@
-"""What a `python` middleware sees: the request view (`req`), the response
-view (`resp`) and the header list both use. docs/middleware.md is their
-reference.
+"""Compiled by mypyc (pyproxyd/compiled.py). What a `python` middleware sees:
+the request view (`req`), the response view (`resp`) and the header list
+both use. docs/middleware.md is their reference.
 
 Header names and values are `str` on this side and latin-1 bytes on the
 wire; a name or value that could split a message (not a token, CR, LF,
@@ -10,93 +10,12 @@ inject a header line.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+from .headers import HeaderList, check_name, check_value
+
 Pairs = list[tuple[bytes, bytes]]
-
-
-def _name(name: str) -> bytes:
-    raw = name.encode("latin-1")
-    if not _TOKEN.match(raw):
-        raise ValueError(f"{name!r} is not a valid header name")
-    return raw
-
-
-def _value(value: str) -> bytes:
-    raw = str(value).encode("latin-1")
-    if raw.find(b"\r") >= 0 or raw.find(b"\n") >= 0 or raw.find(b"\0") >= 0:
-        raise ValueError("a header value cannot hold CR, LF or NUL")
-    return raw
-
-
-class HeaderList(MutableMapping[str, str]):
-    """Case-insensitive headers over a list of (name, value) byte pairs, in
-    order, repeated names kept. `h[name]` is the first value; `h[name] = v`
-    replaces every one; `add` appends; `getall` lists them."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self, pairs: Pairs) -> None:
-        self.pairs = pairs
-
-    def __getitem__(self, name: str) -> str:
-        key = name.lower().encode("latin-1")
-        for n, v in self.pairs:
-            if n.lower() == key:
-                return v.decode("latin-1")
-        raise KeyError(name)
-
-    def getall(self, name: str) -> list[str]:
-        key = name.lower().encode("latin-1")
-        return [v.decode("latin-1") for n, v in self.pairs if n.lower() == key]
-
-    def __setitem__(self, name: str, value: str) -> None:
-        raw_name, raw_value = _name(name), _value(value)
-        key = raw_name.lower()
-        self.pairs[:] = [p for p in self.pairs if p[0].lower() != key]
-        self.pairs.append((raw_name, raw_value))
-
-    def add(self, name: str, value: str) -> None:
-        self.pairs.append((_name(name), _value(value)))
-
-    def __delitem__(self, name: str) -> None:
-        if not self.remove(name):
-            raise KeyError(name)
-
-    def remove(self, name: str) -> bool:
-        """Remove every header of this name; whether there was one."""
-        key = name.lower().encode("latin-1")
-        kept = [p for p in self.pairs if p[0].lower() != key]
-        found = len(kept) != len(self.pairs)
-        self.pairs[:] = kept
-        return found
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        key = name.lower().encode("latin-1")
-        return any(n.lower() == key for n, _ in self.pairs)
-
-    def __iter__(self) -> Iterator[str]:
-        seen: set[bytes] = set()
-        for n, _ in self.pairs:
-            low = n.lower()
-            if low not in seen:
-                seen.add(low)
-                yield n.decode("latin-1")
-
-    def __len__(self) -> int:
-        return len({n.lower() for n, _ in self.pairs})
-
-    def all(self) -> list[tuple[str, str]]:
-        """Every (name, value) pair, in order, repeats included."""
-        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.pairs]
-
-    def __repr__(self) -> str:
-        return f"HeaderList({self.all()!r})"
 
 
 class RequestView:
@@ -165,6 +84,12 @@ class RequestView:
             h = self._headers = HeaderList(self.pairs)
         return h
 
+    @property
+    def wrote(self) -> bool:
+        """Whether a middleware changed the headers through `headers`."""
+        h = self._headers
+        return h is not None and (h.changed or h.pairs is not self.pairs)
+
     def __repr__(self) -> str:
         return f"<request {self.method} {self.path} route={self.route} id={self.request_id}>"
 
@@ -216,7 +141,7 @@ def to_reply(value: Any) -> Reply:
     if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
         raise TypeError(f"not a response: {type(value).__name__} (status must be an int 200-599)")
     items = headers.items() if isinstance(headers, Mapping) else (headers or ())
-    pairs = [(_name(str(n)), _value(str(v))) for n, v in items]
+    pairs = [(check_name(str(n)), check_value(str(v))) for n, v in items]
     if body is None:
         body = b""
     elif isinstance(body, str):

@@ -258,7 +258,7 @@ def plan(
         return head(request, snap, ex, route, upstream, kept, seen, target_path, identity)
     view = ex.call
     assert view is not None
-    view.pairs = kept
+    view.pairs = list(kept)  # kept itself stays as the client sent it (its Content-Length)
     view.target = target_path
     view.upstream = ex.upstream or None
     if identity is not None:
@@ -304,16 +304,21 @@ def _entered(
     target_path: str,
     identity: Identity | None,
 ) -> Plan | Pending:
-    """Past every on_request: the headers as the middlewares left them, less
-    any the gateway sets itself (a middleware cannot forge forward_claims or
-    X-Forwarded-For, nor frame the body: the client's Content-Length stays)."""
+    """Past every on_request: the headers as the middlewares left them. What
+    a python middleware wrote is checked again: it cannot forge the headers
+    the gateway sets itself (forward_claims, X-Forwarded-*, ...) nor frame
+    the body (the client's Content-Length stays). The built-in ones cannot
+    name those at all (compile time)."""
     if upstream is None:
         raise errors.GatewayError(f"route {route.id!r} has no upstream and nothing answered")
-    assert ex.call is not None and ex.chain is not None
-    framing = [p for p in kept if p[0].lower() == b"content-length"]
-    drop = ex.chain.drop
-    headers = [p for p in ex.call.pairs if p[0].lower() not in drop]
-    headers.extend(framing)
+    view, chain = ex.call, ex.chain
+    assert view is not None and chain is not None
+    headers = view.pairs
+    if view.wrote:
+        framing = [p for p in kept if p[0].lower() == b"content-length"]
+        drop = chain.drop
+        headers = [p for p in headers if p[0].lower() not in drop]
+        headers.extend(framing)
     return head(request, snap, ex, route, upstream, headers, seen, target_path, identity)
 
 

@@ -69,6 +69,17 @@ jwks_file = "jwks.json"
 issuer = "https://idp.bench"
 audience = "bench"
 """,
+    # Issue 20's: a headers middleware both ways and a python one that does
+    # nothing (bench_middleware.py, found on sys.path or server.python_path).
+    "middleware": """middlewares = ["tag", "noop"]
+[middlewares.tag]
+type = "headers"
+request = { set = { "X-Gateway" = "pyproxyd" } }
+response = { set = { "X-Content-Type-Options" = "nosniff" }, remove = ["Server"] }
+[middlewares.noop]
+type = "python"
+factory = "bench_middleware:make"
+""",
 }
 
 

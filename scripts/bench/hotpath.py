@@ -228,13 +228,15 @@ def main() -> None:
     if args.child:
         _child(int(args.child[0]), args.child[1])
         return
-    # Without --against: this tree's three routes, each against `plain`.
-    # With it: one route, this tree against the other checkout.
-    rows = (
-        [(REPO, "plain"), (REPO, "ratelimit"), (REPO, "jwt")]
-        if args.against is None
-        else [(args.against, args.flavour), (REPO, args.flavour)]
-    )
+    # Without --against: this tree's routes against `plain` (the three of
+    # features_bench, or --flavour alone). With it: one route, this tree
+    # against the other checkout.
+    if args.against is not None:
+        rows = [(args.against, args.flavour), (REPO, args.flavour)]
+    elif args.flavour != "plain":
+        rows = [(REPO, "plain"), (REPO, args.flavour)]
+    else:
+        rows = [(REPO, "plain"), (REPO, "ratelimit"), (REPO, "jwt")]
     got: dict[tuple[Path, str], list[float]] = {row: [] for row in rows}
     for i in range(args.runs):
         for row in rows:
