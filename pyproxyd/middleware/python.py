@@ -12,7 +12,11 @@ as the snapshot.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
+import importlib.util
+import os
 import sys
 import threading
 from inspect import iscoroutinefunction
@@ -23,7 +27,9 @@ from .chain import Step
 from .models import PythonMiddleware
 
 _lock = threading.Lock()  # compiles run in a thread; validate in the main one
-_signature: dict[Path, tuple[int, int]] = {}
+_signature: dict[Path, bytes] = {}  # each source's sha256 at the last compile
+_folders: list[Path] = []  # python_path at the last compile
+_inserted: set[str] = set()  # the folders this module put on sys.path
 
 
 def sources(folders: list[Path]) -> list[Path]:
@@ -36,18 +42,33 @@ def sources(folders: list[Path]) -> list[Path]:
 
 
 def _refresh(folders: list[Path]) -> None:
-    global _signature
+    global _signature, _folders
+    # By content: a same-size edit that kept its mtime (cp -p, rsync -t, a
+    # reproducible build's fixed timestamps) is still a change, as it is
+    # for the config digest that made this compile happen.
     signature = {}
     for path in sources(folders):
         try:
-            st = path.stat()
+            signature[path] = hashlib.sha256(path.read_bytes()).digest()
         except OSError:
             continue
-        signature[path] = (st.st_mtime_ns, st.st_size)
-    if signature == _signature:
+    if signature == _signature and folders == _folders:
         return
-    _signature = signature
-    roots = [str(f.resolve()) for f in folders]
+    for path, digest in signature.items():
+        if _signature.get(path) != digest:
+            # A .pyc is trusted while its source keeps its whole-second mtime
+            # and its size: such an edit would import the old code from it.
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.unlink(importlib.util.cache_from_source(str(path)))
+    # Modules of folders that left python_path are forgotten too, or one of
+    # the same name in a new folder would never be imported.
+    left = [f for f in _folders if f not in folders]
+    for folder in left:
+        if str(folder) in _inserted and str(folder) in sys.path:
+            sys.path.remove(str(folder))
+            _inserted.discard(str(folder))
+    _signature, _folders = signature, list(folders)
+    roots = [str(f.resolve()) for f in [*folders, *left]]
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if file and any(str(Path(file).resolve()).startswith(r + "/") for r in roots):
@@ -64,6 +85,7 @@ def python_step(name: str, cfg: PythonMiddleware, folders: list[Path]) -> Step:
         for folder in reversed(folders):
             if str(folder) not in sys.path:
                 sys.path.insert(0, str(folder))
+                _inserted.add(str(folder))
         _refresh(folders)
         try:
             target: Any = importlib.import_module(module_name)
