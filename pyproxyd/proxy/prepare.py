@@ -310,10 +310,11 @@ def _entered(
     if upstream is None:
         raise errors.GatewayError(f"route {route.id!r} has no upstream and nothing answered")
     assert ex.call is not None and ex.chain is not None
-    framing = [p for p in kept if p[0].lower() == b"content-length"]
     drop = ex.chain.drop
     headers = [p for p in ex.call.pairs if p[0].lower() not in drop]
-    headers.extend(framing)
+    length = request.content_length
+    if length is not None:  # from the request: `kept` is the list on_request changed
+        headers.append((b"Content-Length", b"%d" % length))
     return head(request, snap, ex, route, upstream, headers, seen, target_path, identity)
 
 
