@@ -35,7 +35,8 @@ OUTPUT = REPO / "docs" / "configuration.md"
 # what stands for the user's own names in a dotted path
 PLACEHOLDER = {"tiers": "<tier>"}
 UNIT = {parse_duration: "duration", parse_size: "size", parse_rate: "rate"}
-PLURAL = {"string": "strings", "integer": "integers", "number": "numbers", "boolean": "booleans"}
+PLURAL = {"string": "strings", "integer": "integers", "number": "numbers", "boolean": "booleans",
+          "value": "values"}  # fmt: skip
 
 INTRO = """\
 # Configuration reference
@@ -73,6 +74,7 @@ ignoring it.
 class Section:
     path: str  # dotted path of the table, "" for the top level
     model: type[BaseModel]
+    variant: str = ""  # for a table that is one of several told apart by `type`: its type
 
 
 def main() -> int:
@@ -119,27 +121,46 @@ def walk(section: Section) -> Iterator[Section]:
     yield section
     for name, field in section.model.model_fields.items():
         key = f"{section.path}.{name}" if section.path else name
-        sub = nested(field.annotation, key, PLACEHOLDER.get(name, "<name>"))
-        if sub is not None:
+        for sub in nested(field.annotation, key, PLACEHOLDER.get(name, "<name>")):
             yield from walk(sub)
 
 
-def nested(annotation: Any, key: str, placeholder: str) -> Section | None:
-    """The table a field holds (directly, per name or as array elements), if any."""
+def nested(annotation: Any, key: str, placeholder: str) -> list[Section]:
+    """The tables a field holds (directly, per name or as array elements): one,
+    or one per type of a union told apart by its `type` key ([middlewares.*])."""
     tp = strip_optional(annotation)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if is_model(tp):
-        return Section(key, tp)
+        return [Section(key, tp)]
     if origin is dict and is_model(args[1]):
-        return Section(f"{key}.{placeholder}", args[1])
+        return [Section(f"{key}.{placeholder}", args[1])]
+    if origin is dict and variants(args[1]):
+        return [Section(f"{key}.{placeholder}", m, tag) for m, tag in variants(args[1])]
     if origin is list and is_model(args[0]):
-        return Section(f"{key}[]", args[0])
-    return None
+        return [Section(f"{key}[]", args[0])]
+    return []
+
+
+def variants(tp: Any) -> list[tuple[type[BaseModel], str]]:
+    """The (model, type) pairs of a union of tables told apart by `type`, else []."""
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return []
+    out = []
+    for m in typing.get_args(tp):
+        tag = m.model_fields.get("type") if is_model(m) else None
+        if tag is None or typing.get_origin(tag.annotation) is not Literal:
+            return []
+        out.append((m, typing.get_args(tag.annotation)[0]))
+    return out
 
 
 def title(s: Section) -> str:
     if not s.path:
         return "Top level"
+    if s.variant:
+        return f'`[{s.path}]` of type "{s.variant}"'
     if s.path.endswith("[]"):
         return f"`[[{s.path[:-2].replace('[]', '')}]]`"
     return f"`[{s.path.replace('[]', '')}]`"
@@ -193,9 +214,12 @@ def describe(tp: Any) -> str:
     if origin is dict:
         if is_model(args[1]):
             return "tables by name"
+        if variants(args[1]):
+            return "tables by name, each of a `type`"
         inner = describe(args[1])
         return f"table of {PLURAL.get(inner, inner)}"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", Any: "value"}
+    return names.get(tp, str(tp))
 
 
 def unit_of(metadata: Any) -> str | None:

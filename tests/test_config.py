@@ -450,7 +450,8 @@ def test_double_star_must_be_last() -> None:
 def test_route_needs_exactly_one_destination() -> None:
     text = UPSTREAMS + route("strip_prefix = 1")
     assert problems(text) == [
-        "f.toml: routes[0]: a route needs exactly one of 'upstream' or 'split' "
+        "f.toml: routes[0].upstream: a route needs 'upstream' or 'split', unless one of its "
+        "middlewares always answers (type respond or redirect) "
         f"(line {line_of(text, '[[routes]]')})"
     ]
 

@@ -98,12 +98,24 @@ class ResponseView:
     """`resp`: the response on its way to the client; `status` and `headers`
     can be changed in `on_response` (the body streams past untouched)."""
 
-    __slots__ = ("_headers", "pairs", "status")
+    __slots__ = ("_headers", "_status", "pairs")
 
     def __init__(self, status: int, pairs: Pairs) -> None:
-        self.status = status
+        self._status = status
         self.pairs = pairs
         self._headers: HeaderList | None = None
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @status.setter
+    def status(self, value: int) -> None:
+        # Checked here, in the hook that sets it: a bad one is that middleware's
+        # 500, not a status line the client cannot parse.
+        if not isinstance(value, int) or isinstance(value, bool) or not 200 <= value <= 599:
+            raise ValueError(f"resp.status must be an int 200-599, not {value!r}")
+        self._status = value
 
     @property
     def headers(self) -> HeaderList:

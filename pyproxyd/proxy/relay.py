@@ -178,7 +178,7 @@ def outgoing(ex: RequestInfo, status: int, pairs: Pairs) -> tuple[int, Pairs, by
     while True:
         try:
             chain.leave(view, resp)
-            return resp.status, resp.pairs, failure
+            return resp.status, _framed(status, resp), failure
         except GatewayError as err:  # view.depth is at the failing step: the outer ones follow
             failure = errors.render(err, ex.request_id)
             resp = ResponseView(err.status, _error_headers(err, ex))
@@ -194,10 +194,18 @@ async def outgoing_async(
     while True:
         try:
             await chain.leave_async(view, resp)
-            return resp.status, resp.pairs, failure
+            return resp.status, _framed(status, resp), failure
         except GatewayError as err:
             failure = errors.render(err, ex.request_id)
             resp = ResponseView(err.status, _error_headers(err, ex))
+
+
+def _framed(status: int, resp: ResponseView) -> Pairs:
+    """The headers; without the upstream's Content-Length when a middleware
+    turned the answer into one that has no body (a HEAD's or a 304's stays)."""
+    if resp.status != status and resp.status in (204, 304):
+        return [p for p in resp.pairs if p[0].lower() != b"content-length"]
+    return resp.pairs
 
 
 def _send(

@@ -1,0 +1,1 @@
+"""Example `python` middlewares for docs/gateway.toml (server.python_path = ["plugins"])."""
