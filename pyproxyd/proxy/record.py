@@ -7,11 +7,22 @@ the pipeline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # types only: nothing of the gateway is imported at run time
-    from ..middleware.chain import Chain
-    from ..middleware.views import RequestView
+    from ..middleware.views import RequestView, ResponseView
+
+
+class Chained(Protocol):
+    """What the pipeline asks of a route's middlewares (middleware.chain.Chain),
+    named here so that observe/, which reads this module, does not reach them."""
+
+    async_response: bool
+    drop: frozenset[bytes]
+
+    def leave(self, view: RequestView, resp: ResponseView) -> None: ...
+
+    async def leave_async(self, view: RequestView, resp: ResponseView) -> None: ...
 
 
 class RequestInfo:
@@ -55,5 +66,5 @@ class RequestInfo:
         self.parent = ""  # the traceparent sent upstream
         self.query: str | None = None  # the query string, when the target had a "?"
         # The route's middlewares and the request as they see it (None without any).
-        self.chain: Chain | None = None
+        self.chain: Chained | None = None
         self.call: RequestView | None = None
