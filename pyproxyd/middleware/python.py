@@ -24,6 +24,10 @@ from .models import PythonMiddleware
 
 _lock = threading.Lock()  # compiles run in a thread; validate in the main one
 _signature: dict[Path, tuple[int, int]] = {}
+# Every folder a compile has put on sys.path: a module loaded from one that
+# python_path no longer names must be forgotten too, or a module of the
+# same name in the new folder would never be imported.
+_roots: set[str] = set()
 
 
 def sources(folders: list[Path]) -> list[Path]:
@@ -47,7 +51,8 @@ def _refresh(folders: list[Path]) -> None:
     if signature == _signature:
         return
     _signature = signature
-    roots = [str(f.resolve()) for f in folders]
+    _roots.update(str(f.resolve()) for f in folders)
+    roots = sorted(_roots)
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if file and any(str(Path(file).resolve()).startswith(r + "/") for r in roots):
@@ -61,9 +66,10 @@ def python_step(name: str, cfg: PythonMiddleware, folders: list[Path]) -> Step:
     where = f"middlewares.{name}.factory"
     module_name, _, attr = cfg.factory.partition(":")
     with _lock:
-        for folder in reversed(folders):
-            if str(folder) not in sys.path:
-                sys.path.insert(0, str(folder))
+        for folder in reversed(folders):  # ahead of any folder an older config named
+            if str(folder) in sys.path:
+                sys.path.remove(str(folder))
+            sys.path.insert(0, str(folder))
         _refresh(folders)
         try:
             target: Any = importlib.import_module(module_name)
