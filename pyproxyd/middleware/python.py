@@ -30,6 +30,7 @@ _lock = threading.Lock()  # compiles run in a thread; validate in the main one
 _signature: dict[Path, bytes] = {}  # each source's sha256 at the last compile
 _folders: list[Path] = []  # python_path at the last compile
 _inserted: set[str] = set()  # the folders this module put on sys.path
+_roots: set[str] = set()  # every folder a compile has used
 
 
 def sources(folders: list[Path]) -> list[Path]:
@@ -68,7 +69,8 @@ def _refresh(folders: list[Path]) -> None:
             sys.path.remove(str(folder))
             _inserted.discard(str(folder))
     _signature, _folders = signature, list(folders)
-    roots = [str(f.resolve()) for f in [*folders, *left]]
+    _roots.update(str(f.resolve()) for f in [*folders, *left])
+    roots = sorted(_roots)
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if file and any(str(Path(file).resolve()).startswith(r + "/") for r in roots):
@@ -82,10 +84,11 @@ def python_step(name: str, cfg: PythonMiddleware, folders: list[Path]) -> Step:
     where = f"middlewares.{name}.factory"
     module_name, _, attr = cfg.factory.partition(":")
     with _lock:
-        for folder in reversed(folders):
-            if str(folder) not in sys.path:
-                sys.path.insert(0, str(folder))
-                _inserted.add(str(folder))
+        for folder in reversed(folders):  # ahead of any folder an older config named
+            if str(folder) in sys.path:
+                sys.path.remove(str(folder))
+            sys.path.insert(0, str(folder))
+            _inserted.add(str(folder))
         _refresh(folders)
         try:
             target: Any = importlib.import_module(module_name)
