@@ -28,6 +28,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 HOP_BY_HOP_B = frozenset(h.encode() for h in HOP_BY_HOP)
+# Left out of an upstream's answer: hop-by-hop, and its X-Request-ID (the
+# request's own replaces it).
+RESPONSE_DROP_B = HOP_BY_HOP_B | {b"x-request-id"}
 
 # Headers the gateway sets itself on the way upstream; the client's copies are
 # dropped (X-Forwarded-* are rebuilt from the trusted part of the chain).

@@ -14,7 +14,7 @@ from .views import Pairs, Reply, RequestView, ResponseView
 class HeaderEdit:
     """One direction's changes: remove (and the names set), then set, then add."""
 
-    __slots__ = ("added", "drop", "fixed")
+    __slots__ = ("added", "drop", "fixed", "fixed_raw")
 
     def __init__(self, ops: HeaderOps) -> None:
         self.drop = frozenset(n.lower().encode() for n in [*ops.remove, *ops.set])
@@ -25,9 +25,14 @@ class HeaderEdit:
         ]
         # Without a placeholder a value is rendered once, here.
         self.fixed: tuple[tuple[bytes, bytes], ...] | None = None
+        self.fixed_raw = b""
         if all(t.constant is not None for _, t in added):
             self.fixed = tuple((n, header_value(t.constant or "")) for n, t in added)
+            self.fixed_raw = b"".join(b"%s: %s\r\n" % pair for pair in self.fixed)
         self.added = tuple(added)
+
+    def names(self) -> frozenset[bytes]:
+        return frozenset(n.lower() for n, _ in self.added)
 
     def __bool__(self) -> bool:
         return bool(self.drop or self.added)
@@ -35,13 +40,30 @@ class HeaderEdit:
     def apply(self, pairs: Pairs, view: RequestView) -> None:
         drop = self.drop
         if drop:
-            pairs[:] = [p for p in pairs if p[0].lower() not in drop]
+            # In place, from the end: nothing is allocated when no name matches.
+            i = len(pairs)
+            while i:
+                i -= 1
+                if pairs[i][0].lower() in drop:
+                    del pairs[i]
         fixed = self.fixed
         if fixed is not None:
             pairs.extend(fixed)
             return
         for name, template in self.added:
             pairs.append((name, header_value(template.render(view))))
+
+    def apply_response(self, resp: ResponseView, view: RequestView) -> None:
+        if not resp.lazy:
+            self.apply(resp.pairs, view)
+            return
+        # Lazy: the chain's drops remove this step's names from the upstream's
+        # headers; what it adds goes on as rendered lines.
+        if self.fixed is not None:
+            resp.raw += self.fixed_raw
+            return
+        for name, template in self.added:
+            resp.raw += b"%s: %s\r\n" % (name, header_value(template.render(view)))
 
 
 def headers_step(name: str, cfg: HeadersMiddleware, reserved: frozenset[bytes]) -> Step:
@@ -61,9 +83,16 @@ def headers_step(name: str, cfg: HeadersMiddleware, reserved: frozenset[bytes]) 
         request.apply(view.pairs, view)
 
     def on_response(view: RequestView, resp: ResponseView) -> None:
-        response.apply(resp.pairs, view)
+        response.apply_response(resp, view)
 
-    return Step(name, "headers", on_request if request else None, on_response if response else None)
+    return Step(
+        name,
+        "headers",
+        on_request if request else None,
+        on_response if response else None,
+        removes=response.drop,
+        adds=response.names(),
+    )
 
 
 def redirect_step(name: str, cfg: RedirectMiddleware) -> Step:

@@ -21,6 +21,7 @@ from time import monotonic, perf_counter
 from typing import Any
 
 from .. import errors
+from ..forwarding import RESPONSE_DROP_B
 from ..observe.logging import get_logger
 from .views import Reply, RequestView, ResponseView, to_reply
 
@@ -33,7 +34,9 @@ ResponseHook = Callable[[RequestView, ResponseView], Any]
 class Step:
     """One middleware of a chain: its name, its type and its two hooks."""
 
-    __slots__ = ("kind", "name", "on_request", "on_response", "response_async")
+    __slots__ = (
+        "adds", "kind", "name", "on_request", "on_response", "removes", "response_async",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -42,18 +45,26 @@ class Step:
         on_request: RequestHook | None,
         on_response: ResponseHook | None,
         response_async: bool = False,
+        removes: frozenset[bytes] = frozenset(),
+        adds: frozenset[bytes] = frozenset(),
     ) -> None:
         self.name = name
         self.kind = kind
         self.on_request = on_request
         self.on_response = on_response
         self.response_async = response_async  # on_response is a coroutine function
+        # A `headers` step's response names (lower case): those it removes
+        # (and replaces), and those it adds, for the lazy response view.
+        self.removes = removes
+        self.adds = adds
 
 
 class Chain:
     """The steps of one route, outermost first."""
 
-    __slots__ = ("async_response", "cors", "cors_at", "drop", "names", "steps", "timeout")
+    __slots__ = (
+        "async_response", "cors", "cors_at", "drop", "drops", "lazy", "names", "steps", "timeout",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -70,6 +81,14 @@ class Chain:
         # The first cors step answers preflights, before auth and limits.
         self.cors = cors
         self.cors_at = next((i for i, s in enumerate(steps) if s.kind == "cors"), -1)
+        self.drops = _drops(steps)
+        self.lazy = _lazy(steps)
+
+    def response_drops(self, depth: int) -> tuple[frozenset[bytes], ...]:
+        """For a response that passes the steps below `depth`: [i] is what
+        steps i..depth-1 remove from the upstream's headers, hop-by-hop ones
+        and its X-Request-ID included."""
+        return self.drops[depth]
 
     # -- on the way in -------------------------------------------------------------
 
@@ -149,6 +168,7 @@ class Chain:
                 hook = step.on_response
                 if hook is None:
                     continue
+                resp.at = i
                 try:
                     result = hook(view, resp)
                 except errors.GatewayError:
@@ -177,6 +197,7 @@ class Chain:
                 hook = step.on_response
                 if hook is None:
                     continue
+                resp.at = i
                 try:
                     result = hook(view, resp)
                 except errors.GatewayError:
@@ -193,6 +214,34 @@ class Chain:
                         raise
         finally:
             view.spent += perf_counter() - started
+
+
+# What the gateway itself adds to an upstream's answer before the chain sees it.
+_GATEWAY_ADDS = frozenset({b"x-request-id", b"ratelimit", b"ratelimit-policy"})
+
+
+def _drops(steps: tuple[Step, ...]) -> tuple[tuple[frozenset[bytes], ...], ...]:
+    """[depth][i]: RESPONSE_DROP_B and the names steps i..depth-1 remove."""
+    table = []
+    for depth in range(len(steps) + 1):
+        row = [RESPONSE_DROP_B]
+        for i in range(depth - 1, -1, -1):
+            row.append(row[-1] | steps[i].removes)
+        table.append(tuple(reversed(row)))
+    return tuple(table)
+
+
+def _lazy(steps: tuple[Step, ...]) -> bool:
+    """Whether an upstream's answer can stay a lazy view (views.ResponseView):
+    only when no `headers` step removes a name that the gateway or a step
+    inside it adds, since the lazy view applies removals to the upstream's
+    headers alone."""
+    added = _GATEWAY_ADDS
+    for step in reversed(steps):  # innermost first, as responses pass
+        if step.removes & added:
+            return False
+        added = added | step.adds
+    return True
 
 
 def _reply(step: Step, view: RequestView, result: Any) -> Reply:

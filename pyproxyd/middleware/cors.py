@@ -115,8 +115,11 @@ class Cors:
         pairs = resp.pairs
         # The gateway owns CORS on this route: an upstream's own answer would
         # make a second Access-Control-Allow-Origin, which browsers refuse.
-        if any(n[:15].lower() == b"access-control-" for n, _ in pairs):
-            pairs[:] = [p for p in pairs if p[0][:15].lower() != b"access-control-"]
+        i = len(pairs)
+        while i:
+            i -= 1
+            if pairs[i][0][:15].lower() == b"access-control-":
+                del pairs[i]
         origin = view.client.get("origin")
         if self._varies():
             pairs.append(_VARY_ORIGIN)

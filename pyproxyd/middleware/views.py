@@ -24,8 +24,9 @@ class RequestView:
 
     __slots__ = (
         "_headers",
+        "_source",
+        "chain",
         "claims",
-        "client",
         "client_ip",
         "consumer",
         "depth",
@@ -54,6 +55,8 @@ class RequestView:
         claims: Mapping[str, Any] | None,
         consumer: str | None,
         depth: int,
+        source: Any = None,
+        chain: Any = None,
     ) -> None:
         self.method = method
         self.path = path  # normalised, without the query
@@ -66,8 +69,12 @@ class RequestView:
         self.consumer = consumer
         self.upstream: str | None = None  # set once the upstream is picked
         self.target = path  # the path after the route's strip_prefix/rewrite ({path})
-        # The client's own headers, as it sent them ({header:NAME}).
-        self.client: Mapping[str, str] = {}
+        # What `client` reads: the request (proxy.interface.Request), or a mapping.
+        self._source = source
+        # The route's middleware.chain.Chain, which runs this view; not named
+        # as a type here, or observe/ (which reads proxy.record, which names
+        # this view) would import in a circle.
+        self.chain = chain
         self.pairs: Pairs = []  # the headers going upstream (bound before on_request)
         self._headers: HeaderList | None = None
         # How many of the chain's steps were entered: their on_response run,
@@ -85,6 +92,16 @@ class RequestView:
         return h
 
     @property
+    def client(self) -> Mapping[str, str]:
+        """The client's own headers, as it sent them ({header:NAME}, CORS)."""
+        source = self._source
+        if source is None:
+            return {}
+        if isinstance(source, Mapping):
+            return source
+        return source.lazy_headers
+
+    @property
     def wrote(self) -> bool:
         """Whether a middleware changed the headers through `headers`."""
         h = self._headers
@@ -96,14 +113,48 @@ class RequestView:
 
 class ResponseView:
     """`resp`: the response on its way to the client; `status` and `headers`
-    can be changed in `on_response` (the body streams past untouched)."""
+    can be changed in `on_response` (the body streams past untouched).
 
-    __slots__ = ("_headers", "_status", "pairs")
+    An upstream's answer starts lazy: its header list is not copied, the
+    names to leave out of it are a set per step (`drops`, built by the
+    chain), and what the gateway and the built-in `headers` steps add are
+    rendered lines (`raw`): written out as the plain route writes its
+    answer. The list of pairs is made only when something asks for it (a
+    python middleware's `resp.headers`, cors)."""
 
-    def __init__(self, status: int, pairs: Pairs) -> None:
+    __slots__ = ("_headers", "_pairs", "_status", "at", "base", "drops", "raw")
+
+    def __init__(
+        self,
+        status: int,
+        pairs: Pairs | None,
+        base: Pairs | None = None,
+        drops: tuple[frozenset[bytes], ...] = (),
+        raw: bytes = b"",
+    ) -> None:
         self._status = status
-        self.pairs = pairs
+        self._pairs = pairs
+        self.base: Pairs = [] if base is None else base  # the upstream's list, never changed
+        # drops[i]: the names the steps from i inward remove (and hop-by-hop).
+        self.drops = drops
+        self.raw = raw  # header lines added so far, rendered
+        self.at = 0  # the step whose on_response runs (set by the chain)
         self._headers: HeaderList | None = None
+
+    @property
+    def lazy(self) -> bool:
+        return self._pairs is None
+
+    @property
+    def pairs(self) -> Pairs:
+        pairs = self._pairs
+        if pairs is None:
+            # The steps inside the running one have removed their names.
+            drop = self.drops[self.at + 1]
+            pairs = [h for h in self.base if h[0].lower() not in drop]
+            pairs.extend(header_lines(self.raw))
+            self._pairs = pairs
+        return pairs
 
     @property
     def status(self) -> int:
@@ -126,6 +177,16 @@ class ResponseView:
 
     def __repr__(self) -> str:
         return f"<response {self.status}>"
+
+
+def header_lines(raw: bytes) -> Pairs:
+    """Header lines rendered already ("Name: value\\r\\n"...) as pairs."""
+    out = []
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b": ")
+        if sep:
+            out.append((name, value))
+    return out
 
 
 class Reply:

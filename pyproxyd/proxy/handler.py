@@ -29,6 +29,7 @@ from .record import RequestInfo
 from .relay import relay_now, send_error, send_error_async, send_reply, send_reply_async, small
 
 if TYPE_CHECKING:
+    from ..middleware.chain import Chain
     from ..observe.logging import AccessLog
     from ..snapshot import Snapshot, SnapshotHolder
 
@@ -323,8 +324,11 @@ class _Awaiting(InFlight):
 
 def _awaits(ex: RequestInfo) -> bool:
     """Whether the request's answer must pass on_response hooks that are awaited."""
-    chain = ex.chain
-    return chain is not None and chain.async_response
+    call = ex.call
+    if call is None:
+        return False
+    chain: Chain = call.chain
+    return chain.async_response
 
 
 async def _raise(err: GatewayError) -> Plan | None:

@@ -29,6 +29,7 @@ from .record import RequestInfo
 if TYPE_CHECKING:
     from ..auth.identity import Identity
     from ..auth.route import TokenMemo
+    from ..middleware.chain import Chain
     from ..snapshot import Route, Snapshot, Upstream
 
 
@@ -201,18 +202,15 @@ def match(
     route: Route = found.rule.target
     ex.route = route.id
     if route.chain is not None:
-        ex.chain = route.chain
-        ex.call = _view(request, ex, len(route.chain.steps))
+        ex.call = _view(request, ex, route.chain)
     return route, found.params
 
 
-def _view(request: Request, ex: RequestInfo, depth: int) -> RequestView:
-    view = RequestView(
+def _view(request: Request, ex: RequestInfo, chain: Chain) -> RequestView:
+    return RequestView(
         request.method, ex.path, ex.query or "", request.host, ex.client_ip, ex.route,
-        ex.request_id, None, None, depth,
+        ex.request_id, None, None, len(chain.steps), request, chain,
     )  # fmt: skip
-    view.client = request.lazy_headers
-    return view
 
 
 def identify(
@@ -258,7 +256,7 @@ def plan(
         return head(request, snap, ex, route, upstream, kept, seen, target_path, identity)
     view = ex.call
     assert view is not None
-    view.pairs = list(kept)  # kept itself stays as the client sent it (its Content-Length)
+    view.pairs = kept
     view.target = target_path
     view.upstream = ex.upstream or None
     if identity is not None:
@@ -311,14 +309,16 @@ def _entered(
     name those at all (compile time)."""
     if upstream is None:
         raise errors.GatewayError(f"route {route.id!r} has no upstream and nothing answered")
-    view, chain = ex.call, ex.chain
-    assert view is not None and chain is not None
+    view = ex.call
+    assert view is not None
     headers = view.pairs
     if view.wrote:
-        framing = [p for p in kept if p[0].lower() == b"content-length"]
+        chain: Chain = view.chain
         drop = chain.drop
         headers = [p for p in headers if p[0].lower() not in drop]
-        headers.extend(framing)
+        length = request.content_length
+        if length is not None:  # the client's, whatever on_request did to the list
+            headers.append((b"Content-Length", b"%d" % length))
     return head(request, snap, ex, route, upstream, headers, seen, target_path, identity)
 
 
@@ -371,7 +371,7 @@ def head(
     )
     if request.upgrade and _is_websocket(seen):
         return proxy_websocket(request, upstream, text, host_line, ex)
-    chain = ex.chain
+    chain = route.chain
     return Plan(upstream, text, host_line, body, route.timeout,
                 chain is None or not chain.async_response)  # fmt: skip
 

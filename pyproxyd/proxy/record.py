@@ -7,22 +7,10 @@ the pipeline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # types only: nothing of the gateway is imported at run time
-    from ..middleware.views import RequestView, ResponseView
-
-
-class Chained(Protocol):
-    """What the pipeline asks of a route's middlewares (middleware.chain.Chain),
-    named here so that observe/, which reads this module, does not reach them."""
-
-    async_response: bool
-    drop: frozenset[bytes]
-
-    def leave(self, view: RequestView, resp: ResponseView) -> None: ...
-
-    async def leave_async(self, view: RequestView, resp: ResponseView) -> None: ...
+    from ..middleware.views import RequestView
 
 
 class RequestInfo:
@@ -30,7 +18,6 @@ class RequestInfo:
 
     __slots__ = (
         "call",
-        "chain",
         "client_ip",
         "consumer",
         "limits",
@@ -65,6 +52,6 @@ class RequestInfo:
         self.xff: tuple[str, ...] = ()  # its X-Forwarded-For, when it sent one
         self.parent = ""  # the traceparent sent upstream
         self.query: str | None = None  # the query string, when the target had a "?"
-        # The route's middlewares and the request as they see it (None without any).
-        self.chain: Chained | None = None
+        # The request as the route's middlewares see it, their chain with it
+        # (None on a route without middlewares).
         self.call: RequestView | None = None

@@ -5,17 +5,19 @@ upstream response, or the gateway's own error, written to the request's sink.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .. import errors
 from ..errors import GatewayError
-from ..forwarding import HOP_BY_HOP_B, filter_response_headers
-from ..middleware.views import Pairs, Reply, ResponseView
+from ..forwarding import HOP_BY_HOP_B, RESPONSE_DROP_B, filter_response_headers
+from ..middleware.views import Pairs, Reply, RequestView, ResponseView, header_lines
 from ..upstream.http1 import UpstreamResponse
 from .interface import Request
 from .record import RequestInfo
 
-# The upstream's X-Request-ID is replaced by the request's own.
-_RESPONSE_DROP = HOP_BY_HOP_B | {b"x-request-id"}
+if TYPE_CHECKING:
+    from ..middleware.chain import Chain
+
 # Answers up to this size are buffered and leave in one write with their head.
 SMALL = 65536
 
@@ -27,8 +29,8 @@ def _response_headers(
     headers are filtered as the head is written, in one pass; ours follow."""
     raw = b"X-Request-ID: %s\r\n%s" % (ex.request_id.encode(), ex.limits)
     if up.lists_headers:  # Connection names more headers to drop: the full filter first
-        return filter_response_headers(up.headers, _RESPONSE_DROP), None, raw
-    return up.headers, _RESPONSE_DROP, raw
+        return filter_response_headers(up.headers, RESPONSE_DROP_B), None, raw
+    return up.headers, RESPONSE_DROP_B, raw
 
 
 def small(request: Request, up: UpstreamResponse) -> bool:
@@ -45,17 +47,16 @@ def relay_now(request: Request, up: UpstreamResponse, ex: RequestInfo) -> bool:
     """The common case without a coroutine: a small body that is already in."""
     if not small(request, up):
         return False
-    chain = ex.chain
-    if chain is not None and chain.async_response:
+    call = ex.call
+    if call is not None and _chain(call).async_response:
         return False  # its on_response hooks are awaited: relay() does it
     body = up.whole_body()
     if body is None:
         return False
     up.release()
-    if chain is not None:
-        status, pairs, failure = outgoing(ex, up.status, _chain_headers(up, ex))
-        reason = up.reason if status == up.status else ""
-        _send(request, ex, status, pairs, body if failure is None else failure, reason)
+    if call is not None:
+        resp, failure = outgoing(ex, _upstream_view(up, ex, call))
+        _send(request, ex, resp, body if failure is None else failure, up.status, up.reason)
         return True
     ex.status = up.status
     headers, drop, raw = _response_headers(up, ex)
@@ -64,19 +65,19 @@ def relay_now(request: Request, up: UpstreamResponse, ex: RequestInfo) -> bool:
 
 
 async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None:
-    if ex.chain is not None:
-        status, pairs, failure = await outgoing_async(ex, up.status, _chain_headers(up, ex))
+    call = ex.call
+    if call is not None:
+        resp, failure = await outgoing_async(ex, _upstream_view(up, ex, call))
         if failure is not None:  # a middleware's 500 replaces the upstream's answer
             up.abort()
-            _send(request, ex, status, pairs, failure, "")
+            _send(request, ex, resp, failure, 0, "")
             return
-        headers: list[tuple[bytes, bytes]] = pairs
-        drop: frozenset[bytes] | None = HOP_BY_HOP_B
-        raw = b""
-        ex.status = status
+        status = resp.status
+        headers, drop, raw = _final(resp, up.status)
     else:
+        status = up.status
         headers, drop, raw = _response_headers(up, ex)
-        ex.status = status = up.status
+    ex.status = status
     reason = up.reason if status == up.status else ""
     length = up.content_length
     if small(request, up):
@@ -104,10 +105,10 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
 def send_error(request: Request, err: GatewayError, ex: RequestInfo) -> None:
     """The gateway's own answer (errors.render), with the rate-limit header
     lines of an admitted request."""
-    if ex.chain is not None:
-        status, pairs, failure = outgoing(ex, err.status, _error_headers(err, ex))
-        _send(request, ex, status, pairs, errors.render(err, ex.request_id) if failure is None
-              else failure, "")  # fmt: skip
+    if ex.call is not None:
+        resp, failure = outgoing(ex, ResponseView(err.status, _error_headers(err, ex)))
+        body = errors.render(err, ex.request_id) if failure is None else failure
+        _send(request, ex, resp, body, 0, "")
         return
     ex.status = err.status
     request.respond(err.status, _error_headers(err, ex), errors.render(err, ex.request_id),
@@ -116,16 +117,16 @@ def send_error(request: Request, err: GatewayError, ex: RequestInfo) -> None:
 
 async def send_error_async(request: Request, err: GatewayError, ex: RequestInfo) -> None:
     """send_error() on a route whose middlewares' on_response are awaited."""
-    status, pairs, failure = await outgoing_async(ex, err.status, _error_headers(err, ex))
+    resp, failure = await outgoing_async(ex, ResponseView(err.status, _error_headers(err, ex)))
     body = errors.render(err, ex.request_id) if failure is None else failure
-    _send(request, ex, status, pairs, body, "")
+    _send(request, ex, resp, body, 0, "")
 
 
 def _error_headers(err: GatewayError, ex: RequestInfo) -> Pairs:
     headers = [(b"Content-Type", b"application/json"), (b"X-Request-ID", ex.request_id.encode())]
     headers.extend(_encoded(err.headers.items()))
-    if ex.chain is not None and ex.limits:
-        headers.extend(_lines(ex.limits))
+    if ex.call is not None and ex.limits:
+        headers.extend(header_lines(ex.limits))
     return headers
 
 
@@ -134,86 +135,95 @@ def _error_headers(err: GatewayError, ex: RequestInfo) -> Pairs:
 
 def send_reply(request: Request, reply: Reply, ex: RequestInfo) -> None:
     """A middleware's own answer, through the on_response of the steps outside it."""
-    status, pairs, failure = outgoing(ex, reply.status, _reply_headers(reply, ex))
-    _send(request, ex, status, pairs, reply.body if failure is None else failure, "")
+    resp, failure = outgoing(ex, ResponseView(reply.status, _reply_headers(reply, ex)))
+    _send(request, ex, resp, reply.body if failure is None else failure, 0, "")
 
 
 async def send_reply_async(request: Request, reply: Reply, ex: RequestInfo) -> None:
-    status, pairs, failure = await outgoing_async(ex, reply.status, _reply_headers(reply, ex))
-    _send(request, ex, status, pairs, reply.body if failure is None else failure, "")
+    resp, failure = await outgoing_async(ex, ResponseView(reply.status, _reply_headers(reply, ex)))
+    _send(request, ex, resp, reply.body if failure is None else failure, 0, "")
 
 
 def _reply_headers(reply: Reply, ex: RequestInfo) -> Pairs:
     pairs = [*reply.pairs, (b"X-Request-ID", ex.request_id.encode())]  # a copy: replies are shared
     if ex.limits:
-        pairs.extend(_lines(ex.limits))
+        pairs.extend(header_lines(ex.limits))
     return pairs
 
 
-def _chain_headers(up: UpstreamResponse, ex: RequestInfo) -> Pairs:
-    pairs = filter_response_headers(up.headers, _RESPONSE_DROP)
-    pairs.append((b"X-Request-ID", ex.request_id.encode()))
-    if ex.limits:
-        pairs.extend(_lines(ex.limits))
-    return pairs
+def _chain(call: RequestView) -> Chain:
+    chain: Chain = call.chain
+    return chain
 
 
-def _lines(raw: bytes) -> Pairs:
-    """Header lines rendered already ("Name: value\r\n"...) as pairs."""
-    out = []
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b": ")
-        if sep:
-            out.append((name, value))
-    return out
+def _upstream_view(up: UpstreamResponse, ex: RequestInfo, call: RequestView) -> ResponseView:
+    """An upstream's answer as the chain sees it: lazy (nothing copied) unless
+    its Connection header names more to drop or a step needs the list."""
+    chain = _chain(call)
+    raw = b"X-Request-ID: %s\r\n%s" % (ex.request_id.encode(), ex.limits)
+    if chain.lazy and not up.lists_headers:
+        return ResponseView(up.status, None, up.headers, chain.response_drops(call.depth), raw)
+    pairs = filter_response_headers(up.headers, RESPONSE_DROP_B)
+    pairs.extend(header_lines(raw))
+    return ResponseView(up.status, pairs)
 
 
-def outgoing(ex: RequestInfo, status: int, pairs: Pairs) -> tuple[int, Pairs, bytes | None]:
-    """The response after the on_response hooks: (status, headers, None), or
-    a hook's failure as the 500 (or 504) that replaces it, with its body."""
-    chain, view = ex.chain, ex.call
-    assert chain is not None and view is not None
-    resp = ResponseView(status, pairs)
+def outgoing(ex: RequestInfo, resp: ResponseView) -> tuple[ResponseView, bytes | None]:
+    """The response after the on_response hooks, and None; or, when a hook
+    failed, the 500 (or 504) that replaces it, and its body."""
+    call = ex.call
+    assert call is not None
+    chain = _chain(call)
     failure: bytes | None = None
     while True:
         try:
-            chain.leave(view, resp)
-            return resp.status, _framed(status, resp), failure
-        except GatewayError as err:  # view.depth is at the failing step: the outer ones follow
+            chain.leave(call, resp)
+            return resp, failure
+        except GatewayError as err:  # call.depth is at the failing step: the outer ones follow
             failure = errors.render(err, ex.request_id)
             resp = ResponseView(err.status, _error_headers(err, ex))
 
 
-async def outgoing_async(
-    ex: RequestInfo, status: int, pairs: Pairs
-) -> tuple[int, Pairs, bytes | None]:
-    chain, view = ex.chain, ex.call
-    assert chain is not None and view is not None
-    resp = ResponseView(status, pairs)
+async def outgoing_async(ex: RequestInfo, resp: ResponseView) -> tuple[ResponseView, bytes | None]:
+    call = ex.call
+    assert call is not None
+    chain = _chain(call)
     failure: bytes | None = None
     while True:
         try:
-            await chain.leave_async(view, resp)
-            return resp.status, _framed(status, resp), failure
+            await chain.leave_async(call, resp)
+            return resp, failure
         except GatewayError as err:
             failure = errors.render(err, ex.request_id)
             resp = ResponseView(err.status, _error_headers(err, ex))
 
 
-def _framed(status: int, resp: ResponseView) -> Pairs:
-    """The headers; without the upstream's Content-Length when a middleware
-    turned the answer into one that has no body (a HEAD's or a 304's stays)."""
-    if resp.status != status and resp.status in (204, 304):
-        return [p for p in resp.pairs if p[0].lower() != b"content-length"]
-    return resp.pairs
+def _final(resp: ResponseView, status: int) -> tuple[Pairs, frozenset[bytes] | None, bytes]:
+    """(headers, drop, raw) for Request.respond/start. A middleware cannot
+    frame the message: hop-by-hop names are dropped here. `status`: the
+    upstream's (0 for an answer of the gateway's own)."""
+    changed = resp.status != status
+    if resp.lazy and not (changed and resp.status in (204, 304)):
+        return resp.base, resp.drops[0], resp.raw
+    pairs = resp.pairs
+    if status and changed and resp.status in (204, 304):
+        # Now without a body: the upstream's Content-Length would announce one.
+        pairs = [p for p in pairs if p[0].lower() != b"content-length"]
+    return pairs, HOP_BY_HOP_B, b""
 
 
 def _send(
-    request: Request, ex: RequestInfo, status: int, pairs: Pairs, body: bytes, reason: str
+    request: Request,
+    ex: RequestInfo,
+    resp: ResponseView,
+    body: bytes,
+    status: int,
+    reason: str,
 ) -> None:
-    ex.status = status
-    # A middleware cannot frame the message: hop-by-hop names are dropped here.
-    request.respond(status, pairs, body, reason, HOP_BY_HOP_B)
+    ex.status = resp.status
+    headers, drop, raw = _final(resp, status)
+    request.respond(resp.status, headers, body, reason if resp.status == status else "", drop,
+                    raw)  # fmt: skip
 
 
 def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

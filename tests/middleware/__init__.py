@@ -28,7 +28,9 @@ def request_view(
 
     `client` is the client's own headers (case-insensitive, as the
     frontend's mapping is); `pairs` the headers going upstream."""
-    view = RequestView(method, path, query, host, client_ip, route, request_id, claims, None, depth)
-    view.client = CIMultiDictProxy(CIMultiDict(client or {}))
+    view = RequestView(
+        method, path, query, host, client_ip, route, request_id, claims, None, depth,
+        CIMultiDictProxy(CIMultiDict(client or {})),
+    )  # fmt: skip
     view.pairs = pairs if pairs is not None else []
     return view
