@@ -32,6 +32,9 @@ from .auth.jwks import hs_secret_keys, parse_jwks
 from .auth.jwks import merge as merge_keys
 from .config import Config, JWTConfig, RouteConfig, UpstreamConfig, key_list
 from .config_load import Loaded, Problem
+from .discovery import Found
+from .discovery.build import SourceMaker, source_maker
+from .discovery.runner import Build, Cache, Discovered
 from .forwarding import HOP_BY_HOP_B, REPLACED_B, TrustedProxies
 from .keys import KeyFn, compile_key
 from .middleware.build import Builder
@@ -88,6 +91,18 @@ def pool_settings(up: UpstreamConfig, max_header_size: int) -> PoolSettings:
     )
 
 
+def _pool(url: str, settings: PoolSettings) -> TargetPool:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    context = ssl.create_default_context() if tls else None
+    return TargetPool(
+        host, port, settings, ssl=context, server_hostname=host if tls else None, label=label
+    )
+
+
 def _target(
     upstream: str,
     url: str,
@@ -96,20 +111,12 @@ def _target(
     old: dict[Hashable, Any],
     state: dict[Hashable, Any],
 ) -> Target:
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     key = ("pool", upstream, url, settings)
     pool = old.get(key)
     if not isinstance(pool, TargetPool):
-        context = ssl.create_default_context() if tls else None
-        pool = TargetPool(
-            host, port, settings, ssl=context, server_hostname=host if tls else None, label=label
-        )
+        pool = _pool(url, settings)
     state[key] = pool
-    return Target(url, label, f"Host: {label}\r\n".encode(), weight, pool)
+    return Target(url, pool.label, f"Host: {pool.label}\r\n".encode(), weight, pool)
 
 
 def _upstream(
@@ -119,24 +126,12 @@ def _upstream(
     old: dict[Hashable, Any],
     state: dict[Hashable, Any],
     zone: Zone | None = None,
+    sources: SourceMaker | None = None,
 ) -> Upstream:
     settings = pool_settings(up, max_head)
     targets = tuple(_target(name, t.url, t.weight, settings, old, state) for t in up.targets)
-    weights = [t.weight for t in targets]
-    balancer: Any
-    key: KeyFn | None = None
-    keyed: Rendezvous | None = None
-    if up.balance == "least_conn":
-        balancer = LeastConn(weights, lambda i: targets[i].pool.busy)
-    elif up.balance == "random":
-        balancer = WeightedRandom(weights)
-    elif up.balance == "ip_hash" or up.balance.startswith("hash:"):
-        # Consistent (rendezvous) hashing on the client key; an absent key: weighted random.
-        key = compile_key("ip" if up.balance == "ip_hash" else up.balance[5:])
-        balancer = keyed = Rendezvous(weights, [t.url for t in targets])
-    else:
-        balancer = SmoothRoundRobin(weights)
-    return Upstream(
+    balancer, key, keyed = _balancer(up.balance, targets)
+    upstream = Upstream(
         name,
         targets,
         balancer,
@@ -148,6 +143,54 @@ def _upstream(
         key=key,
         keyed=keyed,
     )
+    if up.discovery is not None:
+        assert sources is not None
+        spec = up.discovery.model_dump(exclude_none=True)
+        discovered: Discovered = _carry(
+            old, state, ("discovery", name, tuple(spec.items())), lambda: sources(name, up)
+        )
+        discovered.attach(upstream, _discovered(name, up, settings, zone))
+    return upstream
+
+
+def _balancer(balance: str, targets: tuple[Target, ...]) -> tuple[Any, KeyFn | None, Any]:
+    """(balancer, client key, keyed balancer) of a set of targets."""
+    weights = [t.weight for t in targets]
+    if balance == "least_conn":
+        return LeastConn(weights, lambda i: targets[i].pool.busy), None, None
+    if balance == "random":
+        return WeightedRandom(weights), None, None
+    if balance == "ip_hash" or balance.startswith("hash:"):
+        # Consistent (rendezvous) hashing on the client key; an absent key: weighted
+        # random. A target that leaves remaps only its own keys.
+        key = compile_key("ip" if balance == "ip_hash" else balance[5:])
+        keyed = Rendezvous(weights, [t.url for t in targets])
+        return keyed, key, keyed
+    return SmoothRoundRobin(weights), None, None
+
+
+def _discovered(name: str, up: UpstreamConfig, settings: PoolSettings, zone: Zone | None) -> Build:
+    """How a discovered set becomes this upstream's targets: each keeps its
+    pool and health by URL and settings (discovery/runner.py's Cache)."""
+    checks = _health_settings(up)
+
+    def build(found: list[Found], cache: Cache) -> tuple[tuple[Target, ...], Any, Any]:
+        targets = []
+        for f in found:
+            pool: TargetPool = cache.get(("pool", f.url, settings), partial(_pool, f.url, settings))
+            t = Target(f.url, pool.label, f"Host: {pool.label}\r\n".encode(), f.weight, pool)
+            if checks is not None:
+                t.health = cache.get(
+                    ("health", f.url, checks, zone is not None),
+                    _health_maker(name, t, checks, zone),
+                )
+                if checks.path is not None:
+                    cache.get(("health_check", f.url, checks), _checker_maker(t, checks))
+            targets.append(t)
+        balancer, _, keyed = _balancer(up.balance, tuple(targets))
+        return tuple(targets), balancer, keyed
+
+    return build
 
 
 # -- resilience: breakers, retry budgets and target health, carried over by name + settings
@@ -187,18 +230,11 @@ def _breaker(
     return breaker
 
 
-def _health(
-    name: str,
-    up: UpstreamConfig,
-    targets: tuple[Target, ...],
-    old: dict[Hashable, Any],
-    state: dict[Hashable, Any],
-    zone: Zone | None,
-) -> UpstreamHealth | None:
+def _health_settings(up: UpstreamConfig) -> HealthSettings | None:
     h = up.health
     if h is None:
         return None
-    settings = HealthSettings(
+    return HealthSettings(
         max_fails=h.max_fails,
         eject_for=h.eject_for,
         path=h.path,
@@ -208,25 +244,48 @@ def _health(
         unhealthy_threshold=h.unhealthy_threshold,
         expected_statuses=frozenset(h.expected_statuses),
     )
+
+
+def _health_maker(
+    name: str, t: Target, settings: HealthSettings, zone: Zone | None
+) -> Callable[[], TargetHealth]:
+    make = partial(TargetHealth, settings, name, t.label)
+    if zone is not None:
+        make = partial(share_health, zone, make, t.url)
+    return make
+
+
+def _checker_maker(t: Target, settings: HealthSettings) -> Callable[[], HealthChecker]:
+    assert t.health is not None
+    pool = t.pool
+    return partial(
+        HealthChecker,
+        t.health,
+        pool.host,
+        pool.port,
+        ssl=pool.ssl,
+        server_hostname=pool.server_hostname,
+        label=pool.label,
+    )
+
+
+def _health(
+    name: str,
+    up: UpstreamConfig,
+    targets: tuple[Target, ...],
+    old: dict[Hashable, Any],
+    state: dict[Hashable, Any],
+    zone: Zone | None,
+) -> UpstreamHealth | None:
+    settings = _health_settings(up)
+    if settings is None:
+        return None
     for t in targets:
         key = ("health", name, t.url, settings, zone is not None)
-        make = partial(TargetHealth, settings, name, t.label)
-        if zone is not None:
-            make = partial(share_health, zone, make, t.url)
-        health: TargetHealth = _carry(old, state, key, make)
+        health: TargetHealth = _carry(old, state, key, _health_maker(name, t, settings, zone))
         t.health = health
         if settings.path is not None:
-            pool = t.pool
-            make_checker = partial(
-                HealthChecker,
-                health,
-                pool.host,
-                pool.port,
-                ssl=pool.ssl,
-                server_hostname=pool.server_hostname,
-                label=pool.label,
-            )
-            _carry(old, state, ("health_check", name, t.url, settings), make_checker)
+            _carry(old, state, ("health_check", name, t.url, settings), _checker_maker(t, settings))
     upstream_health: UpstreamHealth = _carry(
         old, state, ("upstream_health", name), lambda: UpstreamHealth(name)
     )
@@ -457,8 +516,9 @@ def compile_snapshot(
         zone = old.get(ZONE)
     if zone is not None:
         state[ZONE] = zone
+    sources = source_maker(cfg, loaded.path.parent)
     upstreams = {
-        name: _upstream(name, up, cfg.server.max_header_size, old, state, zone)
+        name: _upstream(name, up, cfg.server.max_header_size, old, state, zone, sources)
         for name, up in cfg.upstreams.items()
     }
     auth = _auth(loaded, cfg, old, state)

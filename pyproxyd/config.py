@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .discovery.models import DiscoveryConfig, DnsConfig, EtcdConfig
 from .middleware.models import ANSWERING, Middleware
 from .routing import check_pattern
 from .units import Duration, RateValue, Size
@@ -275,7 +276,12 @@ class UpstreamConfig(Model):
     """A named pool of targets; routes refer to it by name."""
 
     targets: list[TargetConfig] = Field(
-        min_length=1, description="the backend servers (at least one)"
+        default_factory=list, description="the backend servers (set this or `discovery`)"
+    )
+    discovery: DiscoveryConfig | None = Field(
+        None,
+        description="take the targets from etcd or DNS instead, following changes "
+        "without a reload (set this or `targets`)",
     )
     balance: str = Field(
         "round_robin", description="round_robin | least_conn | random | ip_hash | hash:<key>"
@@ -328,6 +334,12 @@ class UpstreamConfig(Model):
         if v.startswith("hash:"):
             check_key(v[5:])
         return v
+
+    @model_validator(mode="after")
+    def _source(self) -> UpstreamConfig:
+        if bool(self.targets) == (self.discovery is not None):
+            raise ValueError("an upstream needs either 'targets' (at least one) or 'discovery'")
+        return self
 
 
 # ------------------------------------------------------------------ routes
@@ -721,6 +733,12 @@ class Config(Model):
         default_factory=dict,
         description="middlewares by name, of type headers, cors, redirect, respond or python",
     )
+    dns: DnsConfig = Field(
+        default_factory=DnsConfig, description="the resolver of dns and dns_srv discovery"
+    )
+    etcd: EtcdConfig | None = Field(
+        None, description="the etcd cluster of etcd discovery and of a shared config_key"
+    )
 
 
 Problem = tuple[tuple[Any, ...], str]
@@ -798,6 +816,12 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
         if kind == "api_key" and consumers is not None and not keyed:
             problems.append(
                 ((*here, "auth"), "auth = 'api_key' needs a consumer with api_key_sha256")
+            )
+    for name, up in (upstreams or {}).items():
+        disc = up.get("discovery") if isinstance(up, dict) else None
+        if isinstance(disc, dict) and "etcd" in disc and "etcd" not in data:
+            problems.append(
+                (("upstreams", name, "discovery", "etcd"), "etcd discovery needs an [etcd] table")
             )
     for name, rl in (rate_limits or {}).items():
         if isinstance(rl, dict) and rl.get("backend") == "redis" and "redis" not in data:

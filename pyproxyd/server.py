@@ -23,6 +23,7 @@ from .frontend.connection import Frontend
 from .observe.logging import AccessLog, get_logger
 from .proxy.handler import Proxy
 from .reload import Reloader, ReloadTally
+from .resilience.view import discovery_ready
 from .sampler import PoolSampler
 from .shm.zone import Zone
 from .snapshot import Snapshot, SnapshotHolder
@@ -209,7 +210,11 @@ class Gateway:
         return self.snapshot
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        return self.ready, {"status": "ready" if self.ready else "draining"}
+        if not self.ready:
+            return False, {"status": "draining"}
+        if not discovery_ready(self.snapshot):
+            return False, {"status": "waiting_for_discovery"}
+        return True, {"status": "ready"}
 
     def reloads(self) -> ReloadTally:
         return self._reloader.tally if self._reloader is not None else ReloadTally()

@@ -66,6 +66,16 @@ class Upstream:
     def choose(self, skip: Container[int] = ()) -> int | None:
         return self.balancer.choose(skip)
 
+    def set_targets(
+        self, targets: tuple[Target, ...], balancer: Balancer, keyed: KeyedBalancer | None
+    ) -> None:
+        """A discovered set (discovery/runner.py). A request holds the Target
+        it picked, never an index across an await, so a swap between two of
+        its steps cannot send it elsewhere."""
+        self.targets = targets
+        self.balancer = balancer
+        self.keyed = keyed
+
     def target_key(
         self, request: KeyRequest, identity: Identity | None, client_ip: str
     ) -> int | None:

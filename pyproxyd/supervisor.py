@@ -33,7 +33,7 @@ from .config_load import ConfigError, Loaded, watched
 from .observe import metrics
 from .observe.logging import get_logger
 from .reload import ReloadTally, candidate
-from .resilience.view import merge_views
+from .resilience.view import discovery_ready, merge_views
 from .server import bind, compile_or_refuse
 from .shm import zone as shm_zone
 from .snapshot import Snapshot
@@ -267,6 +267,10 @@ class Supervisor:
         ready = [w.ready for w in self.workers]
         body = {"ready_workers": sum(ready), "workers": len(ready)}
         if not self.stopping and all(ready):
+            # The supervisor's own compile runs no source: its discovered
+            # upstreams are "ready" once their first-answer wait has passed.
+            if not discovery_ready(self.admin_snapshot()):
+                return False, {"status": "waiting_for_discovery", **body}
             return True, {"status": "ready", **body}
         return False, {"status": "not_ready", **body}
 

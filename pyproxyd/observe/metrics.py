@@ -92,6 +92,26 @@ MIDDLEWARE_ERRORS = Counter(
 )
 
 
+DISCOVERY_TARGETS = Gauge(
+    "pyproxyd_discovery_targets", "Targets a discovered upstream has now",
+    ["upstream"], multiprocess_mode="max",
+)  # fmt: skip
+DISCOVERY_UPDATES = Counter(
+    "pyproxyd_discovery_updates", "Answers of a discovery source (applied|error)",
+    ["upstream", "result"],
+)  # fmt: skip
+
+
+def discovery_targets(upstream: str, count: int) -> None:
+    DISCOVERY_TARGETS.labels(upstream).set(count)
+
+
+def discovery_update(upstream: str, result: str, count: int | None) -> None:
+    DISCOVERY_UPDATES.labels(upstream, result).inc()
+    if count is not None:
+        DISCOVERY_TARGETS.labels(upstream).set(count)
+
+
 class RequestMetrics:
     """The per-request metrics, tallied in plain dicts and flushed into the
     prometheus metrics by `flush()`: once a second by the sampler, and before

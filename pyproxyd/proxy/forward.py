@@ -20,7 +20,7 @@ from .relay import relay, relay_now
 
 if TYPE_CHECKING:
     from ..observe.metrics import RequestMetrics
-    from ..snapshot import Upstream
+    from ..snapshot import Target, Upstream
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -29,10 +29,10 @@ class First:
     """A first try begun before any task: its target and breaker ticket, and
     the exchange under way on an idle connection (None when none was idle)."""
 
-    __slots__ = ("flight", "index", "skip", "ticket")
+    __slots__ = ("flight", "skip", "target", "ticket")
 
-    def __init__(self, index: int, ticket: Ticket | None, skip: set[int]) -> None:
-        self.index = index
+    def __init__(self, target: Target, ticket: Ticket | None, skip: set[int]) -> None:
+        self.target = target  # the Target itself: a discovered set may change meanwhile
         self.ticket = ticket
         self.skip = skip
         self.flight: InFlight | None = None
@@ -145,13 +145,13 @@ async def send(
         began = first
         first = None
         if began is not None:
-            index, ticket = began.index, began.ticket
+            target, ticket = began.target, began.ticket
         else:
             chosen = choose(upstream, skip, now, attempt, ex.target_key)
             if chosen is None:
                 break
             index, ticket = chosen
-        target = upstream.targets[index]
+            target = upstream.targets[index]
         health = target.health
         try:
             if began is not None and began.flight is not None:

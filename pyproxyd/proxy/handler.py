@@ -31,7 +31,7 @@ from .relay import relay_now, send_error, send_error_async, send_reply, send_rep
 if TYPE_CHECKING:
     from ..middleware.chain import Chain
     from ..observe.logging import AccessLog
-    from ..snapshot import Snapshot, SnapshotHolder
+    from ..snapshot import Snapshot, SnapshotHolder, Target
 
 log = get_logger("pyproxyd.proxy")
 
@@ -138,11 +138,11 @@ class Proxy:
             pool.settings.read_timeout if upstream.read_timeout is None else upstream.read_timeout
         )
         flight = _Awaiting(
-            self, request, ex, snap, clock, plan, index, ticket, skip,
+            self, request, ex, snap, clock, plan, target, ticket, skip,
             plan.head_for(target.host_header), timeout,
         )  # fmt: skip
         if not flight.begin():  # no idle connection: connect (or wait for one) in a task
-            self._spawn(request, ex, snap, clock, plan, First(index, ticket, skip))
+            self._spawn(request, ex, snap, clock, plan, First(target, ticket, skip))
             return
         request.cancel = flight.cancel_request
         flight.arm()
@@ -253,7 +253,7 @@ class _Awaiting(InFlight):
     timeout) goes on in a task from this very try, handed over as a First.
     """
 
-    __slots__ = ("clock", "ex", "index", "plan", "proxy", "request", "sent", "skip", "snap",
+    __slots__ = ("clock", "ex", "plan", "proxy", "request", "sent", "skip", "snap", "target",
                  "ticket")  # fmt: skip
 
     def __init__(
@@ -264,13 +264,13 @@ class _Awaiting(InFlight):
         snap: Snapshot,
         clock: float,
         plan: Plan,
-        index: int,
+        target: Target,
         ticket: Ticket | None,
         skip: set[int],
         head: bytes,
         timeout: float,
     ) -> None:
-        super().__init__(plan.upstream.targets[index].pool, head, request.method == "HEAD",
+        super().__init__(target.pool, head, request.method == "HEAD",
                          timeout)  # fmt: skip
         self.proxy = proxy
         self.request = request
@@ -278,7 +278,7 @@ class _Awaiting(InFlight):
         self.snap = snap
         self.clock = clock
         self.plan = plan
-        self.index = index
+        self.target = target
         self.ticket = ticket
         self.skip = skip
         self.sent = perf_counter()
@@ -297,14 +297,14 @@ class _Awaiting(InFlight):
                     self.ex.status = 500
                     self.proxy._finish(request, self.ex, self.clock, self.snap)
                 return
-        first = First(self.index, self.ticket, self.skip)
+        first = First(self.target, self.ticket, self.skip)
         first.flight = self
         self.proxy._spawn(request, self.ex, self.snap, self.clock, self.plan, first)
 
     def _relay(self, up: UpstreamResponse) -> None:
         proxy, ex = self.proxy, self.ex
         upstream = self.plan.upstream
-        answered(self.ticket, upstream.targets[self.index].health, up.status, ex.started)
+        answered(self.ticket, self.target.health, up.status, ex.started)
         proxy.metrics.upstream_answered(upstream.name, perf_counter() - self.sent)
         try:
             relay_now(self.request, up, ex)

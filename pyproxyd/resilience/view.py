@@ -38,7 +38,19 @@ def upstreams_view(snap: Snapshot, now: float) -> dict[str, Any]:
             "no_healthy_total": up.health.no_healthy_total if up.health is not None else 0,
             "targets": targets,
         }
+    for key, obj in snap.state.items():  # discovered upstreams: their source, and when
+        if isinstance(key, tuple) and key[0] == "discovery" and key[1] in out:
+            out[key[1]]["discovery"] = obj.describe()
     return out
+
+
+def discovery_ready(snap: Snapshot) -> bool:
+    """Every discovered upstream answered once (or waited long enough)."""
+    return all(
+        obj.ready()
+        for key, obj in snap.state.items()
+        if isinstance(key, tuple) and key[0] == "discovery"
+    )
 
 
 _SEVERITY = {"closed": 0, "half_open": 1, "open": 2}

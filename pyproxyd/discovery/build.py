@@ -1,0 +1,70 @@
+"""Config -> the source of each discovered upstream, for compile.py.
+
+One etcd client per process and settings is shared by every prefix (and by
+the config_key watch); DNS sources share the [dns] resolver settings.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .runner import Discovered
+
+if TYPE_CHECKING:
+    from ..config import Config, UpstreamConfig
+
+SourceMaker = Callable[[str, "UpstreamConfig"], Discovered]
+DEFAULT_WAIT = 2.0  # /readyz's wait for a first answer without an [etcd] table
+
+
+def source_maker(cfg: Config, folder: Path) -> SourceMaker:
+    wait = cfg.etcd.timeout if cfg.etcd is not None else DEFAULT_WAIT
+
+    def make(name: str, up: UpstreamConfig) -> Discovered:
+        disc = up.discovery
+        assert disc is not None
+        if disc.etcd is not None:
+            from .etcd import EtcdSource
+
+            return Discovered(name, EtcdSource(etcd_client(cfg, folder), disc.etcd), wait)
+        from .dns import DnsSource
+
+        nameservers = cfg.dns.nameservers or None
+        if disc.dns is not None:
+            scheme = "https" if disc.dns.startswith("https://") else "http"
+            spec = disc.dns.removeprefix("https://").removeprefix("http://")
+            return Discovered(name, DnsSource(spec, nameservers, False, scheme), wait)
+        assert disc.dns_srv is not None
+        return Discovered(name, DnsSource(disc.dns_srv, nameservers, True, "http"), wait)
+
+    return make
+
+
+_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def etcd_client(cfg: Config, folder: Path) -> Any:
+    """The process's client for these etcd settings (made once, shared)."""
+    from .etcd import EtcdClient
+
+    e = cfg.etcd
+    assert e is not None
+    password = os.environ.get(e.password_env, "") if e.password_env else None
+    key = (tuple(e.endpoints), e.timeout, e.username, password, e.tls)
+    client = _clients.get(key)
+    if client is None:
+        context = None
+        if e.tls is not None:
+            context = ssl.create_default_context(
+                cafile=str(folder / e.tls.ca) if e.tls.ca else None
+            )
+            if e.tls.cert and e.tls.key:
+                context.load_cert_chain(str(folder / e.tls.cert), str(folder / e.tls.key))
+        client = _clients[key] = EtcdClient(
+            list(e.endpoints), e.timeout, username=e.username, password=password, ssl=context
+        )
+    return client
