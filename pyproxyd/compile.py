@@ -58,9 +58,14 @@ def unsupported(cfg: Config) -> list[Problem]:
     an outage waiting to happen.
     """
     out: list[Problem] = []
-    # Sticky splits (hash_on) and ip_hash / hash:<key> balancing are enforced.
-    # Add a Problem(path, "... is not supported by this version of pyproxyd yet") here
-    # for the next setting that validates before it is enforced.
+    if cfg.etcd is not None and cfg.etcd.config_key is not None:
+        out.append(
+            Problem(
+                "etcd.config_key",
+                "a config shared through etcd is not supported by this version of pyproxyd "
+                "yet: the key would be ignored",
+            )
+        )
     if (cfg.server.workers or os.cpu_count() or 1) > 1:
         for name, rl in cfg.rate_limits.items():
             if rl.backend != "local" or rl.algorithm != "sliding_window":

@@ -737,7 +737,7 @@ class Config(Model):
         default_factory=DnsConfig, description="the resolver of dns and dns_srv discovery"
     )
     etcd: EtcdConfig | None = Field(
-        None, description="the etcd cluster of etcd discovery and of a shared config_key"
+        None, description="the etcd cluster of etcd discovery"
     )
 
 

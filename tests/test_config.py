@@ -513,8 +513,8 @@ def test_cross_references_are_listed_with_validation_errors() -> None:
 def test_a_broken_upstream_does_not_make_its_routes_unknown() -> None:
     text = "[upstreams.a]\ntargets = []\n" + route('upstream = "a"')
     assert problems(text) == [
-        "f.toml: upstreams.a.targets: List should have at least 1 item after validation, not 0 "
-        "(line 2)"
+        "f.toml: upstreams.a: an upstream needs either 'targets' (at least one) or 'discovery' "
+        "(line 1)"
     ]
 
 

@@ -90,7 +90,7 @@ class EtcdTLSConfig(_Model):
 
 
 class EtcdConfig(_Model):
-    """The etcd cluster of `discovery = { etcd = ... }` and of `config_key`."""
+    """The etcd cluster of `discovery = { etcd = ... }`."""
 
     endpoints: list[str] = Field(
         min_length=1, description="the members' client URLs (v3 API), tried in turn"
@@ -106,7 +106,7 @@ class EtcdConfig(_Model):
     config_key: str | None = Field(
         None,
         description="a key holding a TOML document whose tables replace the file's tables "
-        "of the same names; every instance watches it",
+        "of the same names (not built yet: `run` refuses it)",
     )
 
     @field_validator("endpoints")

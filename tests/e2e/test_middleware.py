@@ -450,3 +450,39 @@ async def test_preflights_carry_no_rate_limit_headers_and_do_not_count(tmp_path:
                     statuses.append((r.status, r.headers.get("X-RateLimit-Remaining")))
         assert statuses == [(200, "1"), (200, "0"), (429, "0")]
         assert b.hits == 2
+
+
+async def test_a_websocket_handshake_passes_the_request_middlewares(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        seen.append(request.headers.get("X-Gateway"))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str("echo:" + msg.data)
+        return ws
+
+    async with Backend([web.get("/ws", ws_echo)]) as b:
+        toml = config(
+            f"""
+[upstreams.app]
+targets = [{{ url = "{b.url}" }}]
+[middlewares.tag]
+type = "headers"
+request = {{ set = {{ "X-Gateway" = "r={{route}}" }} }}
+[[routes]]
+id = "ws"
+path = "/ws"
+upstream = "app"
+middlewares = ["tag"]
+"""
+        )
+        async with (
+            gateway(tmp_path, toml) as gw,
+            aiohttp.ClientSession() as s,
+            s.ws_connect(f"ws://127.0.0.1:{gw.ports[0]}/ws") as ws,
+        ):
+            await ws.send_str("hi")
+            assert (await ws.receive()).data == "echo:hi"
+    assert seen == ["r=ws"]
