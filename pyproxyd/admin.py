@@ -115,6 +115,8 @@ class Admin:
                 "loaded_at": snap.loaded_at,
                 "routes": len(snap.routes),
                 "upstreams": len(snap.upstreams),
+                "config_key": snap.config_key,
+                "config_revision": snap.revision,  # of the key's document serving, if any
                 "last_reload_error": reloads.last_error,
                 "reloads": {"success": reloads.successes, "error": reloads.failures},
             }

@@ -15,12 +15,12 @@ import click
 
 from . import __version__
 from .config import Config
-from .config_load import ConfigError, Loaded, load, log_file
+from .config_load import ConfigError, Document, Loaded, load, log_file
 
 
-def _load_or_exit(path: str) -> Loaded:
+def _load_or_exit(path: str, document: Document | None = None) -> Loaded:
     try:
-        return load(path)
+        return load(path, document)
     except ConfigError as e:
         for line in e.lines():
             click.echo(line, err=True)
@@ -35,11 +35,21 @@ def main() -> None:
 
 @main.command()
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
-def validate(path: str) -> None:
+@click.option("--etcd", "with_etcd", is_flag=True, help="also read etcd.config_key and check both")
+def validate(path: str, with_etcd: bool) -> None:
     """Parse, validate and compile FILE without binding ports."""
     from .compile import compile_snapshot, unsupported, warnings
 
     loaded = _load_or_exit(path)
+    key = loaded.config.etcd.config_key if loaded.config.etcd is not None else None
+    if key is not None and with_etcd:
+        try:
+            document = asyncio.run(_read_document(loaded))
+        except Exception as e:
+            click.echo(f"{path}: etcd.config_key: cannot read {key}: {e}", err=True)
+            sys.exit(2)
+        if document is not None:
+            loaded = _load_or_exit(path, document)
     try:
         compile_snapshot(loaded)
     except (ValueError, OSError) as e:
@@ -48,10 +58,90 @@ def validate(path: str) -> None:
     cfg = loaded.config
     for p in [*unsupported(cfg), *warnings(cfg)]:
         click.echo(f"{path}: {p.path}: warning: {p.message}", err=True)
+    if key is not None:
+        what = (
+            f"merged with {key} at revision {loaded.document.revision}"
+            if loaded.document is not None
+            else f"the file alone, without {key}" + ("" if with_etcd else " (--etcd reads it)")
+        )
+        click.echo(f"{path}: checked {what}")
     click.echo(
         f"{path}: ok: {len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams, "
         f"{len(cfg.rate_limits)} rate-limit policies"
     )
+
+
+async def _read_document(loaded: Loaded) -> Document | None:
+    from .discovery.build import etcd_client
+
+    cfg = loaded.config
+    assert cfg.etcd is not None and cfg.etcd.config_key is not None
+    client = etcd_client(cfg, loaded.path.parent)
+    try:
+        _, value, mod_revision = await client.get(cfg.etcd.config_key)
+    finally:
+        await client.close()
+    if value is None:
+        return None
+    return Document(cfg.etcd.config_key, value.decode("utf-8", "replace"), mod_revision)
+
+
+@main.command()
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False))
+@click.argument("doc", type=click.Path(dir_okay=False))
+def push(path: str, doc: str) -> None:
+    """Validate DOC merged with FILE, then write DOC to etcd.config_key, only
+    if the key has not changed since it was read (exit 2 when it has)."""
+    loaded = _load_or_exit(path)
+    cfg = loaded.config
+    if cfg.etcd is None or cfg.etcd.config_key is None:
+        click.echo(f"{path}: etcd.config_key: push needs an [etcd] table with config_key",
+                   err=True)  # fmt: skip
+        sys.exit(1)
+    try:
+        text = open(doc, encoding="utf-8").read()  # noqa: SIM115
+    except (OSError, UnicodeDecodeError) as e:
+        click.echo(f"{doc}: (file): cannot read: {e}", err=True)
+        sys.exit(1)
+    key = cfg.etcd.config_key
+    sys.exit(asyncio.run(_push(loaded, path, key, doc, text)))
+
+
+async def _push(loaded: Loaded, path: str, key: str, doc: str, text: str) -> int:
+    """Read the key's revision, validate, write with a compare on it: the exit code."""
+    from .compile import compile_snapshot
+    from .discovery.build import etcd_client
+
+    client = etcd_client(loaded.config, loaded.path.parent)
+    try:
+        try:
+            revision, _, mod_revision = await client.get(key)
+        except Exception as e:
+            click.echo(f"{path}: etcd: cannot read {key}: {e}", err=True)
+            return 2
+        try:
+            merged = load(path, Document(doc, text, mod_revision))
+            compile_snapshot(merged)
+        except ConfigError as e:
+            for line in e.lines():
+                click.echo(line, err=True)
+            return 1
+        except (ValueError, OSError) as e:
+            click.echo(f"{doc}: (compile): {e}", err=True)
+            return 1
+        try:
+            written = await client.put_if_revision(key, text.encode(), mod_revision)
+        except Exception as e:
+            click.echo(f"{path}: etcd: cannot write {key}: {e}", err=True)
+            return 2
+    finally:
+        await client.close()
+    if written is None:
+        click.echo(f"{path}: etcd: {key} changed since it was read (revision {revision}): "
+                   "nothing written; read it again and retry", err=True)  # fmt: skip
+        return 2
+    click.echo(f"{key}: written at revision {written}")
+    return 0
 
 
 @main.command()

@@ -58,12 +58,16 @@ def unsupported(cfg: Config) -> list[Problem]:
     an outage waiting to happen.
     """
     out: list[Problem] = []
-    if cfg.etcd is not None and cfg.etcd.config_key is not None:
+    if (
+        cfg.etcd is not None
+        and cfg.etcd.config_key is not None
+        and (cfg.server.workers or os.cpu_count() or 1) > 1
+    ):
         out.append(
             Problem(
                 "etcd.config_key",
-                "a config shared through etcd is not supported by this version of pyproxyd "
-                "yet: the key would be ignored",
+                "with workers > 1 a config shared through etcd is not supported by this "
+                "version of pyproxyd yet; run one worker per instance",
             )
         )
     if (cfg.server.workers or os.cpu_count() or 1) > 1:
@@ -568,4 +572,6 @@ def compile_snapshot(
         file=str(loaded.path),
         loaded_at=time.time(),
         auth=AuthRuntime(auth.verifier, claim_routes=any(r.claims for r in cfg.routes)),
+        config_key=cfg.etcd.config_key if cfg.etcd is not None else None,
+        revision=loaded.document.revision if loaded.document is not None else None,
     )

@@ -736,9 +736,7 @@ class Config(Model):
     dns: DnsConfig = Field(
         default_factory=DnsConfig, description="the resolver of dns and dns_srv discovery"
     )
-    etcd: EtcdConfig | None = Field(
-        None, description="the etcd cluster of etcd discovery"
-    )
+    etcd: EtcdConfig | None = Field(None, description="the etcd cluster of etcd discovery")
 
 
 Problem = tuple[tuple[Any, ...], str]

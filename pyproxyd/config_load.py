@@ -26,10 +26,28 @@ class Problem:
     path: str
     message: str
     line: int | None = None
+    source: str | None = None  # where it is, when not the file (a document's key or name)
 
     def format(self, file: str) -> str:
         where = f" (line {self.line})" if self.line else ""
-        return f"{file}: {self.path}: {self.message}{where}"
+        return f"{self.source or file}: {self.path}: {self.message}{where}"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A TOML document whose tables replace the file's tables of the same
+    names: the one at etcd.config_key (`name` is the key), or the one
+    `pyproxyd push` is about to write (`name` is its path)."""
+
+    name: str
+    text: str
+    revision: int = 0  # the key's mod_revision; 0 for a document not read from etcd
+
+
+# The tables a document may bring; the rest of the config is the file's own
+# (listeners, admin, logging, the shared zone and etcd itself).
+DOCUMENT_TABLES = frozenset({"upstreams", "routes", "rate_limits", "consumers", "auth",
+                             "middlewares"})  # fmt: skip
 
 
 class ConfigError(Exception):
@@ -47,6 +65,7 @@ class Loaded:
     config: Config
     path: Path
     digest: str
+    document: Document | None = None  # the etcd document merged in, if any
 
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -79,33 +98,52 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def parse(text: str, file: str = "<config>") -> Config:
+def parse(text: str, file: str = "<config>", document: Document | None = None) -> Config:
     """Parse and validate TOML text; raise ConfigError listing every problem.
 
     Cross-references are checked on the raw data, so that they are reported
     together with the other problems rather than only once those are fixed.
-    Problems come in file order.
+    Problems come in file order. With a `document`, its tables replace the
+    file's, and their problems are named by the document.
     """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"line (\d+)", str(e))
-        raise ConfigError(
-            file, [Problem("(toml)", str(e), int(m.group(1)) if m else None)]
-        ) from None
-    locate = _Locator(text)
+    data = _toml(text, file)
+    brought: dict[str, Any] = {}
     problems: list[Problem] = []
+    if document is not None:
+        brought = _toml(document.text, document.name)
+        for name in list(brought):
+            if name not in DOCUMENT_TABLES:
+                del brought[name]
+                problems.append(Problem(name, "only the tables " + ", ".join(sorted(
+                    DOCUMENT_TABLES)) + " can come from a shared document", None,
+                    document.name))  # fmt: skip
+        data = {**data, **brought}
+    locate = _Locator(text)
+    locate_doc = _Locator(document.text) if document is not None else locate
     cfg, errs = _validate(data)
-    for err in errs:
-        loc = _clean_loc(err["loc"], data)
-        problems.append(Problem(dotted(loc), _message(dict(err)), locate(loc)))
-    for loc, msg in cross_check(data):
-        problems.append(Problem(dotted(loc), msg, locate(loc)))
+    found = [(_clean_loc(err["loc"], data), _message(dict(err))) for err in errs]
+    for loc, msg in [*found, *cross_check(data)]:
+        if document is not None and loc and loc[0] in brought:
+            problems.append(Problem(dotted(loc), msg, locate_doc(loc), document.name))
+        else:
+            problems.append(Problem(dotted(loc), msg, locate(loc)))
     if problems:
-        problems = sorted(_dedupe(problems), key=lambda p: (p.line is None, p.line or 0))
+        problems = sorted(
+            _dedupe(problems), key=lambda p: (p.source or "", p.line is None, p.line or 0)
+        )
         raise ConfigError(file, problems)
     assert cfg is not None
     return cfg
+
+
+def _toml(text: str, name: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ConfigError(
+            name, [Problem("(toml)", str(e), int(m.group(1)) if m else None)]
+        ) from None
 
 
 def _validate(data: dict[str, Any]) -> tuple[Config | None, list[Any]]:
@@ -137,7 +175,7 @@ def _validate(data: dict[str, Any]) -> tuple[Config | None, list[Any]]:
     return cfg, errors
 
 
-def load(path: str | Path) -> Loaded:
+def load(path: str | Path, document: Document | None = None) -> Loaded:
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -147,16 +185,18 @@ def load(path: str | Path) -> Loaded:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(str(path), [Problem("(file)", "not valid UTF-8")]) from None
-    cfg = parse(text, str(path))
+    cfg = parse(text, str(path), document)
     problems = _check_paths(cfg, p.resolve().parent, text)
     if problems:
         raise ConfigError(str(path), problems)
     digest = hashlib.sha256(raw)
+    if document is not None:  # a new revision is a new config, even with the same text
+        digest.update(b"\0doc %d\0" % document.revision + document.text.encode())
     for extra in _read_by_compile(cfg, p.resolve().parent):
         # A file the compile reads is part of the config: when only it changed,
         # the digest changes too, so a reload (SIGHUP) is not skipped as a no-op.
         digest.update(b"\0" + extra)
-    return Loaded(cfg, p.resolve(), digest.hexdigest())
+    return Loaded(cfg, p.resolve(), digest.hexdigest(), document)
 
 
 def log_file(cfg: Config, folder: Path) -> Path | None:

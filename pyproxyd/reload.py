@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import sdnotify
 from .compile import ZONE, compile_snapshot, unsupported
-from .config_load import ConfigError, Loaded, load, watched
+from .config_load import ConfigError, Document, Loaded, load, watched
 from .observe import metrics
 from .observe.logging import get_logger
 from .watch import watch
@@ -64,7 +64,9 @@ class ReloadTally:
         log.error(self._event("config_reload_failed"), file=file, errors=lines)
 
 
-async def candidate(path: str | Path, serving: Snapshot) -> tuple[Loaded, Snapshot] | None:
+async def candidate(
+    path: str | Path, serving: Snapshot, document: Document | None = None
+) -> tuple[Loaded, Snapshot] | None:
     """The next config, read and compiled off the event loop, for the single
     process and the supervisor alike; None when the files are byte-identical
     to the ones `serving` came from. Raises ConfigError, ValueError (a file
@@ -81,7 +83,7 @@ async def candidate(path: str | Path, serving: Snapshot) -> tuple[Loaded, Snapsh
     sys.setswitchinterval(0.0002)
     gc.disable()
     try:
-        loaded = await asyncio.to_thread(load, path)
+        loaded = await asyncio.to_thread(load, path, document)
         if loaded.digest == serving.digest:
             return None
         problems = unsupported(loaded.config)
@@ -109,6 +111,9 @@ class Reloader:
         self.holder = holder
         self.loaded = loaded  # the files the serving snapshot came from
         self.tally = ReloadTally(counted=counted)
+        # The shared document from etcd.config_key (fleet.py): every reload,
+        # a file edit's too, merges the last one read.
+        self.document: Document | None = loaded.document
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -120,6 +125,12 @@ class Reloader:
         task = asyncio.get_running_loop().create_task(self.reload())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def reload_document(self, document: Document | None) -> bool:
+        """A new shared document (None: the key is gone): reload with it."""
+        async with self._lock:
+            self.document = document
+        return await self.reload()
 
     async def reload(self) -> bool:
         """True when a new snapshot was installed.
@@ -140,7 +151,7 @@ class Reloader:
     async def _reload(self) -> bool:
         current = self.holder.current
         try:
-            found = await candidate(current.file, current)
+            found = await candidate(current.file, current, self.document)
         except (ConfigError, ValueError, OSError) as e:
             self.tally.failed(current.file, e)
             return False
@@ -149,7 +160,11 @@ class Reloader:
             return False
         self.loaded, new = found
         self.holder.swap(new)
-        self.tally.succeeded(current.file, digest=new.digest, routes=len(new.routes))
+        fields: dict[str, object] = {"digest": new.digest, "routes": len(new.routes)}
+        if new.revision is not None:
+            fields.update(config_key=new.config_key, revision=new.revision)
+            metrics.config_revision(new.revision)
+        self.tally.succeeded(current.file, **fields)
         return True
 
 

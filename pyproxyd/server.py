@@ -19,6 +19,8 @@ from .admin import Admin, local_upstreams, worker_app
 from .compile import compile_snapshot
 from .compiled import status as compiled_status
 from .config_load import Loaded
+from .discovery.build import etcd_client
+from .fleet import SharedConfig
 from .frontend.connection import Frontend
 from .observe.logging import AccessLog, get_logger
 from .proxy.handler import Proxy
@@ -97,6 +99,7 @@ class Gateway:
         self.worker_socket = worker_socket  # a worker's private admin (supervisor.py)
         self.reuse_port = reuse_port
         self._reloader: Reloader | None = None  # made by start()
+        self.shared: SharedConfig | None = None  # etcd.config_key's watch, made by start()
         self.holder: SnapshotHolder | None = None
         self.ready = False
         self.ports: list[int] = []
@@ -137,6 +140,11 @@ class Gateway:
         # A worker's reloads are its supervisor's to count (see ReloadTally).
         self._reloader = Reloader(self.holder, self.loaded, counted=self.worker_socket is None)
         self.holder.activate()  # health checkers; a reload's swap activates its snapshot
+        etcd = self.loaded.config.etcd
+        if etcd is not None and etcd.config_key is not None:
+            client = etcd_client(self.loaded.config, self.loaded.path.parent)
+            self.shared = SharedConfig(self._reloader, client, etcd.config_key, etcd.timeout)
+            self.shared.start()
         s = snap.server
         self.access_log = AccessLog()
         proxy = Proxy(self.holder, self.access_log)
@@ -214,6 +222,8 @@ class Gateway:
             return False, {"status": "draining"}
         if not discovery_ready(self.snapshot):
             return False, {"status": "waiting_for_discovery"}
+        if self.shared is not None and not self.shared.ready():
+            return False, {"status": "waiting_for_config_key"}
         return True, {"status": "ready"}
 
     def reloads(self) -> ReloadTally:
@@ -231,6 +241,8 @@ class Gateway:
             return Drained(0, 0)
         self.ready = False
         self.sampler.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         timeout = self.snapshot.server.graceful_timeout
         for server in self._servers:
             server.close()

@@ -170,6 +170,9 @@ class Snapshot:
     file: str
     loaded_at: float
     auth: AuthRuntime = NO_AUTH  # the JWT verifier, for the claims route predicate
+    # The shared document merged in from etcd.config_key: its key and revision.
+    config_key: str | None = None
+    revision: int | None = None
 
     def pools(self) -> Iterator[TargetPool]:
         for up in self.upstreams.values():

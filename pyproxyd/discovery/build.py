@@ -28,7 +28,7 @@ def source_maker(cfg: Config, folder: Path) -> SourceMaker:
         disc = up.discovery
         assert disc is not None
         if disc.etcd is not None:
-            from .etcd import EtcdSource
+            from .etcd_source import EtcdSource
 
             return Discovered(name, EtcdSource(etcd_client(cfg, folder), disc.etcd), wait)
         from .dns import DnsSource

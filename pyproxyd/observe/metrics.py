@@ -102,6 +102,17 @@ DISCOVERY_UPDATES = Counter(
 )  # fmt: skip
 
 
+CONFIG_REVISION = Gauge(
+    "pyproxyd_config_revision",
+    "The etcd revision of the shared config document serving",
+    multiprocess_mode="max",
+)
+
+
+def config_revision(revision: int) -> None:
+    CONFIG_REVISION.set(revision)
+
+
 def discovery_targets(upstream: str, count: int) -> None:
     DISCOVERY_TARGETS.labels(upstream).set(count)
 
