@@ -193,6 +193,8 @@ async def test_push_changes_every_instance_watching_the_key(
         doc.write_text(DOC.format(prefix="v1"))
         done = await asyncio.to_thread(push, cfg, doc)
         assert done.returncode == 0, done.stderr
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
         async with (
             gateway(tmp_path / "one", shared(etcd, a.url)) as one,
             gateway(tmp_path / "two", shared(etcd, a.url)) as two,
