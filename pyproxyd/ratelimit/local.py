@@ -17,11 +17,15 @@ ways, both O(1) per request:
 A key state is one float for the buckets and a list of floats for the
 sliding window, so 1,000,000 distinct keys fit in a few hundred MiB at
 most (scripts/bench/ratelimit_rss.py measures it).
+
+`BucketPath` is the other store's request path: the shared zone's buckets
+(pyproxyd/shm/limits.py), compiled here with the rest of the request path.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from .algorithms import Algorithm, Decision, SlidingWindow
@@ -86,3 +90,67 @@ class LocalStore:
         while len(states) > self.max_keys:
             states.popitem(last=False)
             self.evicted += 1
+
+
+Take = Callable[[str, Algorithm, float], tuple[Decision, Any]]
+
+
+class BucketPath:
+    """The request path of a shared store's buckets (pyproxyd/shm/limits.py),
+    compiled here with the rest of the request path (the shm modules are not).
+
+    For a key whose bucket sits where it sat last time: lock, one read, the
+    decision, one write, unlock. The store hands in all it knows of the zone:
+    `places` (key -> [fp, bucket, mutex, slot or -1]), the mapping, its slot
+    calls (`read(mm, slot)` -> fp, touched, dirty, count, state; `write(mm,
+    slot + write_at, touched, dirty, count, state)`; `free(slot)`), its lock
+    calls, and `claim` for any other case, called under the lock (`miss` for
+    a key not in `places`, without it).
+    """
+
+    __slots__ = (
+        "claim", "free", "lock", "miss", "mm", "places", "read", "taken", "unlock", "write",
+        "write_at",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        places: dict[str, list[Any]],
+        mm: Any,
+        slot: tuple[Callable[..., Any], Callable[..., Any], int, Callable[[int], None]],
+        locks: tuple[Callable[[Any], int], Callable[[Any], None], Callable[[Any, int], None]],
+        claim: Callable[[list[Any], Algorithm, float], tuple[Decision, Any]],
+        miss: Take,
+    ) -> None:
+        self.places = places
+        self.mm = mm
+        self.read, self.write, self.write_at, self.free = slot
+        self.lock, self.unlock, self.taken = locks
+        self.claim = claim
+        self.miss = miss
+
+    def __call__(self, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
+        where = self.places.get(key)
+        if where is None:
+            return self.miss(key, algo, now)
+        mutex = where[2]
+        slot: int = where[3]
+        got = self.lock(mutex)
+        if got:
+            self.taken(mutex, got)
+        try:
+            if slot >= 0:
+                mm = self.mm
+                fp, touched, dirty, count, tat = self.read(mm, slot)
+                if fp == where[0] and count and not dirty:
+                    if touched > now:
+                        now = touched
+                    decision, state = algo.decide(tat, now)
+                    if state is None:
+                        self.free(slot)
+                    else:  # dirty and count as they were
+                        self.write(mm, slot + self.write_at, now, 0, count, state)
+                    return decision, now
+            return self.claim(where, algo, now)
+        finally:
+            self.unlock(mutex)

@@ -13,25 +13,33 @@ config with the same settings share one; another name starts afresh.
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ..resilience.breaker import Breaker
 from ..upstream.health import TargetHealth
-from .zone import PAYLOAD_AT, RESILIENCE, Zone, key_hash, slot_struct
+from .zone import (
+    PAYLOAD_AT,
+    RESILIENCE,
+    Zone,
+    key_hash,
+    lock_mutex,
+    mutex_unlock,
+    native,
+    slot_struct,
+)
 
 BREAKER = "qd6i"  # generation, expiry, state, five counts
 PASSIVE = "qqd"  # fails, ejected, ejected_until
 
 
 class Record:
-    __slots__ = ("_base", "_fmt", "_fp", "_off", "_slot", "_table", "_zone", "tag")
+    __slots__ = ("_base", "_fmt", "_fp", "_mutex", "_off", "_slot", "_table", "_zone", "tag")
 
     def __init__(self, zone: Zone, tag: str, fields: str) -> None:
         table = zone.tables[RESILIENCE]
-        fmt = struct.Struct("<" + fields)
+        fmt = native(fields)
         assert fmt.size <= table.payload
         h = key_hash(tag.encode())
         self.tag = tag
@@ -41,6 +49,7 @@ class Record:
         self._slot = slot_struct(fields)
         self._fp = h | 1
         self._base = table.bucket(h)
+        self._mutex = zone.mutex(self._base)
         self._off = -1
 
     def __repr__(self) -> str:
@@ -48,11 +57,11 @@ class Record:
 
     def acquire(self) -> Any:
         zone = self._zone
-        zone.lock(self._base)
+        lock_mutex(self._mutex)
         try:
             off, _touched, count, _evicted = self._table.claim(zone.mm, self._base, self._fp, 0.0)
         except BaseException:
-            zone.unlock(self._base)
+            mutex_unlock(self._mutex)
             raise
         self._off = off
         return self._fmt.unpack_from(zone.mm, off + PAYLOAD_AT) if count else None
@@ -62,18 +71,18 @@ class Record:
         try:
             zone.write(self._off, self._fp, time.monotonic(), self._slot, *fields)
         finally:
-            zone.unlock(self._base)
+            mutex_unlock(self._mutex)
 
     def read(self) -> Any:
         zone = self._zone
-        zone.lock(self._base)
+        lock_mutex(self._mutex)
         try:
             off, _touched, count = self._table.find(zone.mm, self._base, self._fp)
             if off < 0 or not count:
                 return None
             return self._fmt.unpack_from(zone.mm, off + PAYLOAD_AT)
         finally:
-            zone.unlock(self._base)
+            mutex_unlock(self._mutex)
 
 
 def share_breaker(zone: Zone, make: Callable[[], Breaker]) -> Breaker:

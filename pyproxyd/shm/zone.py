@@ -7,7 +7,8 @@ name in any folder, so a clean stop, a killed worker or a SIGKILLed
 supervisor leave nothing behind: the kernel frees the memory when the last
 process holding it exits.
 
-Layout (all little-endian, fixed at creation from the size alone):
+Layout (fixed at creation from the size alone; native byte order, as the
+zone never leaves its host, and no padding: every field sits where this says):
 
     header   4 KiB: magic, size
     locks    STRIPES robust mutexes, 64 bytes apart
@@ -41,7 +42,7 @@ import hashlib
 import mmap
 import os
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 ENV = "PYPROXYD_ZONE_FD"
 MAGIC = b"pyproxyd-zone-1\0"
@@ -50,11 +51,22 @@ WAYS = 8
 DEFAULT_SIZE = 16 * 1024 * 1024
 MIN_SIZE = 1024 * 1024
 
-SLOT_HEAD = struct.Struct("<QdII")  # fp, touched, dirty, count
+
+def native(fmt: str) -> struct.Struct:
+    """A Struct of `fmt` in native order: a float or an integer is one whole store
+    (the standard sizes pack a float byte by byte, which a kill can cut short).
+    Its fields sit where the standard (packed) layout puts them: no padding."""
+    got = struct.Struct("@" + fmt)
+    if got.size != struct.calcsize("<" + fmt):
+        raise ValueError(f"{fmt!r} would be padded in native order")
+    return got
+
+
+SLOT_HEAD = native("QdII")  # fp, touched, dirty, count
 PAYLOAD_AT = SLOT_HEAD.size  # 24
 _DIRTY_AT = 16
-_DIRTY = struct.Struct("<I")
-_HEADER = struct.Struct("<16sQ")
+_DIRTY = native("I")
+_HEADER = native("16sQ")
 STRIPES = 4096  # mutexes: two buckets share one with odds of 1 in 4096
 _MUTEX_SIZE = 64  # sizeof(pthread_mutex_t) is 40 on 64-bit glibc and musl; a cache line each
 LOCKS_SIZE = STRIPES * _MUTEX_SIZE
@@ -63,14 +75,21 @@ _PTHREAD_MUTEX_ROBUST = 1
 
 # PyDLL: the calls keep the GIL. A CDLL call releases and retakes it, and any
 # other thread of the worker waiting for it would run in between, mid-decision.
-_libc = ctypes.PyDLL(None, use_errno=True)
-_mutex_lock = _libc.pthread_mutex_lock
-_mutex_trylock = _libc.pthread_mutex_trylock
-_mutex_unlock = _libc.pthread_mutex_unlock
-_mutex_consistent = _libc.pthread_mutex_consistent
-for _fn in (_mutex_lock, _mutex_trylock, _mutex_unlock, _mutex_consistent):
-    _fn.argtypes = [ctypes.c_void_p]
+# No use_errno: the pthread calls return their error, and saving and restoring
+# errno around each call costs a quarter of what the call does.
+_libc = ctypes.PyDLL(None)
+# The lock calls take a mutex as a ready-made C pointer argument (a ctypes byref,
+# from Zone.mutex), which ctypes passes as it is: a call makes no conversion
+# object (a third cheaper than argtypes = [c_void_p] and an int address). So they
+# have no argtypes, and an int must never be passed to them (it would go as a
+# 32-bit C int).
+_mutex_lock = _libc["pthread_mutex_lock"]  # [] makes a function object of our own
+_mutex_trylock = _libc["pthread_mutex_trylock"]
+_mutex_unlock = _libc["pthread_mutex_unlock"]
+_mutex_consistent = _libc["pthread_mutex_consistent"]
+for _fn in (_mutex_lock, _mutex_trylock, _mutex_consistent):
     _fn.restype = ctypes.c_int
+_mutex_unlock.restype = None  # never looked at: it cannot fail on a mutex we hold
 
 # Sliding-window logs hold at most this many timestamps a key, by size class.
 LOG_CAPS = (16, 128, 1024, 8192)
@@ -95,7 +114,7 @@ LIMITS, RESILIENCE = 0, 1
 
 def slot_struct(payload: str) -> struct.Struct:
     """A whole slot (head and payload) for one pack: `payload` in struct's format, no prefix."""
-    return struct.Struct("<QdII" + payload)
+    return native("QdII" + payload)
 
 
 def key_hash(data: bytes) -> int:
@@ -116,7 +135,7 @@ class Table:
         self.bucket_size = self.slot_size * WAYS
         self.end = offset + self.bucket_size * nbuckets
         # One unpack reads every slot's fp, touched and dirty word of a bucket.
-        self._scan = struct.Struct("<" + f"QdI{self.slot_size - 20}x" * WAYS)
+        self._scan = native(f"QdI{self.slot_size - 20}x" * WAYS)
 
     def __repr__(self) -> str:
         return f"<Table @{self.offset} {self.nbuckets}x{WAYS} slots of {self.slot_size} B>"
@@ -194,7 +213,7 @@ def layout(size: int) -> tuple[Table, ...]:
 class Zone:
     """One process's view of the zone: its descriptor and mapping."""
 
-    __slots__ = ("_locks", "_view", "fd", "mm", "size", "tables")
+    __slots__ = ("_lock_array", "_locks", "fd", "mm", "size", "tables")
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
@@ -202,10 +221,13 @@ class Zone:
         self.tables = layout(size)
         length = max(size, self.tables[-1].end)
         self.mm = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        # The mutexes' addresses in this process (the mapping is at another address
-        # in each process; a process-shared mutex works at any of them).
-        self._view = (ctypes.c_char * LOCKS_SIZE).from_buffer(self.mm, HEADER_SIZE)
-        self._locks = ctypes.addressof(self._view)
+        # The mutexes' address in this process (the mapping is at another address
+        # in each process; a process-shared mutex works at any of them). The view
+        # that finds it is let go at once, so that close() can unmap.
+        view = (ctypes.c_char * LOCKS_SIZE).from_buffer(self.mm, HEADER_SIZE)
+        self._locks = ctypes.addressof(view)
+        del view
+        self._lock_array = (ctypes.c_char * LOCKS_SIZE).from_address(self._locks)
 
     def _init_locks(self) -> None:
         attr = ctypes.create_string_buffer(64)  # pthread_mutexattr_t is 4 bytes; room to spare
@@ -213,7 +235,7 @@ class Zone:
         _check(_libc.pthread_mutexattr_setpshared(attr, _PTHREAD_PROCESS_SHARED))
         _check(_libc.pthread_mutexattr_setrobust(attr, _PTHREAD_MUTEX_ROBUST))
         for i in range(STRIPES):
-            _check(_libc.pthread_mutex_init(ctypes.c_void_p(self._locks + i * _MUTEX_SIZE), attr))
+            _check(_libc.pthread_mutex_init(ctypes.byref(self._lock_array, i * _MUTEX_SIZE), attr))
         _libc.pthread_mutexattr_destroy(attr)
 
     def __repr__(self) -> str:
@@ -248,32 +270,31 @@ class Zone:
             raise
 
     def close(self) -> None:
-        del self._view  # the mapping cannot close while ctypes holds a view of it
+        """Unmap (a store or record of this zone must not be used after)."""
         self.mm.close()
         os.close(self.fd)
 
     # -- locks: held only for the few instructions of one decision ------------
 
-    def _mutex(self, at: int) -> int:
-        """The address of the mutex that guards the bucket at offset `at`."""
-        return self._locks + (at >> 9) % STRIPES * _MUTEX_SIZE
+    def mutex(self, at: int) -> Any:
+        """The mutex that guards the bucket at offset `at`, as a C pointer argument
+        for mutex_lock, mutex_unlock and lock_mutex (a caller that locks one
+        bucket again and again keeps it)."""
+        return ctypes.byref(self._lock_array, (at >> 9) % STRIPES * _MUTEX_SIZE)
 
     def lock(self, at: int) -> None:
-        mutex = self._mutex(at)
-        got = _mutex_lock(mutex)
-        if got:
-            _taken(mutex, got)
+        lock_mutex(self.mutex(at))
 
     def unlock(self, at: int) -> None:
-        _mutex_unlock(self._mutex(at))
+        _mutex_unlock(self.mutex(at))
 
     def held(self, at: int) -> bool:
         """Whether another process holds the lock of `at` now (for tests and the operator)."""
-        mutex = self._mutex(at)
+        mutex = self.mutex(at)
         got = _mutex_trylock(mutex)
         if got == errno.EBUSY:
             return True
-        _taken(mutex, got)
+        taken(mutex, got)
         _mutex_unlock(mutex)
         return False
 
@@ -295,7 +316,21 @@ def _check(result: int) -> None:
         raise OSError(result, os.strerror(result))
 
 
-def _taken(mutex: int, result: int) -> None:
+# The bare C calls, for a caller that locks one bucket again and again (its
+# mutex from Zone.mutex): `got = mutex_lock(m)`, then `if got: taken(m, got)`;
+# and `mutex_unlock(m)`. One Python call fewer than lock_mutex.
+mutex_lock = _mutex_lock
+mutex_unlock = _mutex_unlock
+
+
+def lock_mutex(mutex: Any) -> None:
+    """Lock `mutex` (from Zone.mutex)."""
+    got = _mutex_lock(mutex)
+    if got:
+        taken(mutex, got)
+
+
+def taken(mutex: Any, result: int) -> None:
     """After a lock call that did not return 0: ours all the same, or raise."""
     if result == errno.EOWNERDEAD:
         # Its holder died holding it. The slot it was writing, if any, is marked

@@ -11,7 +11,7 @@ script's port) and wrk (proxy_bench.wrk) on core 0:
   limit-w2    server.workers = 2, + a local token_bucket keyed by ip,
               1000000/s with a burst of 1000000 (never refuses: the cost of
               deciding), kept in the shared zone (pyproxyd/shm): per request a
-              hash, a bucket lock (fcntl), a load and a store
+              bucket lock (a robust mutex), a load and a store
   plain-w1    server.workers = 1, the route alone
   limit-w1    server.workers = 1, + the same limit, in the process (LocalStore)
 

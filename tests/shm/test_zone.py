@@ -22,6 +22,7 @@ from pyproxyd.shm.zone import (
     Zone,
     key_hash,
     layout,
+    native,
     slot_struct,
 )
 
@@ -138,3 +139,9 @@ def test_attach_opens_its_own_description_and_checks_the_magic(zone: Zone) -> No
 def test_a_memfd_zone_has_no_name_to_leave_behind(zone: Zone) -> None:
     target = os.readlink(f"/proc/self/fd/{zone.fd}")
     assert target.startswith("/memfd:pyproxyd-zone")
+
+
+def test_a_format_that_native_order_would_pad_is_refused() -> None:
+    assert native("QdIId").size == 32  # the fields where the standard layout puts them
+    with pytest.raises(ValueError):
+        native("Id")  # a double after an int would be moved 4 bytes on
