@@ -9,7 +9,7 @@
 # Works from any directory and on a fresh Debian machine: it creates .venv
 # (python3.11, or python3 when that is 3.11 or newer), installs the project
 # with its test extras, and, when run as root, installs the system packages
-# the tests use (redis-server, wrk, promtool, chromium) if they are missing.
+# the tests use (redis-server, etcd, wrk, promtool, chromium) if they are missing.
 # Exits non-zero when any step fails; every check runs even when an earlier
 # one failed.
 #
@@ -100,7 +100,7 @@ setup_venv() {
 install_system_packages() {
   local missing=() cmd pkg
   for pair in redis-server:redis-server wrk:wrk openssl:openssl promtool:prometheus chromium:chromium \
-    chromedriver:chromium-driver; do
+    chromedriver:chromium-driver etcd:etcd-server etcdctl:etcd-client; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
