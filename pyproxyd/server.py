@@ -19,7 +19,7 @@ from .admin import Admin, local_upstreams, worker_app
 from .compile import compile_snapshot
 from .compiled import status as compiled_status
 from .config_load import Loaded
-from .discovery.build import etcd_client
+from .discovery.build import close_clients, etcd_client
 from .fleet import SharedConfig
 from .frontend.connection import Frontend
 from .observe.logging import AccessLog, get_logger
@@ -271,6 +271,7 @@ class Gateway:
             close = getattr(obj, "aclose", None)
             if close is not None and not isinstance(obj, TargetPool):
                 await close()
+        await close_clients()
         self.access_log.flush()
         self.proxy.metrics.flush()
         for runner in (self._admin, self._worker_admin):

@@ -47,6 +47,14 @@ def source_maker(cfg: Config, folder: Path) -> SourceMaker:
 _clients: dict[tuple[Any, ...], Any] = {}
 
 
+async def close_clients() -> None:
+    """At a gateway's stop: its loop ends, and a client's session with it."""
+    clients = list(_clients.values())
+    _clients.clear()
+    for client in clients:
+        await client.close()
+
+
 def etcd_client(cfg: Config, folder: Path) -> Any:
     """The process's client for these etcd settings (made once, shared)."""
     from .etcd import EtcdClient
