@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness.etcd_server import EtcdAdmin, EtcdMember, etcd_member
 
 from harness.backends import Backend
+from harness.etcd_server import EtcdAdmin, EtcdMember, etcd_member
 from harness.gateway import config, gateway, url
 from pyproxyd.server import Gateway
 
