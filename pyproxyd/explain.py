@@ -107,6 +107,16 @@ def explain_request(
         lines.append("upstream: none (a middleware answers)")
     elif route.upstream is not None:
         targets = ", ".join(t.label for t in route.upstream.targets)
+        source = next(
+            (
+                obj.source.name
+                for key, obj in snap.state.items()
+                if isinstance(key, tuple) and key[:2] == ("discovery", route.upstream.name)
+            ),
+            None,
+        )
+        if source is not None:  # explain runs no source: its targets are not known here
+            targets = f"discovered: {source}"
         lines.append(f"upstream: {route.upstream.name} ({targets})")
     elif route.split is not None:
         split = route.split
