@@ -1,4 +1,4 @@
-"""Consistent target hashing (weighted rendezvous) for ip_hash and hash:<key>."""
+"""Consistent target hashing (rendezvous over a bucket table) for ip_hash and hash:<key>."""
 
 from __future__ import annotations
 
@@ -92,8 +92,38 @@ def test_same_key_same_target_and_keyless_falls_back_to_weighted_random() -> Non
 
 def test_duplicate_urls_get_their_own_share() -> None:
     ids = [URLS[0], URLS[0]]
-    counts = Counter(Rendezvous([1, 1], ids).choose_key(k) for k in KEYS[:20_000])
+    r = Rendezvous([1, 1], ids)  # built once: a build fills the whole bucket table
+    counts = Counter(r.choose_key(k) for k in KEYS[:20_000])
     assert abs(counts[0] / 20_000 - 0.5) < 0.02
+
+
+BIG = [f"http://10.{i >> 8}.{i & 255}.1:8080" for i in range(1000)]
+
+
+def test_one_of_1000_targets_leaving_remaps_only_its_keys() -> None:
+    before = assign(Rendezvous([1] * 1000, BIG), BIG)
+    gone = BIG[500]
+    rest = BIG[:500] + BIG[501:]
+    after = assign(Rendezvous([1] * 999, rest), rest)
+    moved = [i for i in range(N_KEYS) if before[i] != after[i]]
+    assert moved and all(before[i] == gone for i in moved)
+    assert moved == [i for i in range(N_KEYS) if before[i] == gone]  # and all of its keys
+    assert 0.0005 < len(moved) / N_KEYS < 0.002  # its share, 1/1,000 (65,537 buckets)
+    # its ~65 buckets (~1.5 of these keys each) go each to its own next best: spread
+    assert len({after[i] for i in moved}) > 30
+
+
+def test_1000_targets_share_keys_by_weight_and_skip_is_removal() -> None:
+    weights = [1 + 2 * (i % 2) for i in range(1000)]  # 1, 3, 1, 3, ...
+    r = Rendezvous(weights, BIG)
+    got = assign(r, BIG, n=40_000)
+    heavy = sum(1 for u in got if int(u.split(".")[2]) % 2) / 40_000
+    assert abs(heavy - 0.75) < 0.01
+    assert all(c < 40_000 * 3 / 2000 * 2 for c in Counter(got).values())  # none hoards
+    skip = frozenset({3, 10})
+    rest = [u for i, u in enumerate(BIG) if i not in skip]
+    without = Rendezvous([w for i, w in enumerate(weights) if i not in skip], rest)
+    assert assign(r, BIG, skip, n=40_000) == assign(without, rest, n=40_000)
 
 
 class Req:
