@@ -366,16 +366,18 @@ class Rendezvous:
         self.live = [i for i, w in enumerate(self.weights) if w > 0]
         # Equal weights: -ln(1 - u) / w orders the targets as u does; skip the log.
         self.equal = len({self.weights[i] for i in self.live}) <= 1
-        self.table: list[int] = self._build(steps) if self.live else []
+        # A few targets are scored per pick (cheaper than building the table on
+        # every compile); the table gives the very same owner for each bucket.
+        self.table: list[int] = self._build(steps) if len(self.live) > _DIRECT else []
 
     def choose(self, skip: Container[int] = _NOTHING) -> int | None:
         return self.fallback.choose(skip)
 
     def choose_key(self, key: int, skip: Container[int] = _NOTHING) -> int | None:
         table = self.table
-        if not table:
-            return None
         b = key % _M
+        if not table:
+            return self._score(b, skip)  # (None when no target has a weight)
         owner = table[b]
         if not skip or owner not in skip:
             return owner
@@ -438,6 +440,7 @@ class Rendezvous:
         return table
 
 
+_DIRECT = 16  # up to this many targets, no table
 _M = 65537  # buckets: a prime (a step is then a permutation), >> 1,000 targets
 _INF = float("inf")
 _SALT_OFFSET = 0x6F66667365742121

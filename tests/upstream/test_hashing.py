@@ -159,3 +159,26 @@ def test_upstream_pick_with_a_client_key() -> None:
 def test_ip_hash_uses_the_client_address() -> None:
     up = _upstream("ip")
     assert up.target_key(Req({}), None, "10.0.0.7") == stable_hash("10.0.0.7", TARGET)
+
+
+def test_the_table_and_direct_scoring_give_the_same_owner() -> None:
+    # Few targets are scored per pick, many are looked up in a table built
+    # once: both must name the very same owner for every key.
+    import random as _random
+
+    from pyproxyd.upstream.balance import Rendezvous
+
+    rng = _random.Random(7)
+    urls = [f"http://10.0.0.{i}:80" for i in range(40)]
+    weights = [rng.randint(1, 5) for _ in urls]
+    big = Rendezvous(weights, urls)
+    assert big.table  # 40 targets: the table
+    for _ in range(3000):
+        key = rng.getrandbits(64)
+        assert big.choose_key(key) == big._score(key % 65537, ())
+    small = Rendezvous(weights[:8], urls[:8])
+    assert not small.table
+    whole = Rendezvous(weights[:8] + [0] * 32, urls)  # the same 8 live, 32 weightless
+    for _ in range(3000):
+        key = rng.getrandbits(64)
+        assert small.choose_key(key) == whole.choose_key(key)
