@@ -24,6 +24,7 @@ class PoolSampler:
     def __init__(self) -> None:
         self._opened: dict[int, int] = {}
         self._transitions: dict[tuple[int, int, int], int] = {}
+        self._spent: dict[int, float] = {}  # id(chain) -> its seconds at the last sample
         self._task: asyncio.Task[None] | None = None
         self.flushers: list[Callable[[], None]] = []  # batched per-request tallies
 
@@ -34,6 +35,15 @@ class PoolSampler:
             export = getattr(obj, "export", None)
             if export is not None:
                 export()
+        spent: dict[int, float] = {}
+        for route in snap.routes:  # time in middlewares, summed on each route's chain
+            chain = route.chain
+            if chain is not None:
+                total = spent[id(chain)] = chain.spent
+                delta = total - self._spent.get(id(chain), 0.0)
+                if delta > 0:
+                    metrics.MIDDLEWARE_TIME.labels(route.id).inc(delta)
+        self._spent = spent  # chains of older snapshots are forgotten
         now = asyncio.get_running_loop().time()  # the clock breakers and health use
         for up in snap.upstreams.values():
             breaker = up.breaker

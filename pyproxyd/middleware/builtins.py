@@ -14,10 +14,12 @@ from .views import Pairs, Reply, RequestView, ResponseView
 class HeaderEdit:
     """One direction's changes: remove (and the names set), then set, then add."""
 
-    __slots__ = ("added", "drop", "fixed", "fixed_raw")
+    __slots__ = ("added", "drop", "fixed", "fixed_raw", "lengths")
 
     def __init__(self, ops: HeaderOps) -> None:
         self.drop = frozenset(n.lower().encode() for n in [*ops.remove, *ops.set])
+        # A name of another length cannot match: most are passed without lower().
+        self.lengths = frozenset(len(n) for n in self.drop)
         # set and add both append once the names set are gone; set first.
         added = [
             (name.encode("latin-1"), Template(value))
@@ -41,10 +43,12 @@ class HeaderEdit:
         drop = self.drop
         if drop:
             # In place, from the end: nothing is allocated when no name matches.
+            lengths = self.lengths
             i = len(pairs)
             while i:
                 i -= 1
-                if pairs[i][0].lower() in drop:
+                name = pairs[i][0]
+                if len(name) in lengths and name.lower() in drop:
                     del pairs[i]
         fixed = self.fixed
         if fixed is not None:

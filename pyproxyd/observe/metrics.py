@@ -136,7 +136,7 @@ class RequestMetrics:
     the two agree).
     """
 
-    __slots__ = ("_bytes", "_durations", "_middleware", "_requests", "_upstream", "in_flight")
+    __slots__ = ("_bytes", "_durations", "_requests", "_upstream", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -144,7 +144,6 @@ class RequestMetrics:
         self._durations: dict[tuple[str, str], list[float]] = {}
         self._upstream: dict[str, list[float]] = {}
         self._bytes: dict[str, list[int]] = {}
-        self._middleware: dict[str, float] = {}
 
     def bytes(self, route: str, received: int, sent: int) -> None:
         pair = self._bytes.get(route)
@@ -160,10 +159,8 @@ class RequestMetrics:
         tally[0] += seconds
         tally[bisect_left(BUCKETS, seconds) + 1] += 1
 
-    def middleware(self, route: str, seconds: float, failed: str | None) -> None:
-        self._middleware[route] = self._middleware.get(route, 0.0) + seconds
-        if failed is not None:  # rare: straight to the counter
-            MIDDLEWARE_ERRORS.labels(route, failed).inc()
+    def middleware_failed(self, route: str, middleware: str) -> None:
+        MIDDLEWARE_ERRORS.labels(route, middleware).inc()  # rare: straight to the counter
 
     def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
         key = (route, upstream, status)
@@ -186,9 +183,6 @@ class RequestMetrics:
         times, self._upstream = self._upstream, {}
         for name, tally in times.items():
             _add_tally(UPSTREAM_TIME.labels(name), tally)
-        spent, self._middleware = self._middleware, {}
-        for route, seconds in spent.items():
-            MIDDLEWARE_TIME.labels(route).inc(seconds)
         sizes, self._bytes = self._bytes, {}
         for route, (received, sent) in sizes.items():
             if received:

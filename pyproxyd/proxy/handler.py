@@ -236,7 +236,10 @@ class Proxy:
             metrics.bytes(route, request.received, request.sent)
         call = ex.call
         if call is not None:
-            metrics.middleware(route, call.spent, call.failed)
+            chain: Chain = call.chain
+            chain.spent += call.spent
+            if call.failed is not None:
+                metrics.middleware_failed(route, call.failed)
         if snap.logging.access_log:  # read per request: a reload may switch it
             try:
                 self.access_log.request(request.method, ex, elapsed * 1000.0)
