@@ -68,7 +68,6 @@ class Discovered:
         self.instances: list[Found] | None = None  # None until the source answers
         self.changed_at: float | None = None  # wall clock of the last applied change
         self.failing = False
-        self.updates = 0
         self._started = time.monotonic()
         # (upstream, its build, the cache keys its targets use)
         self._attached: list[tuple[Upstream, Build, set[tuple[Any, ...]]]] = []
@@ -139,7 +138,6 @@ class Discovered:
         first = self.instances is None
         self.instances = new
         self.changed_at = time.time()
-        self.updates += 1
         self._rebuild()
         discovery_update(self.upstream, "applied", len(new))
         log.info(

@@ -172,15 +172,7 @@ class Chain:
                 hook = step.on_response
                 if hook is None:
                     continue
-                resp.at = i
-                try:
-                    result = hook(view, resp)
-                except errors.GatewayError:
-                    view.depth = i
-                    raise
-                except Exception as exc:
-                    view.depth = i
-                    raise failed(step, view, exc) from exc
+                result = _call_out(step, hook, i, view, resp)
                 if result is not None and isawaitable(result):
                     _discard(result)
                     view.depth = i
@@ -201,15 +193,7 @@ class Chain:
                 hook = step.on_response
                 if hook is None:
                     continue
-                resp.at = i
-                try:
-                    result = hook(view, resp)
-                except errors.GatewayError:
-                    view.depth = i
-                    raise
-                except Exception as exc:
-                    view.depth = i
-                    raise failed(step, view, exc) from exc
+                result = _call_out(step, hook, i, view, resp)
                 if result is not None and isawaitable(result):
                     try:
                         await self._awaited(step, view, result)
@@ -246,6 +230,20 @@ def _lazy(steps: tuple[Step, ...]) -> bool:
             return False
         added = added | step.adds
     return True
+
+
+def _call_out(step: Step, hook: ResponseHook, i: int, view: RequestView, resp: ResponseView) -> Any:
+    """One on_response; on a fault view.depth stays at this step, so the
+    500 that follows passes only the steps outside it."""
+    resp.at = i
+    try:
+        return hook(view, resp)
+    except errors.GatewayError:
+        view.depth = i
+        raise
+    except Exception as exc:
+        view.depth = i
+        raise failed(step, view, exc) from exc
 
 
 def _reply(step: Step, view: RequestView, result: Any) -> Reply:

@@ -180,8 +180,7 @@ def outgoing(ex: RequestInfo, resp: ResponseView) -> tuple[ResponseView, bytes |
             chain.leave(call, resp)
             return resp, failure
         except GatewayError as err:  # call.depth is at the failing step: the outer ones follow
-            failure = errors.render(err, ex.request_id)
-            resp = ResponseView(err.status, _error_headers(err, ex))
+            resp, failure = _replacement(err, ex)
 
 
 async def outgoing_async(ex: RequestInfo, resp: ResponseView) -> tuple[ResponseView, bytes | None]:
@@ -194,8 +193,12 @@ async def outgoing_async(ex: RequestInfo, resp: ResponseView) -> tuple[ResponseV
             await chain.leave_async(call, resp)
             return resp, failure
         except GatewayError as err:
-            failure = errors.render(err, ex.request_id)
-            resp = ResponseView(err.status, _error_headers(err, ex))
+            resp, failure = _replacement(err, ex)
+
+
+def _replacement(err: GatewayError, ex: RequestInfo) -> tuple[ResponseView, bytes]:
+    """A hook's fault: the error answer that replaces the response, and its body."""
+    return ResponseView(err.status, _error_headers(err, ex)), errors.render(err, ex.request_id)
 
 
 def _final(resp: ResponseView, status: int) -> tuple[Pairs, frozenset[bytes] | None, bytes]:
