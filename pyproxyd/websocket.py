@@ -18,6 +18,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from . import errors
 from .forwarding import filter_response_headers
+from .sockets import half_close
 from .upstream.connection import InvalidResponse, failure, response_status
 
 if TYPE_CHECKING:
@@ -87,8 +88,7 @@ class _UpstreamSide(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.eof = True
         if self.sink is not None and self.sink.can_write_eof() and not self.client_eof:
-            self.sink.write_eof()  # half-close travels on
-            return True
+            return half_close(self.sink)  # half-close travels on
         return False  # both directions are finished: close
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -236,7 +236,7 @@ async def _tunnel(
         if side.eof:
             client_lost()  # both directions are finished
         elif upstream.can_write_eof() and not upstream.is_closing():
-            upstream.write_eof()
+            half_close(upstream)
 
     def client_lost() -> None:
         if not done.done():

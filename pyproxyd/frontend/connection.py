@@ -31,6 +31,7 @@ from httptools import (
 from .. import errors, framing
 from ..errors import ClientGone
 from ..observe.logging import get_logger
+from ..sockets import half_close
 from ..tracing import new_id
 from .request import ClientRequest, RequestBody, reason_for, status_line
 
@@ -766,7 +767,8 @@ class ClientConnection(asyncio.Protocol):
         if self.secure or not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        if not half_close(transport):
+            return
         if self._paused:
             self._paused.clear()
             transport.resume_reading()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
+import struct
+import time
 from pathlib import Path
 
 import aiohttp
@@ -263,3 +266,23 @@ async def test_a_new_shared_zone_size_is_logged_as_needing_a_restart(tmp_path: P
     finally:
         await gw.stop()
         zone.close()
+
+
+async def test_stop_survives_a_client_reset_the_loop_has_not_read(tmp_path: Path) -> None:
+    """The CI failure of session 7: an idle keep-alive client sent RST just
+    before stop(); shutdown(SHUT_WR) on its socket raised ENOTCONN out of
+    stop(). The reset is sent while the loop is blocked, so the gateway has
+    not seen it when it drains."""
+    loop = asyncio.get_running_loop()
+    async with gateway(tmp_path, config(DEAD.format(port=free_port()))) as gw:
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", gw.ports[0]))
+        await loop.sock_sendall(client, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(loop.sock_recv(client, 65536), 5)
+        assert answer.startswith(b"HTTP/1.1 404")  # served, and now idle
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST
+        time.sleep(0.05)  # the RST lands; the loop does not run
+        drained = await gw.stop()
+        assert drained.cut == 0
