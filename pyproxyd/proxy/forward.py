@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import errors
 from ..errors import GatewayError
 from ..resilience.breaker import STATE_NAMES, Ticket
+from ..upstream.h2exchange import parse_grpc_timeout
+from ..upstream.h2exchange import send as h2_send
 from ..upstream.http1 import InFlight, UpstreamResponse, exchange
 from .interface import Request
 from .prepare import Plan
@@ -84,19 +86,49 @@ async def forward(
     first: First | None,
     metrics: RequestMetrics,
 ) -> None:
-    """The exchange and the relay of its answer, within the route's timeout."""
+    """The exchange and the relay of its answer, within the route's timeout
+    (or the client's grpc-timeout, when it is shorter)."""
     timeout = plan.timeout
+    call = Call()
+    if request.method == "POST":  # gRPC calls are POSTs: other requests skip the scans
+        call.inspect(request)
+        if call.grpc_timeout is not None:
+            timeout = call.grpc_timeout if timeout is None else min(timeout, call.grpc_timeout)
     if timeout is not None:  # the route's timeout covers the whole exchange
+        if call.grpc:
+            call.deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout(timeout):
-                await _forward(request, plan, ex, first, metrics)
+                await _forward(request, plan, ex, first, metrics, call)
         except TimeoutError:
             if request.started:
                 request.abort()
                 return
             raise errors.UpstreamTimeout(f"route timeout of {timeout:g}s passed") from None
         return
-    await _forward(request, plan, ex, first, metrics)
+    await _forward(request, plan, ex, first, metrics, call)
+
+
+class Call:
+    """What an HTTP/2 upstream needs to know of the client's request."""
+
+    __slots__ = ("deadline", "grpc", "grpc_timeout", "te_trailers")
+
+    def __init__(self) -> None:
+        self.grpc = False  # content-type application/grpc...
+        self.grpc_timeout: float | None = None  # the client's grpc-timeout, in seconds
+        self.deadline: float | None = None  # a gRPC call's: the upstream is told what is left
+        self.te_trailers = False  # the client takes trailers (or speaks gRPC)
+
+    def inspect(self, request: Request) -> None:
+        ctype = request.first_header("content-type")
+        self.grpc = ctype is not None and ctype.startswith("application/grpc")
+        te = request.first_header("te")
+        self.te_trailers = self.grpc or (te is not None and "trailers" in te.lower())
+        if self.grpc:
+            value = request.first_header("grpc-timeout")
+            if value is not None:
+                self.grpc_timeout = parse_grpc_timeout(value)
 
 
 async def _forward(
@@ -105,20 +137,21 @@ async def _forward(
     ex: RequestInfo,
     first: First | None,
     metrics: RequestMetrics,
+    call: Call,
 ) -> None:
     sent = perf_counter()
-    up = await send(request, plan, ex, first)
+    up = await send(request, plan, ex, first, call)
     metrics.upstream_answered(plan.upstream.name, perf_counter() - sent)
     try:
         if not relay_now(request, up, ex):
-            await relay(request, up, ex)
+            await relay(request, up, ex, call.te_trailers)
     except BaseException:
         up.abort()
         raise
 
 
 async def send(
-    request: Request, plan: Plan, ex: RequestInfo, first: First | None
+    request: Request, plan: Plan, ex: RequestInfo, first: First | None, call: Call | None = None
 ) -> UpstreamResponse:
     """Try targets until one answers, within what is safe to repeat.
 
@@ -154,7 +187,18 @@ async def send(
             target = upstream.targets[index]
         health = target.health
         try:
-            if began is not None and began.flight is not None:
+            h2 = target.pool.h2
+            up: UpstreamResponse
+            if h2 is not None:
+                up = await h2_send(
+                    h2,
+                    plan.head_for(target.host_header),
+                    plan.body,
+                    te_trailers=call is not None and call.te_trailers,
+                    grpc_deadline=call.deadline if call is not None else None,
+                    read_timeout=upstream.read_timeout,
+                )
+            elif began is not None and began.flight is not None:
                 up = await began.flight.resume()
             else:
                 up = await exchange(

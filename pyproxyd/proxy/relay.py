@@ -64,7 +64,18 @@ def relay_now(request: Request, up: UpstreamResponse, ex: RequestInfo) -> bool:
     return True
 
 
-async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None:
+def _trailers(request: Request, up: UpstreamResponse, te_trailers: bool) -> Pairs | None:
+    """The upstream's trailer fields, when the client takes them: an HTTP/1.1
+    client that said `TE: trailers` (gRPC), any HTTP/2 client."""
+    trailers = up.trailers
+    if trailers and (te_trailers or request.version[:1] == "2"):
+        return trailers
+    return None
+
+
+async def relay(
+    request: Request, up: UpstreamResponse, ex: RequestInfo, te_trailers: bool = False
+) -> None:
     call = ex.call
     if call is not None:
         resp, failure = await outgoing_async(ex, _upstream_view(up, ex, call))
@@ -86,7 +97,14 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
         while chunk := await up.read():
             chunks.append(chunk)
         up.release()
-        request.respond(status, headers, b"".join(chunks), reason, drop, raw)
+        trailers = _trailers(request, up, te_trailers)
+        if trailers is None:
+            request.respond(status, headers, b"".join(chunks), reason, drop, raw)
+            return
+        request.start(status, headers, length, reason, drop, raw)
+        await request.write(b"".join(chunks))
+        request.trailers(trailers)
+        request.end()
         return
     request.start(status, headers, length, reason, drop, raw)
     try:
@@ -99,6 +117,9 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
         request.abort()
         return
     up.release()
+    trailers = _trailers(request, up, te_trailers)
+    if trailers is not None:
+        request.trailers(trailers)
     request.end()
 
 

@@ -23,10 +23,13 @@ import ssl as ssl_module
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .. import errors
 from .connection import Deadlines, UpstreamConnection
+
+if TYPE_CHECKING:
+    from .h2pool import H2Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,14 @@ class PoolSettings:
     # The largest response head accepted (server.max_header_size; nginx's
     # proxy_buffer_size): a larger one is a 502, not memory and loop time.
     max_head: int = 8190
+    # "http1", or "h2c" / "h2": then the target's connections are HTTP/2 ones,
+    # each carrying up to `max_streams` requests at once (h2pool.py).
+    protocol: str = "http1"
+    max_streams: int = 100
+    # An https:// target's TLS: CA bundle (None: the system's), name checked, checking on.
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    tls_verify: bool = True
 
 
 class PooledConn(Protocol):
@@ -239,6 +250,7 @@ class TargetPool:
         "_sweep_due",
         "_sweep_handle",
         "deadlines",
+        "h2",
         "host",
         "label",
         "opened_total",
@@ -271,18 +283,30 @@ class TargetPool:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._sweep_due = 0.0
         self.deadlines = Deadlines()  # read timeouts of its connections
+        # An h2c/h2 target's HTTP/2 connections: then this pool lends none of
+        # its own (take_idle() finds none) and reports the HTTP/2 ones.
+        self.h2: H2Pool | None = None
 
     @property
     def busy(self) -> int:
-        return self._core.busy
+        h2 = self.h2
+        return self._core.busy if h2 is None else h2.busy
 
     @property
     def idle(self) -> int:
-        return len(self._core.idle)
+        h2 = self.h2
+        return len(self._core.idle) if h2 is None else h2.idle
 
     @property
     def queued(self) -> int:
-        return len(self._core.waiters)
+        h2 = self.h2
+        return len(self._core.waiters) if h2 is None else h2.queued
+
+    @property
+    def streams(self) -> int:
+        """Requests under way on HTTP/2 connections (0 for HTTP/1.1)."""
+        h2 = self.h2
+        return 0 if h2 is None else h2.streams
 
     @property
     def closed(self) -> bool:
@@ -371,6 +395,8 @@ class TargetPool:
 
     async def aclose(self) -> None:
         """Close idle connections now; busy ones close when released."""
+        if self.h2 is not None:
+            self.h2.close()
         to_close, waiters = self._core.close()
         _close_all(to_close)
         for fut in waiters:
