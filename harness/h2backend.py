@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 from urllib.parse import parse_qs, urlsplit
 
 from h2.config import H2Configuration
@@ -44,6 +45,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 
 
 class Request:
@@ -149,7 +151,11 @@ class _Conn(asyncio.Protocol):
         backend.received.append(req)
         if backend.goaway_after and self.streams_seen == backend.goaway_after:
             self.last_stream = stream_id
-            self.h2.close_connection(last_stream_id=stream_id)
+            # Written by hand: h2's close_connection() would refuse to answer the
+            # streams below last_stream_id, which a graceful GOAWAY still does.
+            self.flush()
+            assert self.transport is not None
+            self.transport.write(GoAwayFrame(0, last_stream_id=stream_id).serialize())
         task = asyncio.get_running_loop().create_task(self.answer(req))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -248,7 +254,9 @@ class H2Backend:
         max_concurrent_streams: int | None = None,
         goaway_after: int = 0,
         refuse: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context  # TLS with ALPN "h2" (protocol = "h2" upstreams)
         self.max_concurrent_streams = max_concurrent_streams
         self.goaway_after = goaway_after
         self.refuse = refuse
@@ -266,7 +274,8 @@ class H2Backend:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def _make(self) -> _Conn:
         conn = _Conn(self, next(self._ids))
@@ -275,7 +284,9 @@ class H2Backend:
 
     async def __aenter__(self) -> H2Backend:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make, "127.0.0.1", 0)
+        if self.ssl_context is not None:
+            self.ssl_context.set_alpn_protocols(["h2"])
+        self._server = await loop.create_server(self._make, "127.0.0.1", 0, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -18,7 +18,7 @@ from ..upstream.http1 import InFlight, UpstreamResponse, exchange
 from .interface import Request
 from .prepare import Plan
 from .record import RequestInfo
-from .relay import relay, relay_now
+from .relay import relay, relay_now, takes_trailers
 
 if TYPE_CHECKING:
     from ..observe.metrics import RequestMetrics
@@ -112,19 +112,16 @@ async def forward(
 class Call:
     """What an HTTP/2 upstream needs to know of the client's request."""
 
-    __slots__ = ("deadline", "grpc", "grpc_timeout", "te_trailers")
+    __slots__ = ("deadline", "grpc", "grpc_timeout")
 
     def __init__(self) -> None:
         self.grpc = False  # content-type application/grpc...
         self.grpc_timeout: float | None = None  # the client's grpc-timeout, in seconds
         self.deadline: float | None = None  # a gRPC call's: the upstream is told what is left
-        self.te_trailers = False  # the client takes trailers (or speaks gRPC)
 
     def inspect(self, request: Request) -> None:
         ctype = request.first_header("content-type")
         self.grpc = ctype is not None and ctype.startswith("application/grpc")
-        te = request.first_header("te")
-        self.te_trailers = self.grpc or (te is not None and "trailers" in te.lower())
         if self.grpc:
             value = request.first_header("grpc-timeout")
             if value is not None:
@@ -144,7 +141,7 @@ async def _forward(
     metrics.upstream_answered(plan.upstream.name, perf_counter() - sent)
     try:
         if not relay_now(request, up, ex):
-            await relay(request, up, ex, call.te_trailers)
+            await relay(request, up, ex)
     except BaseException:
         up.abort()
         raise
@@ -194,7 +191,7 @@ async def send(
                     h2,
                     plan.head_for(target.host_header),
                     plan.body,
-                    te_trailers=call is not None and call.te_trailers,
+                    te_trailers=(call is not None and call.grpc) or takes_trailers(request),
                     grpc_deadline=call.deadline if call is not None else None,
                     read_timeout=upstream.read_timeout,
                 )

@@ -64,18 +64,22 @@ def relay_now(request: Request, up: UpstreamResponse, ex: RequestInfo) -> bool:
     return True
 
 
-def _trailers(request: Request, up: UpstreamResponse, te_trailers: bool) -> Pairs | None:
+def takes_trailers(request: Request) -> bool:
+    """The client said `TE: trailers` (RFC 9110 10.1.4), as gRPC clients do."""
+    te = request.first_header("te")
+    return te is not None and "trailers" in te.lower()
+
+
+def _trailers(request: Request, up: UpstreamResponse) -> Pairs | None:
     """The upstream's trailer fields, when the client takes them: an HTTP/1.1
-    client that said `TE: trailers` (gRPC), any HTTP/2 client."""
+    client that said `TE: trailers`, any HTTP/2 client."""
     trailers = up.trailers
-    if trailers and (te_trailers or request.version[:1] == "2"):
+    if trailers and (request.version[:1] == "2" or takes_trailers(request)):
         return trailers
     return None
 
 
-async def relay(
-    request: Request, up: UpstreamResponse, ex: RequestInfo, te_trailers: bool = False
-) -> None:
+async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None:
     call = ex.call
     if call is not None:
         resp, failure = await outgoing_async(ex, _upstream_view(up, ex, call))
@@ -97,7 +101,7 @@ async def relay(
         while chunk := await up.read():
             chunks.append(chunk)
         up.release()
-        trailers = _trailers(request, up, te_trailers)
+        trailers = _trailers(request, up)
         if trailers is None:
             request.respond(status, headers, b"".join(chunks), reason, drop, raw)
             return
@@ -117,7 +121,7 @@ async def relay(
         request.abort()
         return
     up.release()
-    trailers = _trailers(request, up, te_trailers)
+    trailers = _trailers(request, up)
     if trailers is not None:
         request.trailers(trailers)
     request.end()

@@ -25,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -185,6 +185,20 @@ async def _until(fut: asyncio.Future[None], deadline: float | None, stream: H2St
     return True
 
 
+class _H2(H2Connection):
+    """h2 4.x closes its state machine on any GOAWAY it receives, then refuses
+    the frames of the streams below last-stream-id, which RFC 9113 6.8 says
+    still complete. Its state is put back; the connection is retired instead
+    (no new streams: `goaway`), and closes once those streams are done."""
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        state = self.state_machine.state
+        result = super()._receive_goaway_frame(frame)
+        if state == ConnectionState.CLIENT_OPEN:
+            self.state_machine.state = state
+        return result
+
+
 class H2UpstreamConnection(asyncio.Protocol):
     """An HTTP/2 client connection to one upstream target."""
 
@@ -192,7 +206,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.loop = loop
         self.alpn = alpn  # h2 over TLS: the server must pick "h2"
-        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2 = _H2(H2Configuration(client_side=True, header_encoding=None))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.active = 0  # streams lent out (opened or about to be), counted by the pool

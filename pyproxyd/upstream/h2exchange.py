@@ -130,8 +130,10 @@ class BodyPump:
 
     def attach(self, stream: H2Stream) -> None:
         self.stream = stream
-        if self.task is None:
-            self.task = stream.conn.loop.create_task(self._run())
+        task = self.task
+        if task is None or task.done():
+            # The first stream, or the body was all sent before the stream was refused.
+            self.task = stream.conn.loop.create_task(self._run(replay=task is not None))
         elif self._attached is not None and not self._attached.done():
             self._attached.set_result(None)
 
@@ -162,8 +164,7 @@ class BodyPump:
                 self.sent.append(data)
         return data
 
-    async def _run(self) -> None:
-        replay = False
+    async def _run(self, replay: bool) -> None:
         while True:
             stream = self.stream
             assert stream is not None
