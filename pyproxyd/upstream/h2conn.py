@@ -275,7 +275,10 @@ class H2UpstreamConnection(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except H2Error as exc:
-            self._broken(f"upstream broke the HTTP/2 protocol: {exc or type(exc).__name__}")
+            if not self.ready.done():
+                self._broken(f"upstream does not speak HTTP/2 (it sent {data[:24]!r})")
+            else:
+                self._broken(f"upstream broke the HTTP/2 protocol: {exc or type(exc).__name__}")
             return
         received = 0
         for event in events:
@@ -336,6 +339,8 @@ class H2UpstreamConnection(asyncio.Protocol):
             f"upstream connection lost: {exc}" if exc else "upstream closed the connection"
         )
         if not self.ready.done():
+            if self.error is None:
+                reason += " before its HTTP/2 SETTINGS (does it speak HTTP/2?)"
             self.ready.set_exception(ConnectionError(reason))
             self.ready.exception()  # retrieved: whoever opened it has its own error
         for stream in list(self.streams.values()):

@@ -1,0 +1,104 @@
+"""The HTTP/2 pool against a real h2c backend: PINGs, idle expiry, the
+request cap per connection, and connects that fail clearly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from harness.backends import Backend, wait_for
+from harness.h2backend import H2Backend
+from pyproxyd import errors
+from pyproxyd.upstream.h2exchange import H2Response, send
+from pyproxyd.upstream.h2pool import H2Pool
+from pyproxyd.upstream.pool import PoolSettings, TargetPool
+
+
+def make_pool(port: int, **kw: float) -> tuple[TargetPool, H2Pool]:
+    settings = PoolSettings(
+        max_connections=int(kw.pop("max_connections", 8)),
+        keepalive=int(kw.pop("keepalive", 4)),
+        keepalive_requests=int(kw.pop("keepalive_requests", 1000)),
+        keepalive_timeout=kw.pop("keepalive_timeout", 60.0),
+        keepalive_time=kw.pop("keepalive_time", 3600.0),
+        connect_timeout=kw.pop("connect_timeout", 2.0),
+        read_timeout=5.0,
+        protocol="h2c",
+        max_streams=int(kw.pop("max_streams", 100)),
+    )
+    owner = TargetPool("127.0.0.1", port, settings)
+    owner.h2 = H2Pool(owner, settings, **kw)
+    return owner, owner.h2
+
+
+async def get(pool: H2Pool, path: str) -> tuple[H2Response, bytes]:
+    up = await send(pool, b"GET %s HTTP/1.1\r\nHost: t\r\n" % path.encode(), None,
+                    te_trailers=False, grpc_deadline=None, read_timeout=None)  # fmt: skip
+    body = b""
+    while chunk := await up.read():
+        body += chunk
+    up.release()
+    return up, body
+
+
+async def test_a_connection_that_leaves_a_ping_unanswered_is_closed() -> None:
+    async with H2Backend() as b:
+        owner, pool = make_pool(b.port, ping_interval=0.05, ping_timeout=0.2)
+        _, body = await get(pool, "/mute")  # answered, then the backend stops reading
+        assert body == b"ok" and owner.idle == 1
+        await wait_for(lambda: owner.idle == 0, timeout=3)
+        await wait_for(lambda: b.open_connections == 0)
+        # The next request gets a new connection.
+        _, body = await get(pool, "/echo")
+        assert b.connections_opened == 2
+        await owner.aclose()
+
+
+async def test_a_connection_that_answers_pings_stays() -> None:
+    async with H2Backend() as b:
+        owner, pool = make_pool(b.port, ping_interval=0.05, ping_timeout=0.2)
+        await get(pool, "/echo")
+        conn = pool.conns[0]
+        await wait_for(lambda: conn.pinged_at > 0)
+        first = conn.pinged_at
+        await wait_for(lambda: conn.pinged_at > first + 0.2, timeout=3)  # several rounds
+        assert owner.idle == 1 and b.open_connections == 1
+        await owner.aclose()
+
+
+async def test_an_idle_connection_closes_after_keepalive_timeout() -> None:
+    async with H2Backend() as b:
+        owner, pool = make_pool(b.port, keepalive_timeout=0.2)
+        await get(pool, "/echo")
+        assert owner.idle == 1
+        await wait_for(lambda: b.open_connections == 0, timeout=3)
+        assert owner.idle == 0
+        await owner.aclose()
+
+
+async def test_keepalive_requests_counts_streams_per_connection() -> None:
+    async with H2Backend() as b:
+        owner, pool = make_pool(b.port, keepalive_requests=3)
+        for _ in range(7):
+            await get(pool, "/echo")
+        assert b.connections_opened == 3
+        assert [len([r for r in b.received if r.conn_id == c]) for c in (1, 2, 3)] == [3, 3, 1]
+        await owner.aclose()
+
+
+async def test_requests_wait_when_every_stream_of_every_connection_is_taken() -> None:
+    async with H2Backend() as b:
+        owner, pool = make_pool(b.port, max_connections=1, max_streams=2)
+        results = await asyncio.gather(*(get(pool, "/slow?ms=200") for _ in range(5)))
+        assert [body for _, body in results] == [b"ok"] * 5
+        assert b.connections_opened == 1
+        await owner.aclose()
+
+
+async def test_an_http1_server_is_not_taken_for_an_h2c_one() -> None:
+    async with Backend() as http1:
+        owner, pool = make_pool(http1.port)
+        with pytest.raises(errors.UpstreamConnectError, match="speak HTTP/2"):
+            await get(pool, "/echo")
+        await owner.aclose()
