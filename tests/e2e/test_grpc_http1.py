@@ -1,0 +1,85 @@
+"""An HTTP/1.1 client calling a real grpcio server (h2c) through the gateway:
+gRPC framing built by hand, `te: trailers`, grpc-status read from the
+chunked trailers (or the headers of a trailers-only answer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.backends import wait_for
+from harness.gateway import config, gateway
+from harness.grpc_greeter import Greeter, frame, unframe
+from tests.upstream.h2util import Raw, raw_request
+
+ROUTES = """
+[upstreams.greeter]
+targets = [{{ url = "http://127.0.0.1:{port}" }}]
+protocol = "h2c"
+
+[[routes]]
+id = "greeter"
+path = "/helloworld.Greeter/**"
+upstream = "greeter"
+timeout = "{timeout}"
+"""
+
+
+async def call(port: int, message: bytes, *headers: str) -> Raw:
+    body = frame(message)
+    extra = "".join(f"{h}\r\n" for h in headers)
+    request = (
+        "POST /helloworld.Greeter/SayHello HTTP/1.1\r\nHost: greeter\r\n"
+        "Content-Type: application/grpc\r\nTE: trailers\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode() + body
+    return await raw_request(port, request)
+
+
+def status_of(raw: Raw) -> tuple[str | None, str | None]:
+    """grpc-status and grpc-message: from the trailers, or a trailers-only head."""
+    fields = raw.trailers or raw.headers
+    return fields.get("grpc-status"), fields.get("grpc-message")
+
+
+async def test_a_unary_call_through_the_gateway(tmp_path: Path) -> None:
+    async with Greeter(tmp_path) as g:
+        toml = config(ROUTES.format(port=g.port, timeout="10s"))
+        async with gateway(tmp_path, toml) as gw:
+            request = g.pb2.HelloRequest(name="world").SerializeToString()
+            raw = await call(gw.ports[0], request, "x-client-id: c-42")
+            assert raw.status == 200
+            assert raw.headers["content-type"] == "application/grpc"
+            assert raw.headers["x-seen-client-id"] == "c-42"  # metadata both ways
+            [reply] = unframe(raw.body)
+            assert g.pb2.HelloReply.FromString(reply).message == "Hello, world"
+            assert raw.trailers["grpc-status"] == "0"
+            assert g.calls == 1
+
+
+async def test_a_server_error_status_is_relayed_unchanged(tmp_path: Path) -> None:
+    async with Greeter(tmp_path) as g:
+        toml = config(ROUTES.format(port=g.port, timeout="10s"))
+        async with gateway(tmp_path, toml) as gw:
+            request = g.pb2.HelloRequest(name="fail").SerializeToString()
+            raw = await call(gw.ports[0], request)
+            assert raw.status == 200
+            assert status_of(raw) == ("3", "bad name")  # INVALID_ARGUMENT
+
+
+async def test_the_deadline_is_the_client_grpc_timeout_capped_by_the_route(
+    tmp_path: Path,
+) -> None:
+    async with Greeter(tmp_path) as g:
+        toml = config(ROUTES.format(port=g.port, timeout="500ms"))
+        async with gateway(tmp_path, toml) as gw:
+            request = g.pb2.HelloRequest(name="world").SerializeToString()
+            raw = await call(gw.ports[0], request, "grpc-timeout: 30S")
+            remaining = float(raw.trailers["x-time-remaining"])
+            assert 0.2 < remaining <= 0.5  # the route's 500ms, not the client's 30s
+            raw = await call(gw.ports[0], request, "grpc-timeout: 300m")
+            assert 0.1 < float(raw.trailers["x-time-remaining"]) <= 0.3
+            # A call that outlives it: the gateway answers 504 and cancels upstream.
+            slow = g.pb2.HelloRequest(name="slow").SerializeToString()
+            raw = await call(gw.ports[0], slow, "grpc-timeout: 200m")
+            assert raw.status == 504
+            await wait_for(lambda: g.cancelled == 1)
