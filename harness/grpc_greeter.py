@@ -94,7 +94,7 @@ class Greeter:
         pb2 = self.pb2
 
         class Servicer(self.pb2_grpc.GreeterServicer):  # type: ignore[name-defined,misc]
-            async def SayHello(self, request: Any, context: Any) -> Any:  # noqa: N802
+            async def SayHello(self, request: Any, context: Any) -> Any:
                 greeter.calls += 1
                 metadata = dict(context.invocation_metadata())
                 seen = metadata.get("x-client-id")
