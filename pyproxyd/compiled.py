@@ -26,6 +26,7 @@ MODULES = (
     "pyproxyd.upstream.balance",
     "pyproxyd.upstream.connection",
     "pyproxyd.upstream.http1",
+    "pyproxyd.upstream.h2response",
     "pyproxyd.upstream.pool",
     "pyproxyd.observe.logging",
     "pyproxyd.observe.metrics",

@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator
 from .. import errors
 from .h2conn import H2Stream, H2UpstreamConnection, StreamError
 from .h2pool import H2Pool
-from .http1 import REPLAY_LIMIT, UpstreamResponse
+from .h2response import H2Response
+from .http1 import REPLAY_LIMIT
 
 # Never sent upstream on HTTP/2 (RFC 9113 8.2.2); Host becomes :authority.
 CONNECTION_SPECIFIC = frozenset(
@@ -199,99 +200,6 @@ class BodyPump:
 
     def _deadline(self, conn: H2UpstreamConnection) -> float:
         return conn.loop.time() + self.timeout
-
-
-class H2Response(UpstreamResponse):
-    """An upstream HTTP/2 answer, read as relay.py reads an HTTP/1.1 one."""
-
-    __slots__ = ("_h2pool", "_pump", "_stream")
-
-    def __init__(
-        self, pool: H2Pool, stream: H2Stream, pump: BodyPump | None, timeout: float
-    ) -> None:
-        self._h2pool = pool
-        self._stream = stream
-        self._pump = pump
-        self._timeout = timeout
-        self._done = False
-        self.status = stream.status
-        self.reason = ""
-        self.headers = stream.headers
-        self.lists_headers = False
-        self.version = "2"
-        self.chunked = False
-        self.content_length = None
-        for name, value in stream.headers:
-            if name == b"content-length" and value.isdigit():
-                self.content_length = int(value)
-        self.trailers = None
-
-    def __repr__(self) -> str:
-        return f"<H2Response {self.status} via {self._stream!r} on {self._stream.conn!r}>"
-
-    def whole_body(self) -> bytes | None:
-        stream = self._stream
-        if self._done or not stream.ended or stream.trailers is not None:
-            return None
-        return stream.take() if stream.has_data else b""
-
-    async def read(self) -> bytes:
-        if self._done:
-            return b""
-        stream = self._stream
-        deadline = 0.0
-        while True:
-            if stream.has_data:
-                return stream.take()
-            if stream.ended:
-                self.trailers = stream.trailers
-                return b""
-            if stream.error is not None:
-                err = errors.BadGateway(stream.error)
-                err.response_started = True
-                self.abort()
-                raise err
-            if not deadline:
-                deadline = stream.conn.loop.time() + self._timeout
-            try:
-                progressed = await stream.wait(deadline)
-            except BaseException:
-                self.abort()
-                raise
-            if not progressed:
-                self.abort()
-                err2 = errors.UpstreamTimeout(
-                    f"upstream sent nothing for {self._timeout:g}s (read_timeout) mid-body"
-                )
-                err2.response_started = True
-                raise err2
-
-    def release(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        stream = self._stream
-        self.trailers = stream.trailers
-        conn = stream.conn
-        if not (stream.ended and stream.local_closed):
-            # The answer is whole but the request body is not (the upstream
-            # answered early): the stream is reset, the connection stays.
-            conn.reset(stream)
-        self._finish()
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._stream.conn.reset(self._stream)
-        self._finish()
-
-    def _finish(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-        conn = self._stream.conn
-        conn.forget(self._stream)
-        self._h2pool.release(conn)
 
 
 async def exchange(
