@@ -304,6 +304,7 @@ def _checker_maker(t: Target, settings: HealthSettings) -> Callable[[], HealthCh
         ssl=pool.ssl,
         server_hostname=pool.server_hostname,
         label=pool.label,
+        protocol=pool.settings.protocol,
     )
 
 

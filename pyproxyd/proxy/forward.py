@@ -87,15 +87,13 @@ async def forward(
     metrics: RequestMetrics,
 ) -> None:
     """The exchange and the relay of its answer, within the route's timeout
-    (or the client's grpc-timeout, when it is shorter)."""
+    (or a gRPC client's grpc-timeout, when it is shorter)."""
     timeout = plan.timeout
-    call = Call()
-    if request.method == "POST":  # gRPC calls are POSTs: other requests skip the scans
-        call.inspect(request)
-        if call.grpc_timeout is not None:
-            timeout = call.grpc_timeout if timeout is None else min(timeout, call.grpc_timeout)
+    call = grpc_call(request) if request.method == "POST" else None  # gRPC calls are POSTs
+    if call is not None and call.timeout is not None:
+        timeout = call.timeout if timeout is None else min(timeout, call.timeout)
     if timeout is not None:  # the route's timeout covers the whole exchange
-        if call.grpc:
+        if call is not None:
             call.deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout(timeout):
@@ -109,23 +107,24 @@ async def forward(
     await _forward(request, plan, ex, first, metrics, call)
 
 
-class Call:
-    """What an HTTP/2 upstream needs to know of the client's request."""
+class GrpcCall:
+    """A gRPC request's deadline: the client's grpc-timeout, capped by the
+    route's timeout; an HTTP/2 upstream is told what is left of it."""
 
-    __slots__ = ("deadline", "grpc", "grpc_timeout")
+    __slots__ = ("deadline", "timeout")
 
-    def __init__(self) -> None:
-        self.grpc = False  # content-type application/grpc...
-        self.grpc_timeout: float | None = None  # the client's grpc-timeout, in seconds
-        self.deadline: float | None = None  # a gRPC call's: the upstream is told what is left
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout  # the client's grpc-timeout, in seconds
+        self.deadline: float | None = None  # loop time
 
-    def inspect(self, request: Request) -> None:
-        ctype = request.first_header("content-type")
-        self.grpc = ctype is not None and ctype.startswith("application/grpc")
-        if self.grpc:
-            value = request.first_header("grpc-timeout")
-            if value is not None:
-                self.grpc_timeout = parse_grpc_timeout(value)
+
+def grpc_call(request: Request) -> GrpcCall | None:
+    """The gRPC call a request is (content-type application/grpc...), or None."""
+    ctype = request.first_header("content-type")
+    if ctype is None or not ctype.startswith("application/grpc"):
+        return None
+    value = request.first_header("grpc-timeout")
+    return GrpcCall(parse_grpc_timeout(value) if value is not None else None)
 
 
 async def _forward(
@@ -134,7 +133,7 @@ async def _forward(
     ex: RequestInfo,
     first: First | None,
     metrics: RequestMetrics,
-    call: Call,
+    call: GrpcCall | None,
 ) -> None:
     sent = perf_counter()
     up = await send(request, plan, ex, first, call)
@@ -148,7 +147,7 @@ async def _forward(
 
 
 async def send(
-    request: Request, plan: Plan, ex: RequestInfo, first: First | None, call: Call | None = None
+    request: Request, plan: Plan, ex: RequestInfo, first: First | None, call: GrpcCall | None = None
 ) -> UpstreamResponse:
     """Try targets until one answers, within what is safe to repeat.
 
@@ -191,7 +190,7 @@ async def send(
                     h2,
                     plan.head_for(target.host_header),
                     plan.body,
-                    te_trailers=(call is not None and call.grpc) or takes_trailers(request),
+                    te_trailers=call is not None or takes_trailers(request),
                     grpc_deadline=call.deadline if call is not None else None,
                     read_timeout=upstream.read_timeout,
                 )

@@ -234,6 +234,11 @@ async def exchange(
             if tries < STREAM_TRIES and (pump is None or not pump.overflow):
                 continue
             _cancel(pump)
+            if pump is not None and pump.size:
+                # Never processed, but the body is spent: no other target can have it.
+                err = errors.BadGateway(f"{exc} (not sent again)")
+                err.response_started = False
+                raise err from None
             raise errors.UpstreamConnectError(f"{exc} (not sent again)") from None
         except BaseException:
             # A failure, a timeout or a cancel (the client left): the stream is

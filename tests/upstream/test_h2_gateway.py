@@ -263,3 +263,58 @@ strip_prefix = 1
                 assert (status, body) == (200, b"hi")  # the connect failure is retried
             targets = (await admin(gw, "/admin/upstreams"))["upstreams"]["h2"]["targets"]
             assert [t["ejected"] for t in targets] == [True, False]
+
+
+async def test_a_body_refused_on_every_try_is_not_sent_elsewhere_empty(tmp_path: Path) -> None:
+    async with H2Backend(refuse=3) as b1, H2Backend() as b2:
+        toml = config(f"""
+[upstreams.h2]
+targets = [{{ url = "{b1.url}" }}, {{ url = "{b2.url}" }}]
+protocol = "h2c"
+balance = "least_conn"
+retries = 1
+
+[[routes]]
+id = "h2"
+path = "/h2/**"
+upstream = "h2"
+strip_prefix = 1
+""")
+        async with gateway(tmp_path, toml) as gw:
+            status, _, _ = await fetch(url(gw, "/h2/echo"), "POST", data=b"payload")
+            assert status == 502
+            assert len(b1.refused) == 3  # sent again on b1 while it could be replayed
+            assert b2.received == []  # never to another target with its body spent
+
+
+async def test_active_health_checks_speak_http2_to_an_h2c_target(tmp_path: Path) -> None:
+    async with H2Backend() as good, H2Backend() as bad:
+        toml = config(f"""
+[upstreams.h2]
+targets = [{{ url = "{good.url}" }}, {{ url = "{bad.url}" }}]
+protocol = "h2c"
+[upstreams.h2.health]
+path = "/status?code=200"
+interval = "50ms"
+timeout = "1s"
+unhealthy_threshold = 1
+healthy_threshold = 1
+
+[[routes]]
+id = "h2"
+path = "/h2/**"
+upstream = "h2"
+strip_prefix = 1
+""")
+        bad.refuse = 10**6  # every stream it gets is refused: its checks fail
+        async with gateway(tmp_path, toml) as gw:
+
+            async def healthy() -> list[object]:
+                view = await admin(gw, "/admin/upstreams")
+                return [t["healthy"] for t in view["upstreams"]["h2"]["targets"]]
+
+            async def settled() -> bool:
+                return await healthy() == [True, False]
+
+            await wait_for(settled, timeout=3)
+            assert good.received and good.received[0].path == "/status?code=200"
