@@ -17,6 +17,8 @@ Paths (every answer carries x-conn-id and x-stream-id):
     /status?code=503 that status
     /reset           RST_STREAM (INTERNAL_ERROR) instead of an answer
     /hang            never answers (`resets` records the gateway's RST_STREAM)
+    /slowread?ms=300 reads the body but acknowledges none of it for `ms`
+                     (`read_before_ack`), then answers its length
     /mute            "ok", then the connection stops reading: PINGs go unanswered
 
 Misbehaviour by setting: `goaway_after = n` sends GOAWAY once a connection has
@@ -55,6 +57,8 @@ class Request:
         self.headers = {k.decode(): v.decode() for k, v in headers}
         self.body = b""
         self.ended = asyncio.Event()
+        # /slowread: flow-controlled bytes not acknowledged yet (None: acknowledged as read)
+        self.held: int | None = 0 if self.path.startswith("/slowread") else None
 
     @property
     def path(self) -> str:
@@ -111,6 +115,9 @@ class _Conn(asyncio.Protocol):
                 req = self.requests.get(ev.stream_id)
                 if req is not None:
                     req.body += ev.data
+                    if req.held is not None:  # /slowread: acknowledged later
+                        req.held += ev.flow_controlled_length
+                        continue
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, StreamEnded):
                 req = self.requests.get(ev.stream_id)
@@ -165,6 +172,7 @@ class _Conn(asyncio.Protocol):
         q = {k: v[0] for k, v in parse_qs(parts.query).items()}
         sid = req.stream_id
         path = parts.path
+        backend = self.backend
         base = [(b"x-conn-id", b"%d" % self.conn_id), (b"x-stream-id", b"%d" % sid)]
         if path == "/hang":
             return
@@ -174,6 +182,13 @@ class _Conn(asyncio.Protocol):
             return
         if path == "/slow":
             await asyncio.sleep(int(q.get("ms", "200")) / 1000)
+        if path == "/slowread":
+            await asyncio.sleep(int(q.get("ms", "300")) / 1000)
+            backend.read_before_ack = len(req.body)
+            held, req.held = req.held or 0, None
+            if held and self.transport is not None:
+                self.h2.acknowledge_received_data(held, sid)
+                self.flush()
         await req.ended.wait()
         if self.transport is None or sid not in self.requests:
             return
@@ -192,6 +207,8 @@ class _Conn(asyncio.Protocol):
                 size = int(q.get("size", "5"))
                 chunks = [str(i % 10).encode() * size for i in range(int(q.get("n", "3")))]
                 await self.respond(sid, 200, base, chunks)
+            elif path == "/slowread":
+                await self.respond(sid, 200, base, [b"%d" % len(req.body)])
             elif path == "/big":
                 size = int(q.get("size", "1000000"))
                 await self.respond(sid, 200, base, [b"x" * size])
@@ -263,6 +280,7 @@ class H2Backend:
         self.connections_opened = 0
         self.open_connections = 0
         self.goaways_received = 0
+        self.read_before_ack = 0  # /slowread: body bytes in before it acknowledged any
         self.received: list[Request] = []
         self.refused: list[Request] = []
         self.resets: list[tuple[int, int, int]] = []

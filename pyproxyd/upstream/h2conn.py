@@ -519,12 +519,15 @@ def _head(stream: H2Stream, headers: list[tuple[bytes, bytes]]) -> None:
     kept: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name[:1] == b":":
-            if name == b":status":
+            if name == b":status" and len(value) == 3 and value.isdigit():
                 status = int(value)
         else:
             kept.append((name, value))
+    if not 200 <= status <= 599:  # (1xx heads come as InformationalResponseReceived)
+        stream.fail("upstream sent a response without a valid :status")
+        return
     stream.headers = kept
-    stream.status = status or 502
+    stream.status = status
     stream.wake()
 
 

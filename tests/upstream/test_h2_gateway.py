@@ -318,3 +318,20 @@ strip_prefix = 1
 
             await wait_for(settled, timeout=3)
             assert good.received and good.received[0].path == "/status?code=200"
+
+
+async def test_the_request_body_waits_for_the_upstreams_window(tmp_path: Path) -> None:
+    size = 4 * 1024 * 1024
+    async with H2Backend() as b, gateway(tmp_path, config(h2_upstream(b.url))) as gw:
+        status, _, body = await fetch(url(gw, "/h2/slowread?ms=400"), "POST", data=b"u" * size)
+        assert (status, body) == (200, b"%d" % size)
+        # Until the upstream acknowledged anything, only its initial window came.
+        assert b.read_before_ack == 65535
+
+
+async def test_a_streamed_answer_is_relayed_as_it_comes(tmp_path: Path) -> None:
+    async with H2Backend() as b, gateway(tmp_path, config(h2_upstream(b.url))) as gw:
+        status, headers, body = await fetch(url(gw, "/h2/stream?n=50&size=1000"))
+        assert status == 200
+        assert headers["transfer-encoding"] == "chunked"  # no length from the upstream
+        assert body == b"".join(str(i % 10).encode() * 1000 for i in range(50))
