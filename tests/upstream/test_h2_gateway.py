@@ -12,6 +12,7 @@ import aiohttp
 from harness.backends import wait_for
 from harness.gateway import config, fetch, free_port, gateway, url
 from harness.h2backend import H2Backend
+from pyproxyd.upstream.h2conn import STREAM_WINDOW
 
 from .h2util import admin, h2_upstream, raw_request
 
@@ -219,8 +220,12 @@ async def test_a_slow_client_slows_the_upstream(tmp_path: Path) -> None:
         stalled = sum(b.sent.values())
         await asyncio.sleep(0.3)
         assert sum(b.sent.values()) == stalled  # the upstream waits for its window
-        # What went out is the stream window plus socket buffers, not the body.
+        # What went out is the stream window plus socket buffers, not the body;
+        # what the gateway holds of it is at most the stream window.
         assert stalled < 16 * 1024 * 1024
+        conn = gw.snapshot.upstreams["h2"].targets[0].pool.h2.conns[0]
+        [stream] = conn.streams.values()
+        assert 0 < stream.buffered <= STREAM_WINDOW
         got = 1024
         while got < size:
             chunk = await reader.read(1024 * 1024)
