@@ -24,7 +24,8 @@ Paths (every answer carries x-conn-id and x-stream-id):
 Misbehaviour by setting: `goaway_after = n` sends GOAWAY once a connection has
 received n streams, with last_stream_id the n-th; later streams are never
 answered. `refuse = n` resets the first n streams with REFUSED_STREAM.
-`max_concurrent_streams` is advertised in SETTINGS.
+`max_concurrent_streams` is advertised in SETTINGS, `settings_delay` seconds
+after the connection opens.
 """
 
 from __future__ import annotations
@@ -90,8 +91,23 @@ class _Conn(asyncio.Protocol):
                     SettingCodes.MAX_CONCURRENT_STREAMS: self.backend.max_concurrent_streams
                 },
             )
+        if self.backend.settings_delay:
+            # A slow upstream: its preface (SETTINGS) comes late, input waits till then.
+            self.early: list[bytes] | None = []
+            asyncio.get_running_loop().call_later(self.backend.settings_delay, self.start)
+            return
+        self.early = None
         self.h2.initiate_connection()
         self.flush()
+
+    def start(self) -> None:
+        early, self.early = self.early or [], None
+        if self.transport is None:
+            return
+        self.h2.initiate_connection()
+        self.flush()
+        for data in early:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -100,6 +116,9 @@ class _Conn(asyncio.Protocol):
             event.set()
 
     def data_received(self, data: bytes) -> None:
+        if self.early is not None:
+            self.early.append(data)
+            return
         if self.muted:
             return
         try:
@@ -272,7 +291,9 @@ class H2Backend:
         goaway_after: int = 0,
         refuse: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        settings_delay: float = 0.0,
     ) -> None:
+        self.settings_delay = settings_delay  # seconds before a connection's SETTINGS go out
         self.ssl_context = ssl_context  # TLS with ALPN "h2" (protocol = "h2" upstreams)
         self.max_concurrent_streams = max_concurrent_streams
         self.goaway_after = goaway_after

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 PING_INTERVAL = 15.0
 
 
+class _Abandoned(ConnectionError):
+    """The request opening a connection went away before it was open."""
+
+
 class _Opening:
     """A connection being opened, and how many requests wait to use it."""
 
@@ -170,6 +174,8 @@ class H2Pool:
                 joined.claims += 1
                 try:
                     await self._until(asyncio.shield(joined.done), deadline)
+                except _Abandoned:
+                    pass  # its opener left: look again (and maybe open one ourselves)
                 finally:
                     joined.claims -= 1
                 continue
@@ -252,6 +258,8 @@ class H2Pool:
                 f"no free HTTP/2 stream to {self.label} within"
                 f" {self.settings.connect_timeout:g}s (max_connections)"
             ) from None
+        except _Abandoned:
+            raise
         except ConnectionError as exc:  # the connection it waited for failed to open
             raise errors.UpstreamConnectError(str(exc)) from None
 
@@ -294,7 +302,7 @@ class H2Pool:
                 op.done.set_exception(
                     ConnectionError(str(exc) or "connect failed")
                     if isinstance(exc, Exception)
-                    else ConnectionError("connect abandoned")
+                    else _Abandoned("connect abandoned")
                 )
                 op.done.exception()  # retrieved: waiters raise their own copy
             raise

@@ -102,3 +102,17 @@ async def test_an_http1_server_is_not_taken_for_an_h2c_one() -> None:
         with pytest.raises(errors.UpstreamConnectError, match="speak HTTP/2"):
             await get(pool, "/echo")
         await owner.aclose()
+
+
+async def test_a_request_that_waited_for_an_abandoned_connect_opens_its_own() -> None:
+    async with H2Backend(settings_delay=0.3) as b:
+        owner, pool = make_pool(b.port)
+        opener = asyncio.ensure_future(get(pool, "/echo"))
+        await wait_for(lambda: len(pool.opening) == 1)
+        joiner = asyncio.ensure_future(get(pool, "/echo"))
+        await wait_for(lambda: pool.opening[0].claims == 2)
+        opener.cancel()  # its client left while the connection opened
+        _, body = await joiner
+        assert body == b"" and opener.cancelled()
+        assert b.connections_opened == 2 and len(b.received) == 1
+        await owner.aclose()
