@@ -15,6 +15,7 @@ Paths (every answer carries x-conn-id and x-stream-id):
                      (`sent[stream]` says how many went out so far)
     /trailers        "body", then trailers grpc-status: 0, x-trailer: yes
     /status?code=503 that status
+    /bighead?size=N  "ok" with a response header of N bytes
     /reset           RST_STREAM (INTERNAL_ERROR) instead of an answer
     /hang            never answers (`resets` records the gateway's RST_STREAM)
     /slowread?ms=300 reads the body but acknowledges none of it for `ms`
@@ -234,6 +235,9 @@ class _Conn(asyncio.Protocol):
             elif path == "/trailers":
                 await self.respond(sid, 200, base, [b"body"],
                                    [(b"grpc-status", b"0"), (b"x-trailer", b"yes")])  # fmt: skip
+            elif path == "/bighead":
+                big = [(b"x-big", b"b" * int(q.get("size", "10000")))]
+                await self.respond(sid, 200, base + big, [b"ok"])
             elif path == "/status":
                 await self.respond(sid, int(q.get("code", "200")), base, [])
             elif path == "/mute":

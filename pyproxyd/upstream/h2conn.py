@@ -17,7 +17,7 @@ what the gateway decides on top of it:
   them to idle connections).
 
 The pool (h2pool.py) decides which connection a request uses; the exchange
-(h2exchange.py) drives one stream.
+(h2exchange.py) drives one stream (h2stream.py).
 """
 
 from __future__ import annotations
@@ -45,144 +45,15 @@ from h2.events import (
 from h2.exceptions import H2Error, StreamClosedError
 from h2.settings import SettingCodes
 
+from .h2stream import STREAM_WINDOW, H2Stream, StreamError, response_head
+
 if TYPE_CHECKING:
     from .h2pool import H2Pool
 
-# Response bytes one stream may have waiting before the upstream must stop.
-STREAM_WINDOW = 256 * 1024
+__all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Stream", "H2UpstreamConnection", "StreamError"]
+
 # The connection's receive window: handed back on receipt (see the docstring).
 CONNECTION_WINDOW = 16 * 1024 * 1024
-# Request bytes handed to the transport before send_data waits for it to drain.
-WRITE_HIGH_WATER = 256 * 1024
-
-
-class StreamError(Exception):
-    """A stream cannot go on: reset, refused, or its connection failed."""
-
-
-class H2Stream:
-    """One request/response exchange on an H2UpstreamConnection."""
-
-    __slots__ = (
-        "_ack",
-        "_chunks",
-        "_waiter",
-        "_window",
-        "buffered",
-        "conn",
-        "ended",
-        "error",
-        "headers",
-        "local_closed",
-        "refused",
-        "status",
-        "stream_id",
-        "trailers",
-    )
-
-    def __init__(self, conn: H2UpstreamConnection, stream_id: int) -> None:
-        self.conn = conn
-        self.stream_id = stream_id
-        self.status = 0  # of the final response head; 0 until it is in
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self._chunks: list[bytes] = []
-        self.buffered = 0  # body bytes received and not taken yet
-        self._ack = 0  # flow-controlled bytes taken and not yet handed back
-        self.ended = False  # the upstream sent END_STREAM
-        self.local_closed = False  # our side ended (END_STREAM or a reset)
-        self.error: str | None = None
-        self.refused = False  # never processed by the upstream: safe to send again
-        self._waiter: asyncio.Future[None] | None = None
-        self._window: asyncio.Future[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<H2Stream {self.stream_id} status={self.status} ended={self.ended}>"
-
-    @property
-    def head_done(self) -> bool:
-        return self.status != 0
-
-    @property
-    def has_data(self) -> bool:
-        return bool(self._chunks)
-
-    @property
-    def closed(self) -> bool:
-        """Nothing more will come: the body ended or the stream failed."""
-        return self.ended or self.error is not None
-
-    # -- fed by the connection -----------------------------------------------------
-
-    def _data(self, data: bytes, flow: int) -> None:
-        if data:
-            self._chunks.append(data)
-            self.buffered += len(data)
-        # Padding counts against the window too; it is handed back with the data.
-        self._ack += flow - len(data)
-        self.wake()
-
-    def fail(self, reason: str, *, refused: bool = False) -> None:
-        if self.error is None and not self.ended:
-            self.error = reason
-            self.refused = refused
-        self.wake()
-        self.window_opened()
-
-    def wake(self) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
-
-    # -- used by the exchange ---------------------------------------------------------
-
-    async def wait(self, deadline: float | None) -> bool:
-        """Until the next progress of the response; False when `deadline` passed first."""
-        fut: asyncio.Future[None] = self.conn.loop.create_future()
-        self._waiter = fut
-        return await _until(fut, deadline, self, "_waiter")
-
-    async def wait_window(self, deadline: float | None) -> bool:
-        """Until the upstream opens its window (or the stream fails); False on `deadline`."""
-        fut: asyncio.Future[None] = self.conn.loop.create_future()
-        self._window = fut
-        return await _until(fut, deadline, self, "_window")
-
-    def window_opened(self) -> None:
-        w = self._window
-        if w is not None:
-            self._window = None
-            if not w.done():
-                w.set_result(None)
-
-    def take(self) -> bytes:
-        """The body bytes received so far; their window goes back to the upstream."""
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._ack += len(data)
-        self.buffered = 0
-        # A quarter of the window at a time: fewer WINDOW_UPDATE frames, and an
-        # upstream that used up its window gets it back once the relay took it all.
-        if self._ack >= STREAM_WINDOW // 4:
-            self.conn.acknowledge(self, self._ack)
-            self._ack = 0
-        return data
-
-
-async def _until(fut: asyncio.Future[None], deadline: float | None, stream: H2Stream,
-                 slot: str) -> bool:  # fmt: skip
-    try:
-        async with asyncio.timeout_at(deadline):
-            await fut
-    except TimeoutError:
-        return False
-    finally:
-        if getattr(stream, slot) is fut:
-            setattr(stream, slot, None)
-    return True
 
 
 class _H2(H2Connection):
@@ -254,7 +125,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             ssl_object = transport.get_extra_info("ssl_object")
             chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
             if chosen != "h2":
-                self._broken(
+                self.fail(
                     f"upstream did not choose h2 by ALPN (it chose {chosen or 'nothing'}): "
                     "it does not speak HTTP/2 over TLS"
                 )
@@ -265,7 +136,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             {
                 SettingCodes.ENABLE_PUSH: 0,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.pool.settings.max_head,
             }
         )
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
@@ -276,9 +147,9 @@ class H2UpstreamConnection(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except H2Error as exc:
             if not self.ready.done():
-                self._broken(f"upstream does not speak HTTP/2 (it sent {data[:24]!r})")
+                self.fail(f"upstream does not speak HTTP/2 (it sent {data[:24]!r})")
             else:
-                self._broken(f"upstream broke the HTTP/2 protocol: {exc or type(exc).__name__}")
+                self.fail(f"upstream broke the HTTP/2 protocol: {exc or type(exc).__name__}")
             return
         received = 0
         for event in events:
@@ -287,14 +158,14 @@ class H2UpstreamConnection(asyncio.Protocol):
                 flow = event.flow_controlled_length
                 received += flow
                 if stream is not None:
-                    stream._data(event.data, flow)
+                    stream.received(event.data, flow)
                 elif flow:  # a stream we gave up on: its window goes straight back
                     with contextlib.suppress(H2Error):
                         self.h2.increment_flow_control_window(flow, event.stream_id)
             elif isinstance(event, ResponseReceived):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
-                    _head(stream, event.headers)
+                    response_head(stream, event.headers)
             elif isinstance(event, TrailersReceived):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
@@ -475,7 +346,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         if transport is not None:
             transport.abort()
 
-    def _broken(self, reason: str) -> None:
+    def fail(self, reason: str) -> None:
+        """The connection cannot go on: its streams fail, it closes abruptly."""
         self.error = reason
         self.goaway = True
         for stream in list(self.streams.values()):
@@ -512,23 +384,6 @@ class H2UpstreamConnection(asyncio.Protocol):
             self._window_waiters = []
             for stream in waiters:
                 stream.window_opened()
-
-
-def _head(stream: H2Stream, headers: list[tuple[bytes, bytes]]) -> None:
-    status = 0
-    kept: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":status" and len(value) == 3 and value.isdigit():
-                status = int(value)
-        else:
-            kept.append((name, value))
-    if not 200 <= status <= 599:  # (1xx heads come as InformationalResponseReceived)
-        stream.fail("upstream sent a response without a valid :status")
-        return
-    stream.headers = kept
-    stream.status = status
-    stream.wake()
 
 
 def _code(code: int) -> str:

@@ -337,12 +337,9 @@ class H2Pool:
         now = loop.time()
         for conn in self.expired(now):
             if conn.ping_sent_at:
-                conn.error = f"upstream left a PING unanswered for {self.ping_timeout:g}s"
-                for stream in list(conn.streams.values()):
-                    stream.fail(conn.error)
                 with contextlib.suppress(ValueError):
                     self.conns.remove(conn)
-                conn.abort()
+                conn.fail(f"upstream left a PING unanswered for {self.ping_timeout:g}s")
             else:
                 self._close_all([conn])
         for conn in self.conns:

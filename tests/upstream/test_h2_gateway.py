@@ -340,3 +340,12 @@ async def test_a_streamed_answer_is_relayed_as_it_comes(tmp_path: Path) -> None:
         assert status == 200
         assert headers["transfer-encoding"] == "chunked"  # no length from the upstream
         assert body == b"".join(str(i % 10).encode() * 1000 for i in range(50))
+
+
+async def test_a_response_head_over_max_header_size_is_a_502(tmp_path: Path) -> None:
+    toml = config(h2_upstream("URL"), server="max_header_size = 8192")
+    async with H2Backend() as b, gateway(tmp_path, toml.replace("URL", b.url)) as gw:
+        status, _, body = await fetch(url(gw, "/h2/bighead?size=4000"))
+        assert (status, body) == (200, b"ok")
+        status, _, _ = await fetch(url(gw, "/h2/bighead?size=20000"))
+        assert status == 502
