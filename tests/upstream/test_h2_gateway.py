@@ -349,3 +349,16 @@ async def test_a_response_head_over_max_header_size_is_a_502(tmp_path: Path) -> 
         assert (status, body) == (200, b"ok")
         status, _, _ = await fetch(url(gw, "/h2/bighead?size=20000"))
         assert status == 502
+
+
+async def test_a_connection_that_sent_goaway_is_not_used_again(tmp_path: Path) -> None:
+    async with (
+        H2Backend(goaway_after=1) as b,
+        gateway(tmp_path, config(h2_upstream(b.url))) as gw,
+    ):
+        for i in range(3):
+            status, headers, _ = await fetch(url(gw, "/h2/echo"), "POST", data=b"x")
+            assert status == 200 and headers["x-conn-id"] == str(i + 1)
+        await wait_for(lambda: b.open_connections == 0)  # retired ones close once idle
+        t = (await admin(gw, "/admin/upstreams"))["upstreams"]["h2"]["targets"][0]
+        assert (t["busy"], t["idle"], t["opened_total"]) == (0, 0, 3)
