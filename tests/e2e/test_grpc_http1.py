@@ -75,9 +75,9 @@ async def test_the_deadline_is_the_client_grpc_timeout_capped_by_the_route(
             request = g.pb2.HelloRequest(name="world").SerializeToString()
             raw = await call(gw.ports[0], request, "grpc-timeout: 30S")
             remaining = float(raw.trailers["x-time-remaining"])
-            assert 0.2 < remaining <= 0.5  # the route's 500ms, not the client's 30s
+            assert 0.05 < remaining <= 0.5  # the route's 500ms, not the client's 30s
             raw = await call(gw.ports[0], request, "grpc-timeout: 300m")
-            assert 0.1 < float(raw.trailers["x-time-remaining"]) <= 0.3
+            assert 0.0 < float(raw.trailers["x-time-remaining"]) <= 0.3
             # A call that outlives it: the gateway answers 504 and cancels upstream.
             slow = g.pb2.HelloRequest(name="slow").SerializeToString()
             raw = await call(gw.ports[0], slow, "grpc-timeout: 200m")

@@ -178,12 +178,12 @@ async def test_grpc_timeout_is_lowered_and_capped_by_the_route(tmp_path: Path) -
         )
         assert headers["x-te"] == "trailers"
         sent = headers["x-grpc-timeout"]
-        assert sent.endswith("m") and 400 <= int(sent[:-1]) <= 500
+        assert sent.endswith("m") and 100 <= int(sent[:-1]) <= 500  # less what was spent
         # The route's 1s caps a longer one.
         _, headers, _ = await fetch(
             url(gw, "/h2/echo"), "POST", data=b"", headers={**grpc, "grpc-timeout": "1H"}
         )
-        assert 900 <= int(headers["x-grpc-timeout"][:-1]) <= 1000
+        assert 500 <= int(headers["x-grpc-timeout"][:-1]) <= 1000
         # The client's deadline is the request's: a 504 once it passes.
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -191,7 +191,7 @@ async def test_grpc_timeout_is_lowered_and_capped_by_the_route(tmp_path: Path) -
             url(gw, "/h2/hang"), "POST", data=b"", headers={**grpc, "grpc-timeout": "200m"}
         )
         assert status == 504
-        assert 0.15 <= loop.time() - started < 0.9
+        assert 0.15 <= loop.time() - started < 2.0
         # The gateway gave up on the stream: the upstream hears CANCEL (0x8).
         await wait_for(lambda: any(code == 8 for _, _, code in b.resets))
 
@@ -216,10 +216,13 @@ async def test_a_slow_client_slows_the_upstream(tmp_path: Path) -> None:
         await writer.drain()
         await reader.read(1024)  # the head: then the client stops reading
         await wait_for(lambda: b.sent)
-        await asyncio.sleep(0.5)
-        stalled = sum(b.sent.values())
-        await asyncio.sleep(0.3)
-        assert sum(b.sent.values()) == stalled  # the upstream waits for its window
+        stalled = -1
+        for _ in range(30):  # until the upstream stops: it waits for its window
+            await asyncio.sleep(0.3)
+            if sum(b.sent.values()) == stalled:
+                break
+            stalled = sum(b.sent.values())
+        assert sum(b.sent.values()) == stalled < size
         # What went out is the stream window plus socket buffers, not the body;
         # what the gateway holds of it is at most the stream window.
         assert stalled < 16 * 1024 * 1024

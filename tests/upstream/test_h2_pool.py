@@ -57,7 +57,7 @@ async def test_a_connection_that_leaves_a_ping_unanswered_is_closed() -> None:
 
 async def test_a_connection_that_answers_pings_stays() -> None:
     async with H2Backend() as b:
-        owner, pool = make_pool(b.port, ping_interval=0.05, ping_timeout=0.2)
+        owner, pool = make_pool(b.port, ping_interval=0.05, ping_timeout=1.0)
         await get(pool, "/echo")
         conn = pool.conns[0]
         await wait_for(lambda: conn.pinged_at > 0)
