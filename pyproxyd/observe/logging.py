@@ -104,7 +104,8 @@ class AccessLog:
             f'"upstream":{_name(ex.upstream)},"method":"{method}",'
             f'"path":{_esc(ex.path)},"status":{ex.status},'
             f'"duration_ms":{duration_ms:.3f},"client_ip":{_esc(ex.client_ip)},'
-            f'"consumer":{_name(ex.consumer)},"level":"info",'
+            f'"consumer":{_name(ex.consumer)},"protocol":"HTTP/{ex.version}",'
+            f'{_grpc(ex)}"level":"info",'
             f'"timestamp":"{self._stamp}.{"%06d" % ((now - sec) * 1e6)}Z"}}'  # noqa: UP031
         )  # (%-formatting the microseconds measured 1/3 cheaper than a :06d spec)
         if len(self._buf) >= self.MAX_BUFFER:
@@ -141,7 +142,7 @@ def _name(value: str) -> str:
 
 
 def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:
-    return {
+    fields: dict[str, Any] = {
         "event": "request",
         "request_id": ex.request_id,
         "trace_id": ex.trace_id,
@@ -153,4 +154,15 @@ def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:
         "duration_ms": round(duration_ms, 3),
         "client_ip": ex.client_ip,
         "consumer": ex.consumer or None,
+        "protocol": "HTTP/" + ex.version,
     }
+    if ex.grpc:
+        fields["grpc_status"] = ex.grpc_status if ex.grpc_status >= 0 else None
+    return fields
+
+
+def _grpc(ex: RequestInfo) -> str:
+    """The grpc_status field with its comma, on a gRPC call only."""
+    if not ex.grpc:
+        return ""
+    return f'"grpc_status":{ex.grpc_status if ex.grpc_status >= 0 else "null"},'
