@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 
 class ClientGone(ConnectionError):
@@ -207,3 +208,52 @@ def render(err: GatewayError, request_id: str) -> bytes:
         },
         separators=(",", ":"),
     ).encode()
+
+
+# The gRPC status of each JSON status (docs/behaviour.md, "HTTP/2 and gRPC");
+# the rest as gRPC's own HTTP-to-gRPC mapping would have them.
+_GRPC_STATUS = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 12,  # UNIMPLEMENTED
+    405: 12,
+    408: 4,  # DEADLINE_EXCEEDED
+    413: 8,  # RESOURCE_EXHAUSTED
+    429: 8,
+    431: 8,
+    500: 13,  # INTERNAL
+    501: 12,
+    502: 14,  # UNAVAILABLE
+    503: 14,
+    504: 4,
+}
+GRPC_UNKNOWN = 2
+
+
+def grpc_status(status: int) -> int:
+    """The gRPC status code standing for an HTTP status of the gateway's own."""
+    return _GRPC_STATUS.get(status, GRPC_UNKNOWN)
+
+
+def is_grpc(content_type: bytes | None) -> bool:
+    """application/grpc, application/grpc+proto, application/grpc;charset=... (not grpc-web)."""
+    if content_type is None or not content_type.startswith(b"application/grpc"):
+        return False
+    rest = content_type[16:17]
+    return rest in (b"", b"+", b";")
+
+
+def render_grpc(err: GatewayError) -> list[tuple[bytes, bytes]]:
+    """The headers of a trailers-only gRPC answer (HTTP 200, no body) for an
+    error the gateway answers itself; the message is the JSON one's,
+    percent-encoded as the gRPC protocol wants."""
+    return [
+        (b"content-type", b"application/grpc"),
+        (b"grpc-status", b"%d" % grpc_status(err.status)),
+        (b"grpc-message", quote(err.message.encode(), safe=_GRPC_SAFE).encode("ascii")),
+    ]
+
+
+# grpc-message: printable ASCII except "%" travels as is (gRPC's PROTOCOL-HTTP2.md).
+_GRPC_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")

@@ -47,7 +47,8 @@ Handler = Callable[[ClientRequest], None]
 Refused = Callable[[str, str, str, errors.GatewayError, str], None]
 
 # Request headers the proxy reads on every request (ClientRequest.picked).
-PICKED = frozenset({b"host", b"x-request-id", b"traceparent", b"x-forwarded-for"})
+# Content-Type tells a gRPC call, whose errors are gRPC statuses.
+PICKED = frozenset({b"host", b"x-request-id", b"traceparent", b"x-forwarded-for", b"content-type"})
 _PICK_LENGTHS = frozenset(len(n) for n in PICKED)
 
 _HEADER, _IDLE, _LINGER, _BODY = 1, 2, 3, 4

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from ..errors import ClientGone, GatewayError
+from ..errors import ClientGone, GatewayError, is_grpc
 from ..forwarding import client_address
 from ..middleware.views import Reply
 from ..observe.logging import get_logger
@@ -72,6 +72,8 @@ class Proxy:
         if xff_value is not None:
             ex.xff = (xff_value,)
         ex.client_ip = client_address(peer, ex.xff, snap.server.trusted)
+        ex.version = request.version
+        ex.grpc = is_grpc(request.picked.get(b"content-type"))
         try:
             try:
                 step = prepare(request, snap, ex)

@@ -81,7 +81,7 @@ class Request:
         self.raw_path = raw_path
         self.version = version
         self.raw_headers = raw_headers
-        self.picked = picked  # host, x-request-id, traceparent, x-forwarded-for (lower-case)
+        self.picked = picked  # frontend.connection.PICKED: host, x-request-id, ... (lower-case)
         self.body = body  # AsyncIterator[bytes] with a `total` of bytes received, or None
         self.content_length = content_length
         self.upgrade = upgrade

@@ -20,6 +20,8 @@ class RequestInfo:
         "call",
         "client_ip",
         "consumer",
+        "grpc",
+        "grpc_status",
         "limits",
         "parent",
         "path",
@@ -32,6 +34,7 @@ class RequestInfo:
         "target_key",
         "trace_id",
         "upstream",
+        "version",
         "xff",
     )
 
@@ -46,6 +49,9 @@ class RequestInfo:
         self.consumer = ""  # the consumer the request's credential or X-Client-ID named
         self.limits = b""  # rate-limit response header lines, rendered
         self.status = 0
+        self.version = "1.1"  # the client's HTTP version: "1.0", "1.1", "2"
+        self.grpc = False  # a gRPC request: the gateway's own errors are gRPC statuses
+        self.grpc_status = -1  # the call's gRPC status, once known
         self.target_key: int | None = None  # hashed client key, for ip_hash / hash:<key>
         # What the upstream request head is built from:
         self.peer = ""  # the client's socket address

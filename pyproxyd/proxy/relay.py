@@ -54,6 +54,8 @@ def relay_now(request: Request, up: UpstreamResponse, ex: RequestInfo) -> bool:
     if body is None:
         return False
     up.release()
+    if ex.grpc:
+        note_grpc_status(ex, up.headers)
     if call is not None:
         resp, failure = outgoing(ex, _upstream_view(up, ex, call))
         _send(request, ex, resp, body if failure is None else failure, up.status, up.reason)
@@ -80,6 +82,8 @@ def _trailers(request: Request, up: UpstreamResponse) -> Pairs | None:
 
 
 async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None:
+    if ex.grpc:
+        note_grpc_status(ex, up.headers)  # a trailers-only answer carries it in its head
     call = ex.call
     if call is not None:
         resp, failure = await outgoing_async(ex, _upstream_view(up, ex, call))
@@ -127,24 +131,46 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
     request.end()
 
 
+def note_grpc_status(ex: RequestInfo, fields: Iterable[tuple[bytes, bytes]]) -> None:
+    """Record a gRPC call's status from the upstream's head or trailers, for the log."""
+    for name, value in fields:
+        if len(name) == 11 and name.lower() == b"grpc-status":
+            ok = value.isdigit() and len(value) < 4
+            ex.grpc_status = int(value) if ok else errors.GRPC_UNKNOWN
+            return
+
+
 def send_error(request: Request, err: GatewayError, ex: RequestInfo) -> None:
-    """The gateway's own answer (errors.render), with the rate-limit header
-    lines of an admitted request."""
+    """The gateway's own answer (errors.render, or a trailers-only gRPC
+    answer on a gRPC request), with the rate-limit header lines of an
+    admitted request."""
+    status, headers, body = _error_answer(err, ex)
     if ex.call is not None:
-        resp, failure = outgoing(ex, ResponseView(err.status, _error_headers(err, ex)))
-        body = errors.render(err, ex.request_id) if failure is None else failure
-        _send(request, ex, resp, body, 0, "")
+        resp, failure = outgoing(ex, ResponseView(status, headers))
+        _send(request, ex, resp, body if failure is None else failure, 0, "")
         return
-    ex.status = err.status
-    request.respond(err.status, _error_headers(err, ex), errors.render(err, ex.request_id),
-                    raw=ex.limits)  # fmt: skip
+    ex.status = status
+    request.respond(status, headers, body, raw=ex.limits)
 
 
 async def send_error_async(request: Request, err: GatewayError, ex: RequestInfo) -> None:
     """send_error() on a route whose middlewares' on_response are awaited."""
-    resp, failure = await outgoing_async(ex, ResponseView(err.status, _error_headers(err, ex)))
-    body = errors.render(err, ex.request_id) if failure is None else failure
-    _send(request, ex, resp, body, 0, "")
+    status, headers, body = _error_answer(err, ex)
+    resp, failure = await outgoing_async(ex, ResponseView(status, headers))
+    _send(request, ex, resp, body if failure is None else failure, 0, "")
+
+
+def _error_answer(err: GatewayError, ex: RequestInfo) -> tuple[int, Pairs, bytes]:
+    """(status, headers, body) of the gateway's own answer to this request."""
+    if ex.grpc:
+        ex.grpc_status = errors.grpc_status(err.status)
+        headers = errors.render_grpc(err)
+        headers.append((b"X-Request-ID", ex.request_id.encode()))
+        headers.extend(_encoded(err.headers.items()))
+        if ex.call is not None and ex.limits:
+            headers.extend(header_lines(ex.limits))
+        return 200, headers, b""
+    return err.status, _error_headers(err, ex), errors.render(err, ex.request_id)
 
 
 def _error_headers(err: GatewayError, ex: RequestInfo) -> Pairs:
@@ -223,7 +249,8 @@ async def outgoing_async(ex: RequestInfo, resp: ResponseView) -> tuple[ResponseV
 
 def _replacement(err: GatewayError, ex: RequestInfo) -> tuple[ResponseView, bytes]:
     """A hook's fault: the error answer that replaces the response, and its body."""
-    return ResponseView(err.status, _error_headers(err, ex)), errors.render(err, ex.request_id)
+    status, headers, body = _error_answer(err, ex)
+    return ResponseView(status, headers), body
 
 
 def _final(resp: ResponseView, status: int) -> tuple[Pairs, frozenset[bytes] | None, bytes]:
