@@ -89,7 +89,7 @@ async def forward(
     """The exchange and the relay of its answer, within the route's timeout
     (or a gRPC client's grpc-timeout, when it is shorter)."""
     timeout = plan.timeout
-    call = grpc_call(request) if request.method == "POST" else None  # gRPC calls are POSTs
+    call = grpc_call(request) if ex.grpc else None
     if call is not None and call.timeout is not None:
         timeout = call.timeout if timeout is None else min(timeout, call.timeout)
     if timeout is not None:  # the route's timeout covers the whole exchange
@@ -118,11 +118,8 @@ class GrpcCall:
         self.deadline: float | None = None  # loop time
 
 
-def grpc_call(request: Request) -> GrpcCall | None:
-    """The gRPC call a request is (content-type application/grpc...), or None."""
-    ctype = request.first_header("content-type")
-    if ctype is None or not ctype.startswith("application/grpc"):
-        return None
+def grpc_call(request: Request) -> GrpcCall:
+    """A gRPC request's call, with the client's grpc-timeout if it sent one."""
     value = request.first_header("grpc-timeout")
     return GrpcCall(parse_grpc_timeout(value) if value is not None else None)
 

@@ -72,11 +72,16 @@ def takes_trailers(request: Request) -> bool:
     return te is not None and "trailers" in te.lower()
 
 
-def _trailers(request: Request, up: UpstreamResponse) -> Pairs | None:
+def _trailers(request: Request, up: UpstreamResponse, ex: RequestInfo) -> Pairs | None:
     """The upstream's trailer fields, when the client takes them: an HTTP/1.1
-    client that said `TE: trailers`, any HTTP/2 client."""
+    client that said `TE: trailers`, any HTTP/2 client. A gRPC call's status
+    is noted from them on the way."""
     trailers = up.trailers
-    if trailers and (request.version[:1] == "2" or takes_trailers(request)):
+    if not trailers:
+        return None
+    if ex.grpc:
+        note_grpc_status(ex, trailers)
+    if request.version[:1] == "2" or takes_trailers(request):
         return trailers
     return None
 
@@ -105,7 +110,7 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
         while chunk := await up.read():
             chunks.append(chunk)
         up.release()
-        trailers = _trailers(request, up)
+        trailers = _trailers(request, up, ex)
         if trailers is None:
             request.respond(status, headers, b"".join(chunks), reason, drop, raw)
             return
@@ -125,7 +130,7 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
         request.abort()
         return
     up.release()
-    trailers = _trailers(request, up)
+    trailers = _trailers(request, up, ex)
     if trailers is not None:
         request.trailers(trailers)
     request.end()

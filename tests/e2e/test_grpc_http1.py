@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.backends import wait_for
-from harness.gateway import config, gateway
+from harness.gateway import access_lines, config, gateway
 from harness.grpc_greeter import Greeter, frame, unframe
 from tests.upstream.h2util import Raw, raw_request
 
@@ -78,8 +78,22 @@ async def test_the_deadline_is_the_client_grpc_timeout_capped_by_the_route(
             assert 0.05 < remaining <= 0.5  # the route's 500ms, not the client's 30s
             raw = await call(gw.ports[0], request, "grpc-timeout: 300m")
             assert 0.0 < float(raw.trailers["x-time-remaining"]) <= 0.3
-            # A call that outlives it: the gateway answers 504 and cancels upstream.
+            # A call that outlives it: DEADLINE_EXCEEDED, and the upstream call is cancelled.
             slow = g.pb2.HelloRequest(name="slow").SerializeToString()
             raw = await call(gw.ports[0], slow, "grpc-timeout: 200m")
-            assert raw.status == 504
+            assert (raw.status, status_of(raw)[0]) == (200, "4")
             await wait_for(lambda: g.cancelled == 1)
+
+
+async def test_the_upstreams_grpc_status_is_logged_from_its_trailers(
+    tmp_path: Path, log_file: Path
+) -> None:
+    async with Greeter(tmp_path) as g:
+        toml = config(ROUTES.format(port=g.port, timeout="10s"), access_log=True)
+        async with gateway(tmp_path, toml) as gw:
+            for name in ("world", "fail"):
+                request = g.pb2.HelloRequest(name=name).SerializeToString()
+                await call(gw.ports[0], request)
+    lines = access_lines(log_file)
+    # 0 came in the trailers after the message; 3 in a trailers-only head.
+    assert [(e["status"], e["grpc_status"]) for e in lines] == [(200, 0), (200, 3)]
