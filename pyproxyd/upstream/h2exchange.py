@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from hpack import NeverIndexedHeaderTuple
+
 from .. import errors
 from .h2conn import H2Stream, H2UpstreamConnection, StreamError
 from .h2pool import H2Pool
@@ -38,6 +40,11 @@ CONNECTION_SPECIFIC = frozenset(
         b"http2-settings",
         b"trailer",
     }
+)
+# Values new with every request: sent as literals never indexed, so they neither
+# churn the HPACK dynamic table nor slow down its (linear) searches.
+PER_REQUEST = frozenset(
+    {b"x-request-id", b"traceparent", b"x-forwarded-for", b"content-length", b"authorization"}
 )
 # Tries of one request on one target when streams are refused (GOAWAY, REFUSED_STREAM).
 STREAM_TRIES = 3
@@ -88,13 +95,16 @@ def h2_headers(
             continue
         if lname == b"grpc-timeout" and timeout is not None:
             continue
-        out.append((lname, value))
+        if lname in PER_REQUEST:
+            out.append(NeverIndexedHeaderTuple(lname, value))
+        else:
+            out.append((lname, value))
     headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
                (b":path", target)]  # fmt: skip
     if te_trailers:
         headers.append((b"te", b"trailers"))
     if timeout is not None:
-        headers.append((b"grpc-timeout", timeout))
+        headers.append(NeverIndexedHeaderTuple(b"grpc-timeout", timeout))
     headers.extend(out)
     return headers, chunked
 
