@@ -308,6 +308,7 @@ class H2Pool:
             raise
         finally:
             self.opening.remove(op)
+            self._wake()  # a slot is free again (or a connection to use): waiters look
         self.owner.opened_total += 1
         if self.closed:
             conn.close()
@@ -315,7 +316,6 @@ class H2Pool:
         self.conns.append(conn)
         op.done.set_result(None)
         self._arm(loop)
-        self._wake()
 
     def _close_all(self, conns: list[H2UpstreamConnection]) -> None:
         for conn in conns:
