@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from harness.backends import Backend, wait_for
+from harness.gateway import free_port
 from harness.h2backend import H2Backend
 from pyproxyd import errors
 from pyproxyd.upstream.h2exchange import H2Response, send
@@ -116,3 +117,13 @@ async def test_a_request_that_waited_for_an_abandoned_connect_opens_its_own() ->
         assert body == b"" and opener.cancelled()
         assert b.connections_opened == 2 and len(b.received) == 1
         await owner.aclose()
+
+
+async def test_a_request_waiting_for_a_slot_hears_at_once_when_the_connect_fails() -> None:
+    owner, pool = make_pool(free_port(), max_connections=1, max_streams=1, connect_timeout=5.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(get(pool, "/echo"), get(pool, "/echo"), return_exceptions=True)
+    assert all(isinstance(r, errors.UpstreamConnectError) for r in results)
+    assert loop.time() - started < 2.0  # not the 5 s connect_timeout
+    await owner.aclose()
