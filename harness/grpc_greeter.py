@@ -6,7 +6,8 @@ into a folder of the caller's (nothing generated is checked in):
     async with Greeter(tmp_path) as g:
         ... f"http://127.0.0.1:{g.port}" ...
 
-SayHello answers "Hello, <name>" with the request's x-client-id metadata back
+SayHellos streams three answers back; Collect greets every name it is
+streamed at once. SayHello answers "Hello, <name>" with the request's x-client-id metadata back
 as initial metadata `x-seen-client-id`, and the deadline it saw as trailing
 metadata `x-time-remaining` (seconds, or "none"). Names that misbehave:
 "fail" -> INVALID_ARGUMENT "bad name"; "slow" -> answers after 2 s (unless
@@ -35,6 +36,8 @@ package helloworld;
 
 service Greeter {
   rpc SayHello (HelloRequest) returns (HelloReply) {}
+  rpc SayHellos (HelloRequest) returns (stream HelloReply) {}
+  rpc Collect (stream HelloRequest) returns (HelloReply) {}
 }
 
 message HelloRequest { string name = 1; }
@@ -113,6 +116,14 @@ class Greeter:
                         greeter.cancelled += 1
                         raise
                 return pb2.HelloReply(message=f"Hello, {request.name}")
+
+            async def SayHellos(self, request: Any, context: Any) -> Any:  # noqa: N802
+                for i in range(3):
+                    yield pb2.HelloReply(message=f"Hello #{i}, {request.name}")
+
+            async def Collect(self, requests: Any, context: Any) -> Any:  # noqa: N802
+                names = [r.name async for r in requests]
+                return pb2.HelloReply(message="Hello, " + " and ".join(names))
 
         return Servicer()
 

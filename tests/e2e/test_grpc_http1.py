@@ -24,11 +24,11 @@ timeout = "{timeout}"
 """
 
 
-async def call(port: int, message: bytes, *headers: str) -> Raw:
+async def call(port: int, message: bytes, *headers: str, method: str = "SayHello") -> Raw:
     body = frame(message)
     extra = "".join(f"{h}\r\n" for h in headers)
     request = (
-        "POST /helloworld.Greeter/SayHello HTTP/1.1\r\nHost: greeter\r\n"
+        f"POST /helloworld.Greeter/{method} HTTP/1.1\r\nHost: greeter\r\n"
         "Content-Type: application/grpc\r\nTE: trailers\r\n"
         f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
     ).encode() + body
@@ -97,3 +97,27 @@ async def test_the_upstreams_grpc_status_is_logged_from_its_trailers(
     lines = access_lines(log_file)
     # 0 came in the trailers after the message; 3 in a trailers-only head.
     assert [(e["status"], e["grpc_status"]) for e in lines] == [(200, 0), (200, 3)]
+
+
+async def test_server_streaming_and_client_streaming_calls(tmp_path: Path) -> None:
+    async with Greeter(tmp_path) as g:
+        toml = config(ROUTES.format(port=g.port, timeout="10s"))
+        async with gateway(tmp_path, toml) as gw:
+            port = gw.ports[0]
+            request = g.pb2.HelloRequest(name="world").SerializeToString()
+            raw = await call(port, request, method="SayHellos")
+            replies = [g.pb2.HelloReply.FromString(m).message for m in unframe(raw.body)]
+            assert replies == [f"Hello #{i}, world" for i in range(3)]
+            assert raw.trailers["grpc-status"] == "0"
+            # Client streaming: several messages in a chunked HTTP/1.1 body.
+            names = [g.pb2.HelloRequest(name=n).SerializeToString() for n in ("a", "b", "c")]
+            chunks = b"".join(b"%x\r\n%b\r\n" % (len(frame(m)), frame(m)) for m in names)
+            head = (
+                b"POST /helloworld.Greeter/Collect HTTP/1.1\r\nHost: greeter\r\n"
+                b"Content-Type: application/grpc\r\nTE: trailers\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )
+            raw = await raw_request(port, head + chunks + b"0\r\n\r\n")
+            [reply] = unframe(raw.body)
+            assert g.pb2.HelloReply.FromString(reply).message == "Hello, a and b and c"
+            assert raw.trailers["grpc-status"] == "0"
