@@ -117,11 +117,11 @@ class Greeter:
                         raise
                 return pb2.HelloReply(message=f"Hello, {request.name}")
 
-            async def SayHellos(self, request: Any, context: Any) -> Any:  # noqa: N802
+            async def SayHellos(self, request: Any, context: Any) -> Any:
                 for i in range(3):
                     yield pb2.HelloReply(message=f"Hello #{i}, {request.name}")
 
-            async def Collect(self, requests: Any, context: Any) -> Any:  # noqa: N802
+            async def Collect(self, requests: Any, context: Any) -> Any:
                 names = [r.name async for r in requests]
                 return pb2.HelloReply(message="Hello, " + " and ".join(names))
 
