@@ -365,3 +365,17 @@ async def test_a_connection_that_sent_goaway_is_not_used_again(tmp_path: Path) -
         await wait_for(lambda: b.open_connections == 0)  # retired ones close once idle
         t = (await admin(gw, "/admin/upstreams"))["upstreams"]["h2"]["targets"][0]
         assert (t["busy"], t["idle"], t["opened_total"]) == (0, 0, 3)
+
+
+async def test_a_body_over_the_limit_is_a_413_and_the_stream_is_reset(tmp_path: Path) -> None:
+    toml = config(h2_upstream("URL"), server='client_max_body_size = "1KiB"')
+
+    async def body():  # chunked: the limit is found while streaming
+        for _ in range(10):
+            yield b"z" * 500
+
+    async with H2Backend() as b, gateway(tmp_path, toml.replace("URL", b.url)) as gw:
+        status, _, _ = await fetch(url(gw, "/h2/hang"), "POST", data=body())
+        assert status == 413
+        await wait_for(lambda: [code for _, _, code in b.resets] == [8])
+        assert len(b.received[0].body) <= 1024
