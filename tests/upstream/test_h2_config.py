@@ -121,3 +121,24 @@ async def test_an_unknown_ca_is_refused(tmp_path: Path) -> None:
             status, _, _ = await fetch(url(gw, "/h2/echo"))
             assert status == 502
             assert b.received == []
+
+
+async def test_upstream_tls_applies_to_https_http1_targets_too(tmp_path: Path) -> None:
+    server, _ = self_signed(tmp_path)  # its certificate names localhost and 127.0.0.1
+    async with Backend(ssl_context=server) as b:
+        trusted = 'tls = { ca = "backend.crt" }\nretries = 0'
+        async with gateway(
+            tmp_path, config(h2_upstream(b.url, protocol="http1", extra=trusted))
+        ) as gw:
+            status, _, _ = await fetch(url(gw, "/h2/echo"))
+            assert status == 200
+        wrong_name = 'tls = { ca = "backend.crt", server_name = "other.example" }\nretries = 0'
+        toml = config(h2_upstream(b.url, protocol="http1", extra=wrong_name))
+        async with gateway(tmp_path, toml) as gw:
+            status, _, _ = await fetch(url(gw, "/h2/echo"))
+            assert status == 502
+        unchecked = "tls = { verify = false }\nretries = 0"
+        toml = config(h2_upstream(b.url, protocol="http1", extra=unchecked))
+        async with gateway(tmp_path, toml) as gw:
+            status, _, _ = await fetch(url(gw, "/h2/echo"))
+            assert status == 200
