@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from harness.backends import Backend
+from harness.backends import Backend, wait_for
 from harness.etcd_server import EtcdAdmin, EtcdMember, etcd_member
 from harness.gateway import config, gateway, url
 from pyproxyd.server import Gateway
@@ -308,3 +310,75 @@ def test_push_refuses_an_invalid_document_a_stale_revision_and_no_etcd(
     done = push(cfg, other)
     assert done.returncode == 2
     assert "cannot read" in done.stderr
+
+
+# -- workers: the supervisor watches the key for its workers --------------------------------
+
+
+async def fresh_statuses(port: int, path: str, n: int = 24) -> list[int]:
+    """n requests at once, each on a new connection: the kernel spreads them
+    over the workers (SO_REUSEPORT), so n of them reach every worker."""
+
+    async def one() -> int:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+            return r.status
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_with_workers_a_push_reaches_every_worker_and_a_bad_one_none(
+    tmp_path: Path, etcd: EtcdMember
+) -> None:
+    from tests.e2e.test_workers import instance
+
+    admin = EtcdAdmin([etcd.url])
+    async with Backend(name="a") as a:
+        body = shared(etcd, a.url).split("[etcd]", 1)[1]
+        admin.put(KEY, DOC.format(prefix="v1"))
+        async with instance(tmp_path, 3, "[etcd]" + body) as inst:
+            # The workers started on the document, not on the file alone.
+            assert await fresh_statuses(inst.port, "/v1/echo") == [200] * 24
+            assert await fresh_statuses(inst.port, "/file/echo") == [404] * 24
+            # Written straight to the key (`push` is a process start slower): timed from
+            # the write.
+            pushed = time.monotonic()
+            revision = admin.put(KEY, DOC.format(prefix="v2"))
+            while True:
+                started = time.monotonic() - pushed
+                v2 = await fresh_statuses(inst.port, "/v2/echo")
+                v1 = await fresh_statuses(inst.port, "/v1/echo")
+                if v2 == [200] * 24 and v1 == [404] * 24:
+                    break
+                assert started < 5, (v1, v2)
+            print(f"every worker on v2 {started:.3f} s after the write")
+            assert started < 1.0  # every worker within 1 s of the write
+
+            # An invalid document: reported once by the supervisor, no worker tries it.
+            admin.put(KEY, DOC.format(prefix="v3").replace('"app"', '"nope"'))
+            async with aiohttp.ClientSession() as s:
+
+                async def reported() -> bool:
+                    async with s.get(f"http://127.0.0.1:{inst.admin}/admin/config") as r:
+                        return bool((await r.json())["last_reload_error"])
+
+                await until(reported)
+                async with s.get(f"http://127.0.0.1:{inst.admin}/admin/config") as r:
+                    cfg_view = await r.json()
+            assert cfg_view["last_reload_error"] == [
+                f"{KEY}: routes[0].upstream: unknown upstream 'nope' (line 5)"
+            ]
+            assert cfg_view["config_revision"] == revision
+            assert await fresh_statuses(inst.port, "/v2/echo") == [200] * 24
+            assert await fresh_statuses(inst.port, "/v3/echo") == [404] * 24
+
+            # A worker that dies is restarted on the document serving, not the file's.
+            killed = inst.workers[0]
+            os.kill(killed, signal.SIGKILL)
+            await wait_for(lambda: len(inst.workers) == 3 and killed not in inst.workers, 20)
+            await inst.gw.wait_ready(inst.admin, timeout=30)
+            assert await fresh_statuses(inst.port, "/v2/echo") == [200] * 24
+        lines = [json.loads(x) for x in inst.gw.output.decode().splitlines() if x.startswith("{")]
+        events = [x["event"] for x in lines]
+        assert events.count("worker_config_reloaded") == 3  # v2, once in each worker
+        assert "worker_config_reload_failed" not in events
+        assert events.count("config_reload_failed") == 1  # v3, once, by the supervisor
