@@ -12,6 +12,9 @@ systemd and the supervisor.
 With `etcd.config_key` the supervisor is the instance's one watcher of the
 key (fleet.py): it validates each document as it validates a file edit, and
 its workers take the document it validated from a file in its folder.
+Discovery too is one per instance: the supervisor runs each discovered
+upstream's source and relays every set to all of its workers
+(discovery/relay.py), so they serve the same targets from one watch.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from . import sdnotify
 from .admin import Admin
 from .config_load import ConfigError, Document, Loaded, watched
 from .discovery.build import close_clients, etcd_client
+from .discovery.relay import SOCKET_ENV, Hub
 from .fleet import DOCUMENT_ENV, SharedConfig, write_document
 from .observe import metrics
 from .observe.logging import get_logger
 from .reload import ReloadTally, candidate
-from .resilience.view import discovery_ready, merge_views
+from .resilience.view import merge_views
 from .server import bind, compile_or_refuse
 from .shm import zone as shm_zone
 from .snapshot import Snapshot
@@ -104,6 +108,7 @@ class Supervisor:
         self.document: Document | None = loaded.document
         self.document_file = Path(self._tmp.name) / "document.json"
         self.shared: SharedConfig | None = None
+        self.hub = Hub(Path(self._tmp.name) / "discovery.sock")
 
     # ------------------------------------------------------------- lifecycle
 
@@ -117,6 +122,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()
+        await self.hub.start()
+        self.hub.configure(self.snapshot)
         etcd = self.loaded.config.etcd
         if etcd is not None and etcd.config_key is not None:
             client = etcd_client(self.loaded.config, self.loaded.path.parent)
@@ -151,6 +158,7 @@ class Supervisor:
             await watcher
         if self.shared is not None:
             await self.shared.stop()
+        await self.hub.close()
         await close_clients()
         loop.remove_reader(self._notify.fileno())
         self._notify.close()
@@ -177,6 +185,7 @@ class Supervisor:
                     "NOTIFY_SOCKET": self._notify_path,
                     shm_zone.ENV: str(zone_fd),
                     DOCUMENT_ENV: str(self.document_file),
+                    SOCKET_ENV: str(self.hub.path),
                 },
             )
             w.ready = False
@@ -277,6 +286,7 @@ class Supervisor:
             self.tally.unchanged(file)
             return False
         self.loaded, self.snapshot = found
+        self.hub.configure(self.snapshot)  # before any worker compiles it
         if self.shared is not None:
             write_document(self.document_file, self.loaded.document)
         self.generation += 1
@@ -316,9 +326,9 @@ class Supervisor:
         ready = [w.ready for w in self.workers]
         body = {"ready_workers": sum(ready), "workers": len(ready)}
         if not self.stopping and all(ready):
-            # The supervisor's own compile runs no source: its discovered
-            # upstreams are "ready" once their first-answer wait has passed.
-            if not discovery_ready(self.admin_snapshot()):
+            # The sources run here, relayed to the workers: ready once each
+            # answered (or its first-answer wait has passed).
+            if not self.hub.ready():
                 return False, {"status": "waiting_for_discovery", **body}
             if self.shared is not None and not self.shared.ready():
                 return False, {"status": "waiting_for_config_key", **body}

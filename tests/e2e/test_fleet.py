@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -382,3 +383,64 @@ async def test_with_workers_a_push_reaches_every_worker_and_a_bad_one_none(
         assert events.count("worker_config_reloaded") == 3  # v2, once in each worker
         assert "worker_config_reload_failed" not in events
         assert events.count("config_reload_failed") == 1  # v3, once, by the supervisor
+
+
+def watchers(etcd: EtcdMember) -> int:
+    """The watches etcd holds open now (its own gauge)."""
+    with urllib.request.urlopen(etcd.url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("no etcd_debugging_mvcc_watcher_total")
+
+
+async def worker_sets(admin_port: int) -> list[set[str]]:
+    """Each worker's targets of `app`, from the supervisor's /admin/upstreams."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{admin_port}/admin/upstreams") as r,
+    ):
+        body = await r.json()
+    return [{t["url"] for t in w["upstreams"]["app"]["targets"]} for w in body["workers"]]
+
+
+async def test_with_workers_one_watch_and_every_worker_the_same_targets(
+    tmp_path: Path, etcd: EtcdMember
+) -> None:
+    from tests.e2e.test_workers import instance
+
+    admin = EtcdAdmin([etcd.url])
+    async with Backend(name="a") as a, Backend(name="b") as b:
+        admin.put(f"{PREFIX}a", f"127.0.0.1:{a.port}")
+        admin.put(f"{PREFIX}b", f"127.0.0.1:{b.port}")
+        # A long etcd.timeout: /readyz must come from the answer, not from the wait.
+        body = discovered(etcd).split("[etcd]", 1)[1].replace('timeout = "2s"', 'timeout = "20s"')
+        started = time.monotonic()
+        async with instance(tmp_path, 3, "[etcd]" + body) as inst:
+            assert time.monotonic() - started < 15
+            assert watchers(etcd) == 1  # the supervisor's, relayed to 3 workers
+            a_url, b_url = f"http://127.0.0.1:{a.port}", f"http://127.0.0.1:{b.port}"
+            assert await worker_sets(inst.admin) == [{a_url, b_url}] * 3
+            assert await fresh_statuses(inst.port, "/echo") == [200] * 24
+
+            admin.delete(f"{PREFIX}b")
+            changed = time.monotonic()
+            while await worker_sets(inst.admin) != [{a_url}] * 3:
+                assert time.monotonic() - changed < 1.0, await worker_sets(inst.admin)
+                await asyncio.sleep(0.02)
+
+            # A restarted worker starts with the set the others serve.
+            killed = inst.workers[0]
+            os.kill(killed, signal.SIGKILL)
+            await wait_for(lambda: len(inst.workers) == 3 and killed not in inst.workers, 20)
+            await inst.gw.wait_ready(inst.admin, timeout=30)
+            assert await worker_sets(inst.admin) == [{a_url}] * 3
+            assert await fresh_statuses(inst.port, "/echo") == [200] * 24
+            assert watchers(etcd) == 1
+        lines = [json.loads(x) for x in inst.gw.output.decode().splitlines() if x.startswith("{")]
+        changes = [x for x in lines if x["event"] == "discovery_changed"]
+        # Logged once per instance: the first answer, then b leaving.
+        assert [(c["added"], c["removed"]) for c in changes] == [
+            (sorted([a_url, b_url]), []),
+            ([], [b_url]),
+        ]
