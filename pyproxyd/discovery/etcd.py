@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import random
+import socket
 import ssl as ssl_module
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ _UNAUTHENTICATED = 16
 # makes a member that lost its quorum end our watch instead of keeping a
 # stream that silently sees no new revision.
 _WATCH_HEADERS = {"Grpc-Metadata-hasleader": "true"}
+# TCP keepalive on a watch's socket: a connection whose peer is gone without
+# a FIN or RST (a host that died, state a NAT dropped) errors after about
+# idle + interval * count seconds instead of never.
+_KEEPALIVE = (5, 2, 3)
 
 
 class EtcdError(Exception):
@@ -116,6 +121,20 @@ def _error_of(data: Any) -> tuple[int, str]:
     return int(data.get("code", 0)), str(data.get("message") or err or data)
 
 
+def _keepalive(resp: aiohttp.ClientResponse) -> None:
+    sock = None
+    if resp.connection is not None and resp.connection.transport is not None:
+        sock = resp.connection.transport.get_extra_info("socket")
+    if sock is None:
+        return
+    idle, interval, count = _KEEPALIVE
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the defaults
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timed out"
@@ -124,7 +143,16 @@ def _describe(exc: BaseException) -> str:
 
 class EtcdClient:
     """endpoints: the members' client URLs (http:// or https://); timeout:
-    seconds for one call to one member (a watch: until it is established)."""
+    seconds for one call to one member (a watch: until it is established).
+
+    A watch stream that has been quiet for `probe_after` seconds has its
+    member asked for its status (one probe per member at a time, shared by
+    the streams on it): a member that does not answer within `timeout` is
+    frozen or cut off without a FIN (SIGSTOP, a hung VM, a partition), and
+    the stream moves to the next member from its last revision. etcd's own
+    progress notifications cannot serve for this: their interval is a
+    server flag, 10 minutes by default.
+    """
 
     def __init__(
         self,
@@ -133,6 +161,8 @@ class EtcdClient:
         username: str | None = None,
         password: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        *,
+        probe_after: float = 1.0,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: no endpoints")
@@ -146,6 +176,9 @@ class EtcdClient:
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
         self._closed = False
+        self.probe_after = probe_after
+        self._alive_at: dict[str, float] = {}  # endpoint -> loop time it last answered a probe
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------ the calls
 
@@ -282,7 +315,8 @@ class EtcdClient:
             async with resp:
                 if resp.status != 200:
                     self._raise_for(endpoint, resp.status, await self._json(resp, endpoint))
-                lines = self._lines(resp)
+                _keepalive(resp)
+                lines = self._lines(resp, endpoint)
                 async with asyncio.timeout(self.timeout):
                     first = await anext(lines, None)
                     if first is None:
@@ -297,17 +331,49 @@ class EtcdClient:
             # ValueError: a line that is not JSON; that member's stream is broken.
             raise _MemberDown(_describe(exc)) from exc
 
-    @staticmethod
-    async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    async def _lines(
+        self, resp: aiohttp.ClientResponse, endpoint: str
+    ) -> AsyncIterator[dict[str, Any]]:
         # One JSON object a line; read chunks ourselves, as StreamReader.readline
         # refuses lines past 128 KiB and a batch of many events is longer.
         buf = b""
-        async for chunk in resp.content.iter_any():
+        while True:
+            try:
+                async with asyncio.timeout(self.probe_after):
+                    chunk = await resp.content.readany()  # (cancel-safe: data stays buffered)
+            except TimeoutError:
+                await self._probe(endpoint)  # raises _MemberDown when it does not answer
+                continue
+            if not chunk:
+                return
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 if line.strip():
                     yield json.loads(line)
+
+    async def _probe(self, endpoint: str) -> None:
+        """Whether the member still answers, asked at most once per probe_after."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._alive_at.get(endpoint, -1e9) < self.probe_after:
+            return
+        task = self._probes.get(endpoint)
+        if task is None or task.done():
+            task = self._probes[endpoint] = loop.create_task(self._status(endpoint))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(task)
+
+    async def _status(self, endpoint: str) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._post(endpoint, "/v3/maintenance/status", {})
+        except EtcdError:
+            pass  # it answered, if only to refuse
+        except TimeoutError:
+            raise _MemberDown(
+                f"no answer to a status probe within {self.timeout:g}s (a frozen or cut-off member)"
+            ) from None
+        self._alive_at[endpoint] = asyncio.get_running_loop().time()
 
     def _check_result(self, endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -416,4 +418,51 @@ async def test_member_failover_misses_nothing(tmp_path: Path) -> None:
                 assert seen - killed < 5, f"watching again after {seen - killed:.2f} s"
         finally:
             stop.set()
+            await client.close()
+
+
+async def test_a_frozen_member_is_left_and_nothing_missed(tmp_path: Path) -> None:
+    """SIGSTOP: the member's sockets stay open and silent (no FIN, no RST), the
+    way a hung VM or a partition looks. The watch must notice, move on and
+    resume from its revision."""
+    p = "/t/frozen/"
+    with etcd_cluster(tmp_path) as cluster:
+        frozen = cluster.members[0]  # the client watches through m0 first
+        assert frozen.proc is not None
+        admin = EtcdAdmin(cluster.endpoints[1:])
+        client = EtcdClient(cluster.endpoints, timeout=1)
+        expected: set[str] = set()
+        written: dict[int, float] = {}
+        try:
+            async with running(EtcdSource(client, p)) as rec:
+                for i in range(3):
+                    admin.put(f"{p}{i:04d}", f"127.0.0.1:{6000 + i}")
+                    expected.add(url(6000 + i))
+                await rec.wait(lambda: rec.urls == expected, 3, "watching")
+                os.kill(frozen.proc.pid, signal.SIGSTOP)
+                stopped = time.monotonic()
+                for i in range(3, 40):  # changes keep coming through m1 and m2
+                    port = 6000 + i
+                    await asyncio.to_thread(admin.put, f"{p}{i:04d}", f"127.0.0.1:{port}")
+                    written[port] = time.monotonic()
+                    expected.add(url(port))
+                    if i % 3 == 0:
+                        await asyncio.to_thread(admin.delete, f"{p}{i - 3:04d}")
+                        expected.discard(url(port - 3))
+                    await asyncio.sleep(0.1)
+                await rec.wait(lambda: rec.urls == expected, 5, "every change seen")
+                first = min(p for p in written if p % 3)  # multiples of 3 are deleted later
+                seen = next(
+                    at for s, at in zip(rec.sets, rec.seen_at, strict=True)
+                    if url(first) in {f.url for f in s}
+                )  # fmt: skip
+                print(f"frozen member left: first change seen {seen - stopped:.2f} s after SIGSTOP")
+                assert seen - stopped < 5, f"watching again after {seen - stopped:.2f} s"
+                # The member is back: the watch stays where it is and still follows.
+                os.kill(frozen.proc.pid, signal.SIGCONT)
+                admin.put(f"{p}last", "127.0.0.1:6999")
+                await rec.wait(lambda: url(6999) in (rec.urls or ()), 2, "after SIGCONT")
+        finally:
+            if frozen.proc is not None:
+                os.kill(frozen.proc.pid, signal.SIGCONT)  # then killed by PID as the others
             await client.close()
