@@ -31,6 +31,7 @@ _INVALID_ARGUMENT = 3
 _DEADLINE_EXCEEDED = 4
 _PERMISSION_DENIED = 7
 _FAILED_PRECONDITION = 9
+_OUT_OF_RANGE = 11
 _UNAVAILABLE = 14
 _UNAUTHENTICATED = 16
 
@@ -163,6 +164,7 @@ class EtcdClient:
         ssl: ssl_module.SSLContext | None = None,
         *,
         probe_after: float = 1.0,
+        page_size: int = 1000,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: no endpoints")
@@ -177,19 +179,41 @@ class EtcdClient:
         self._auth_lock = asyncio.Lock()
         self._closed = False
         self.probe_after = probe_after
+        self.page_size = page_size  # keys per range read of a prefix
         self._alive_at: dict[str, float] = {}  # endpoint -> loop time it last answered a probe
         self._probes: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------ the calls
 
     async def range_prefix(self, prefix: str) -> tuple[int, list[tuple[str, bytes]]]:
-        """Every key under prefix, in key order, and the revision read at."""
+        """Every key under prefix, in key order, and the revision read at.
+
+        Read in pages of page_size keys, each from the key after the last one
+        and all at the first page's revision: one consistent set, without one
+        giant answer for a prefix of 10,000 instances. A revision compacted
+        between two pages starts the read over."""
         raw = _key_bytes(prefix)
-        data = await self._call(
-            "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(prefix_end(raw))}
-        )
-        kvs = [(_key_str(_unb64(kv["key"])), _unb64(kv.get("value"))) for kv in data.get("kvs", [])]
-        return _revision(data), kvs
+        for _ in range(3):
+            try:
+                return await self._range_pages(raw, prefix_end(raw))
+            except Compacted:
+                continue
+        return await self._range_pages(raw, prefix_end(raw))
+
+    async def _range_pages(self, key: bytes, end: bytes) -> tuple[int, list[tuple[str, bytes]]]:
+        kvs: list[tuple[str, bytes]] = []
+        revision = 0
+        while True:
+            body = {"key": _b64(key), "range_end": _b64(end), "limit": str(self.page_size)}
+            if revision:
+                body["revision"] = str(revision)
+            data = await self._call("/v3/kv/range", body)
+            revision = revision or _revision(data)
+            page = data.get("kvs", [])
+            kvs += [(_key_str(_unb64(kv["key"])), _unb64(kv.get("value"))) for kv in page]
+            if not data.get("more") or not page:
+                return revision, kvs
+            key = _unb64(page[-1]["key"]) + b"\0"
 
     async def get(self, key: str) -> tuple[int, bytes | None, int]:
         """(revision read at, value or None when absent, the key's mod_revision or 0)."""
@@ -466,6 +490,8 @@ class EtcdClient:
 
     def _raise_for(self, endpoint: str, status: int, data: dict[str, Any]) -> None:
         code, message = _error_of(data)
+        if code == _OUT_OF_RANGE and "compacted" in message:
+            raise Compacted(0)  # a range read at a revision that is gone
         if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or (status >= 500 and code == 0):
             raise _MemberDown(message)  # no leader, request timed out, restarting
         if code in (_PERMISSION_DENIED, _UNAUTHENTICATED) or "user name is empty" in message:

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -124,6 +125,55 @@ async def test_range_get_and_put_if_revision(client: EtcdClient, admin: EtcdAdmi
     assert await client.put_if_revision(p + "c", b"first", 0) is not None
     assert await client.put_if_revision(p + "c", b"second", 0) is None
     assert (await client.get(p + "c"))[1] == b"first"
+
+
+def ranges_served(etcd: EtcdMember) -> int:
+    with urllib.request.urlopen(etcd.url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_range_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("no etcd_debugging_mvcc_range_total")
+
+
+async def test_a_prefix_is_read_in_pages_at_one_revision(
+    etcd: EtcdMember, admin: EtcdAdmin
+) -> None:
+    p = "/t/pages/"
+    put_at = {f"{p}{i:03d}": admin.put(f"{p}{i:03d}", f"127.0.0.1:{7000 + i}") for i in range(10)}
+    admin.put("/t/pages0", "just past the prefix")
+    client = EtcdClient([etcd.url], timeout=1, page_size=3)
+    try:
+        before = ranges_served(etcd)
+        rev, kvs = await client.range_prefix(p)
+        assert ranges_served(etcd) - before == 4  # 3 + 3 + 3 + 1
+        assert [k for k, _ in kvs] == sorted(put_at)
+        assert kvs[9] == (f"{p}009", b"127.0.0.1:7009")
+
+        # Keys written while the pages are read (after the last key, so a page
+        # read at a later revision would pick them up) are not in the set: it
+        # is the prefix as it was at `rev`.
+        stop = threading.Event()
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set() and i < 500:
+                key = f"{p}w{i:04d}"
+                put_at[key] = admin.put(key, "127.0.0.1:7999")
+                i += 1
+
+        client.page_size = 1
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            await asyncio.sleep(0.05)
+            rev, kvs = await client.range_prefix(p)
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join)
+        assert [k for k, _ in kvs] == sorted(k for k, r in put_at.items() if r <= rev)
+        assert any(r > rev for r in put_at.values())  # writes did land during the read
+    finally:
+        await client.close()
 
 
 async def test_two_writers_from_one_revision_one_wins(client: EtcdClient, etcd: EtcdMember) -> None:
