@@ -437,6 +437,14 @@ async def test_with_workers_one_watch_and_every_worker_the_same_targets(
             assert await worker_sets(inst.admin) == [{a_url}] * 3
             assert await fresh_statuses(inst.port, "/echo") == [200] * 24
             assert watchers(etcd) == 1
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{inst.admin}/metrics") as r,
+            ):
+                text = await r.text()
+            # Counted once for the instance, not once per worker.
+            assert 'pyproxyd_discovery_updates_total{result="applied",upstream="app"} 2.0' in text
+            assert 'pyproxyd_discovery_targets{upstream="app"} 1.0' in text
         lines = [json.loads(x) for x in inst.gw.output.decode().splitlines() if x.startswith("{")]
         changes = [x for x in lines if x["event"] == "discovery_changed"]
         # Logged once per instance: the first answer, then b leaving.
