@@ -124,14 +124,6 @@ class Supervisor:
         runner = await self._start_admin()
         await self.hub.start()
         self.hub.configure(self.snapshot)
-        etcd = self.loaded.config.etcd
-        if etcd is not None and etcd.config_key is not None:
-            client = etcd_client(self.loaded.config, self.loaded.path.parent)
-            self.shared = SharedConfig(self, client, etcd.config_key, etcd.timeout)
-            self.shared.start()
-            # Workers start on the document (within etcd.timeout), not on the
-            # file alone only to be told to reload a moment later.
-            await self.shared.first_read()
         stop = asyncio.Event()
 
         def on_signal(sig: signal.Signals) -> None:
@@ -145,6 +137,14 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        etcd = self.loaded.config.etcd
+        if etcd is not None and etcd.config_key is not None:
+            client = etcd_client(self.loaded.config, self.loaded.path.parent)
+            self.shared = SharedConfig(self, client, etcd.config_key, etcd.timeout)
+            self.shared.start()
+            # Workers start on the document (within etcd.timeout), not on the
+            # file alone only to be told to reload a moment later.
+            await self.shared.first_read()
         for w in self.workers:
             self._spawn(self._keep_running(w))
         watcher = asyncio.create_task(self._watch(stop)) if self.watch else None
@@ -262,11 +262,14 @@ class Supervisor:
         RELOADING=1, one log event, READY=1, whatever the outcome.
         """
         async with self._reload_lock:
-            sdnotify.reloading()
+            notify = self._sent_ready  # before that, a reload is part of the start
+            if notify:
+                sdnotify.reloading()
             try:
                 return await self._reload()
             finally:
-                sdnotify.ready()
+                if notify:
+                    sdnotify.ready()
 
     async def reload_document(self, document: Document | None) -> bool:
         """fleet.Target: a new document at etcd.config_key (None: deleted)."""
