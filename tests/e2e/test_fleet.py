@@ -452,3 +452,34 @@ async def test_with_workers_one_watch_and_every_worker_the_same_targets(
             (sorted([a_url, b_url]), []),
             ([], [b_url]),
         ]
+
+
+async def test_with_workers_dns_is_asked_once_per_instance(tmp_path: Path) -> None:
+    from harness.dns_server import DnsServer
+    from tests.e2e.test_workers import instance
+
+    dns = await DnsServer().start()
+    try:
+        async with Backend(name="a") as a:
+            dns.set_a("svc.test", ["127.0.0.1"], ttl=1)
+            body = f"""
+[dns]
+nameservers = ["{dns.address}"]
+[upstreams.app]
+discovery = {{ dns = "svc.test:{a.port}" }}
+[[routes]]
+id = "app"
+path = "/**"
+upstream = "app"
+"""
+            async with instance(tmp_path, 3, body) as inst:
+                target = f"http://127.0.0.1:{a.port}"
+                assert await worker_sets(inst.admin) == [{target}] * 3
+                before = dns.queries("svc.test", "A")
+                await asyncio.sleep(3.2)
+                asked = dns.queries("svc.test", "A") - before
+                # TTL 1 s: about 3 questions from the one resolver (3 workers asking: 9).
+                assert 2 <= asked <= 5, asked
+                assert await fresh_statuses(inst.port, "/echo") == [200] * 24
+    finally:
+        await dns.close()
