@@ -14,132 +14,50 @@ and an auth token; each watch is one streaming request of its own.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import random
-import socket
 import ssl as ssl_module
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
 
-# gRPC status codes that etcd puts in its JSON errors.
-_INVALID_ARGUMENT = 3
-_DEADLINE_EXCEEDED = 4
-_PERMISSION_DENIED = 7
-_FAILED_PRECONDITION = 9
-_OUT_OF_RANGE = 11
-_UNAVAILABLE = 14
-_UNAUTHENTICATED = 16
+from .etcd_wire import (
+    DEADLINE_EXCEEDED,
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    OUT_OF_RANGE,
+    PERMISSION_DENIED,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    WATCH_HEADERS,
+    Compacted,
+    EtcdAuthError,
+    EtcdError,
+    EtcdUnavailable,
+    Event,
+    MemberDown,
+    b64,
+    describe,
+    error_of,
+    keepalive,
+    key_bytes,
+    key_str,
+    prefix_end,
+    revision_of,
+    unb64,
+)
 
-# grpc-gateway forwards Grpc-Metadata-* headers as gRPC metadata; "hasleader"
-# makes a member that lost its quorum end our watch instead of keeping a
-# stream that silently sees no new revision.
-_WATCH_HEADERS = {"Grpc-Metadata-hasleader": "true"}
-# TCP keepalive on a watch's socket: a connection whose peer is gone without
-# a FIN or RST (a host that died, state a NAT dropped) errors after about
-# idle + interval * count seconds instead of never.
-_KEEPALIVE = (5, 2, 3)
-
-
-class EtcdError(Exception):
-    """etcd answered with an error this client does not retry."""
-
-
-class EtcdUnavailable(EtcdError):
-    """No member could be asked or none answered in time."""
-
-
-class EtcdAuthError(EtcdError):
-    """etcd refused the credentials, or the user may not read or write the key."""
-
-
-class Compacted(EtcdError):
-    """A watch's start revision was compacted away: re-read, then watch again."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (oldest kept: {compact_revision})")
-        self.compact_revision = compact_revision
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One change seen by a watch. A delete has an empty value; mod_revision
-    is the revision of the change itself."""
-
-    type: Literal["put", "delete"]
-    key: str
-    value: bytes
-    mod_revision: int
-
-
-class _MemberDown(Exception):
-    """This member did not answer usefully; the next one may."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(data: str | None) -> bytes:
-    return base64.b64decode(data) if data else b""
-
-
-def _key_bytes(key: str) -> bytes:
-    # surrogateescape both ways: a key that is not UTF-8 still round-trips.
-    return key.encode("utf-8", "surrogateescape")
-
-
-def _key_str(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range_end that makes [prefix, end) every key starting with prefix."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"  # etcd's "to the end of the keyspace"
-
-
-def _revision(data: dict[str, Any]) -> int:
-    return int(data.get("header", {}).get("revision", 0))
-
-
-def _error_of(data: Any) -> tuple[int, str]:
-    """(gRPC code, message) of an error body; 3.4 and 3.5 spell it differently."""
-    if not isinstance(data, dict):
-        return 0, str(data)[:200]
-    err = data.get("error")
-    if isinstance(err, dict):  # a streaming error: {"error": {"grpc_code": ..}}
-        return int(err.get("grpc_code", 0)), str(err.get("message", err))
-    return int(data.get("code", 0)), str(data.get("message") or err or data)
-
-
-def _keepalive(resp: aiohttp.ClientResponse) -> None:
-    sock = None
-    if resp.connection is not None and resp.connection.transport is not None:
-        sock = resp.connection.transport.get_extra_info("socket")
-    if sock is None:
-        return
-    idle, interval, count = _KEEPALIVE
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: the defaults
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
+__all__ = [
+    "Compacted",
+    "EtcdAuthError",
+    "EtcdClient",
+    "EtcdError",
+    "EtcdUnavailable",
+    "Event",
+    "prefix_end",
+]
 
 
 class EtcdClient:
@@ -192,7 +110,7 @@ class EtcdClient:
         and all at the first page's revision: one consistent set, without one
         giant answer for a prefix of 10,000 instances. A revision compacted
         between two pages starts the read over."""
-        raw = _key_bytes(prefix)
+        raw = key_bytes(prefix)
         for _ in range(3):
             try:
                 return await self._range_pages(raw, prefix_end(raw))
@@ -204,34 +122,34 @@ class EtcdClient:
         kvs: list[tuple[str, bytes]] = []
         revision = 0
         while True:
-            body = {"key": _b64(key), "range_end": _b64(end), "limit": str(self.page_size)}
+            body = {"key": b64(key), "range_end": b64(end), "limit": str(self.page_size)}
             if revision:
                 body["revision"] = str(revision)
             data = await self._call("/v3/kv/range", body)
-            revision = revision or _revision(data)
+            revision = revision or revision_of(data)
             page = data.get("kvs", [])
-            kvs += [(_key_str(_unb64(kv["key"])), _unb64(kv.get("value"))) for kv in page]
+            kvs += [(key_str(unb64(kv["key"])), unb64(kv.get("value"))) for kv in page]
             if not data.get("more") or not page:
                 return revision, kvs
-            key = _unb64(page[-1]["key"]) + b"\0"
+            key = unb64(page[-1]["key"]) + b"\0"
 
     async def get(self, key: str) -> tuple[int, bytes | None, int]:
         """(revision read at, value or None when absent, the key's mod_revision or 0)."""
-        data = await self._call("/v3/kv/range", {"key": _b64(_key_bytes(key))})
+        data = await self._call("/v3/kv/range", {"key": b64(key_bytes(key))})
         kvs = data.get("kvs", [])
         if not kvs:
-            return _revision(data), None, 0
-        return _revision(data), _unb64(kvs[0].get("value")), int(kvs[0]["mod_revision"])
+            return revision_of(data), None, 0
+        return revision_of(data), unb64(kvs[0].get("value")), int(kvs[0]["mod_revision"])
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write key (attached to lease when not 0); the new revision."""
-        body: dict[str, Any] = {"key": _b64(_key_bytes(key)), "value": _b64(value)}
+        body: dict[str, Any] = {"key": b64(key_bytes(key)), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
-        return _revision(await self._call("/v3/kv/put", body))
+        return revision_of(await self._call("/v3/kv/put", body))
 
     async def delete(self, key: str) -> int:
-        return _revision(await self._call("/v3/kv/deleterange", {"key": _b64(_key_bytes(key))}))
+        return revision_of(await self._call("/v3/kv/deleterange", {"key": b64(key_bytes(key))}))
 
     async def grant_lease(self, ttl: int) -> int:
         """A new lease of ttl seconds; its id."""
@@ -243,24 +161,24 @@ class EtcdClient:
         """Write key only if its mod_revision is still expected_mod_revision
         (0: the key must be absent), in one transaction. The new revision, or
         None when the key changed since it was read."""
-        raw = _b64(_key_bytes(key))
+        raw = b64(key_bytes(key))
         data = await self._call(
             "/v3/kv/txn",
             {
                 "compare": [{"target": "MOD", "key": raw, "result": "EQUAL",
                              "mod_revision": str(expected_mod_revision)}],
-                "success": [{"request_put": {"key": raw, "value": _b64(value)}}],
+                "success": [{"request_put": {"key": raw, "value": b64(value)}}],
             },
         )  # fmt: skip
-        return _revision(data) if data.get("succeeded") else None
+        return revision_of(data) if data.get("succeeded") else None
 
     def watch_prefix(self, prefix: str, start_revision: int) -> AsyncGenerator[list[Event], None]:
         """Changes under prefix from start_revision on; see _watch."""
-        raw = _key_bytes(prefix)
+        raw = key_bytes(prefix)
         return self._watch(raw, prefix_end(raw), start_revision)
 
     def watch_key(self, key: str, start_revision: int) -> AsyncGenerator[list[Event], None]:
-        return self._watch(_key_bytes(key), None, start_revision)
+        return self._watch(key_bytes(key), None, start_revision)
 
     async def close(self) -> None:
         self._closed = True
@@ -287,11 +205,11 @@ class EtcdClient:
         while True:
             endpoint = self.endpoints[member % n]
             body: dict[str, Any] = {
-                "create_request": {"key": _b64(key), "start_revision": str(next_rev),
+                "create_request": {"key": b64(key), "start_revision": str(next_rev),
                                    "progress_notify": True}
             }  # fmt: skip
             if range_end is not None:
-                body["create_request"]["range_end"] = _b64(range_end)
+                body["create_request"]["range_end"] = b64(range_end)
             established = False
             try:
                 # aclosing: a caller that stops iterating releases the stream now, not at GC.
@@ -306,7 +224,7 @@ class EtcdClient:
                         if batch or seen == 0:
                             yield batch
                 reason = "watch stream ended"
-            except _MemberDown as exc:
+            except MemberDown as exc:
                 reason = str(exc)
             member += 1
             if established:
@@ -326,7 +244,7 @@ class EtcdClient:
         (events, 0) per change and ([], R) per progress notification (all
         changes up to R were sent)."""
         session = self._get_session()
-        headers = {**_WATCH_HEADERS, **await self._auth_headers(endpoint)}
+        headers = {**WATCH_HEADERS, **await self._auth_headers(endpoint)}
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.timeout, sock_connect=self.timeout, sock_read=None
         )
@@ -339,21 +257,21 @@ class EtcdClient:
             async with resp:
                 if resp.status != 200:
                     self._raise_for(endpoint, resp.status, await self._json(resp, endpoint))
-                _keepalive(resp)
+                keepalive(resp)
                 lines = self._lines(resp, endpoint)
                 async with asyncio.timeout(self.timeout):
                     first = await anext(lines, None)
                     if first is None:
-                        raise _MemberDown("watch stream ended before it was created")
+                        raise MemberDown("watch stream ended before it was created")
                     self._check_result(endpoint, first)
                 yield [], 0
                 async for message in lines:
                     result = self._check_result(endpoint, message)
                     events = [self._event(e) for e in result.get("events", [])]
-                    yield events, 0 if events else _revision(result)
+                    yield events, 0 if events else revision_of(result)
         except (aiohttp.ClientError, OSError, TimeoutError, EOFError, ValueError) as exc:
             # ValueError: a line that is not JSON; that member's stream is broken.
-            raise _MemberDown(_describe(exc)) from exc
+            raise MemberDown(describe(exc)) from exc
 
     async def _lines(
         self, resp: aiohttp.ClientResponse, endpoint: str
@@ -366,7 +284,7 @@ class EtcdClient:
                 async with asyncio.timeout(self.probe_after):
                     chunk = await resp.content.readany()  # (cancel-safe: data stays buffered)
             except TimeoutError:
-                await self._probe(endpoint)  # raises _MemberDown when it does not answer
+                await self._probe(endpoint)  # raises MemberDown when it does not answer
                 continue
             if not chunk:
                 return
@@ -394,14 +312,14 @@ class EtcdClient:
         except EtcdError:
             pass  # it answered, if only to refuse
         except TimeoutError:
-            raise _MemberDown(
+            raise MemberDown(
                 f"no answer to a status probe within {self.timeout:g}s (a frozen or cut-off member)"
             ) from None
         self._alive_at[endpoint] = asyncio.get_running_loop().time()
 
     def _check_result(self, endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:
-            code, text = _error_of(message)
+            code, text = error_of(message)
             self._raise_for(endpoint, 500, {"code": code, "message": text})
         result: dict[str, Any] = message.get("result", {})
         if result.get("canceled"):
@@ -411,10 +329,10 @@ class EtcdClient:
             reason = str(result.get("cancel_reason", "watch canceled"))
             if "invalid auth token" in reason:
                 self._token = None
-                raise _MemberDown(reason)
+                raise MemberDown(reason)
             if "permission denied" in reason or "user name is empty" in reason:
                 raise EtcdAuthError(f"etcd at {endpoint}: {reason}")
-            raise _MemberDown(reason)
+            raise MemberDown(reason)
         return result
 
     @staticmethod
@@ -422,7 +340,7 @@ class EtcdClient:
         kv = e["kv"]
         kind: Literal["put", "delete"] = "delete" if e.get("type") == "DELETE" else "put"
         return Event(
-            kind, _key_str(_unb64(kv["key"])), _unb64(kv.get("value")), int(kv["mod_revision"])
+            kind, key_str(unb64(kv["key"])), unb64(kv.get("value")), int(kv["mod_revision"])
         )
 
     # -------------------------------------------------------- unary plumbing
@@ -444,7 +362,7 @@ class EtcdClient:
             endpoint = self.endpoints[member]
             try:
                 data = await self._post(endpoint, path, body)
-            except _MemberDown as exc:
+            except MemberDown as exc:
                 errors.append(f"{endpoint}: {exc}")
                 continue
             self._current = member
@@ -457,11 +375,11 @@ class EtcdClient:
             try:
                 status, data = await self._request(endpoint, path, body, headers)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise _MemberDown(_describe(exc)) from exc
+                raise MemberDown(describe(exc)) from exc
             if status == 200 and "error" not in data:
                 return data
-            code, _ = _error_of(data)
-            if code == _UNAUTHENTICATED and self._username and attempt == 0:
+            code, _ = error_of(data)
+            if code == UNAUTHENTICATED and self._username and attempt == 0:
                 self._token = None  # expired (simple tokens live 5 min): log in again
                 continue
             self._raise_for(endpoint, status, data)
@@ -483,18 +401,18 @@ class EtcdClient:
         try:
             data = json.loads(text)
         except ValueError:
-            raise _MemberDown(f"HTTP {resp.status}, not etcd's JSON: {text[:100]!r}") from None
+            raise MemberDown(f"HTTP {resp.status}, not etcd's JSON: {text[:100]!r}") from None
         if not isinstance(data, dict):
-            raise _MemberDown(f"HTTP {resp.status}, unexpected answer {text[:100]!r}")
+            raise MemberDown(f"HTTP {resp.status}, unexpected answer {text[:100]!r}")
         return data
 
     def _raise_for(self, endpoint: str, status: int, data: dict[str, Any]) -> None:
-        code, message = _error_of(data)
-        if code == _OUT_OF_RANGE and "compacted" in message:
+        code, message = error_of(data)
+        if code == OUT_OF_RANGE and "compacted" in message:
             raise Compacted(0)  # a range read at a revision that is gone
-        if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or (status >= 500 and code == 0):
-            raise _MemberDown(message)  # no leader, request timed out, restarting
-        if code in (_PERMISSION_DENIED, _UNAUTHENTICATED) or "user name is empty" in message:
+        if code in (UNAVAILABLE, DEADLINE_EXCEEDED) or (status >= 500 and code == 0):
+            raise MemberDown(message)  # no leader, request timed out, restarting
+        if code in (PERMISSION_DENIED, UNAUTHENTICATED) or "user name is empty" in message:
             raise EtcdAuthError(f"etcd at {endpoint} refused the request: {message}")
         raise EtcdError(f"etcd at {endpoint}: {message}")
 
@@ -511,13 +429,13 @@ class EtcdClient:
         try:
             status, data = await self._request(endpoint, "/v3/auth/authenticate", body, {})
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _MemberDown(_describe(exc)) from exc
+            raise MemberDown(describe(exc)) from exc
         if status == 200 and "token" in data:
             return str(data["token"])
-        code, message = _error_of(data)
-        if code == _FAILED_PRECONDITION and "not enabled" in message:
+        code, message = error_of(data)
+        if code == FAILED_PRECONDITION and "not enabled" in message:
             return ""  # credentials given to an etcd without auth: nothing to send
-        if code == _INVALID_ARGUMENT or "authentication failed" in message:
+        if code == INVALID_ARGUMENT or "authentication failed" in message:
             raise EtcdAuthError(f"etcd at {endpoint} refused user {self._username!r}: {message}")
         self._raise_for(endpoint, status, data)
         raise AssertionError("unreachable")
