@@ -208,6 +208,7 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
     if workers > 1 and not worker:
         await Supervisor(loaded, workers, watch=watch).run()
         return
+    from .fleet import DOCUMENT_ENV
     from .shm.zone import from_env
 
     gateway = Gateway(
@@ -216,6 +217,7 @@ async def _serve(loaded: Loaded, *, watch: bool = True) -> None:
         reuse_port=worker,
         worker_socket=os.environ.get(WORKER_SOCKET_ENV) if worker else None,
         zone=from_env() if worker else None,
+        document_file=os.environ.get(DOCUMENT_ENV) if worker else None,
     )
     await gateway.start()
     reloader = gateway.reloader
