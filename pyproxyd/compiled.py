@@ -79,3 +79,15 @@ def status(
         if checkout and built is not None and py.exists() and py.stat().st_mtime > built:
             stale.append(name)
     return compiled, stale
+
+
+def describe(modules: tuple[str, ...] = MODULES) -> str:
+    """Which build this process runs, for `pyproxyd --version`: `compiled 35/35`,
+    `interpreted`, or a partial or stale build named as such."""
+    compiled, stale = status(modules)
+    if not compiled:
+        return "interpreted"
+    text = f"compiled {len(compiled)}/{len(modules)}"
+    if stale:
+        text += f", {len(stale)} stale: scripts/compile.sh rebuilds"
+    return text

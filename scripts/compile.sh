@@ -19,24 +19,29 @@ clean() {
   rm -rf "$REPO/build"
 }
 
+# compiler_ready PYTHON: a C compiler and PYTHON's headers are there, installed
+# with apt-get when run as root and missing (scripts/demo.sh and
+# scripts/ci_install_check.sh use it too).
+compiler_ready() {
+  local py=$1 missing=() ver include
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  ver=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  include=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  [ -f "$include/Python.h" ] || missing+=("python$ver-dev")
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if as_root; then
+    say "apt-get install ${missing[*]}"
+    apt_install "${missing[@]}"
+  else
+    echo "error: compiling needs ${missing[*]} (apt-get install ${missing[*]})" >&2
+    return 1
+  fi
+}
+
 build() {
   cd "$REPO"
   setup_venv test # mypy (which carries mypyc) is a test extra
-  local missing=()
-  command -v cc >/dev/null 2>&1 || missing+=(gcc)
-  local ver include
-  ver=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-  include=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-  [ -f "$include/Python.h" ] || missing+=("python$ver-dev")
-  if [ ${#missing[@]} -gt 0 ]; then
-    if as_root; then
-      say "apt-get install ${missing[*]}"
-      apt_install "${missing[@]}"
-    else
-      echo "error: compiling needs ${missing[*]} (apt-get install ${missing[*]})" >&2
-      return 1
-    fi
-  fi
+  compiler_ready "$VENV/bin/python"
   clean
   say "mypyc: compiling $("$VENV/bin/python" -c 'from pyproxyd.compiled import MODULES; print(len(MODULES))') modules"
   PYPROXYD_COMPILE=1 "$VENV/bin/python" setup.py -q build_ext --inplace >"$REPO/build.log" 2>&1 || {
@@ -52,8 +57,10 @@ print(f"compiled {len(compiled)} of {len(MODULES)} modules" + (f"; not compiled:
 raise SystemExit(1 if missing or stale else 0)'
 }
 
-if [ "${1:-}" = "--clean" ]; then
-  clean
-else
-  build
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then # sourced, it defines compiler_ready and runs nothing
+  if [ "${1:-}" = "--clean" ]; then
+    clean
+  else
+    build
+  fi
 fi
