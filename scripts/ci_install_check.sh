@@ -17,8 +17,8 @@
 # serves the dependencies. PYPROXYD_KEEP_INSTALL=1 keeps the folder.
 set -euo pipefail
 
-# shellcheck source=scripts/compile.sh
-source "$(dirname "${BASH_SOURCE[0]}")/compile.sh" # test.sh's helpers, compiler_ready; runs nothing
+# shellcheck source=scripts/install_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install_lib.sh" # compiler_ready, new_venv, pip_quiet
 
 PY=$(find_python)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pyproxyd-install.XXXXXX")
@@ -37,16 +37,6 @@ finish() {
 }
 trap finish EXIT
 
-new_venv() {
-  "$PY" -m venv "$1" 2>/dev/null && return 0
-  local ver # Debian ships venv (ensurepip) apart from the interpreter
-  ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-  as_root && apt_install "python$ver-venv" && "$PY" -m venv "$1"
-}
-
-pip_quiet=(-q)
-[ "${CI:-}" = "true" ] && pip_quiet=(-q --progress-bar off)
-
 fail() {
   printf '\nFAILED (install check): %s\n' "$*" >&2
   exit 1
@@ -57,7 +47,7 @@ if [ -z "$wheel" ]; then
   compiler_ready "$PY"
   say "python -m build (sdist, then the wheel from it) -> $WORK/dist"
   new_venv "$WORK/tools"
-  "$WORK/tools/bin/python" -m pip install "${pip_quiet[@]}" --disable-pip-version-check "build>=1.2"
+  "$WORK/tools/bin/python" -m pip install "${pip_quiet[@]}" "build>=1.2"
   if ! "$WORK/tools/bin/python" -m build --outdir "$WORK/dist" "$REPO" >"$WORK/build.log" 2>&1; then
     tail -40 "$WORK/build.log" >&2
     fail "python -m build"
@@ -68,7 +58,7 @@ fi
 
 say "pip install $(basename "$wheel") into a fresh venv ($WORK/venv)"
 new_venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install "${pip_quiet[@]}" --disable-pip-version-check "$wheel"
+"$WORK/venv/bin/python" -m pip install "${pip_quiet[@]}" "$wheel"
 cd "$WORK" # away from the checkout: only the installed package can be imported
 bin="$WORK/venv/bin"
 

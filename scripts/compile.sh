@@ -11,31 +11,12 @@
 # again: `pyproxyd run` logs a warning when a .py is newer than its build.
 set -euo pipefail
 
-# shellcheck source=scripts/test.sh
-source "$(dirname "${BASH_SOURCE[0]}")/test.sh" # REPO, VENV, setup_venv, apt_install, compiled_files; runs nothing
+# shellcheck source=scripts/install_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install_lib.sh" # test.sh's helpers, compiler_ready; runs nothing
 
 clean() {
   compiled_files | xargs -r rm -f
   rm -rf "$REPO/build"
-}
-
-# compiler_ready PYTHON: a C compiler and PYTHON's headers are there, installed
-# with apt-get when run as root and missing (scripts/demo.sh and
-# scripts/ci_install_check.sh use it too).
-compiler_ready() {
-  local py=$1 missing=() ver include
-  command -v cc >/dev/null 2>&1 || missing+=(gcc)
-  ver=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-  include=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-  [ -f "$include/Python.h" ] || missing+=("python$ver-dev")
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if as_root; then
-    say "apt-get install ${missing[*]}"
-    apt_install "${missing[@]}"
-  else
-    echo "error: compiling needs ${missing[*]} (apt-get install ${missing[*]})" >&2
-    return 1
-  fi
 }
 
 build() {
@@ -57,10 +38,8 @@ print(f"compiled {len(compiled)} of {len(MODULES)} modules" + (f"; not compiled:
 raise SystemExit(1 if missing or stale else 0)'
 }
 
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then # sourced, it defines compiler_ready and runs nothing
-  if [ "${1:-}" = "--clean" ]; then
-    clean
-  else
-    build
-  fi
+if [ "${1:-}" = "--clean" ]; then
+  clean
+else
+  build
 fi
