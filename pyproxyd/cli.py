@@ -30,9 +30,9 @@ def _load_or_exit(path: str, document: Document | None = None) -> Loaded:
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from .compiled import IN_CHECKOUT, describe
+    from .compiled import IN_CHECKOUT, running
 
-    build = describe()
+    build = running()
     click.echo(f"pyproxyd {__version__} ({build})")
     if build == "interpreted":
         how = ("scripts/compile.sh builds it in this checkout" if IN_CHECKOUT else

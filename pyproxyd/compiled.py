@@ -81,13 +81,19 @@ def status(
     return compiled, stale
 
 
-def describe(modules: tuple[str, ...] = MODULES) -> str:
-    """Which build this process runs, for `pyproxyd --version`: `compiled 35/35`,
-    `interpreted`, or a partial or stale build named as such."""
-    compiled, stale = status(modules)
+
+def describe(compiled: int, stale: int, total: int = len(MODULES)) -> str:
+    """Which build runs, for `pyproxyd --version`: `compiled 35/35`, `interpreted`,
+    or a partial or stale build named as such."""
     if not compiled:
         return "interpreted"
-    text = f"compiled {len(compiled)}/{len(modules)}"
+    text = f"compiled {compiled}/{total}"
     if stale:
-        text += f", {len(stale)} stale: scripts/compile.sh rebuilds"
+        text += f", {stale} stale: scripts/compile.sh rebuilds"
     return text
+
+
+def running() -> str:
+    """describe() of this process."""
+    compiled, stale = status()
+    return describe(len(compiled), len(stale))

@@ -43,4 +43,6 @@ new_venv() {
 
 # pip_quiet: pip's options for scripts: quiet, and no progress bars in CI logs.
 pip_quiet=(-q --disable-pip-version-check)
-[ "${CI:-}" = "true" ] && pip_quiet+=(--progress-bar off)
+if [ "${CI:-}" = "true" ]; then
+  pip_quiet+=(--progress-bar off)
+fi
