@@ -49,6 +49,13 @@ class Plan:
     compile: bool
     required: bool  # PYPROXYD_COMPILE=1: fail rather than fall back to pure Python
     why_pure: str = ""
+    missing_tools: bool = False  # pure for want of a compiler or headers: say how to get them
+
+    def pure_line(self) -> str:
+        line = f"building pure Python ({self.why_pure})"
+        if self.missing_tools:
+            line += f"; for the compiled request path (about 1.4x the req/s per core) {HOW}"
+        return line
 
 
 def plan(env: Mapping[str, str], *, editable: bool, compiler: bool, headers: bool) -> Plan:
@@ -60,11 +67,12 @@ def plan(env: Mapping[str, str], *, editable: bool, compiler: bool, headers: boo
     if want == "0":
         return Plan(compile=False, required=False, why_pure="PYPROXYD_COMPILE=0")
     if editable:
-        why = "an editable install (scripts/compile.sh compiles a checkout in place)"
+        why = "an editable install; scripts/compile.sh compiles a checkout in place"
         return Plan(compile=False, required=False, why_pure=why)
     missing = [n for n, ok in (("C compiler", compiler), ("Python headers", headers)) if not ok]
     if missing:
-        return Plan(compile=False, required=False, why_pure="no " + " and no ".join(missing))
+        why = "no " + " and no ".join(missing)
+        return Plan(compile=False, required=False, why_pure=why, missing_tools=True)
     return Plan(compile=True, required=False)
 
 

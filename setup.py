@@ -67,8 +67,7 @@ class BuildExt(build_ext):
 
 def mypyc_extensions(plan: "backend.Plan") -> list:
     if not plan.compile:
-        backend.say(f"building pure Python ({plan.why_pure}); for the compiled request path "
-                    f"(about 1.4x the req/s per core) {backend.HOW}")  # fmt: skip
+        backend.say(plan.pure_line())
         return []
     backend.say(f"compiling the request path with mypyc: {len(MODULES)} modules, a few minutes "
                 "(PYPROXYD_COMPILE=0 skips it)")  # fmt: skip

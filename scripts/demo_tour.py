@@ -44,6 +44,12 @@ class Tour:
     host: str
     port: int
     failed: list[str] = field(default_factory=list)
+    # Printed at the end, in one block: the gateway's own log lines (the same
+    # terminal, in scripts/demo.sh) come out while the requests run.
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        self.lines.append(text)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -58,7 +64,9 @@ class Tour:
         a = self.get(path, headers)
         sent = "".join(f" -H '{k}: {v}'" for k, v in (headers or {}).items())
         mark = "" if a.status == want else f"   <-- expected {want}"
-        print(f"  curl -i '{self.host}:{self.port}{path}'{sent}\n    {a.status}  {a.seen()}{mark}")
+        self.say(
+            f"  curl -i '{self.host}:{self.port}{path}'{sent}\n    {a.status}  {a.seen()}{mark}"
+        )
         if a.status != want:
             self.failed.append(f"GET {path}{sent}: {a.status}, expected {want}")
         return a
@@ -71,30 +79,31 @@ def main() -> int:
     host, _, port = args.gateway.rpartition(":")
     tour = Tour(host, int(port))
 
-    print("\nRouting (strip_prefix, a header predicate, rewrite):")
+    tour.say("\nRouting (strip_prefix, a header predicate, rewrite):")
     tour.show(200, "/ping")
     tour.show(200, "/api/users/7")
     tour.show(200, "/api/users/7", {"Api-Version": "v2"})
     tour.show(200, "/v1/user/42")
 
-    print(f'\nAn API key (route /account/**, auth = "api_key"); the demo key is {KEY}:')
+    tour.say(f'\nAn API key (route /account/**, auth = "api_key"); the demo key is {KEY}:')
     denied = tour.show(401, "/account/orders")
     if "WWW-Authenticate" in denied.headers:
-        print(f"    WWW-Authenticate: {denied.headers['WWW-Authenticate']}")
+        tour.say(f"    WWW-Authenticate: {denied.headers['WWW-Authenticate']}")
     tour.show(200, "/account/orders", {"X-API-Key": KEY})
 
-    print("\nA rate limit (route /search: a bucket of 5, refilled at 2 a second), 7 at once:")
+    tour.say("\nA rate limit (route /search: a bucket of 5, refilled at 2 a second), 7 at once:")
     statuses = [tour.get("/search?q=gateway") for _ in range(6)]
-    print("  " + " ".join(str(a.status) for a in statuses))
+    tour.say("  " + " ".join(str(a.status) for a in statuses))
     if [a.status for a in statuses] != [200] * 5 + [429]:
         tour.failed.append(f"/search x6: {[a.status for a in statuses]}, expected 5 x 200, 429")
     limited = tour.show(429, "/search?q=gateway")
     for name in LIMIT_HEADERS:
         if name in limited.headers:
-            print(f"    {name}: {limited.headers[name]}")
+            tour.say(f"    {name}: {limited.headers[name]}")
         else:
             tour.failed.append(f"/search 429: no {name} header")
 
+    print("\n".join(tour.lines), flush=True)
     if tour.failed:
         print("\nnot as expected:\n  " + "\n  ".join(tour.failed), file=sys.stderr)
         return 1
