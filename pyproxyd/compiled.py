@@ -81,7 +81,6 @@ def status(
     return compiled, stale
 
 
-
 def describe(compiled: int, stale: int, total: int = len(MODULES)) -> str:
     """Which build runs, for `pyproxyd --version`: `compiled 35/35`, `interpreted`,
     or a partial or stale build named as such."""
