@@ -62,7 +62,8 @@ class BuildExt(build_ext):
             for ext in self.extensions:
                 Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
             self.extensions = []
-            backend.say(f"building pure Python: the C build failed ({e}); {backend.HOW}")
+            why = f"{type(e).__name__}; the compiler's lines above say more"
+            backend.say(f"building pure Python: the C build failed ({why}); {backend.HOW}")
 
 
 def mypyc_extensions(plan: "backend.Plan") -> list:

@@ -21,10 +21,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/install_lib.sh" # REPO, say, compiler_rea
 cd "$REPO"
 DEMO="$REPO/.venv-demo" # the installed build; .venv is the checkout's (editable, tests)
 
-# What the installed build is made of: the package's files and how to build them.
+# What the installed build is made of: the package's files and how to build
+# them (a compiler installed since a pure build makes the next run compile).
 source_digest() {
   {
-    echo "PYPROXYD_COMPILE=${PYPROXYD_COMPILE:-}"
+    echo "PYPROXYD_COMPILE=${PYPROXYD_COMPILE:-} cc=$(command -v cc || true)"
+    "$DEMO/bin/python" -c 'import os, sysconfig; print(os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))'
     find pyproxyd setup.py pyproject.toml pyproxyd_build.py MANIFEST.in -type f \
       \( -name '*.py' -o -name '*.lua' -o -name '*.html' -o -name '*.toml' -o -name '*.in' \
       -o -name py.typed \) -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
@@ -33,12 +35,12 @@ source_digest() {
 
 install_demo() {
   new_venv "$DEMO"
-  local digest
-  digest=$(source_digest)
-  [ "$(cat "$DEMO/.installed" 2>/dev/null)" = "$digest" ] && return 0
   if [ "${PYPROXYD_COMPILE:-}" != "0" ]; then
     compiler_ready "$DEMO/bin/python" 2>/dev/null || true # without: pip builds pure Python
   fi
+  local digest
+  digest=$(source_digest)
+  [ "$(cat "$DEMO/.installed" 2>/dev/null)" = "$digest" ] && return 0
   say "pip install . into .venv-demo (the first compile takes about 2 minutes)"
   "$DEMO/bin/python" -m pip uninstall -q -y pyproxyd 2>/dev/null || true
   if ! "$DEMO/bin/python" -m pip install -v --disable-pip-version-check "$REPO" \
