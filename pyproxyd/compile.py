@@ -59,18 +59,6 @@ def unsupported(cfg: Config) -> list[Problem]:
     an outage waiting to happen.
     """
     out: list[Problem] = []
-    if (
-        cfg.etcd is not None
-        and cfg.etcd.config_key is not None
-        and (cfg.server.workers or os.cpu_count() or 1) > 1
-    ):
-        out.append(
-            Problem(
-                "etcd.config_key",
-                "with workers > 1 a config shared through etcd is not supported by this "
-                "version of pyproxyd yet; run one worker per instance",
-            )
-        )
     if (cfg.server.workers or os.cpu_count() or 1) > 1:
         for name, rl in cfg.rate_limits.items():
             if rl.backend != "local" or rl.algorithm != "sliding_window":
