@@ -26,6 +26,7 @@ from .h2conn import H2Stream, H2UpstreamConnection, StreamError
 from .h2pool import H2Pool
 from .h2response import H2Response
 from .http1 import REPLAY_LIMIT
+from .pool import Multiplexed
 
 # Never sent upstream on HTTP/2 (RFC 9113 8.2.2); Host becomes :authority.
 CONNECTION_SPECIFIC = frozenset(
@@ -136,15 +137,16 @@ class BodyPump:
         self.done = False
         self.error: errors.GatewayError | None = None  # the client's side failed
         self.stream: H2Stream | None = None
+        self.conn: H2UpstreamConnection | None = None  # the stream's
         self.task: asyncio.Task[None] | None = None
         self._attached: asyncio.Future[None] | None = None
 
-    def attach(self, stream: H2Stream) -> None:
-        self.stream = stream
+    def attach(self, conn: H2UpstreamConnection, stream: H2Stream) -> None:
+        self.stream, self.conn = stream, conn
         task = self.task
         if task is None or task.done():
             # The first stream, or the body was all sent before the stream was refused.
-            self.task = stream.conn.loop.create_task(self._run(replay=task is not None))
+            self.task = conn.loop.create_task(self._run(replay=task is not None))
         elif self._attached is not None and not self._attached.done():
             self._attached.set_result(None)
 
@@ -177,9 +179,8 @@ class BodyPump:
 
     async def _run(self, replay: bool) -> None:
         while True:
-            stream = self.stream
-            assert stream is not None
-            conn = stream.conn
+            stream, conn = self.stream, self.conn
+            assert stream is not None and conn is not None
             try:
                 if replay:
                     for chunk in self.sent:
@@ -235,9 +236,9 @@ async def exchange(
             _cancel(pump)
             raise errors.UpstreamConnectError(str(exc)) from None
         if pump is not None:
-            pump.attach(stream)
+            pump.attach(conn, stream)
         try:
-            await _head(stream, pump, timeout)
+            await _head(conn, stream, pump, timeout)
         except _Refused as exc:
             conn.forget(stream)
             pool.release(conn)
@@ -258,7 +259,7 @@ async def exchange(
             pool.release(conn)
             _cancel(pump)
             raise
-        return H2Response(pool, stream, pump, timeout)
+        return H2Response(pool, conn, stream, pump, timeout)
 
 
 def _cancel(pump: BodyPump | None) -> None:
@@ -266,8 +267,10 @@ def _cancel(pump: BodyPump | None) -> None:
         pump.cancel()
 
 
-async def _head(stream: H2Stream, pump: BodyPump | None, timeout: float) -> None:
-    deadline = stream.conn.loop.time() + timeout
+async def _head(
+    conn: H2UpstreamConnection, stream: H2Stream, pump: BodyPump | None, timeout: float
+) -> None:
+    deadline = conn.loop.time() + timeout
     while not stream.head_done:
         if pump is not None and pump.error is not None:
             raise pump.error
@@ -284,7 +287,7 @@ async def _head(stream: H2Stream, pump: BodyPump | None, timeout: float) -> None
 
 
 async def send(
-    pool: H2Pool,
+    multiplexed: Multiplexed,
     head: bytes,
     body: AsyncIterator[bytes] | None,
     *,
@@ -292,7 +295,10 @@ async def send(
     grpc_deadline: float | None,
     read_timeout: float | None,
 ) -> H2Response:
-    """exchange() for a planned HTTP/1.1 head (proxy/forward.py)."""
+    """exchange() for a planned HTTP/1.1 head (proxy/forward.py), on a
+    TargetPool's HTTP/2 side."""
+    pool = multiplexed
+    assert isinstance(pool, H2Pool)
     timeout = pool.settings.read_timeout if read_timeout is None else read_timeout
     grpc = None
     if grpc_deadline is not None:

@@ -8,26 +8,38 @@ how the exchange ends (a stream reset, never a closed connection).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .. import errors
 from .http1 import UpstreamResponse
 
 if TYPE_CHECKING:
-    from .h2conn import H2Stream
-    from .h2exchange import BodyPump
+    from .h2conn import H2UpstreamConnection
     from .h2pool import H2Pool
+    from .h2stream import H2Stream
+
+
+class Sender(Protocol):
+    """The request body's sender (h2exchange.BodyPump), stopped when the exchange ends."""
+
+    def cancel(self) -> None: ...
 
 
 class H2Response(UpstreamResponse):
     """An upstream HTTP/2 answer, read as relay.py reads an HTTP/1.1 one."""
 
-    __slots__ = ("_h2pool", "_pump", "_stream")
+    __slots__ = ("_h2conn", "_h2pool", "_pump", "_stream")
 
     def __init__(
-        self, pool: H2Pool, stream: H2Stream, pump: BodyPump | None, timeout: float
+        self,
+        pool: H2Pool,
+        conn: H2UpstreamConnection,
+        stream: H2Stream,
+        pump: Sender | None,
+        timeout: float,
     ) -> None:
         self._h2pool = pool
+        self._h2conn = conn
         self._stream = stream
         self._pump = pump
         self._timeout = timeout
@@ -45,7 +57,7 @@ class H2Response(UpstreamResponse):
         self.trailers = None
 
     def __repr__(self) -> str:
-        return f"<H2Response {self.status} via {self._stream!r} on {self._stream.conn!r}>"
+        return f"<H2Response {self.status} via {self._stream!r} on {self._h2conn!r}>"
 
     def whole_body(self) -> bytes | None:
         stream = self._stream
@@ -70,7 +82,7 @@ class H2Response(UpstreamResponse):
                 self.abort()
                 raise err
             if not deadline:
-                deadline = stream.conn.loop.time() + self._timeout
+                deadline = self._h2conn.loop.time() + self._timeout
             try:
                 progressed = await stream.wait(deadline)
             except BaseException:
@@ -90,7 +102,7 @@ class H2Response(UpstreamResponse):
         self._done = True
         stream = self._stream
         self.trailers = stream.trailers
-        conn = stream.conn
+        conn = self._h2conn
         if not (stream.ended and stream.local_closed):
             # The answer is whole but the request body is not (the upstream
             # answered early): the stream is reset, the connection stays.
@@ -101,12 +113,12 @@ class H2Response(UpstreamResponse):
         if self._done:
             return
         self._done = True
-        self._stream.conn.reset(self._stream)
+        self._h2conn.reset(self._stream)
         self._finish()
 
     def _finish(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
-        conn = self._stream.conn
+        conn = self._h2conn
         conn.forget(self._stream)
         self._h2pool.release(conn)

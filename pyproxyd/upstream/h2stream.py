@@ -8,10 +8,17 @@ takes it (`take`), so at most STREAM_WINDOW bytes of an answer wait here.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .h2conn import H2UpstreamConnection
+
+class Owner(Protocol):
+    """What a stream needs of its connection (h2conn.H2UpstreamConnection)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def acknowledge(self, stream: H2Stream, size: int) -> None: ...
+
 
 # Response bytes one stream may have waiting before the upstream must stop.
 STREAM_WINDOW = 256 * 1024
@@ -41,7 +48,7 @@ class H2Stream:
         "trailers",
     )
 
-    def __init__(self, conn: H2UpstreamConnection, stream_id: int) -> None:
+    def __init__(self, conn: Owner, stream_id: int) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.status = 0  # of the final response head; 0 until it is in

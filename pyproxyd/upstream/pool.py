@@ -23,13 +23,10 @@ import ssl as ssl_module
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .. import errors
 from .connection import Deadlines, UpstreamConnection
-
-if TYPE_CHECKING:
-    from .h2pool import H2Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +49,24 @@ class PoolSettings:
     tls_ca: str | None = None
     tls_server_name: str | None = None
     tls_verify: bool = True
+
+
+class Multiplexed(Protocol):
+    """A target's HTTP/2 connections (h2pool.H2Pool), as the pool reports them."""
+
+    @property
+    def busy(self) -> int: ...
+
+    @property
+    def idle(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def streams(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class PooledConn(Protocol):
@@ -285,7 +300,7 @@ class TargetPool:
         self.deadlines = Deadlines()  # read timeouts of its connections
         # An h2c/h2 target's HTTP/2 connections: then this pool lends none of
         # its own (take_idle() finds none) and reports the HTTP/2 ones.
-        self.h2: H2Pool | None = None
+        self.h2: Multiplexed | None = None
 
     @property
     def busy(self) -> int:
