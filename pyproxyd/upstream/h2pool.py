@@ -13,7 +13,8 @@ connections:
 * `keepalive` idle connections (no stream) are kept; `keepalive_timeout`,
   `keepalive_time` and `keepalive_requests` (streams per connection) retire
   them as in nginx;
-* idle connections are PINGed every `ping_interval`; one that leaves a PING
+* idle connections are PINGed every `ping_interval` (keepalive_timeout / 3,
+  at least 15 s: see PING_INTERVAL_MIN); one that leaves a PING
   unanswered for `ping_timeout` is closed;
 * a GOAWAY (h2conn.py) takes a connection out of rotation; it closes once its
   last stream is done.
@@ -36,8 +37,11 @@ from .h2conn import H2UpstreamConnection
 if TYPE_CHECKING:
     from .pool import PoolSettings, TargetPool
 
-# An idle connection is PINGed this often (and at most every keepalive_timeout / 2).
-PING_INTERVAL = 15.0
+# An idle connection is PINGed every keepalive_timeout / 3, and never more often
+# than this: at most twice in an idle period. gRPC servers (C-core's ping abuse
+# policy) answer a third PING without a request in between with GOAWAY
+# "too_many_pings" (ENHANCE_YOUR_CALM); seen with grpcio at 50 ms intervals.
+PING_INTERVAL_MIN = 15.0
 
 
 class _Abandoned(ConnectionError):
@@ -78,7 +82,7 @@ class H2Pool:
         self.ping_interval = (
             ping_interval
             if ping_interval is not None
-            else min(PING_INTERVAL, settings.keepalive_timeout / 2)
+            else max(PING_INTERVAL_MIN, settings.keepalive_timeout / 3)
         )
         self.ping_timeout = ping_timeout if ping_timeout is not None else settings.connect_timeout
         self.conns: list[H2UpstreamConnection] = []

@@ -4,11 +4,13 @@ request cap per connection, and connects that fail clearly."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from harness.backends import Backend, wait_for
 from harness.gateway import free_port
+from harness.grpc_greeter import Greeter, frame
 from harness.h2backend import H2Backend
 from pyproxyd import errors
 from pyproxyd.upstream.h2exchange import H2Response, send
@@ -127,3 +129,34 @@ async def test_a_request_waiting_for_a_slot_hears_at_once_when_the_connect_fails
     assert all(isinstance(r, errors.UpstreamConnectError) for r in results)
     assert loop.time() - started < 2.0  # not the 5 s connect_timeout
     await owner.aclose()
+
+
+async def test_a_grpc_server_tolerates_the_idle_pings(tmp_path: Path) -> None:
+    # keepalive_timeout / 3 apart: two PINGs in an idle period, which grpcio's
+    # ping-abuse policy accepts (a third would be answered with GOAWAY).
+    async with Greeter(tmp_path) as g:
+        owner, pool = make_pool(g.port, ping_interval=0.3, keepalive_timeout=0.9)
+        message = frame(g.pb2.HelloRequest(name="x").SerializeToString())
+
+        async def body():
+            yield message
+
+        up = await send(pool, b"POST /helloworld.Greeter/SayHello HTTP/1.1\r\n"
+                        b"content-type: application/grpc\r\nHost: g\r\n", body(),
+                        te_trailers=True, grpc_deadline=None, read_timeout=None)  # fmt: skip
+        while await up.read():
+            pass
+        up.release()
+        assert up.trailers is not None and (b"grpc-status", b"0") in up.trailers
+        conn = pool.conns[0]
+        pings: list[float] = []
+
+        def pinged_twice() -> bool:
+            if conn.pinged_at and conn.pinged_at not in pings:
+                pings.append(conn.pinged_at)
+            return len(pings) == 2 and not conn.ping_sent_at  # the second one answered
+
+        await wait_for(pinged_twice, timeout=3)
+        assert not conn.goaway and conn.error is None
+        await wait_for(lambda: conn.is_closed, timeout=3)  # then keepalive_timeout
+        await owner.aclose()
