@@ -15,6 +15,7 @@ Paths (every answer carries x-conn-id and x-stream-id):
                      (`sent[stream]` says how many went out so far)
     /trailers        "body", then trailers grpc-status: 0, x-trailer: yes
     /status?code=503 that status
+    /grpc-status?code=5  a trailers-only gRPC answer with that grpc-status
     /bighead?size=N  "ok" with a response header of N bytes
     /reset           RST_STREAM (INTERNAL_ERROR) instead of an answer
     /hang            never answers (`resets` records the gateway's RST_STREAM)
@@ -240,6 +241,10 @@ class _Conn(asyncio.Protocol):
                 await self.respond(sid, 200, base + big, [b"ok"])
             elif path == "/status":
                 await self.respond(sid, int(q.get("code", "200")), base, [])
+            elif path == "/grpc-status":  # a trailers-only gRPC answer: the status in the head
+                only = [(b"content-type", b"application/grpc"),
+                        (b"grpc-status", q.get("code", "5").encode())]  # fmt: skip
+                await self.respond(sid, 200, base + only, [])
             elif path == "/mute":
                 await self.respond(sid, 200, base, [b"ok"])
                 self.muted = True

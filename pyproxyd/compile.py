@@ -168,6 +168,7 @@ def _upstream(
         health=_health(name, up, targets, old, state, zone),
         key=key,
         keyed=keyed,
+        http2=up.protocol != "http1",
     )
     if up.discovery is not None:
         assert sources is not None
@@ -422,6 +423,22 @@ def warnings(cfg: Config) -> list[Problem]:
                 Problem(
                     f"upstreams.{name}.tls.verify",
                     "certificate checking is off: anyone on the path can pose as the upstream",
+                )
+            )
+    for i, route in enumerate(cfg.routes):
+        # A gRPC method is a path /package.Service/Method: a route whose
+        # pattern starts that way is meant for gRPC calls, which an HTTP/1.1
+        # upstream cannot carry (they are answered 14 UNAVAILABLE).
+        first = route.path.lstrip("/").split("/", 1)[0]
+        names = [route.upstream] if route.upstream else [s.upstream for s in route.split or ()]
+        http1 = [n for n in names if n in cfg.upstreams and cfg.upstreams[n].protocol == "http1"]
+        if "." in first and "{" not in first and "*" not in first and http1:
+            out.append(
+                Problem(
+                    f"routes[{i}].upstream",
+                    f"{route.path!r} looks like a gRPC service, but upstream {http1[0]!r} speaks "
+                    "HTTP/1.1: gRPC calls to it are answered 14 UNAVAILABLE "
+                    '(set protocol = "h2c" or "h2" on the upstream)',
                 )
             )
     return out

@@ -86,6 +86,33 @@ def test_verify_false_is_warned_about() -> None:
     ]
 
 
+def test_a_grpc_looking_route_to_an_http1_upstream_is_warned_about() -> None:
+    upstreams = """
+[upstreams.old]
+targets = [{ url = "http://a:1" }]
+[upstreams.grpc]
+targets = [{ url = "http://a:2" }]
+protocol = "h2c"
+"""
+    routes = """
+[[routes]]
+id = "r{i}"
+path = "{path}"
+upstream = "{upstream}"
+"""
+    cases = [
+        ("/helloworld.Greeter/**", "old", True),  # a package.Service path, HTTP/1.1
+        ("/helloworld.Greeter/**", "grpc", False),
+        ("/api/v1.0/**", "old", False),  # a dot, but not in the first segment
+        ("/static/**", "old", False),
+    ]
+    text = upstreams + "".join(
+        routes.format(i=i, path=p, upstream=u) for i, (p, u, _) in enumerate(cases)
+    )
+    warned = {p.path for p in warnings(parse(text, "f.toml"))}
+    assert warned == {f"routes[{i}].upstream" for i, c in enumerate(cases) if c[2]}
+
+
 async def test_an_h2_upstream_is_reached_over_tls_by_alpn(tmp_path: Path) -> None:
     server, _ = self_signed(tmp_path)
     async with H2Backend(ssl_context=server) as b:
