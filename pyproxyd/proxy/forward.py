@@ -18,7 +18,7 @@ from ..upstream.http1 import InFlight, UpstreamResponse, exchange
 from .interface import Request
 from .prepare import Plan
 from .record import RequestInfo
-from .relay import relay, relay_now, takes_trailers
+from .relay import cut, relay, relay_now, takes_trailers
 
 if TYPE_CHECKING:
     from ..observe.metrics import RequestMetrics
@@ -99,10 +99,11 @@ async def forward(
             async with asyncio.timeout(timeout):
                 await _forward(request, plan, ex, first, metrics, call)
         except TimeoutError:
+            err = errors.UpstreamTimeout(f"route timeout of {timeout:g}s passed")
             if request.started:
-                request.abort()
+                cut(request, ex, err)
                 return
-            raise errors.UpstreamTimeout(f"route timeout of {timeout:g}s passed") from None
+            raise err from None
         return
     await _forward(request, plan, ex, first, metrics, call)
 

@@ -26,7 +26,7 @@ from .forward import First, answered, choose, forward, no_target
 from .interface import Request
 from .prepare import Pending, Plan, prepare, settle
 from .record import RequestInfo
-from .relay import relay_now, send_error, send_error_async, send_reply, send_reply_async, small
+from .relay import cut, relay_now, send_error, send_error_async, send_reply, send_reply_async, small
 
 if TYPE_CHECKING:
     from ..middleware.chain import Chain
@@ -214,7 +214,7 @@ class Proxy:
                 error=err.detail,
             )
         if request.started:
-            request.abort()  # too late for an error response: cut the connection
+            cut(request, ex, err)  # too late for an error response
             return
         try:
             send_error(request, err, ex)

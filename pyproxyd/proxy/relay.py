@@ -123,11 +123,12 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
     try:
         while chunk := await up.read():
             await request.write(chunk)
-    except GatewayError:
+    except GatewayError as err:
         # The upstream broke or stalled mid-body: the status line is gone, so the
-        # only honest signal left is to cut the client connection.
+        # only honest signal left is to cut the client connection (or, on a
+        # gRPC call, to end it with the status in trailers).
         up.abort()
-        request.abort()
+        cut(request, ex, err)
         return
     up.release()
     trailers = _trailers(request, up, ex)
@@ -143,6 +144,20 @@ def note_grpc_status(ex: RequestInfo, fields: Iterable[tuple[bytes, bytes]]) -> 
             ok = value.isdigit() and len(value) < 4
             ex.grpc_status = int(value) if ok else errors.GRPC_UNKNOWN
             return
+
+
+def cut(request: Request, ex: RequestInfo, err: GatewayError) -> None:
+    """An answer already under way that cannot be completed. A gRPC call
+    ends the way a gRPC server would end it, with the status in trailers
+    (DEADLINE_EXCEEDED for a deadline passed); anything else, or a client
+    that cannot take trailers, is cut (HTTP/1.1 closes the connection,
+    HTTP/2 resets the stream)."""
+    if ex.grpc and not request.finished and (request.version[:1] == "2" or takes_trailers(request)):
+        ex.grpc_status = errors.grpc_status(err.status)
+        request.trailers(errors.render_grpc(err)[1:])  # grpc-status, grpc-message
+        request.end()
+        return
+    request.abort()
 
 
 def send_error(request: Request, err: GatewayError, ex: RequestInfo) -> None:
