@@ -89,9 +89,10 @@ class Tier(NamedTuple):
     fallback: Algorithm | None  # the local limit when Redis is down (on_error = "local")
     policy_field_b: bytes  # '"name";q=..;w=..' of RateLimit-Policy
     quota_b: bytes  # X-RateLimit-Limit
-    # The five header lines of an allowed request, to fill with (remaining,
-    # reset, remaining, reset): one format a request instead of five pairs.
-    block_fmt: bytes
+    # The five header lines of an allowed request, cut where (remaining,
+    # reset, remaining, reset) go: one concatenation a request, native when
+    # compiled (a bytes %-format was twice the cost).
+    block_parts: tuple[bytes, bytes, bytes, bytes, bytes]
 
 
 def _tier_fn(spec: Sequence[str]) -> KeyFn:
@@ -320,9 +321,11 @@ def _render(pairs: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def _block(tier: Tier, d: Decision) -> bytes:
-    """One policy's five header lines (Tier.block_fmt filled in)."""
-    reset = _seconds(d.reset)
-    return tier.block_fmt % (d.remaining, reset, d.remaining, reset)
+    """One policy's five header lines (Tier.block_parts filled in)."""
+    p = tier.block_parts
+    left = str(d.remaining).encode()
+    reset = str(_seconds(d.reset)).encode()
+    return p[0] + left + p[1] + reset + p[2] + left + p[3] + reset + p[4]
 
 
 def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> list[tuple[bytes, bytes]]:
@@ -352,15 +355,15 @@ def _tier(spec: PolicySpec, label: str, lim: Limits) -> Tier:
     fallback = algo if spec.backend == "redis" else None
     field = f'"{spec.name}";q={algo.quota};w={max(1, _seconds(algo.window))}'
     quota = str(algo.quota).encode()
-    block = (
-        b"X-RateLimit-Limit: " + quota + b"\r\nX-RateLimit-Remaining: %d\r\n"
-        b"X-RateLimit-Reset: %d\r\nRateLimit-Policy: "
-        + field.replace("%", "%%").encode()
-        + b'\r\nRateLimit: "'
-        + spec.name.replace("%", "%%").encode()
-        + b'";r=%d;t=%d\r\n'
-    )
-    return Tier(label, algo, fallback, field.encode(), quota, block)
+    parts = (
+        b"X-RateLimit-Limit: " + quota + b"\r\nX-RateLimit-Remaining: ",
+        b"\r\nX-RateLimit-Reset: ",
+        b"\r\nRateLimit-Policy: " + field.encode() + b'\r\nRateLimit: "' + spec.name.encode()
+        + b'";r=',
+        b";t=",
+        b"\r\n",
+    )  # fmt: skip
+    return Tier(label, algo, fallback, field.encode(), quota, parts)
 
 
 def build_policy(
