@@ -83,11 +83,13 @@ class AccessLog:
         self._sec = -1
         self._stamp = ""
 
-    def request(self, method: str, ex: RequestInfo, duration_ms: float) -> None:
+    def request(
+        self, method: str, ex: RequestInfo, duration_ms: float, version: str = "1.1"
+    ) -> None:
         if _output["level"] > logging.INFO:
             return
         if self._stream is None:
-            fields = _fields(method, ex, duration_ms)
+            fields = _fields(method, ex, duration_ms, version)
             del fields["event"]
             self._log.info("request", **fields)
             return
@@ -104,7 +106,7 @@ class AccessLog:
             f'"upstream":{_name(ex.upstream)},"method":"{method}",'
             f'"path":{_esc(ex.path)},"status":{ex.status},'
             f'"duration_ms":{duration_ms:.3f},"client_ip":{_esc(ex.client_ip)},'
-            f'"consumer":{_name(ex.consumer)},"level":"info",'
+            f'"consumer":{_name(ex.consumer)},"protocol":"HTTP/{version}","level":"info",'
             f'"timestamp":"{self._stamp}.{"%06d" % ((now - sec) * 1e6)}Z"}}'  # noqa: UP031
         )  # (%-formatting the microseconds measured 1/3 cheaper than a :06d spec)
         if len(self._buf) >= self.MAX_BUFFER:
@@ -140,7 +142,9 @@ def _name(value: str) -> str:
     return escaped
 
 
-def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:
+def _fields(
+    method: str, ex: RequestInfo, duration_ms: float, version: str = "1.1"
+) -> dict[str, Any]:
     return {
         "event": "request",
         "request_id": ex.request_id,
@@ -153,4 +157,5 @@ def _fields(method: str, ex: RequestInfo, duration_ms: float) -> dict[str, Any]:
         "duration_ms": round(duration_ms, 3),
         "client_ip": ex.client_ip,
         "consumer": ex.consumer or None,
+        "protocol": f"HTTP/{version}",
     }

@@ -101,7 +101,9 @@ class Proxy:
             return
         self._spawn(request, ex, snap, clock, step, None)
 
-    def refused(self, method: str, target: str, peer: str, err: GatewayError, rid: str) -> None:
+    def refused(
+        self, method: str, target: str, peer: str, err: GatewayError, rid: str, version: str = "1.1"
+    ) -> None:
         """A request a frontend answered itself (frontend.connection.Refused):
         logged and counted like any other, under route "(none)"."""
         ex = RequestInfo(self.loop.time())
@@ -112,7 +114,7 @@ class Proxy:
         self.metrics.observe("(none)", "(none)", err.status, 0.0)
         if self.holder.current.logging.access_log:
             try:
-                self.access_log.request(method, ex, 0.0)
+                self.access_log.request(method, ex, 0.0, version)
             except Exception as e:  # a logging fault must never fail the request
                 _log_fault(e)
 
@@ -242,7 +244,7 @@ class Proxy:
                 metrics.middleware_failed(route, call.failed)
         if snap.logging.access_log:  # read per request: a reload may switch it
             try:
-                self.access_log.request(request.method, ex, elapsed * 1000.0)
+                self.access_log.request(request.method, ex, elapsed * 1000.0, request.version)
             except Exception as e:  # a logging fault must never fail the request
                 _log_fault(e)
         request.handled()
