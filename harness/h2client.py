@@ -195,7 +195,9 @@ class H2Client:
         while view:
             if self.streams[sid].done.is_set():
                 return  # answered (or reset) before the body was all sent
-            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            window = min(
+                self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+            )
             if window <= 0:
                 self._window.clear()
                 self.flush()

@@ -122,7 +122,10 @@ async def test_large_bodies_both_ways_over_h2c(tmp_path: Path) -> None:
             assert sha256(got.body) == sha256(payload(big))
             sent = payload(big + 7)
             echoed = await client.request("POST", "/api/digest", body=sent)  # no content-length
-            assert json.loads(echoed.body) == {"body_length": len(sent), "body_sha256": sha256(sent)}
+            assert json.loads(echoed.body) == {
+                "body_length": len(sent),
+                "body_sha256": sha256(sent),
+            }
         finally:
             await client.close()
         (tmp_path / "up.bin").write_bytes(sent)
@@ -138,7 +141,9 @@ async def test_status_headers_and_gateway_errors_relayed(tmp_path: Path) -> None
         status, _, headers, body = await acurl(*h2c(gw, "/api/cookies?n=3"))
         assert status == 200 and body == b"cookies"
         assert headers["set-cookie"] == ["c0=v0; Path=/", "c1=v1; Path=/", "c2=v2; Path=/"]
-        status, _, headers, _ = await acurl("-I", "-o", "/dev/null", *h2c(gw, "/api/download/1000?length=1"))
+        status, _, headers, _ = await acurl(
+            "-I", "-o", "/dev/null", *h2c(gw, "/api/download/1000?length=1")
+        )
         assert status == 200 and headers["content-length"] == ["1000"]
         # The gateway's own errors: the JSON of docs/behaviour.md, on the stream.
         status, _, headers, body = await acurl(*h2c(gw, "/nowhere"))
@@ -238,11 +243,11 @@ async def test_http2_off_speaks_only_http1(tmp_path: Path) -> None:
 
 
 async def test_a_client_reset_cancels_the_upstream_request(tmp_path: Path, log_file: Path) -> None:
-    started = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def hang(request: web.Request) -> web.Response:
         started.set()
-        await asyncio.sleep(30)
+        await asyncio.wait_for(release.wait(), 30)
         return web.Response(text="late")
 
     async with (
@@ -260,6 +265,7 @@ async def test_a_client_reset_cancels_the_upstream_request(tmp_path: Path, log_f
             again = await client.request("GET", "/api/echo")  # the connection goes on
             assert again.status == 200
         finally:
+            release.set()
             await client.close()
         gw.access_log.flush()
     assert [x["status"] for x in access_lines(log_file)] == [499, 200]

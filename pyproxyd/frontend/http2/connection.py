@@ -464,6 +464,11 @@ class H2ClientConnection(asyncio.Protocol):
 
     # -- timeouts, stop and the end ---------------------------------------------------
 
+    def buffered(self) -> int:
+        t = self.transport
+        held = t.get_write_buffer_size() if t is not None else 0
+        return held + sum(req.queued for req in self.streams.values())
+
     @property
     def busy(self) -> bool:
         return bool(self.streams)

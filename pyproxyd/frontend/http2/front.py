@@ -81,6 +81,11 @@ class Http2Frontend:
         transport.set_protocol(conn)
         conn.start(data)
 
+    def buffered(self) -> int:
+        """Answer bytes the HTTP/2 connections hold: queued behind the clients'
+        windows, and written but not yet taken by the kernel."""
+        return sum(conn.buffered() for conn in self.connections)
+
     def date(self) -> bytes:
         now = int(time())
         if now != self._date_at:
