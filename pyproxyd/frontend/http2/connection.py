@@ -119,7 +119,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._kind = 0
         self._hello = b""  # the preface, while it is incomplete
         self._greeted = False
-        self._batch = False  # inside data_received: one write at the end
+        self._flushing = False  # a write of what h2 has ready is scheduled
         self._had_stream = False
         self._draining = False  # GOAWAY sent: answer the streams open, then close
         self._lingering = False
@@ -160,7 +160,6 @@ class H2ClientConnection(asyncio.Protocol):
             log.error("internal_error", error=repr(exc), peer=self.peer)
             self._goodbye(ErrorCodes.INTERNAL_ERROR)
             return
-        self._batch = True
         try:
             for event in events:
                 if self._lingering:
@@ -168,11 +167,8 @@ class H2ClientConnection(asyncio.Protocol):
                 self._event(event)
         except Exception as exc:
             log.error("internal_error", error=repr(exc), peer=self.peer)
-            self._batch = False
             self._goodbye(ErrorCodes.INTERNAL_ERROR)
             return
-        finally:
-            self._batch = False
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -454,8 +450,15 @@ class H2ClientConnection(asyncio.Protocol):
     # -- writing -------------------------------------------------------------------
 
     def _flush(self) -> None:
-        if self._batch:
-            return
+        """Write what h2 has ready at the end of this turn of the loop: the
+        frames of every stream answered meanwhile leave in one write (one
+        write a response measured as the largest cost of the h2 path)."""
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flushing = False
         data = self.h2.data_to_send()
         if data:
             transport = self.transport
@@ -512,7 +515,7 @@ class H2ClientConnection(asyncio.Protocol):
         # is announced by hand (hyperframe frames it), h2's follows at the end.
         frame = GoAwayFrame(stream_id=0, last_stream_id=self.h2.highest_inbound_stream_id,
                             error_code=ErrorCodes.NO_ERROR)  # fmt: skip
-        self._flush()
+        self._write_out()
         if self.open:
             self.transport.write(frame.serialize())  # type: ignore[union-attr]
 
@@ -525,9 +528,8 @@ class H2ClientConnection(asyncio.Protocol):
     def _fail(self, reason: str) -> None:
         """A connection error: h2's GOAWAY (queued) goes out, the streams are cut."""
         log.info("http2_connection_error", peer=self.peer, error=reason[:200])
-        self._batch = False
         self._cut_all()
-        self._flush()
+        self._write_out()
         self._linger()
 
     def _cut_all(self) -> None:
@@ -540,8 +542,7 @@ class H2ClientConnection(asyncio.Protocol):
             return
         with contextlib.suppress(H2Error):
             self.h2.close_connection(code)
-        self._batch = False
-        self._flush()
+        self._write_out()
         self._linger()
 
     def _linger(self) -> None:

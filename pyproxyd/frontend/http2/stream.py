@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from hpack import NeverIndexedHeaderTuple as _NeverIndexed
+
 from ...errors import ClientGone
 from ...proxy.interface import Request
 
@@ -182,7 +184,11 @@ class H2Request(Request):
                 name, sep, value = line.partition(b":")
                 if sep:
                     lname = name.strip().lower()
-                    if lname not in CONNECTION_SPECIFIC:
+                    if lname == b"x-request-id":
+                        # New on every answer: kept out of HPACK's table, where it
+                        # would only evict what repeats (and lengthen each search).
+                        out.append(_NeverIndexed(lname, value.strip()))
+                    elif lname not in CONNECTION_SPECIFIC:
                         out.append((lname, value.strip()))
         if length is not None and not keep_length:
             out.append((b"content-length", b"%d" % length))
