@@ -11,6 +11,10 @@ is pinned alone on core 1. Rows (each round runs every row, order rotated):
   h2c           h2load -> pyproxyd h2c             -> backend
   nginx-h2c     h2load -> nginx (`http2 on`)       -> backend  (the peer)
 
+With `--idle N` (e.g. 1000) it then opens N h2c connections that each get
+one answer and stay open, and prints the gateway's RSS before and after
+(per connection).
+
 h2load runs 8 connections with 16 streams each (128 requests in flight, as
 wrk's 64 connections are in the same range of pressure). Prints the median
 req/s per row, errors, and the ratios h2c/h1, h1/h1-http2-off and
@@ -21,7 +25,9 @@ nghttp2-client nginx-light`). Every process started is stopped by PID.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,18 +78,72 @@ def h2load(port: int, duration: str, warmup: str) -> tuple[float, int]:
     return float(rate.group(1)), int(done.group(2)) + int(done.group(3))
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def idle_h2c(port: int, n: int) -> list[asyncio.StreamWriter]:
+    """n h2c connections, one answered request each, left open."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import StreamEnded
+
+    async def one() -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = H2Connection(H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", PATH), (":scheme", "http"),
+                              (":authority", "bench")], end_stream=True)  # fmt: skip
+        writer.write(conn.data_to_send())
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise SystemExit("the gateway closed an idle h2c connection")
+            events = conn.receive_data(data)
+            writer.write(conn.data_to_send())
+            if any(isinstance(e, StreamEnded) for e in events):
+                return writer
+
+    writers = []
+    for i in range(0, n, 100):  # bounded batches
+        writers += await asyncio.gather(*(one() for _ in range(min(100, n - i))))
+    return writers
+
+
+def measure_idle(port: int, pid: int, n: int) -> None:
+    async def run() -> None:
+        before = rss_kib(pid)
+        writers = await idle_h2c(port, n)
+        await asyncio.sleep(1.0)
+        after = rss_kib(pid)
+        for w in writers:
+            w.close()
+        print(
+            f"\nidle h2c connections: {len(writers)}; gateway RSS {before / 1024:.1f} MiB -> "
+            f"{after / 1024:.1f} MiB ({(after - before) / len(writers):.1f} KiB a connection)"
+        )
+
+    asyncio.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", default="5s")
     ap.add_argument("--warmup", default="1s")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64, help="wrk's")
+    ap.add_argument("--idle", type=int, default=0, help="then hold this many idle h2c connections")
     args = ap.parse_args()
     for tool in ("wrk", "h2load", "nginx"):
         if not shutil.which(tool):
             raise SystemExit(
                 f"{tool} is missing: apt-get install -y wrk nghttp2-client nginx-light"
             )
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # (inherited by the gateway)
     pyproxyd = [sys.executable, "-m", "pyproxyd", "run", "-c"]
     nginx = ["nginx", "-g", "daemon off;", "-c"]
     procs: list[subprocess.Popen[bytes]] = []
@@ -120,6 +180,8 @@ def main() -> None:
                     results[name].append(rows[name]())
                     print(f"round {r + 1} {name}: {results[name][-1][0]:.0f} req/s",
                           file=sys.stderr)  # fmt: skip
+            if args.idle:
+                measure_idle(H1, procs[2].pid, args.idle)
         finally:
             stop(procs)
     med = {k: statistics.median(x[0] for x in v) for k, v in results.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -19,11 +20,21 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.backends import Backend, payload, sha256, wait_for
-from harness.gateway import access_lines, config, fetch, gateway, make_cert, one_route
-from harness.h2client import H2Client
+from harness.gateway import (
+    GatewayProcess,
+    access_lines,
+    config,
+    fetch,
+    free_port,
+    gateway,
+    make_cert,
+    one_route,
+)
+from harness.h2client import H2Client, raw_exchange
 from pyproxyd.server import Gateway
 
 TIMEOUT = 20.0
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def routes(backend_url: str) -> str:
@@ -317,3 +328,55 @@ async def test_a_stalled_body_gets_408_on_its_stream(tmp_path: Path) -> None:
             assert (await client.request("GET", "/api/echo")).status == 200
         finally:
             await client.close()
+
+
+async def test_sigterm_sends_goaway_and_lets_the_stream_finish(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    async with Backend() as b:
+        path = tmp_path / "gateway.toml"
+        path.write_text(
+            f'[server]\nlisten = ["127.0.0.1:{port}"]\ngraceful_timeout = "10s"\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n' + routes(b.url)
+        )
+        async with GatewayProcess(path) as gw:
+            await gw.wait_ready(admin)
+            client = await H2Client.open(port)
+            try:
+                sid = client.start("GET", "/api/slow?chunks=3&delay=0.3&size=4")
+                await wait_for(lambda: b.hits == 1, timeout=5)
+                assert gw.proc is not None
+                gw.proc.send_signal(signal.SIGTERM)
+                await wait_for(lambda: client.goaway is not None, timeout=5)
+                assert client.goaway == (0, sid)
+                got = await client.wait(sid)
+                assert got.status == 200 and got.body == b"000011112222"
+                assert await gw.stop() == 0  # (already stopping: waits for the exit)
+                await asyncio.wait_for(client.closed.wait(), TIMEOUT)
+            finally:
+                await client.close()
+
+
+async def test_a_reload_turns_http2_off_for_new_connections(tmp_path: Path) -> None:
+    async with Backend() as b, gateway(tmp_path, config(routes(b.url))) as gw:
+        before = await H2Client.open(gw.ports[0])
+        try:
+            assert (await before.request("GET", "/api/echo")).status == 200
+            (tmp_path / "gateway.toml").write_text(
+                config(routes(b.url), server="http2 = false\nmax_concurrent_streams = 8")
+            )
+            assert await gw.reloader.reload()
+            # A new connection's preface is HTTP/1.1 now (a malformed request) ...
+            answer = await raw_exchange(gw.ports[0], PREFACE)
+            assert answer.startswith(b"HTTP/1.1 400 ")
+            # ... while the HTTP/2 connection already open goes on.
+            assert (await before.request("GET", "/api/echo")).status == 200
+            (tmp_path / "gateway.toml").write_text(
+                config(routes(b.url), server="max_concurrent_streams = 8")
+            )
+            assert await gw.reloader.reload()
+            after = await H2Client.open(gw.ports[0])
+            assert (await after.request("GET", "/api/echo")).status == 200
+            assert after.conn.remote_settings.max_concurrent_streams == 8
+            await after.close()
+        finally:
+            await before.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -335,7 +335,7 @@ class H2ClientConnection(asyncio.Protocol):
             return
         self._flush()
 
-    def send_head(self, req: H2Request, head: list[tuple[bytes, bytes]], end: bool) -> None:
+    def send_head(self, req: H2Request, head: list[Any], end: bool) -> None:
         try:
             self.h2.send_headers(req.stream_id, head, end_stream=end)
         except H2Error:

@@ -1,4 +1,5 @@
-"""One HTTP/2 stream as the pipeline sees it (proxy/interface.py), and how it answers.
+"""Compiled by mypyc (pyproxyd/compiled.py), as the Request it subclasses is.
+One HTTP/2 stream as the pipeline sees it (proxy/interface.py), and how it answers.
 
 The request body is fed by DATA frames and acknowledged to the client (its
 flow-control window reopened) only as the pipeline reads it: a slow upstream
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpack import NeverIndexedHeaderTuple as _NeverIndexed
 
@@ -166,8 +167,10 @@ class H2Request(Request):
         keep_length: bool,
         drop: frozenset[bytes] | None,
         raw: bytes,
-    ) -> list[tuple[bytes, bytes]]:
-        out = [(b":status", _STATUS.get(status) or b"%d" % status)]
+    ) -> list[Any]:
+        # list[Any]: a never-indexed field must stay an hpack HeaderTuple (a
+        # native tuple type would drop the subclass under mypyc).
+        out: list[Any] = [(b":status", _STATUS.get(status) or b"%d" % status)]
         has_date = False
         for name, value in headers:
             lname = name.lower()
