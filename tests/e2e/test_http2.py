@@ -305,15 +305,20 @@ async def test_graceful_stop_sends_goaway_and_finishes_open_streams(tmp_path: Pa
 
 
 async def test_an_idle_connection_is_closed_with_goaway(tmp_path: Path) -> None:
-    server = 'keepalive_timeout = "0.5s"'
+    server = 'keepalive_timeout = "1.5s"\nclient_header_timeout = "0.3s"'
     async with Backend() as b, gateway(tmp_path, config(routes(b.url), server=server)) as gw:
         client = await H2Client.open(gw.ports[0])
+        silent = await H2Client.open(gw.ports[0])  # the preface, and never a request
         try:
             assert (await client.request("GET", "/api/echo")).status == 200
-            await asyncio.wait_for(client.closed.wait(), 5)
-            assert client.goaway is not None and client.goaway[0] == 0
+            await asyncio.wait_for(silent.closed.wait(), 5)
+            assert silent.goaway == (0, 0)  # client_header_timeout
+            assert not client.closed.is_set()
+            await asyncio.wait_for(client.closed.wait(), 5)  # keepalive_timeout
+            assert client.goaway == (0, 1)
         finally:
             await client.close()
+            await silent.close()
 
 
 async def test_a_stalled_body_gets_408_on_its_stream(tmp_path: Path) -> None:
