@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -43,13 +44,36 @@ from hyperframe.frame import GoAwayFrame
 from ... import errors
 from ...errors import ClientGone
 from ...observe.logging import get_logger
+from ...proxy.interface import Request
 from ...sockets import half_close
 from ...tracing import new_id
+from .guard import ResetGuard
 from .headers import parse_request
 from .stream import H2Request, StreamBody
 
-if TYPE_CHECKING:
-    from .front import Http2Frontend
+# (method, target, peer, error, request id, HTTP version): Proxy.refused
+Refused = Callable[[str, str, str, errors.GatewayError, str, str], None]
+
+
+class Front(Protocol):
+    """What a connection reads of the frontend that made it (front.Http2Frontend)."""
+
+    loop: asyncio.AbstractEventLoop
+    connections: set[H2ClientConnection]
+    handler: Callable[[Request], None]
+    refused: Refused | None
+    header_timeout: float
+    keepalive_timeout: float
+    body_timeout: float
+    max_line: int
+    max_head: int
+    hard_list: int
+    max_streams: int
+
+    def guard(self) -> ResetGuard: ...
+
+    def date(self) -> bytes: ...
+
 
 log = get_logger("pyproxyd.server")
 
@@ -88,7 +112,7 @@ class _Settings(Settings):
 class H2ClientConnection(asyncio.Protocol):
     def __init__(
         self,
-        front: Http2Frontend,
+        front: Front,
         transport: asyncio.Transport,
         secure: bool,
         peer: str,

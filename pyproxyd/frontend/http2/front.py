@@ -9,13 +9,9 @@ from collections.abc import Callable
 from email.utils import formatdate
 from time import time
 
-from ...errors import GatewayError
 from ...proxy.interface import Request
-from .connection import H2ClientConnection
+from .connection import H2ClientConnection, Refused
 from .guard import ResetGuard
-
-# (method, target, peer, error, request id, HTTP version): Proxy.refused
-Refused = Callable[[str, str, str, GatewayError, str, str], None]
 
 
 class Http2Frontend:
