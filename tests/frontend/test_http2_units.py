@@ -83,3 +83,25 @@ def test_a_path_must_be_a_path() -> None:
     assert isinstance(parse_request(bad, 8190, 65536).error, errors.BadRequest)
     star = [(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":path", b"*")]
     assert parse_request(star, 8190, 65536).error is None
+
+
+@pytest.mark.parametrize(
+    "pseudo",
+    [
+        (b":method", b"GET /evil"),
+        (b":method", b""),
+        (b":path", b"/a b"),
+        (b":path", b"/a\tb"),
+        (b":authority", b"user@host"),
+        (b":authority", b"host/path"),
+        (b":authority", b"a b"),
+    ],
+)
+def test_what_would_break_the_upstream_request_line_is_refused(
+    pseudo: tuple[bytes, bytes],
+) -> None:
+    pairs = dict([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                  (b":authority", b"h:1")])  # fmt: skip
+    pairs[pseudo[0]] = pseudo[1]
+    parsed = parse_request(list(pairs.items()), 8190, 65536)
+    assert isinstance(parsed.error, errors.BadRequest)

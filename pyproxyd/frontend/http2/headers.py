@@ -10,11 +10,20 @@ names with an underscore are dropped, and the sizes are capped by
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from ... import errors
 from ..connection import PICKED
+
+# The request line the upstream gets is built from :method and :path, and its
+# Host from :authority: h2 has refused CR, LF and NUL in them, but a space
+# would still split an HTTP/1.1 request line, and userinfo or a path in an
+# authority is no host.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PATH = re.compile(rb"[\x21-\x7e\x80-\xff]+")
+_AUTHORITY = re.compile(rb"[^\x00-\x20\x7f@/?#\\]*")
 
 
 class ParsedHead(NamedTuple):
@@ -82,11 +91,17 @@ def parse_request(
     text_path = path.decode("latin-1")
     if too_large or size > max_head:
         error = errors.HeadersTooLarge()
+    elif not _TOKEN.fullmatch(method):
+        error = errors.BadRequest("the :method is not a token")
+    elif not _AUTHORITY.fullmatch(host):
+        error = errors.BadRequest("the :authority is not a host")
     elif text_method == "CONNECT":
         what = "extended CONNECT (RFC 8441)" if extended else "CONNECT"
         error = errors.NotImplementedCoding(f"{what} is not supported over HTTP/2")
-    elif not path.startswith(b"/") and not (path == b"*" and text_method == "OPTIONS"):
+    elif not (path.startswith(b"/") or (path == b"*" and text_method == "OPTIONS")):
         error = errors.BadRequest("the :path is not a path")
+    elif not _PATH.fullmatch(path):
+        error = errors.BadRequest("the :path has a space or a control character")
     elif auths > 1:
         # Which one would the upstream believe? Not necessarily the one verified.
         error = errors.BadRequest("more than one Authorization header")
