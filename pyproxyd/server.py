@@ -219,8 +219,8 @@ class Gateway:
         self._http.configure(new.client_header_timeout, new.keepalive_timeout,
                              new.client_body_timeout, new.max_header_size)  # fmt: skip
         self.http2.configure(new.client_header_timeout, new.keepalive_timeout,
-                           new.client_body_timeout, new.max_header_size,
-                           new.max_concurrent_streams)  # fmt: skip
+                             new.client_body_timeout, new.max_header_size,
+                             new.max_concurrent_streams)  # fmt: skip
         self._http.http2 = self.http2.take if new.http2 else None
 
     async def _start_admin(self, listen: str) -> None:
