@@ -385,3 +385,17 @@ async def test_a_reload_turns_http2_off_for_new_connections(tmp_path: Path) -> N
             await after.close()
         finally:
             await before.close()
+
+
+async def test_expect_100_continue_is_answered_when_the_body_is_read(tmp_path: Path) -> None:
+    async with Backend() as b, gateway(tmp_path, config(routes(b.url))) as gw:
+        client = await H2Client.open(gw.ports[0])
+        try:
+            head = [("expect", "100-continue"), ("content-length", "5")]
+            sid = client.start("POST", "/api/echo", head, end=False)
+            await wait_for(lambda: client.streams[sid].status == 100, timeout=5)
+            await client.send_body(sid, b"hello")
+            got = await client.wait(sid)
+            assert got.status == 200 and json.loads(got.body)["body_length"] == 5
+        finally:
+            await client.close()

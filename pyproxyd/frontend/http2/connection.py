@@ -295,7 +295,9 @@ class H2ClientConnection(asyncio.Protocol):
             self._refuse_stream(sid, count=True)
             return
         parsed = parse_request(event.headers or [], front.max_line, front.max_head)
-        body = None if event.stream_ended is not None else StreamBody(self, sid)
+        body = None
+        if event.stream_ended is None:
+            body = StreamBody(self, sid, parsed.expect_continue)
         req = H2Request(self, sid, parsed.method, parsed.path, parsed.raw, parsed.picked, body,
                         parsed.content_length)  # fmt: skip
         self.streams[sid] = req
@@ -357,6 +359,15 @@ class H2ClientConnection(asyncio.Protocol):
             self.h2.acknowledge_received_data(size, sid)
         except H2Error:
             return
+        self._flush()
+
+    def send_continue(self, sid: int) -> None:
+        """100 Continue: the pipeline reads a body whose client waits to be asked."""
+        req = self.streams.get(sid)
+        if req is None or req.gone or req.started:
+            return
+        with contextlib.suppress(H2Error):
+            self.h2.send_headers(sid, [(b":status", b"100")])
         self._flush()
 
     def send_head(self, req: H2Request, head: list[Any], end: bool) -> None:

@@ -33,6 +33,7 @@ class ParsedHead(NamedTuple):
     picked: dict[bytes, bytes]
     content_length: int | None
     error: errors.GatewayError | None  # answered on the stream instead of the pipeline
+    expect_continue: bool  # the client waits for 100 Continue before its body
 
 
 def parse_request(
@@ -47,6 +48,7 @@ def parse_request(
     too_large = False
     auths = 0
     clen: int | None = None
+    expect = False
     error: errors.GatewayError | None = None
     for name, value in headers:
         line = len(name) + len(value) + 2
@@ -79,6 +81,8 @@ def parse_request(
                 error = errors.BadRequest("content-length is not a number")
         elif name == b"authorization":
             auths += 1
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
         elif name in PICKED:
             picked[name] = picked[name] + b", " + value if name in picked else value
     if cookies:
@@ -105,4 +109,4 @@ def parse_request(
     elif auths > 1:
         # Which one would the upstream believe? Not necessarily the one verified.
         error = errors.BadRequest("more than one Authorization header")
-    return ParsedHead(text_method, text_path, raw, picked, clen, error)
+    return ParsedHead(text_method, text_path, raw, picked, clen, error, expect)

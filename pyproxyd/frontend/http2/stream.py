@@ -35,12 +35,13 @@ _STATUS = {code: b"%d" % code for code in range(100, 600)}
 class StreamBody:
     """The request body as DATA frames bring it."""
 
-    __slots__ = ("_chunks", "_conn", "_error", "_owed", "_waiter", "eof", "last", "stream_id",
-                 "total")  # fmt: skip
+    __slots__ = ("_chunks", "_conn", "_continue", "_error", "_owed", "_waiter", "eof", "last",
+                 "stream_id", "total")  # fmt: skip
 
-    def __init__(self, conn: H2ClientConnection, stream_id: int) -> None:
+    def __init__(self, conn: H2ClientConnection, stream_id: int, expect_continue: bool) -> None:
         self._conn = conn
         self.stream_id = stream_id
+        self._continue = expect_continue  # 100 Continue is owed before the first read
         self._chunks: list[bytes] = []
         self._owed = 0  # flow-controlled bytes received and not yet acknowledged
         self._waiter: asyncio.Future[None] | None = None
@@ -102,6 +103,9 @@ class StreamBody:
                 return data
             if self.eof:
                 raise StopAsyncIteration
+            if self._continue:
+                self._continue = False
+                self._conn.send_continue(self.stream_id)
             fut = self._conn.loop.create_future()
             self._waiter = fut
             self.last = self._conn.loop.time()
