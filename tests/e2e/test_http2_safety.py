@@ -286,3 +286,21 @@ async def test_extended_connect_is_refused_cleanly(tmp_path: Path) -> None:
             assert (await client.request("GET", "/api/echo")).status == 200
         finally:
             await client.close()
+
+
+async def test_a_flood_of_empty_data_frames_gets_goaway(tmp_path: Path) -> None:
+    async with Backend() as b, gateway(tmp_path, config(routes(b.url))) as gw:
+        client = await H2Client.open(gw.ports[0])
+        try:
+            sid = client.start("POST", "/api/echo", end=False)
+            for _ in range(10):  # a few are allowed
+                client.conn.send_data(sid, b"")
+            await client.send_body(sid, b"x", end=False)
+            for _ in range(500):
+                client.conn.send_data(sid, b"")
+            client.flush()
+            await asyncio.wait_for(client.closed.wait(), TIMEOUT)
+            assert client.goaway is not None
+            assert client.goaway[0] == ErrorCodes.ENHANCE_YOUR_CALM
+        finally:
+            await client.close()

@@ -84,6 +84,9 @@ STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
 _DEFAULT_WINDOW = 65535
 _LINGER_TIME = 2.0
+# DATA frames in a row that carry nothing and end nothing (CVE-2019-9518): a
+# client may send a few, a flood of them costs work and says nothing.
+EMPTY_FRAMES = 100
 _IDLE, _LINGER = 1, 2
 
 _CONFIG = H2Configuration(
@@ -147,6 +150,7 @@ class H2ClientConnection(asyncio.Protocol):
         self._had_stream = False
         self._draining = False  # GOAWAY sent: answer the streams open, then close
         self._lingering = False
+        self._empty = 0  # empty DATA frames in a row
 
     # -- start ---------------------------------------------------------------------
 
@@ -248,6 +252,13 @@ class H2ClientConnection(asyncio.Protocol):
         if kind is DataReceived:
             assert isinstance(event, DataReceived)
             sid = event.stream_id
+            if event.data:
+                self._empty = 0
+            elif event.stream_ended is None:
+                self._empty += 1
+                if self._empty > EMPTY_FRAMES:
+                    self._calm("empty_frames")
+                    return
             req = self.streams.get(sid)
             body = req.body if req is not None else None
             if body is not None and not req.gone:  # type: ignore[union-attr]
@@ -322,7 +333,7 @@ class H2ClientConnection(asyncio.Protocol):
         with contextlib.suppress(H2Error):
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
         if count and self.guard.reset(self.loop.time()):
-            self._calm()
+            self._calm("rapid_reset")
 
     def _answer(self, req: H2Request, err: errors.GatewayError) -> None:
         """The frontend's own answer (malformed, too large): logged and counted
@@ -344,7 +355,7 @@ class H2ClientConnection(asyncio.Protocol):
     def _client_reset(self, event: StreamReset) -> None:
         sid = event.stream_id or 0
         if event.remote_reset and self.guard.reset(self.loop.time()):
-            self._calm()
+            self._calm("rapid_reset")
         req = self.streams.get(sid)
         if req is not None:
             self._gone(req, ClientGone("the client reset the stream"))
@@ -554,9 +565,9 @@ class H2ClientConnection(asyncio.Protocol):
         if self.open:
             self.transport.write(frame.serialize())  # type: ignore[union-attr]
 
-    def _calm(self) -> None:
-        """Rapid reset: this connection alone is closed."""
-        log.warning("http2_abuse", peer=self.peer, reason="rapid_reset")
+    def _calm(self, reason: str) -> None:
+        """Abuse (rapid reset, empty frames): this connection alone is closed."""
+        log.warning("http2_abuse", peer=self.peer, reason=reason)
         self._cut_all()
         self._goodbye(ErrorCodes.ENHANCE_YOUR_CALM)
 
