@@ -19,6 +19,7 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     InformationalResponseReceived,
+    PingAckReceived,
     ResponseReceived,
     StreamEnded,
     StreamReset,
@@ -64,6 +65,7 @@ class H2Client:
         self.closed = asyncio.Event()  # the gateway closed the connection
         self.received = 0  # DATA bytes received on all streams
         self.error: Exception | None = None  # what h2 refused in the gateway's bytes
+        self.pongs: list[bytes] = []  # the payloads of PING ACKs
         self._window = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._pump())
 
@@ -166,6 +168,8 @@ class H2Client:
                 stream.done.set()
         elif isinstance(event, WindowUpdated):
             self._window.set()
+        elif isinstance(event, PingAckReceived):
+            self.pongs.append(bytes(event.ping_data or b""))
         elif isinstance(event, ConnectionTerminated):
             self.goaway = (int(event.error_code or 0), int(event.last_stream_id or 0))
 

@@ -399,3 +399,14 @@ async def test_expect_100_continue_is_answered_when_the_body_is_read(tmp_path: P
             assert got.status == 200 and json.loads(got.body)["body_length"] == 5
         finally:
             await client.close()
+
+
+async def test_a_ping_is_answered(tmp_path: Path) -> None:
+    async with Backend() as b, gateway(tmp_path, config(routes(b.url))) as gw:
+        client = await H2Client.open(gw.ports[0])
+        try:
+            client.conn.ping(b"12345678")
+            client.flush()
+            await wait_for(lambda: client.pongs == [b"12345678"], timeout=5)
+        finally:
+            await client.close()
