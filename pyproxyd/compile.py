@@ -528,7 +528,7 @@ def _rule(r: RouteConfig, route: Route) -> RouteRule:
     )
 
 
-def _tls(cert: str, key: str) -> ssl.SSLContext:
+def _tls(cert: str, key: str, http2: bool = False) -> ssl.SSLContext:
     """The listener's TLS context, loaded by every compile: a reload serves a renewed
     certificate, and a pair that does not load is refused before it is swapped in."""
     for field, path in (("cert", cert), ("key", key)):
@@ -541,6 +541,8 @@ def _tls(cert: str, key: str) -> ssl.SSLContext:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as e:
         raise ValueError(f"server.tls: {cert} and {key} do not load: {e.reason or e}") from None
+    if http2:  # (a reload's new context is the one a handshake picks in: see Gateway)
+        context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
 
@@ -604,7 +606,9 @@ def compile_snapshot(
             keepalive_timeout=s.keepalive_timeout,
             graceful_timeout=s.graceful_timeout,
             max_header_size=s.max_header_size,
-            tls=_tls(_rel(loaded, s.tls.cert), _rel(loaded, s.tls.key)) if s.tls else None,
+            tls=_tls(_rel(loaded, s.tls.cert), _rel(loaded, s.tls.key), s.http2) if s.tls else None,
+            http2=s.http2,
+            max_concurrent_streams=s.max_concurrent_streams,
         ),
         admin_listen=cfg.admin.listen,
         admin_token_env=cfg.admin.token_env,

@@ -15,6 +15,7 @@ MODULES = (
     "pyproxyd.keys",
     "pyproxyd.frontend.connection",
     "pyproxyd.frontend.request",
+    "pyproxyd.frontend.http2.stream",  # (its H2Request subclasses the compiled Request)
     "pyproxyd.proxy.interface",
     "pyproxyd.proxy.record",
     "pyproxyd.proxy.prepare",

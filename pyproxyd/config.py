@@ -120,6 +120,18 @@ class ServerConfig(Model):
         description="longest request line or header line accepted (a longer one gets 431); "
         "also the largest upstream response head (a larger one is a 502)",
     )
+    http2: bool = Field(
+        True,
+        description="also speak HTTP/2 on every listener: h2 chosen by ALPN on TLS, h2c with "
+        "prior knowledge on plain ones; HTTP/1.1 stays on the same port",
+    )
+    max_concurrent_streams: int = Field(
+        128,
+        ge=1,
+        le=65536,
+        description="streams one HTTP/2 client connection may have open at once (advertised "
+        "in SETTINGS); more are refused with REFUSED_STREAM",
+    )
     tls: TLSConfig | None = Field(
         None,
         description="serve HTTPS with this certificate and key; plain HTTP when absent. "

@@ -22,6 +22,7 @@ from .config_load import Loaded
 from .discovery.build import close_clients, etcd_client
 from .fleet import SharedConfig, with_document
 from .frontend.connection import Frontend
+from .frontend.http2 import Http2Frontend
 from .observe.logging import AccessLog, get_logger
 from .proxy.handler import Proxy
 from .reload import Reloader, ReloadTally
@@ -110,6 +111,7 @@ class Gateway:
         self.admin_port: int | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._http: Frontend | None = None
+        self.http2: Http2Frontend | None = None  # (its buffered() is what tests measure)
         self._admin: web.AppRunner | None = None
         self._worker_admin: web.AppRunner | None = None
         self.stopped = asyncio.Event()
@@ -166,15 +168,18 @@ class Gateway:
             refused=proxy.refused,
         )
         self._http.start()
-        frontend = self._http
-        self.holder.subscribe(
-            lambda new: frontend.configure(
-                new.server.client_header_timeout,
-                new.server.keepalive_timeout,
-                new.server.client_body_timeout,
-                new.server.max_header_size,
-            )
+        self.http2 = Http2Frontend(
+            proxy,
+            header_timeout=s.client_header_timeout,
+            keepalive_timeout=s.keepalive_timeout,
+            body_timeout=s.client_body_timeout,
+            max_header_size=s.max_header_size,
+            max_streams=s.max_concurrent_streams,
+            refused=proxy.refused,
         )
+        self.http2.start()
+        self._configure_fronts(snap)
+        self.holder.subscribe(self._configure_fronts)
         context = s.tls
         if context is not None:
             context.sni_callback = self._current_certificate
@@ -212,6 +217,18 @@ class Gateway:
                 message="these .py files are newer than their compiled build, which runs "
                 "instead: run scripts/compile.sh (or --clean)",
             )
+
+    def _configure_fronts(self, snap: Snapshot) -> None:
+        """Client settings of a (new) snapshot: connections use them from their
+        next deadline or head on; HTTP/2 is offered to new connections or not."""
+        new = snap.server
+        assert self._http is not None and self.http2 is not None
+        self._http.configure(new.client_header_timeout, new.keepalive_timeout,
+                             new.client_body_timeout, new.max_header_size)  # fmt: skip
+        self.http2.configure(new.client_header_timeout, new.keepalive_timeout,
+                             new.client_body_timeout, new.max_header_size,
+                             new.max_concurrent_streams)  # fmt: skip
+        self._http.http2 = self.http2.take if new.http2 else None
 
     async def _start_admin(self, listen: str) -> None:
         self._admin = web.AppRunner(Admin(self).app, access_log=None)
@@ -254,20 +271,27 @@ class Gateway:
         for server in self._servers:
             server.close()
         drained = Drained(0, 0)
-        if self._http is not None:
-            # Idle connections close now; busy ones (a request, a WebSocket) get
-            # until graceful_timeout, then are cut.
+        if self._http is not None and self.http2 is not None:
+            # Idle connections close now; busy ones (a request, a WebSocket, an
+            # HTTP/2 connection's open streams, after its GOAWAY) get until
+            # graceful_timeout, then are cut.
+            http, h2 = self._http, self.http2
+
+            def connections() -> list[Any]:
+                return [*http.connections, *h2.connections]
+
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
-            for conn in list(self._http.connections):
+            for conn in connections():
                 conn.drain_close()
-            in_flight = sum(1 for c in self._http.connections if c.busy)
-            while any(c.busy for c in self._http.connections) and loop.time() < deadline:
+            in_flight = sum(1 for c in connections() if c.busy)
+            while any(c.busy for c in connections()) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            drained = Drained(in_flight, sum(1 for c in self._http.connections if c.busy))
-            for conn in list(self._http.connections):
+            drained = Drained(in_flight, sum(1 for c in connections() if c.busy))
+            for conn in connections():
                 conn.abort()
             self._http.stop()
+            self.http2.stop()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()

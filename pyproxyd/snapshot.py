@@ -146,6 +146,8 @@ class ServerSettings:
     graceful_timeout: float
     max_header_size: int
     tls: ssl.SSLContext | None  # the certificate loaded by this compile
+    http2: bool = True  # h2 by ALPN and h2c by preface (frontend/http2)
+    max_concurrent_streams: int = 128
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from scripts.import_graph import cycles, graph
 # is handed its pool, the request its connection.
 TYPE_ONLY_PAIRS = [
     ["pyproxyd.frontend.connection", "pyproxyd.frontend.request"],
+    ["pyproxyd.frontend.http2.connection", "pyproxyd.frontend.http2.stream"],
     ["pyproxyd.upstream.connection", "pyproxyd.upstream.pool"],
     ["pyproxyd.upstream.h2conn", "pyproxyd.upstream.h2pool"],  # as the HTTP/1.1 pair
 ]

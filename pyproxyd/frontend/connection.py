@@ -45,6 +45,12 @@ Handler = Callable[[ClientRequest], None]
 # stalled body), so that it is logged and counted as the handler's are:
 # (method or "", raw target or "", peer, the error, its request id).
 Refused = Callable[[str, str, str, errors.GatewayError, str], None]
+# Takes a connection over for HTTP/2 (frontend/http2): (transport, secure,
+# peer, local address, the bytes read so far).
+TakeOver = Callable[[asyncio.Transport, bool, str, str, bytes], None]
+# The h2c connection preface (RFC 9113 3.4): a plain connection that opens
+# with it speaks HTTP/2 with prior knowledge.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # Request headers the proxy reads on every request (ClientRequest.picked).
 # Content-Type tells a gRPC call, whose errors are gRPC statuses.
@@ -96,6 +102,8 @@ class Frontend:
     ) -> None:
         self.handler = handler
         self.refused = refused
+        # Set while server.http2 is on: ALPN "h2" and the h2c preface go there.
+        self.http2: TakeOver | None = None
         self.connections: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
         self._date_at = 0
@@ -170,6 +178,8 @@ class ClientConnection(asyncio.Protocol):
         "_picked",
         "_queue",
         "_raw",
+        "_sniff",
+        "_sniffed",
         "_te",
         "_te_value",
         "_tunnel",
@@ -229,6 +239,8 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel: Callable[[bytes], None] | None = None
         self._tunnel_eof: Callable[[], None] | None = None
         self._tunnel_lost: Callable[[], None] | None = None
+        self._sniff = False  # the first bytes may be the h2c preface
+        self._sniffed = b""  # the part of the preface read so far
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -243,8 +255,19 @@ class ClientConnection(asyncio.Protocol):
             self.local = f"[{host}]:{local[1]}" if ":" in host else f"{host}:{local[1]}"
         self._set_deadline(_HEADER)
         self.front.connections.add(self)
+        if self.front.http2 is not None:
+            if not self.secure:
+                self._sniff = True
+            else:
+                tls = transport.get_extra_info("ssl_object")
+                if tls is not None and tls.selected_alpn_protocol() == "h2":
+                    self._hand_over(b"")
 
     def data_received(self, data: bytes) -> None:
+        if self._sniff:
+            data = self._h2c(data)
+            if not data:
+                return
         if self._lingering:
             return
         if self._upgraded:
@@ -290,6 +313,36 @@ class ClientConnection(asyncio.Protocol):
         elif self._parsing is not None:
             # client_body_timeout runs between two reads of the body (nginx).
             self._set_deadline(_BODY)
+
+    def _h2c(self, data: bytes) -> bytes:
+        """The first bytes of a plain connection: the h2c preface hands it to
+        HTTP/2; anything else (one byte told it, for nearly every request) is
+        HTTP/1.1 as ever."""
+        if self._sniffed:
+            data = self._sniffed + data
+            self._sniffed = b""
+        if data[:1] != b"P":
+            self._sniff = False
+            return data
+        if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+            self._sniffed = data  # (client_header_timeout still runs)
+            return b""
+        self._sniff = False
+        if data.startswith(H2_PREFACE) and self.front.http2 is not None:
+            self._hand_over(data)
+            return b""
+        return data
+
+    def _hand_over(self, data: bytes) -> None:
+        take = self.front.http2
+        transport = self.transport
+        if take is None or transport is None:
+            return
+        self.front.connections.discard(self)
+        self.deadline = 0.0
+        self._broken = True  # (nothing reaches this protocol from here on)
+        self.transport = None
+        take(transport, self.secure, self.peer, self.local, data)
 
     def eof_received(self) -> bool | None:
         if self._lingering:

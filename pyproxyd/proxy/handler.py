@@ -103,7 +103,9 @@ class Proxy:
             return
         self._spawn(request, ex, snap, clock, step, None)
 
-    def refused(self, method: str, target: str, peer: str, err: GatewayError, rid: str) -> None:
+    def refused(
+        self, method: str, target: str, peer: str, err: GatewayError, rid: str, version: str = "1.1"
+    ) -> None:
         """A request a frontend answered itself (frontend.connection.Refused):
         logged and counted like any other, under route "(none)"."""
         ex = RequestInfo(self.loop.time())
@@ -111,6 +113,7 @@ class Proxy:
         ex.status = err.status
         ex.peer = ex.client_ip = peer
         ex.path = target.partition("?")[0][:1024]
+        ex.version = version
         self.metrics.observe("(none)", "(none)", err.status, 0.0)
         if self.holder.current.logging.access_log:
             try:

@@ -24,11 +24,14 @@ async def test_access_line_escapes_every_string_and_nulls_empty_ones(tmp_path: P
         ex.client_ip = "::1"
         ex.consumer = ""
         log.request("GET", ex, 12.34567)
+        ex.version = "2"  # an HTTP/2 request's
+        log.request("GET", ex, 12.34567)
         log.flush()
-        line = (tmp_path / "access.log").read_text().splitlines()[-1]
+        line, h2_line = (tmp_path / "access.log").read_text().splitlines()[-2:]
     finally:
         plog._output.update(saved)
     got = json.loads(line)
+    assert json.loads(h2_line)["protocol"] == "HTTP/2"
     assert line.isascii()
     assert got.pop("timestamp").endswith("Z")
     assert got == {
