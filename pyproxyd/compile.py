@@ -47,6 +47,7 @@ from .shm.resilience import share_breaker, share_health
 from .shm.zone import MAX_LOG, Zone
 from .snapshot import LogSettings, Route, ServerSettings, Snapshot, Split, Target, Upstream
 from .upstream.balance import LeastConn, Rendezvous, SmoothRoundRobin, WeightedRandom
+from .upstream.h2pool import H2Pool
 from .upstream.health import HealthChecker, HealthSettings, TargetHealth, UpstreamHealth
 from .upstream.pool import PoolSettings, TargetPool
 
@@ -58,18 +59,6 @@ def unsupported(cfg: Config) -> list[Problem]:
     an outage waiting to happen.
     """
     out: list[Problem] = []
-    if (
-        cfg.etcd is not None
-        and cfg.etcd.config_key is not None
-        and (cfg.server.workers or os.cpu_count() or 1) > 1
-    ):
-        out.append(
-            Problem(
-                "etcd.config_key",
-                "with workers > 1 a config shared through etcd is not supported by this "
-                "version of pyproxyd yet; run one worker per instance",
-            )
-        )
     if (cfg.server.workers or os.cpu_count() or 1) > 1:
         for name, rl in cfg.rate_limits.items():
             if rl.backend != "local" or rl.algorithm != "sliding_window":
@@ -87,7 +76,13 @@ def unsupported(cfg: Config) -> list[Problem]:
     return out
 
 
-def pool_settings(up: UpstreamConfig, max_header_size: int) -> PoolSettings:
+def pool_settings(
+    up: UpstreamConfig, max_header_size: int, base: Path | None = None
+) -> PoolSettings:
+    tls = up.tls
+    ca = None
+    if tls is not None and tls.ca is not None:
+        ca = str(base / tls.ca) if base is not None else tls.ca
     return PoolSettings(
         max_connections=up.max_connections,
         keepalive=up.keepalive,
@@ -97,7 +92,26 @@ def pool_settings(up: UpstreamConfig, max_header_size: int) -> PoolSettings:
         connect_timeout=up.connect_timeout,
         read_timeout=up.read_timeout,
         max_head=max_header_size,
+        protocol=up.protocol,
+        max_streams=up.max_streams_per_connection,
+        tls_ca=ca,
+        tls_server_name=tls.server_name if tls is not None else None,
+        tls_verify=tls.verify if tls is not None else True,
     )
+
+
+def _client_tls(settings: PoolSettings) -> ssl.SSLContext:
+    """An https:// target's TLS context; ALPN offers h2 alone for protocol = "h2"."""
+    try:
+        context = ssl.create_default_context(cafile=settings.tls_ca)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"tls.ca: cannot load {settings.tls_ca}: {e}") from None
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.protocol == "h2":
+        context.set_alpn_protocols(["h2"])
+    return context
 
 
 def _pool(url: str, settings: PoolSettings) -> TargetPool:
@@ -106,10 +120,12 @@ def _pool(url: str, settings: PoolSettings) -> TargetPool:
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
     label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    context = ssl.create_default_context() if tls else None
-    return TargetPool(
-        host, port, settings, ssl=context, server_hostname=host if tls else None, label=label
-    )
+    context = _client_tls(settings) if tls else None
+    server_name = (settings.tls_server_name or host) if tls else None
+    pool = TargetPool(host, port, settings, ssl=context, server_hostname=server_name, label=label)
+    if settings.protocol != "http1":
+        pool.h2 = H2Pool(pool, settings, ssl=context, server_hostname=server_name)
+    return pool
 
 
 def _target(
@@ -136,8 +152,9 @@ def _upstream(
     state: dict[Hashable, Any],
     zone: Zone | None = None,
     sources: SourceMaker | None = None,
+    base: Path | None = None,
 ) -> Upstream:
-    settings = pool_settings(up, max_head)
+    settings = pool_settings(up, max_head, base)
     targets = tuple(_target(name, t.url, t.weight, settings, old, state) for t in up.targets)
     balancer, key, keyed = _balancer(up.balance, targets)
     upstream = Upstream(
@@ -151,6 +168,7 @@ def _upstream(
         health=_health(name, up, targets, old, state, zone),
         key=key,
         keyed=keyed,
+        http2=up.protocol != "http1",
     )
     if up.discovery is not None:
         assert sources is not None
@@ -275,6 +293,7 @@ def _checker_maker(t: Target, settings: HealthSettings) -> Callable[[], HealthCh
         ssl=pool.ssl,
         server_hostname=pool.server_hostname,
         label=pool.label,
+        protocol=pool.settings.protocol,
     )
 
 
@@ -396,9 +415,33 @@ def _route_auth(r: RouteConfig, a: _Auth) -> Authenticator | None:
 
 
 def warnings(cfg: Config) -> list[Problem]:
-    """Valid settings worth a word from `validate` (none now: local limits are
-    one per instance with workers, see pyproxyd/shm)."""
-    return []
+    """Valid settings worth a word from `validate`."""
+    out: list[Problem] = []
+    for name, up in cfg.upstreams.items():
+        if up.tls is not None and not up.tls.verify:
+            out.append(
+                Problem(
+                    f"upstreams.{name}.tls.verify",
+                    "certificate checking is off: anyone on the path can pose as the upstream",
+                )
+            )
+    for i, route in enumerate(cfg.routes):
+        # A gRPC method is a path /package.Service/Method: a route whose
+        # pattern starts that way is meant for gRPC calls, which an HTTP/1.1
+        # upstream cannot carry (they are answered 14 UNAVAILABLE).
+        first = route.path.lstrip("/").split("/", 1)[0]
+        names = [route.upstream] if route.upstream else [s.upstream for s in route.split or ()]
+        http1 = [n for n in names if n in cfg.upstreams and cfg.upstreams[n].protocol == "http1"]
+        if "." in first and "{" not in first and "*" not in first and http1:
+            out.append(
+                Problem(
+                    f"routes[{i}].upstream",
+                    f"{route.path!r} looks like a gRPC service, but upstream {http1[0]!r} speaks "
+                    "HTTP/1.1: gRPC calls to it are answered 14 UNAVAILABLE "
+                    '(set protocol = "h2c" or "h2" on the upstream)',
+                )
+            )
+    return out
 
 
 # -- rate limits: policies compiled once, their state carried over (pyproxyd/ratelimit)
@@ -527,7 +570,9 @@ def compile_snapshot(
         state[ZONE] = zone
     sources = source_maker(cfg, loaded.path.parent)
     upstreams = {
-        name: _upstream(name, up, cfg.server.max_header_size, old, state, zone, sources)
+        name: _upstream(
+            name, up, cfg.server.max_header_size, old, state, zone, sources, loaded.path.parent
+        )
         for name, up in cfg.upstreams.items()
     }
     auth = _auth(loaded, cfg, old, state)

@@ -26,6 +26,7 @@ MODULES = (
     "pyproxyd.upstream.balance",
     "pyproxyd.upstream.connection",
     "pyproxyd.upstream.http1",
+    "pyproxyd.upstream.h2response",
     "pyproxyd.upstream.pool",
     "pyproxyd.observe.logging",
     "pyproxyd.observe.metrics",
@@ -79,3 +80,20 @@ def status(
         if checkout and built is not None and py.exists() and py.stat().st_mtime > built:
             stale.append(name)
     return compiled, stale
+
+
+def describe(compiled: int, stale: int, total: int = len(MODULES)) -> str:
+    """Which build runs, for `pyproxyd --version`: `compiled 35/35`, `interpreted`,
+    or a partial or stale build named as such."""
+    if not compiled:
+        return "interpreted"
+    text = f"compiled {compiled}/{total}"
+    if stale:
+        text += f", {stale} stale: scripts/compile.sh rebuilds"
+    return text
+
+
+def running() -> str:
+    """describe() of this process."""
+    compiled, stale = status()
+    return describe(len(compiled), len(stale))

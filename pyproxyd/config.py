@@ -214,6 +214,22 @@ class TargetConfig(Model):
         return v
 
 
+class UpstreamTLSConfig(Model):
+    """How an https:// upstream is checked (HTTP/1.1 or h2)."""
+
+    ca: str | None = Field(
+        None,
+        description="PEM bundle of the CAs to trust (relative to the config file's folder); "
+        "default: the system's trust store",
+    )
+    server_name: str | None = Field(
+        None, description="SNI and the name checked in the certificate; default: the target's host"
+    )
+    verify: bool = Field(
+        True, description="false turns certificate checking off (validate warns about it)"
+    )
+
+
 class CircuitBreakerConfig(Model):
     """A circuit breaker in front of an upstream (Closed -> Open -> Half-Open -> Closed)."""
 
@@ -316,6 +332,21 @@ class UpstreamConfig(Model):
         le=10,
         description="extra tries on another target, for requests never sent or idempotent ones",
     )
+    protocol: Literal["http1", "h2c", "h2"] = Field(
+        "http1",
+        description="http1 | h2c (HTTP/2 without TLS, as gRPC servers speak) | h2 (HTTP/2 "
+        "over TLS by ALPN; needs https:// targets). gRPC routes need h2c or h2",
+    )
+    max_streams_per_connection: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        description="h2c/h2: streams on one connection (or fewer, as the upstream's "
+        "SETTINGS_MAX_CONCURRENT_STREAMS says) before another connection opens",
+    )
+    tls: UpstreamTLSConfig | None = Field(
+        None, description="for https:// targets: ca, server_name, verify"
+    )
     circuit_breaker: CircuitBreakerConfig | None = Field(
         None, description="a circuit breaker for this upstream; none when absent"
     )
@@ -339,6 +370,13 @@ class UpstreamConfig(Model):
     def _source(self) -> UpstreamConfig:
         if bool(self.targets) == (self.discovery is not None):
             raise ValueError("an upstream needs either 'targets' (at least one) or 'discovery'")
+        if self.protocol == "h2":
+            plain = [t.url for t in self.targets if not t.url.startswith("https://")]
+            if plain:
+                raise ValueError(
+                    f"protocol 'h2' is HTTP/2 over TLS and needs https:// targets, not {plain[0]!r}"
+                    " (use protocol = 'h2c' for HTTP/2 without TLS)"
+                )
         return self
 
 

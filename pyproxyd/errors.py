@@ -165,6 +165,15 @@ class BadGateway(GatewayError):
     response_started = False
 
 
+class GrpcOverHttp1(GatewayError):
+    """A gRPC call to a route whose upstream speaks HTTP/1.1 (no trailers,
+    no streams both ways): never sent, answered 14 UNAVAILABLE."""
+
+    status = 502
+    code = "bad_gateway"
+    default_message = "the route's upstream speaks HTTP/1.1, which cannot carry a gRPC call"
+
+
 class UpstreamConnectError(BadGateway):
     """The connection to a target could not be made: the request was never sent."""
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from . import sdnotify
 from .compile import ZONE, compile_snapshot, unsupported
 from .config_load import ConfigError, Document, Loaded, load, watched
+from .fleet import read_document
 from .observe import metrics
 from .observe.logging import get_logger
 from .watch import watch
@@ -114,6 +115,8 @@ class Reloader:
         # The shared document from etcd.config_key (fleet.py): every reload,
         # a file edit's too, merges the last one read.
         self.document: Document | None = loaded.document
+        # A worker's: the document its supervisor validated, read at each reload.
+        self.document_file: str | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -151,6 +154,8 @@ class Reloader:
     async def _reload(self) -> bool:
         current = self.holder.current
         try:
+            if self.document_file is not None:
+                self.document = read_document(self.document_file)
             found = await candidate(current.file, current, self.document)
         except (ConfigError, ValueError, OSError) as e:
             self.tally.failed(current.file, e)

@@ -20,7 +20,7 @@ from .compile import compile_snapshot
 from .compiled import status as compiled_status
 from .config_load import Loaded
 from .discovery.build import close_clients, etcd_client
-from .fleet import SharedConfig
+from .fleet import SharedConfig, with_document
 from .frontend.connection import Frontend
 from .observe.logging import AccessLog, get_logger
 from .proxy.handler import Proxy
@@ -92,8 +92,12 @@ class Gateway:
         reuse_port: bool = False,
         worker_socket: str | None = None,
         zone: Zone | None = None,
+        document_file: str | None = None,
     ):
         self.loaded = loaded
+        # A worker's: its supervisor watches etcd.config_key and writes here
+        # the document it validated (fleet.py); the worker reads, never watches.
+        self.document_file = document_file
         self.zone = zone  # a worker's: the instance's shared state (pyproxyd/shm)
         self.with_admin = admin
         self.worker_socket = worker_socket  # a worker's private admin (supervisor.py)
@@ -135,13 +139,16 @@ class Gateway:
             conn.context = current
 
     async def start(self) -> None:
+        if self.document_file is not None:
+            self.loaded = with_document(self.loaded, self.document_file)
         snap = compile_or_refuse(self.loaded, self.zone)
         self.holder = SnapshotHolder(snap)
         # A worker's reloads are its supervisor's to count (see ReloadTally).
         self._reloader = Reloader(self.holder, self.loaded, counted=self.worker_socket is None)
+        self._reloader.document_file = self.document_file
         self.holder.activate()  # health checkers; a reload's swap activates its snapshot
         etcd = self.loaded.config.etcd
-        if etcd is not None and etcd.config_key is not None:
+        if etcd is not None and etcd.config_key is not None and self.document_file is None:
             client = etcd_client(self.loaded.config, self.loaded.path.parent)
             self.shared = SharedConfig(self._reloader, client, etcd.config_key, etcd.timeout)
             self.shared.start()

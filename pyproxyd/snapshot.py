@@ -62,6 +62,7 @@ class Upstream:
     health: UpstreamHealth | None = None  # set when the targets have health settings
     key: KeyFn | None = None  # balance = "ip_hash" / "hash:<key>": the client key
     keyed: KeyedBalancer | None = None  # ... and its consistent-hash balancer
+    http2: bool = False  # protocol h2c or h2: the only kind a gRPC call can go to
 
     def choose(self, skip: Container[int] = ()) -> int | None:
         return self.balancer.choose(skip)

@@ -8,6 +8,13 @@ the same memory), closed when it stops; a memfd, so nothing is left to
 remove after any kind of stop. Workers report readiness to it with the sd_notify
 protocol over a private datagram socket, so one mechanism serves both
 systemd and the supervisor.
+
+With `etcd.config_key` the supervisor is the instance's one watcher of the
+key (fleet.py): it validates each document as it validates a file edit, and
+its workers take the document it validated from a file in its folder.
+Discovery too is one per instance: the supervisor runs each discovered
+upstream's source and relays every set to all of its workers
+(discovery/relay.py), so they serve the same targets from one watch.
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ from aiohttp import web
 
 from . import sdnotify
 from .admin import Admin
-from .config_load import ConfigError, Loaded, watched
+from .config_load import ConfigError, Document, Loaded, watched
+from .discovery.build import close_clients, etcd_client
+from .discovery.relay import SOCKET_ENV, Hub
+from .fleet import DOCUMENT_ENV, SharedConfig, write_document
 from .observe import metrics
 from .observe.logging import get_logger
 from .reload import ReloadTally, candidate
-from .resilience.view import discovery_ready, merge_views
+from .resilience.view import merge_views
 from .server import bind, compile_or_refuse
 from .shm import zone as shm_zone
 from .snapshot import Snapshot
@@ -72,6 +82,7 @@ class Worker:
         self.ready = False
         self.backoff = BACKOFF_START
         self.started_at = 0.0
+        self.generation = 0  # the supervisor's config generation it was last given
 
 
 class Supervisor:
@@ -87,10 +98,17 @@ class Supervisor:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(self._notify_path)
         self._notify.setblocking(False)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._sent_ready = False
         self._reload_lock = asyncio.Lock()
         self.zone: shm_zone.Zone | None = None
+        self.generation = 0  # one more at every config the workers are told to load
+        # etcd.config_key: the last document read (fleet.Target), and where the
+        # one validated last is kept for the workers.
+        self.document: Document | None = loaded.document
+        self.document_file = Path(self._tmp.name) / "document.json"
+        self.shared: SharedConfig | None = None
+        self.hub = Hub(Path(self._tmp.name) / "discovery.sock")
 
     # ------------------------------------------------------------- lifecycle
 
@@ -104,6 +122,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_reader(self._notify.fileno(), self._on_notify)
         runner = await self._start_admin()
+        await self.hub.start()
+        self.hub.configure(self.snapshot)
         stop = asyncio.Event()
 
         def on_signal(sig: signal.Signals) -> None:
@@ -117,6 +137,14 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        etcd = self.loaded.config.etcd
+        if etcd is not None and etcd.config_key is not None:
+            client = etcd_client(self.loaded.config, self.loaded.path.parent)
+            self.shared = SharedConfig(self, client, etcd.config_key, etcd.timeout)
+            self.shared.start()
+            # Workers start on the document (within etcd.timeout), not on the
+            # file alone only to be told to reload a moment later.
+            await self.shared.first_read()
         for w in self.workers:
             self._spawn(self._keep_running(w))
         watcher = asyncio.create_task(self._watch(stop)) if self.watch else None
@@ -128,13 +156,17 @@ class Supervisor:
                  seconds=round(loop.time() - started, 3))  # fmt: skip
         if watcher is not None:
             await watcher
+        if self.shared is not None:
+            await self.shared.stop()
+        await self.hub.close()
+        await close_clients()
         loop.remove_reader(self._notify.fileno())
         self._notify.close()
         self._tmp.cleanup()
         self.zone.close()
         await runner.cleanup()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -152,10 +184,13 @@ class Supervisor:
                     WORKER_SOCKET_ENV: w.socket,
                     "NOTIFY_SOCKET": self._notify_path,
                     shm_zone.ENV: str(zone_fd),
+                    DOCUMENT_ENV: str(self.document_file),
+                    SOCKET_ENV: str(self.hub.path),
                 },
             )
             w.ready = False
             w.started_at = loop.time()
+            w.generation = self.generation  # what it reads at start
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(w.socket)  # left by a worker that was killed
             w.proc = await asyncio.create_subprocess_exec(
@@ -206,6 +241,10 @@ class Supervisor:
         for w in self.workers:
             if w.proc is not None and w.proc.pid == pid and fields.get("READY") == "1":
                 w.ready = True
+                if w.generation != self.generation:
+                    # A reload came while it was starting, perhaps after it read
+                    # its config: now that it has its SIGHUP handler, pass it on.
+                    self._hup(w)
         if not self._sent_ready and all(w.ready for w in self.workers):
             self._sent_ready = True
             log.info("workers_ready", workers=len(self.workers))
@@ -216,36 +255,59 @@ class Supervisor:
     async def _watch(self, stop: asyncio.Event) -> None:
         await watch(lambda: watched(self.loaded), self.reload, stop)
 
-    async def reload(self) -> None:
+    async def reload(self) -> bool:
         """Validate first, so a bad file is reported once and no worker tries it.
 
         Answered as the single process answers (reload.Reloader.reload):
         RELOADING=1, one log event, READY=1, whatever the outcome.
         """
         async with self._reload_lock:
-            sdnotify.reloading()
+            notify = self._sent_ready  # before that, a reload is part of the start
+            if notify:
+                sdnotify.reloading()
             try:
-                await self._reload()
+                return await self._reload()
             finally:
-                sdnotify.ready()
+                if notify:
+                    sdnotify.ready()
 
-    async def _reload(self) -> None:
+    async def reload_document(self, document: Document | None) -> bool:
+        """fleet.Target: a new document at etcd.config_key (None: deleted)."""
+        async with self._reload_lock:
+            self.document = document
+        return await self.reload()
+
+    async def _reload(self) -> bool:
         file = str(self.loaded.path)
         assert self.snapshot is not None
         try:
-            found = await candidate(self.loaded.path, self.snapshot)
+            found = await candidate(self.loaded.path, self.snapshot, self.document)
         except (ConfigError, ValueError, OSError) as e:
             self.tally.failed(file, e)
-            return
+            return False
         if found is None:
             self.tally.unchanged(file)
-            return
+            return False
         self.loaded, self.snapshot = found
+        self.hub.configure(self.snapshot)  # before any worker compiles it
+        if self.shared is not None:
+            write_document(self.document_file, self.loaded.document)
+        self.generation += 1
         for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    w.proc.send_signal(signal.SIGHUP)
-        self.tally.succeeded(file, digest=self.loaded.digest, workers=len(self.workers))
+            if w.ready:  # one still starting is told when it says READY=1 (_on_notify)
+                self._hup(w)
+        fields: dict[str, object] = {"digest": self.loaded.digest, "workers": len(self.workers)}
+        if self.snapshot.revision is not None:
+            fields.update(config_key=self.snapshot.config_key, revision=self.snapshot.revision)
+            metrics.config_revision(self.snapshot.revision)
+        self.tally.succeeded(file, **fields)
+        return True
+
+    def _hup(self, w: Worker) -> None:
+        w.generation = self.generation
+        if w.proc is not None and w.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGHUP)
 
     # ----------------------------------------------------------------- admin
 
@@ -267,10 +329,12 @@ class Supervisor:
         ready = [w.ready for w in self.workers]
         body = {"ready_workers": sum(ready), "workers": len(ready)}
         if not self.stopping and all(ready):
-            # The supervisor's own compile runs no source: its discovered
-            # upstreams are "ready" once their first-answer wait has passed.
-            if not discovery_ready(self.admin_snapshot()):
+            # The sources run here, relayed to the workers: ready once each
+            # answered (or its first-answer wait has passed).
+            if not self.hub.ready():
                 return False, {"status": "waiting_for_discovery", **body}
+            if self.shared is not None and not self.shared.ready():
+                return False, {"status": "waiting_for_config_key", **body}
             return True, {"status": "ready", **body}
         return False, {"status": "not_ready", **body}
 

@@ -11,8 +11,8 @@
 # again: `pyproxyd run` logs a warning when a .py is newer than its build.
 set -euo pipefail
 
-# shellcheck source=scripts/test.sh
-source "$(dirname "${BASH_SOURCE[0]}")/test.sh" # REPO, VENV, setup_venv, apt_install, compiled_files; runs nothing
+# shellcheck source=scripts/install_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install_lib.sh" # test.sh's helpers, compiler_ready; runs nothing
 
 clean() {
   compiled_files | xargs -r rm -f
@@ -22,21 +22,7 @@ clean() {
 build() {
   cd "$REPO"
   setup_venv test # mypy (which carries mypyc) is a test extra
-  local missing=()
-  command -v cc >/dev/null 2>&1 || missing+=(gcc)
-  local ver include
-  ver=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-  include=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-  [ -f "$include/Python.h" ] || missing+=("python$ver-dev")
-  if [ ${#missing[@]} -gt 0 ]; then
-    if as_root; then
-      say "apt-get install ${missing[*]}"
-      apt_install "${missing[@]}"
-    else
-      echo "error: compiling needs ${missing[*]} (apt-get install ${missing[*]})" >&2
-      return 1
-    fi
-  fi
+  compiler_ready "$VENV/bin/python"
   clean
   say "mypyc: compiling $("$VENV/bin/python" -c 'from pyproxyd.compiled import MODULES; print(len(MODULES))') modules"
   PYPROXYD_COMPILE=1 "$VENV/bin/python" setup.py -q build_ext --inplace >"$REPO/build.log" 2>&1 || {

@@ -10,6 +10,7 @@ from scripts.import_graph import cycles, graph
 TYPE_ONLY_PAIRS = [
     ["pyproxyd.frontend.connection", "pyproxyd.frontend.request"],
     ["pyproxyd.upstream.connection", "pyproxyd.upstream.pool"],
+    ["pyproxyd.upstream.h2conn", "pyproxyd.upstream.h2pool"],  # as the HTTP/1.1 pair
 ]
 
 

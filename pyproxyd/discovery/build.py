@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .relay import SOCKET_ENV, RelaySource, feed_id
 from .runner import Discovered
 
 if TYPE_CHECKING:
     from ..config import Config, UpstreamConfig
+    from .models import DiscoveryConfig
 
 SourceMaker = Callable[[str, "UpstreamConfig"], Discovered]
 DEFAULT_WAIT = 2.0  # /readyz's wait for a first answer without an [etcd] table
@@ -23,10 +25,17 @@ DEFAULT_WAIT = 2.0  # /readyz's wait for a first answer without an [etcd] table
 
 def source_maker(cfg: Config, folder: Path) -> SourceMaker:
     wait = cfg.etcd.timeout if cfg.etcd is not None else DEFAULT_WAIT
+    hub = os.environ.get(SOCKET_ENV)  # a worker's: its supervisor runs the sources
 
     def make(name: str, up: UpstreamConfig) -> Discovered:
         disc = up.discovery
         assert disc is not None
+        if hub:
+            relay = RelaySource(hub, feed_id(name, disc.model_dump(exclude_none=True)),
+                                source_name(disc))  # fmt: skip
+            discovered = Discovered(name, relay, wait, announce=False)
+            discovered.preset(*relay.first())
+            return discovered
         if disc.etcd is not None:
             from .etcd_source import EtcdSource
 
@@ -42,6 +51,15 @@ def source_maker(cfg: Config, folder: Path) -> SourceMaker:
         return Discovered(name, DnsSource(disc.dns_srv, nameservers, True, "http"), wait)
 
     return make
+
+
+def source_name(disc: DiscoveryConfig) -> str:
+    """The name a source of these settings has (EtcdSource's, DnsSource's)."""
+    if disc.etcd is not None:
+        return f"etcd {disc.etcd}"
+    if disc.dns is not None:
+        return "dns " + disc.dns.removeprefix("https://").removeprefix("http://")
+    return f"dns_srv {disc.dns_srv}"
 
 
 _clients: dict[tuple[Any, ...], Any] = {}

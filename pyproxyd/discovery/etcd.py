@@ -14,117 +14,64 @@ and an auth token; each watch is one streaming request of its own.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import random
 import ssl as ssl_module
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
 
-# gRPC status codes that etcd puts in its JSON errors.
-_INVALID_ARGUMENT = 3
-_DEADLINE_EXCEEDED = 4
-_PERMISSION_DENIED = 7
-_FAILED_PRECONDITION = 9
-_UNAVAILABLE = 14
-_UNAUTHENTICATED = 16
+from .etcd_wire import (
+    DEADLINE_EXCEEDED,
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    OUT_OF_RANGE,
+    PERMISSION_DENIED,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    WATCH_HEADERS,
+    Compacted,
+    EtcdAuthError,
+    EtcdError,
+    EtcdUnavailable,
+    Event,
+    MemberDown,
+    b64,
+    describe,
+    error_of,
+    keepalive,
+    key_bytes,
+    key_str,
+    prefix_end,
+    revision_of,
+    unb64,
+)
 
-# grpc-gateway forwards Grpc-Metadata-* headers as gRPC metadata; "hasleader"
-# makes a member that lost its quorum end our watch instead of keeping a
-# stream that silently sees no new revision.
-_WATCH_HEADERS = {"Grpc-Metadata-hasleader": "true"}
-
-
-class EtcdError(Exception):
-    """etcd answered with an error this client does not retry."""
-
-
-class EtcdUnavailable(EtcdError):
-    """No member could be asked or none answered in time."""
-
-
-class EtcdAuthError(EtcdError):
-    """etcd refused the credentials, or the user may not read or write the key."""
-
-
-class Compacted(EtcdError):
-    """A watch's start revision was compacted away: re-read, then watch again."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (oldest kept: {compact_revision})")
-        self.compact_revision = compact_revision
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One change seen by a watch. A delete has an empty value; mod_revision
-    is the revision of the change itself."""
-
-    type: Literal["put", "delete"]
-    key: str
-    value: bytes
-    mod_revision: int
-
-
-class _MemberDown(Exception):
-    """This member did not answer usefully; the next one may."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(data: str | None) -> bytes:
-    return base64.b64decode(data) if data else b""
-
-
-def _key_bytes(key: str) -> bytes:
-    # surrogateescape both ways: a key that is not UTF-8 still round-trips.
-    return key.encode("utf-8", "surrogateescape")
-
-
-def _key_str(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range_end that makes [prefix, end) every key starting with prefix."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"  # etcd's "to the end of the keyspace"
-
-
-def _revision(data: dict[str, Any]) -> int:
-    return int(data.get("header", {}).get("revision", 0))
-
-
-def _error_of(data: Any) -> tuple[int, str]:
-    """(gRPC code, message) of an error body; 3.4 and 3.5 spell it differently."""
-    if not isinstance(data, dict):
-        return 0, str(data)[:200]
-    err = data.get("error")
-    if isinstance(err, dict):  # a streaming error: {"error": {"grpc_code": ..}}
-        return int(err.get("grpc_code", 0)), str(err.get("message", err))
-    return int(data.get("code", 0)), str(data.get("message") or err or data)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
+__all__ = [
+    "Compacted",
+    "EtcdAuthError",
+    "EtcdClient",
+    "EtcdError",
+    "EtcdUnavailable",
+    "Event",
+    "prefix_end",
+]
 
 
 class EtcdClient:
     """endpoints: the members' client URLs (http:// or https://); timeout:
-    seconds for one call to one member (a watch: until it is established)."""
+    seconds for one call to one member (a watch: until it is established).
+
+    A watch stream that has been quiet for `probe_after` seconds has its
+    member asked for its status (one probe per member at a time, shared by
+    the streams on it): a member that does not answer within `timeout` is
+    frozen or cut off without a FIN (SIGSTOP, a hung VM, a partition), and
+    the stream moves to the next member from its last revision. etcd's own
+    progress notifications cannot serve for this: their interval is a
+    server flag, 10 minutes by default.
+    """
 
     def __init__(
         self,
@@ -133,6 +80,9 @@ class EtcdClient:
         username: str | None = None,
         password: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        *,
+        probe_after: float = 1.0,
+        page_size: int = 1000,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: no endpoints")
@@ -146,35 +96,60 @@ class EtcdClient:
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
         self._closed = False
+        self.probe_after = probe_after
+        self.page_size = page_size  # keys per range read of a prefix
+        self._alive_at: dict[str, float] = {}  # endpoint -> loop time it last answered a probe
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------ the calls
 
     async def range_prefix(self, prefix: str) -> tuple[int, list[tuple[str, bytes]]]:
-        """Every key under prefix, in key order, and the revision read at."""
-        raw = _key_bytes(prefix)
-        data = await self._call(
-            "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(prefix_end(raw))}
-        )
-        kvs = [(_key_str(_unb64(kv["key"])), _unb64(kv.get("value"))) for kv in data.get("kvs", [])]
-        return _revision(data), kvs
+        """Every key under prefix, in key order, and the revision read at.
+
+        Read in pages of page_size keys, each from the key after the last one
+        and all at the first page's revision: one consistent set, without one
+        giant answer for a prefix of 10,000 instances. A revision compacted
+        between two pages starts the read over."""
+        raw = key_bytes(prefix)
+        for _ in range(3):
+            try:
+                return await self._range_pages(raw, prefix_end(raw))
+            except Compacted:
+                continue
+        return await self._range_pages(raw, prefix_end(raw))
+
+    async def _range_pages(self, key: bytes, end: bytes) -> tuple[int, list[tuple[str, bytes]]]:
+        kvs: list[tuple[str, bytes]] = []
+        revision = 0
+        while True:
+            body = {"key": b64(key), "range_end": b64(end), "limit": str(self.page_size)}
+            if revision:
+                body["revision"] = str(revision)
+            data = await self._call("/v3/kv/range", body)
+            revision = revision or revision_of(data)
+            page = data.get("kvs", [])
+            kvs += [(key_str(unb64(kv["key"])), unb64(kv.get("value"))) for kv in page]
+            if not data.get("more") or not page:
+                return revision, kvs
+            key = unb64(page[-1]["key"]) + b"\0"
 
     async def get(self, key: str) -> tuple[int, bytes | None, int]:
         """(revision read at, value or None when absent, the key's mod_revision or 0)."""
-        data = await self._call("/v3/kv/range", {"key": _b64(_key_bytes(key))})
+        data = await self._call("/v3/kv/range", {"key": b64(key_bytes(key))})
         kvs = data.get("kvs", [])
         if not kvs:
-            return _revision(data), None, 0
-        return _revision(data), _unb64(kvs[0].get("value")), int(kvs[0]["mod_revision"])
+            return revision_of(data), None, 0
+        return revision_of(data), unb64(kvs[0].get("value")), int(kvs[0]["mod_revision"])
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Write key (attached to lease when not 0); the new revision."""
-        body: dict[str, Any] = {"key": _b64(_key_bytes(key)), "value": _b64(value)}
+        body: dict[str, Any] = {"key": b64(key_bytes(key)), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
-        return _revision(await self._call("/v3/kv/put", body))
+        return revision_of(await self._call("/v3/kv/put", body))
 
     async def delete(self, key: str) -> int:
-        return _revision(await self._call("/v3/kv/deleterange", {"key": _b64(_key_bytes(key))}))
+        return revision_of(await self._call("/v3/kv/deleterange", {"key": b64(key_bytes(key))}))
 
     async def grant_lease(self, ttl: int) -> int:
         """A new lease of ttl seconds; its id."""
@@ -186,24 +161,24 @@ class EtcdClient:
         """Write key only if its mod_revision is still expected_mod_revision
         (0: the key must be absent), in one transaction. The new revision, or
         None when the key changed since it was read."""
-        raw = _b64(_key_bytes(key))
+        raw = b64(key_bytes(key))
         data = await self._call(
             "/v3/kv/txn",
             {
                 "compare": [{"target": "MOD", "key": raw, "result": "EQUAL",
                              "mod_revision": str(expected_mod_revision)}],
-                "success": [{"request_put": {"key": raw, "value": _b64(value)}}],
+                "success": [{"request_put": {"key": raw, "value": b64(value)}}],
             },
         )  # fmt: skip
-        return _revision(data) if data.get("succeeded") else None
+        return revision_of(data) if data.get("succeeded") else None
 
     def watch_prefix(self, prefix: str, start_revision: int) -> AsyncGenerator[list[Event], None]:
         """Changes under prefix from start_revision on; see _watch."""
-        raw = _key_bytes(prefix)
+        raw = key_bytes(prefix)
         return self._watch(raw, prefix_end(raw), start_revision)
 
     def watch_key(self, key: str, start_revision: int) -> AsyncGenerator[list[Event], None]:
-        return self._watch(_key_bytes(key), None, start_revision)
+        return self._watch(key_bytes(key), None, start_revision)
 
     async def close(self) -> None:
         self._closed = True
@@ -230,11 +205,11 @@ class EtcdClient:
         while True:
             endpoint = self.endpoints[member % n]
             body: dict[str, Any] = {
-                "create_request": {"key": _b64(key), "start_revision": str(next_rev),
+                "create_request": {"key": b64(key), "start_revision": str(next_rev),
                                    "progress_notify": True}
             }  # fmt: skip
             if range_end is not None:
-                body["create_request"]["range_end"] = _b64(range_end)
+                body["create_request"]["range_end"] = b64(range_end)
             established = False
             try:
                 # aclosing: a caller that stops iterating releases the stream now, not at GC.
@@ -249,7 +224,7 @@ class EtcdClient:
                         if batch or seen == 0:
                             yield batch
                 reason = "watch stream ended"
-            except _MemberDown as exc:
+            except MemberDown as exc:
                 reason = str(exc)
             member += 1
             if established:
@@ -269,7 +244,7 @@ class EtcdClient:
         (events, 0) per change and ([], R) per progress notification (all
         changes up to R were sent)."""
         session = self._get_session()
-        headers = {**_WATCH_HEADERS, **await self._auth_headers(endpoint)}
+        headers = {**WATCH_HEADERS, **await self._auth_headers(endpoint)}
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.timeout, sock_connect=self.timeout, sock_read=None
         )
@@ -282,36 +257,69 @@ class EtcdClient:
             async with resp:
                 if resp.status != 200:
                     self._raise_for(endpoint, resp.status, await self._json(resp, endpoint))
-                lines = self._lines(resp)
+                keepalive(resp)
+                lines = self._lines(resp, endpoint)
                 async with asyncio.timeout(self.timeout):
                     first = await anext(lines, None)
                     if first is None:
-                        raise _MemberDown("watch stream ended before it was created")
+                        raise MemberDown("watch stream ended before it was created")
                     self._check_result(endpoint, first)
                 yield [], 0
                 async for message in lines:
                     result = self._check_result(endpoint, message)
                     events = [self._event(e) for e in result.get("events", [])]
-                    yield events, 0 if events else _revision(result)
+                    yield events, 0 if events else revision_of(result)
         except (aiohttp.ClientError, OSError, TimeoutError, EOFError, ValueError) as exc:
             # ValueError: a line that is not JSON; that member's stream is broken.
-            raise _MemberDown(_describe(exc)) from exc
+            raise MemberDown(describe(exc)) from exc
 
-    @staticmethod
-    async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    async def _lines(
+        self, resp: aiohttp.ClientResponse, endpoint: str
+    ) -> AsyncIterator[dict[str, Any]]:
         # One JSON object a line; read chunks ourselves, as StreamReader.readline
         # refuses lines past 128 KiB and a batch of many events is longer.
         buf = b""
-        async for chunk in resp.content.iter_any():
+        while True:
+            try:
+                async with asyncio.timeout(self.probe_after):
+                    chunk = await resp.content.readany()  # (cancel-safe: data stays buffered)
+            except TimeoutError:
+                await self._probe(endpoint)  # raises MemberDown when it does not answer
+                continue
+            if not chunk:
+                return
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 if line.strip():
                     yield json.loads(line)
 
+    async def _probe(self, endpoint: str) -> None:
+        """Whether the member still answers, asked at most once per probe_after."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._alive_at.get(endpoint, -1e9) < self.probe_after:
+            return
+        task = self._probes.get(endpoint)
+        if task is None or task.done():
+            task = self._probes[endpoint] = loop.create_task(self._status(endpoint))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(task)
+
+    async def _status(self, endpoint: str) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._post(endpoint, "/v3/maintenance/status", {})
+        except EtcdError:
+            pass  # it answered, if only to refuse
+        except TimeoutError:
+            raise MemberDown(
+                f"no answer to a status probe within {self.timeout:g}s (a frozen or cut-off member)"
+            ) from None
+        self._alive_at[endpoint] = asyncio.get_running_loop().time()
+
     def _check_result(self, endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:
-            code, text = _error_of(message)
+            code, text = error_of(message)
             self._raise_for(endpoint, 500, {"code": code, "message": text})
         result: dict[str, Any] = message.get("result", {})
         if result.get("canceled"):
@@ -321,10 +329,10 @@ class EtcdClient:
             reason = str(result.get("cancel_reason", "watch canceled"))
             if "invalid auth token" in reason:
                 self._token = None
-                raise _MemberDown(reason)
+                raise MemberDown(reason)
             if "permission denied" in reason or "user name is empty" in reason:
                 raise EtcdAuthError(f"etcd at {endpoint}: {reason}")
-            raise _MemberDown(reason)
+            raise MemberDown(reason)
         return result
 
     @staticmethod
@@ -332,7 +340,7 @@ class EtcdClient:
         kv = e["kv"]
         kind: Literal["put", "delete"] = "delete" if e.get("type") == "DELETE" else "put"
         return Event(
-            kind, _key_str(_unb64(kv["key"])), _unb64(kv.get("value")), int(kv["mod_revision"])
+            kind, key_str(unb64(kv["key"])), unb64(kv.get("value")), int(kv["mod_revision"])
         )
 
     # -------------------------------------------------------- unary plumbing
@@ -354,7 +362,7 @@ class EtcdClient:
             endpoint = self.endpoints[member]
             try:
                 data = await self._post(endpoint, path, body)
-            except _MemberDown as exc:
+            except MemberDown as exc:
                 errors.append(f"{endpoint}: {exc}")
                 continue
             self._current = member
@@ -367,11 +375,11 @@ class EtcdClient:
             try:
                 status, data = await self._request(endpoint, path, body, headers)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise _MemberDown(_describe(exc)) from exc
+                raise MemberDown(describe(exc)) from exc
             if status == 200 and "error" not in data:
                 return data
-            code, _ = _error_of(data)
-            if code == _UNAUTHENTICATED and self._username and attempt == 0:
+            code, _ = error_of(data)
+            if code == UNAUTHENTICATED and self._username and attempt == 0:
                 self._token = None  # expired (simple tokens live 5 min): log in again
                 continue
             self._raise_for(endpoint, status, data)
@@ -393,16 +401,18 @@ class EtcdClient:
         try:
             data = json.loads(text)
         except ValueError:
-            raise _MemberDown(f"HTTP {resp.status}, not etcd's JSON: {text[:100]!r}") from None
+            raise MemberDown(f"HTTP {resp.status}, not etcd's JSON: {text[:100]!r}") from None
         if not isinstance(data, dict):
-            raise _MemberDown(f"HTTP {resp.status}, unexpected answer {text[:100]!r}")
+            raise MemberDown(f"HTTP {resp.status}, unexpected answer {text[:100]!r}")
         return data
 
     def _raise_for(self, endpoint: str, status: int, data: dict[str, Any]) -> None:
-        code, message = _error_of(data)
-        if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or (status >= 500 and code == 0):
-            raise _MemberDown(message)  # no leader, request timed out, restarting
-        if code in (_PERMISSION_DENIED, _UNAUTHENTICATED) or "user name is empty" in message:
+        code, message = error_of(data)
+        if code == OUT_OF_RANGE and "compacted" in message:
+            raise Compacted(0)  # a range read at a revision that is gone
+        if code in (UNAVAILABLE, DEADLINE_EXCEEDED) or (status >= 500 and code == 0):
+            raise MemberDown(message)  # no leader, request timed out, restarting
+        if code in (PERMISSION_DENIED, UNAUTHENTICATED) or "user name is empty" in message:
             raise EtcdAuthError(f"etcd at {endpoint} refused the request: {message}")
         raise EtcdError(f"etcd at {endpoint}: {message}")
 
@@ -419,13 +429,13 @@ class EtcdClient:
         try:
             status, data = await self._request(endpoint, "/v3/auth/authenticate", body, {})
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _MemberDown(_describe(exc)) from exc
+            raise MemberDown(describe(exc)) from exc
         if status == 200 and "token" in data:
             return str(data["token"])
-        code, message = _error_of(data)
-        if code == _FAILED_PRECONDITION and "not enabled" in message:
+        code, message = error_of(data)
+        if code == FAILED_PRECONDITION and "not enabled" in message:
             return ""  # credentials given to an etcd without auth: nothing to send
-        if code == _INVALID_ARGUMENT or "authentication failed" in message:
+        if code == INVALID_ARGUMENT or "authentication failed" in message:
             raise EtcdAuthError(f"etcd at {endpoint} refused user {self._username!r}: {message}")
         self._raise_for(endpoint, status, data)
         raise AssertionError("unreachable")

@@ -106,7 +106,7 @@ class EtcdConfig(_Model):
     config_key: str | None = Field(
         None,
         description="a key holding a TOML document whose tables replace the file's tables "
-        "of the same names (not built yet: `run` refuses it)",
+        "of the same names; every instance watches it and reloads on a change",
     )
 
     @field_validator("endpoints")

@@ -58,17 +58,103 @@ class Cache:
         return [self.objects.pop(k) for k in gone]
 
 
-class Discovered:
-    """Runs one upstream's source and applies what it finds."""
+class Feed:
+    """What one upstream's source reported (discovery.Report): the last set,
+    whether it is failing, and the log events and metrics of each answer.
 
-    def __init__(self, upstream: str, source: Source, wait: float) -> None:
+    `announce=False` for a worker's relayed copy (relay.py): the supervisor's
+    feed already logged and counted each answer once for the instance.
+    """
+
+    def __init__(self, upstream: str, source: Source, wait: float, *, announce: bool = True):
         self.upstream = upstream
         self.source = source
         self.wait = wait  # /readyz waits this long for a first answer
+        self.announce = announce
         self.instances: list[Found] | None = None  # None until the source answers
         self.changed_at: float | None = None  # wall clock of the last applied change
         self.failing = False
         self._started = time.monotonic()
+
+    def ready(self) -> bool:
+        """Whether /readyz may say so: answered once, or waited long enough."""
+        return self.instances is not None or time.monotonic() - self._started >= self.wait
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source.name,
+            "answered": self.instances is not None,
+            "reachable": not self.failing,
+            "changed_at": self.changed_at,
+            "instances": len(self.instances or ()),
+        }
+
+    # -- what the source reports (discovery.Report) ----------------------------------
+
+    def found(self, instances: list[Found]) -> None:
+        if self.failing:
+            self.failing = False
+            self._restored()
+            if self.announce:
+                log.info("discovery_restored", upstream=self.upstream, source=self.source.name)
+        new = sorted(set(instances), key=lambda f: f.url)
+        if self.instances is not None and new == self.instances:
+            return
+        before = {f.url for f in self.instances or ()}
+        after = {f.url for f in new}
+        first = self.instances is None
+        self.instances = new
+        self.changed_at = time.time()
+        self._changed()
+        if not self.announce:
+            return
+        discovery_update(self.upstream, "applied", len(new))
+        log.info(
+            "discovery_changed",
+            upstream=self.upstream,
+            source=self.source.name,
+            added=sorted(after - before),
+            removed=sorted(before - after),
+            targets=len(new),
+        )
+        if not new:
+            log.warning("discovery_empty", upstream=self.upstream, source=self.source.name,
+                        first=first)  # fmt: skip
+
+    def failed(self, reason: str) -> None:
+        if self.announce:
+            discovery_update(self.upstream, "error", None)
+        if self.failing:
+            return  # once per outage
+        self.failing = True
+        self._failed(reason)
+        if self.announce:
+            log.warning("discovery_unavailable", upstream=self.upstream,
+                        source=self.source.name, reason=reason,
+                        kept=len(self.instances or ()))  # fmt: skip
+
+    def skipped(self, key: str, reason: str) -> None:
+        if self.announce:
+            log.warning("discovery_entry_skipped", upstream=self.upstream,
+                        source=self.source.name, key=key, reason=reason)  # fmt: skip
+
+    # -- what a subclass does with it -------------------------------------------------
+
+    def _changed(self) -> None:
+        """A new set is in `instances`."""
+
+    def _failed(self, reason: str) -> None:
+        """The source started failing; the last set stays."""
+
+    def _restored(self) -> None:
+        """The source answers again."""
+
+
+class Discovered(Feed):
+    """Runs one upstream's source and applies what it finds."""
+
+    def __init__(self, upstream: str, source: Source, wait: float, *, announce: bool = True):
+        super().__init__(upstream, source, wait, announce=announce)
         # (upstream, its build, the cache keys its targets use)
         self._attached: list[tuple[Upstream, Build, set[tuple[Any, ...]]]] = []
         self._cache = Cache()
@@ -102,18 +188,12 @@ class Discovered:
         for obj in self._cache.forget(set()):
             await _close(obj)
 
-    def ready(self) -> bool:
-        """Whether /readyz may say so: answered once, or waited long enough."""
-        return self.instances is not None or time.monotonic() - self._started >= self.wait
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "source": self.source.name,
-            "answered": self.instances is not None,
-            "reachable": not self.failing,
-            "changed_at": self.changed_at,
-            "instances": len(self.instances or ()),
-        }
+    def preset(self, instances: list[Found] | None, failed: str | None = None) -> None:
+        """The set to start with (a worker's, from its supervisor), before attach."""
+        if instances is not None:
+            self.instances = sorted(set(instances), key=lambda f: f.url)
+            self.changed_at = time.time()
+        self.failing = bool(failed)
 
     async def _run(self) -> None:
         try:
@@ -124,46 +204,6 @@ class Discovered:
             log.error("discovery_failed", upstream=self.upstream, source=self.source.name,
                       error=repr(e))  # fmt: skip
 
-    # -- what the source reports (discovery.Report) ----------------------------------
-
-    def found(self, instances: list[Found]) -> None:
-        if self.failing:
-            self.failing = False
-            log.info("discovery_restored", upstream=self.upstream, source=self.source.name)
-        new = sorted(set(instances), key=lambda f: f.url)
-        if self.instances is not None and new == self.instances:
-            return
-        before = {f.url for f in self.instances or ()}
-        after = {f.url for f in new}
-        first = self.instances is None
-        self.instances = new
-        self.changed_at = time.time()
-        self._rebuild()
-        discovery_update(self.upstream, "applied", len(new))
-        log.info(
-            "discovery_changed",
-            upstream=self.upstream,
-            source=self.source.name,
-            added=sorted(after - before),
-            removed=sorted(before - after),
-            targets=len(new),
-        )
-        if not new:
-            log.warning("discovery_empty", upstream=self.upstream, source=self.source.name,
-                        first=first)  # fmt: skip
-
-    def failed(self, reason: str) -> None:
-        discovery_update(self.upstream, "error", None)
-        if self.failing:
-            return  # once per outage
-        self.failing = True
-        log.warning("discovery_unavailable", upstream=self.upstream, source=self.source.name,
-                    reason=reason, kept=len(self.instances or ()))  # fmt: skip
-
-    def skipped(self, key: str, reason: str) -> None:
-        log.warning("discovery_entry_skipped", upstream=self.upstream, source=self.source.name,
-                    key=key, reason=reason)  # fmt: skip
-
     # -- applying a set ---------------------------------------------------------------
 
     def _apply(self, upstream: Upstream, build: Build) -> set[tuple[Any, ...]]:
@@ -172,9 +212,10 @@ class Discovered:
         upstream.set_targets(targets, balancer, keyed)
         return self._cache.used
 
-    def _rebuild(self) -> None:
+    def _changed(self) -> None:
         self._attached = [(u, b, self._apply(u, b)) for u, b, _ in self._attached]
-        discovery_targets(self.upstream, len(self.instances or ()))
+        if self.announce:
+            discovery_targets(self.upstream, len(self.instances or ()))
         self._collect()
 
     def _collect(self) -> None:

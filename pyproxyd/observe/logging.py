@@ -98,16 +98,24 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         # The same object json.dumps(_fields(...)) gives, written out: a third
         # of the cost. Strings that may carry a quote or non-ASCII are escaped.
+        # No format spec in the f-string: with one, mypyc turns the whole
+        # string into a str.format() call that parses the template on every
+        # request (2 us of a 27 us request). The two numbers are made of
+        # integers instead, which compiled code does natively (a third of
+        # what "%.3f" and "%06d" cost).
+        thousandths = int(duration_ms * 1000.0 + 0.5)
+        duration = f"{thousandths // 1000}.{str(thousandths % 1000 + 1000)[1:]}"
+        micros = str(int((now - sec) * 1e6) + 1_000_000)[1:]
         self._buf.append(
             f'{{"event":"request","request_id":{_esc(ex.request_id)},'
             f'"trace_id":"{ex.trace_id}","route":{_name(ex.route)},'
             f'"upstream":{_name(ex.upstream)},"method":"{method}",'
             f'"path":{_esc(ex.path)},"status":{ex.status},'
-            f'"duration_ms":{duration_ms:.3f},"client_ip":{_esc(ex.client_ip)},'
+            f'"duration_ms":{duration},"client_ip":{_esc(ex.client_ip)},'
             f'"consumer":{_name(ex.consumer)},"protocol":"HTTP/{ex.version}",'
             f'{_grpc(ex)}"level":"info",'
-            f'"timestamp":"{self._stamp}.{"%06d" % ((now - sec) * 1e6)}Z"}}'  # noqa: UP031
-        )  # (%-formatting the microseconds measured 1/3 cheaper than a :06d spec)
+            f'"timestamp":"{self._stamp}.{micros}Z"}}'
+        )
         if len(self._buf) >= self.MAX_BUFFER:
             self.flush()
         elif self._handle is None:

@@ -15,7 +15,6 @@ tallies reach prometheus-client once a second and before every scrape.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -136,13 +135,13 @@ class RequestMetrics:
     the two agree).
     """
 
-    __slots__ = ("_bytes", "_durations", "_requests", "_upstream", "in_flight")
+    __slots__ = ("_bytes", "_routes", "_upstream", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self._requests: dict[tuple[str, str, int], int] = {}
-        self._durations: dict[tuple[str, str], list[float]] = {}
-        self._upstream: dict[str, list[float]] = {}
+        # One entry per (route, upstream): its counts by status and its durations.
+        self._routes: dict[tuple[str, str], RouteTally] = {}
+        self._upstream: dict[str, Tally] = {}
         self._bytes: dict[str, list[int]] = {}
 
     def bytes(self, route: str, received: int, sent: int) -> None:
@@ -155,34 +154,31 @@ class RequestMetrics:
     def upstream_answered(self, upstream: str, seconds: float) -> None:
         tally = self._upstream.get(upstream)
         if tally is None:
-            tally = self._upstream[upstream] = _new_tally()
-        tally[0] += seconds
-        tally[bisect_left(BUCKETS, seconds) + 1] += 1
+            tally = self._upstream[upstream] = Tally()
+        tally.add(seconds)
 
     def middleware_failed(self, route: str, middleware: str) -> None:
         MIDDLEWARE_ERRORS.labels(route, middleware).inc()  # rare: straight to the counter
 
     def observe(self, route: str, upstream: str, status: int, seconds: float) -> None:
-        key = (route, upstream, status)
-        requests = self._requests
-        requests[key] = requests.get(key, 0) + 1
-        tally = self._durations.get((route, upstream))
-        if tally is None:
-            tally = self._durations[(route, upstream)] = _new_tally()
-        tally[0] += seconds
-        tally[bisect_left(BUCKETS, seconds) + 1] += 1
+        key = (route, upstream)
+        entry = self._routes.get(key)
+        if entry is None:
+            entry = self._routes[key] = RouteTally()
+        statuses = entry.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        entry.durations.add(seconds)
 
     def flush(self) -> None:
         IN_FLIGHT.set(self.in_flight)
-        requests, self._requests = self._requests, {}
-        for (route, upstream, status), n in requests.items():
-            REQUESTS.labels(route, upstream, str(status)).inc(n)
-        durations, self._durations = self._durations, {}
-        for labels, tally in durations.items():
-            _add_tally(DURATION.labels(*labels), tally)
+        routes, self._routes = self._routes, {}
+        for (route, upstream), entry in routes.items():
+            for status, n in entry.statuses.items():
+                REQUESTS.labels(route, upstream, str(status)).inc(n)
+            entry.durations.flush_into(DURATION.labels(route, upstream))
         times, self._upstream = self._upstream, {}
         for name, tally in times.items():
-            _add_tally(UPSTREAM_TIME.labels(name), tally)
+            tally.flush_into(UPSTREAM_TIME.labels(name))
         sizes, self._bytes = self._bytes, {}
         for route, (received, sent) in sizes.items():
             if received:
@@ -191,17 +187,41 @@ class RequestMetrics:
                 BYTES_OUT.labels(route).inc(sent)
 
 
-def _new_tally() -> list[float]:
-    """[sum, count in bucket 0, ..., count in +Inf]"""
-    return [0.0] * (len(BUCKETS) + 2)
+class Tally:
+    """A histogram's sum and bucket counts since the last flush. The sum is
+    a native float in the compiled build, and the bucket is found by a
+    scan of the bounds: no float object or call per observation."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.sum = 0.0
+        self.counts = [0] * (len(BUCKETS) + 1)  # one per bound, +Inf last
+
+    def add(self, seconds: float) -> None:
+        self.sum += seconds
+        i = 0
+        for bound in BUCKETS:  # le: the first bound not below the value, as observe()
+            if seconds <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
+
+    def flush_into(self, child: Any) -> None:
+        """Add to a prometheus Histogram child the values its observe() would have."""
+        child._sum.inc(self.sum)
+        buckets = child._buckets
+        for i, count in enumerate(self.counts):
+            if count:
+                buckets[i].inc(count)
 
 
-def _add_tally(child: Any, tally: list[float]) -> None:
-    child._sum.inc(tally[0])
-    buckets = child._buckets  # one value per bound, +Inf last: what observe() increments
-    for i, count in enumerate(tally[1:]):
-        if count:
-            buckets[i].inc(count)
+class RouteTally:
+    __slots__ = ("durations", "statuses")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.durations = Tally()
 
 
 def render() -> tuple[bytes, str]:

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import errors
 from ..errors import GatewayError
 from ..resilience.breaker import STATE_NAMES, Ticket
+from ..upstream.h2exchange import parse_grpc_timeout
+from ..upstream.h2exchange import send as h2_send
 from ..upstream.http1 import InFlight, UpstreamResponse, exchange
 from .interface import Request
 from .prepare import Plan
 from .record import RequestInfo
-from .relay import relay, relay_now
+from .relay import relay, relay_now, takes_trailers
 
 if TYPE_CHECKING:
     from ..observe.metrics import RequestMetrics
@@ -84,19 +86,42 @@ async def forward(
     first: First | None,
     metrics: RequestMetrics,
 ) -> None:
-    """The exchange and the relay of its answer, within the route's timeout."""
+    """The exchange and the relay of its answer, within the route's timeout
+    (or a gRPC client's grpc-timeout, when it is shorter)."""
     timeout = plan.timeout
+    call = grpc_call(request) if ex.grpc else None
+    if call is not None and call.timeout is not None:
+        timeout = call.timeout if timeout is None else min(timeout, call.timeout)
     if timeout is not None:  # the route's timeout covers the whole exchange
+        if call is not None:
+            call.deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout(timeout):
-                await _forward(request, plan, ex, first, metrics)
+                await _forward(request, plan, ex, first, metrics, call)
         except TimeoutError:
             if request.started:
                 request.abort()
                 return
             raise errors.UpstreamTimeout(f"route timeout of {timeout:g}s passed") from None
         return
-    await _forward(request, plan, ex, first, metrics)
+    await _forward(request, plan, ex, first, metrics, call)
+
+
+class GrpcCall:
+    """A gRPC request's deadline: the client's grpc-timeout, capped by the
+    route's timeout; an HTTP/2 upstream is told what is left of it."""
+
+    __slots__ = ("deadline", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout  # the client's grpc-timeout, in seconds
+        self.deadline: float | None = None  # loop time
+
+
+def grpc_call(request: Request) -> GrpcCall:
+    """A gRPC request's call, with the client's grpc-timeout if it sent one."""
+    value = request.first_header("grpc-timeout")
+    return GrpcCall(parse_grpc_timeout(value) if value is not None else None)
 
 
 async def _forward(
@@ -105,9 +130,10 @@ async def _forward(
     ex: RequestInfo,
     first: First | None,
     metrics: RequestMetrics,
+    call: GrpcCall | None,
 ) -> None:
     sent = perf_counter()
-    up = await send(request, plan, ex, first)
+    up = await send(request, plan, ex, first, call)
     metrics.upstream_answered(plan.upstream.name, perf_counter() - sent)
     try:
         if not relay_now(request, up, ex):
@@ -118,7 +144,7 @@ async def _forward(
 
 
 async def send(
-    request: Request, plan: Plan, ex: RequestInfo, first: First | None
+    request: Request, plan: Plan, ex: RequestInfo, first: First | None, call: GrpcCall | None = None
 ) -> UpstreamResponse:
     """Try targets until one answers, within what is safe to repeat.
 
@@ -154,7 +180,18 @@ async def send(
             target = upstream.targets[index]
         health = target.health
         try:
-            if began is not None and began.flight is not None:
+            h2 = target.pool.h2
+            up: UpstreamResponse
+            if h2 is not None:
+                up = await h2_send(
+                    h2,
+                    plan.head_for(target.host_header),
+                    plan.body,
+                    te_trailers=call is not None or takes_trailers(request),
+                    grpc_deadline=call.deadline if call is not None else None,
+                    read_timeout=upstream.read_timeout,
+                )
+            elif began is not None and began.flight is not None:
                 up = await began.flight.resume()
             else:
                 up = await exchange(

@@ -239,6 +239,8 @@ def plan(
     if route.upstream is not None or route.split is not None:
         upstream = route.pick_upstream(request, identity, ex.client_ip)  # sticky: by its key
         ex.upstream = upstream.name
+        if ex.grpc and not upstream.http2:
+            raise errors.GrpcOverHttp1()
         if upstream.key is not None:
             ex.target_key = upstream.target_key(request, identity, ex.client_ip)
 

@@ -66,6 +66,26 @@ def relay_now(request: Request, up: UpstreamResponse, ex: RequestInfo) -> bool:
     return True
 
 
+def takes_trailers(request: Request) -> bool:
+    """The client said `TE: trailers` (RFC 9110 10.1.4), as gRPC clients do."""
+    te = request.first_header("te")
+    return te is not None and "trailers" in te.lower()
+
+
+def _trailers(request: Request, up: UpstreamResponse, ex: RequestInfo) -> Pairs | None:
+    """The upstream's trailer fields, when the client takes them: an HTTP/1.1
+    client that said `TE: trailers`, any HTTP/2 client. A gRPC call's status
+    is noted from them on the way."""
+    trailers = up.trailers
+    if not trailers:
+        return None
+    if ex.grpc:
+        note_grpc_status(ex, trailers)
+    if request.version[:1] == "2" or takes_trailers(request):
+        return trailers
+    return None
+
+
 async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None:
     if ex.grpc:
         note_grpc_status(ex, up.headers)  # a trailers-only answer carries it in its head
@@ -90,7 +110,14 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
         while chunk := await up.read():
             chunks.append(chunk)
         up.release()
-        request.respond(status, headers, b"".join(chunks), reason, drop, raw)
+        trailers = _trailers(request, up, ex)
+        if trailers is None:
+            request.respond(status, headers, b"".join(chunks), reason, drop, raw)
+            return
+        request.start(status, headers, length, reason, drop, raw)
+        await request.write(b"".join(chunks))
+        request.trailers(trailers)
+        request.end()
         return
     request.start(status, headers, length, reason, drop, raw)
     try:
@@ -103,6 +130,9 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
         request.abort()
         return
     up.release()
+    trailers = _trailers(request, up, ex)
+    if trailers is not None:
+        request.trailers(trailers)
     request.end()
 
 

@@ -27,6 +27,8 @@ def upstreams_view(snap: Snapshot, now: float) -> dict[str, Any]:
                 "idle": pool.idle,
                 "queued": pool.queued,
                 "opened_total": pool.opened_total,
+                "protocol": pool.settings.protocol,
+                "streams": pool.streams,  # requests under way on HTTP/2 connections
             }
             if t.health is not None:
                 row.update(t.health.snapshot(now))
@@ -54,7 +56,7 @@ def discovery_ready(snap: Snapshot) -> bool:
 
 
 _SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
-_SUMMED = ("busy", "idle", "queued", "opened_total", "ejections_total")
+_SUMMED = ("busy", "idle", "queued", "opened_total", "streams", "ejections_total")
 
 
 def merge_views(views: list[dict[str, Any]]) -> dict[str, Any]:

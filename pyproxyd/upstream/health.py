@@ -36,7 +36,9 @@ from typing import Protocol
 
 from ..errors import GatewayError
 from ..observe.logging import get_logger
-from .http1 import exchange
+from .h2exchange import send as h2_send
+from .h2pool import H2Pool
+from .http1 import UpstreamResponse, exchange
 from .pool import PoolSettings, TargetPool
 
 log = get_logger("pyproxyd.health")
@@ -271,6 +273,7 @@ class HealthChecker:
         ssl: ssl_module.SSLContext | None = None,
         server_hostname: str | None = None,
         label: str = "",
+        protocol: str = "http1",
     ) -> None:
         settings = health.settings
         assert settings.path is not None
@@ -287,11 +290,16 @@ class HealthChecker:
                 keepalive_time=3600.0,
                 connect_timeout=settings.timeout,
                 read_timeout=settings.timeout,
+                protocol=protocol,
             ),
             ssl=ssl,
             server_hostname=server_hostname,
             label=label,
         )
+        if protocol != "http1":  # an h2c/h2 target is checked over HTTP/2 as it is used
+            self.pool.h2 = H2Pool(
+                self.pool, self.pool.settings, ssl=ssl, server_hostname=server_hostname
+            )
         host_header = label or self.pool.label
         self._head = (
             f"GET {settings.path} HTTP/1.1\r\nHost: {host_header}\r\n"
@@ -342,7 +350,19 @@ class HealthChecker:
         settings = self.settings
         try:
             async with asyncio.timeout(settings.timeout):
-                up = await exchange(self.pool, self._head, None, read_timeout=settings.timeout)
+                h2 = self.pool.h2
+                up: UpstreamResponse
+                if h2 is None:
+                    up = await exchange(self.pool, self._head, None, read_timeout=settings.timeout)
+                else:
+                    up = await h2_send(
+                        h2,
+                        self._head,
+                        None,
+                        te_trailers=False,
+                        grpc_deadline=None,
+                        read_timeout=settings.timeout,
+                    )
                 try:
                     read = 0
                     while chunk := await up.read():

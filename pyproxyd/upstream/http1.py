@@ -51,6 +51,7 @@ class UpstreamResponse:
         "lists_headers",
         "reason",
         "status",
+        "trailers",
         "version",
     )
 
@@ -68,6 +69,9 @@ class UpstreamResponse:
         self.version: str = head.version
         self.content_length: int | None = None if head.te else head.content_length
         self.chunked: bool = head.chunked
+        # Trailer fields, once the body is read (HTTP/2 upstreams; HTTP/1.1
+        # ones' chunked trailers are not kept).
+        self.trailers: list[tuple[bytes, bytes]] | None = None
 
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} {self.reason!r} via {self._conn!r}>"

@@ -41,6 +41,32 @@ class PoolSettings:
     # The largest response head accepted (server.max_header_size; nginx's
     # proxy_buffer_size): a larger one is a 502, not memory and loop time.
     max_head: int = 8190
+    # "http1", or "h2c" / "h2": then the target's connections are HTTP/2 ones,
+    # each carrying up to `max_streams` requests at once (h2pool.py).
+    protocol: str = "http1"
+    max_streams: int = 100
+    # An https:// target's TLS: CA bundle (None: the system's), name checked, checking on.
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    tls_verify: bool = True
+
+
+class Multiplexed(Protocol):
+    """A target's HTTP/2 connections (h2pool.H2Pool), as the pool reports them."""
+
+    @property
+    def busy(self) -> int: ...
+
+    @property
+    def idle(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def streams(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class PooledConn(Protocol):
@@ -239,6 +265,7 @@ class TargetPool:
         "_sweep_due",
         "_sweep_handle",
         "deadlines",
+        "h2",
         "host",
         "label",
         "opened_total",
@@ -271,18 +298,30 @@ class TargetPool:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._sweep_due = 0.0
         self.deadlines = Deadlines()  # read timeouts of its connections
+        # An h2c/h2 target's HTTP/2 connections: then this pool lends none of
+        # its own (take_idle() finds none) and reports the HTTP/2 ones.
+        self.h2: Multiplexed | None = None
 
     @property
     def busy(self) -> int:
-        return self._core.busy
+        h2 = self.h2
+        return self._core.busy if h2 is None else h2.busy
 
     @property
     def idle(self) -> int:
-        return len(self._core.idle)
+        h2 = self.h2
+        return len(self._core.idle) if h2 is None else h2.idle
 
     @property
     def queued(self) -> int:
-        return len(self._core.waiters)
+        h2 = self.h2
+        return len(self._core.waiters) if h2 is None else h2.queued
+
+    @property
+    def streams(self) -> int:
+        """Requests under way on HTTP/2 connections (0 for HTTP/1.1)."""
+        h2 = self.h2
+        return 0 if h2 is None else h2.streams
 
     @property
     def closed(self) -> bool:
@@ -371,6 +410,8 @@ class TargetPool:
 
     async def aclose(self) -> None:
         """Close idle connections now; busy ones close when released."""
+        if self.h2 is not None:
+            self.h2.close()
         to_close, waiters = self._core.close()
         _close_all(to_close)
         for fut in waiters:

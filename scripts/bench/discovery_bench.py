@@ -19,6 +19,19 @@ A benchmark, not a test: every ratio is measured in this run, on this machine.
 
 Prints median ns (or ms) over the repeats. Says whether balance.py is the
 mypyc-compiled module or pure Python: the ratios matter, not the absolutes.
+
+    .venv/bin/python scripts/bench/discovery_bench.py --proxy [--rounds 5] [--duration 5s]
+
+(d) Whole requests: a discovered upstream against a static one. Two pyproxyd
+    instances pinned on core 1, the same config but for the upstream: one
+    with `targets = [nginx]`, one with `discovery = { etcd = "/bench/" }` and
+    that nginx registered under the prefix in a real etcd (Debian's
+    etcd-server). nginx `return 200` (proxy_bench's backend), etcd and wrk on
+    core 0. Each round runs both (order alternating), a warm-up before each
+    measured run; the ratios are the medians of the per-round ratios, for
+    req/s and for the CPU the instance used a request. The issue's target:
+    discovered >= 0.97x static. Only 127.0.0.1, ports 18460-18466; every
+    process started is stopped by PID.
 """
 
 from __future__ import annotations
@@ -199,11 +212,126 @@ async def bench_discovery(folder: Path, number: int, repeat: int) -> None:
         print(f"    {name:<12} {costs[0]:8.0f} {costs[1]:8.0f}  {costs[1] / costs[0]:5.2f}x")
 
 
+# -- (d) whole requests through a static and a discovered upstream -----------------
+
+BACKEND, ETCD, ETCD_PEER = 18460, 18461, 18462
+ROWS = {"static": (18463, 18464), "discovered": (18465, 18466)}  # name -> (listen, admin)
+DISCOVERED = f"""
+[upstreams.backend]
+discovery = {{ etcd = "/bench/" }}
+keepalive = 32
+[etcd]
+endpoints = ["http://127.0.0.1:{ETCD}"]
+"""
+
+
+def etcd_put(key: str, value: str) -> None:
+    import base64
+    import json
+    import urllib.request
+
+    b64 = [base64.b64encode(x.encode()).decode() for x in (key, value)]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{ETCD}/v3/kv/put",
+        json.dumps({"key": b64[0], "value": b64[1]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        r.read()
+
+
+def bench_proxy(args: argparse.Namespace) -> None:
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from features_bench import validate
+    from proxy_bench import backend_conf, gateway_toml, start, stop, wait_port, wait_ready, wrk
+    from workers_scale import cpu_seconds
+
+    for tool in ("wrk", "nginx", "etcd"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light etcd-server")
+    results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in ROWS}
+    cpu: dict[str, list[float]] = {k: [] for k in ROWS}  # CPU us a request
+    seconds = float(args.duration.rstrip("s"))
+    procs = []
+    pids: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "backend.conf").write_text(backend_conf(BACKEND, tmpdir))
+        for name, (port, admin) in ROWS.items():
+            conf = gateway_toml(port, BACKEND, admin=admin)
+            if name == "discovered":
+                target = f'{{ url = "http://127.0.0.1:{BACKEND}" }}'
+                static = f"[upstreams.backend]\ntargets = [{target}]\nkeepalive = 32\n"
+                assert static in conf
+                conf = conf.replace(static, DISCOVERED)
+            (tmp / f"{name}.toml").write_text(conf)
+            validate(tmp / f"{name}.toml")
+        try:
+            nginx = ["nginx", "-g", "daemon off;", "-c", str(tmp / "backend.conf")]
+            procs.append(start(nginx, "0", tmp / "b.log"))
+            etcd = ["etcd", "--data-dir", str(tmp / "etcd"),
+                    "--listen-client-urls", f"http://127.0.0.1:{ETCD}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{ETCD}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{ETCD_PEER}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PEER}",
+                    "--initial-cluster", f"default=http://127.0.0.1:{ETCD_PEER}"]  # fmt: skip
+            procs.append(start(etcd, "0", tmp / "etcd.log"))
+            wait_port(ETCD)
+            etcd_put("/bench/nginx", f"127.0.0.1:{BACKEND}")
+            for name in ROWS:
+                cmd = [sys.executable, "-m", "pyproxyd", "run", "--no-watch", "-c"]
+                procs.append(start([*cmd, str(tmp / f"{name}.toml")], "1", tmp / f"{name}.log"))
+                pids[name] = procs[-1].pid
+            wait_port(BACKEND)
+            for port, admin in ROWS.values():
+                wait_port(port)
+                wait_ready(admin)
+            names = list(ROWS)
+            for r in range(args.rounds):
+                for name in names[r % 2 :] + names[: r % 2]:
+                    port = ROWS[name][0]
+                    wrk(port, args.warmup, args.connections)
+                    before = cpu_seconds(pids[name])
+                    results[name].append(wrk(port, args.duration, args.connections))
+                    used = cpu_seconds(pids[name]) - before
+                    cpu[name].append(used * 1e6 / max(1.0, results[name][-1][0] * seconds))
+                    print(f"round {r + 1} {name}: {results[name][-1][0]:.0f} req/s, "
+                          f"{cpu[name][-1]:.1f} us CPU a request", file=sys.stderr)  # fmt: skip
+        finally:
+            stop(procs)
+    rps = {k: statistics.median(x[0] for x in v) for k, v in results.items()}
+    errs = {k: sum(x[3] for x in v) for k, v in results.items()}
+    pairs = list(zip(results["discovered"], results["static"], strict=True))
+    ratio = statistics.median(d[0] / (s[0] or 1.0) for d, s in pairs)
+    cost = statistics.median(
+        d / (s or 1.0) for d, s in zip(cpu["discovered"], cpu["static"], strict=True)
+    )
+    print(f"\n(d) {args.rounds} rounds x {args.duration}, {args.connections} connections; "
+          "gateways on core 1, wrk, nginx and etcd on core 0; medians\n")  # fmt: skip
+    print("| upstream | req/s | non-2xx/errors | CPU us a request |")
+    print("|---|---:|---:|---:|")
+    for k in ROWS:
+        print(f"| {k} | {rps[k]:,.0f} | {errs[k]} | {statistics.median(cpu[k]):.1f} |")
+    print(f"\ndiscovered against static (median of per-round ratios): {ratio:.3f}x req/s, "
+          f"{cost:.3f}x CPU a request (target >= 0.97x req/s)")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--number", type=int, default=20000)
+    ap.add_argument("--proxy", action="store_true", help="(d) only: wrk, static vs discovered")
+    ap.add_argument("--duration", default="5s")
+    ap.add_argument("--warmup", default="1s")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=64)
     args = ap.parse_args()
+    if args.proxy:
+        bench_proxy(args)
+        return
     configure("console", "warning")  # discovery_changed lists every URL
     compiled = balance.__file__ is not None and not balance.__file__.endswith(".py")
     print(f"balance.py: {'mypyc-compiled' if compiled else 'pure Python'} ({balance.__file__})\n")

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -122,6 +125,55 @@ async def test_range_get_and_put_if_revision(client: EtcdClient, admin: EtcdAdmi
     assert await client.put_if_revision(p + "c", b"first", 0) is not None
     assert await client.put_if_revision(p + "c", b"second", 0) is None
     assert (await client.get(p + "c"))[1] == b"first"
+
+
+def ranges_served(etcd: EtcdMember) -> int:
+    with urllib.request.urlopen(etcd.url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_range_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("no etcd_debugging_mvcc_range_total")
+
+
+async def test_a_prefix_is_read_in_pages_at_one_revision(
+    etcd: EtcdMember, admin: EtcdAdmin
+) -> None:
+    p = "/t/pages/"
+    put_at = {f"{p}{i:03d}": admin.put(f"{p}{i:03d}", f"127.0.0.1:{7000 + i}") for i in range(10)}
+    admin.put("/t/pages0", "just past the prefix")
+    client = EtcdClient([etcd.url], timeout=1, page_size=3)
+    try:
+        before = ranges_served(etcd)
+        rev, kvs = await client.range_prefix(p)
+        assert ranges_served(etcd) - before == 4  # 3 + 3 + 3 + 1
+        assert [k for k, _ in kvs] == sorted(put_at)
+        assert kvs[9] == (f"{p}009", b"127.0.0.1:7009")
+
+        # Keys written while the pages are read (after the last key, so a page
+        # read at a later revision would pick them up) are not in the set: it
+        # is the prefix as it was at `rev`.
+        stop = threading.Event()
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set() and i < 500:
+                key = f"{p}w{i:04d}"
+                put_at[key] = admin.put(key, "127.0.0.1:7999")
+                i += 1
+
+        client.page_size = 1
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            await asyncio.sleep(0.05)
+            rev, kvs = await client.range_prefix(p)
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join)
+        assert [k for k, _ in kvs] == sorted(k for k, r in put_at.items() if r <= rev)
+        assert any(r > rev for r in put_at.values())  # writes did land during the read
+    finally:
+        await client.close()
 
 
 async def test_two_writers_from_one_revision_one_wins(client: EtcdClient, etcd: EtcdMember) -> None:
@@ -416,4 +468,51 @@ async def test_member_failover_misses_nothing(tmp_path: Path) -> None:
                 assert seen - killed < 5, f"watching again after {seen - killed:.2f} s"
         finally:
             stop.set()
+            await client.close()
+
+
+async def test_a_frozen_member_is_left_and_nothing_missed(tmp_path: Path) -> None:
+    """SIGSTOP: the member's sockets stay open and silent (no FIN, no RST), the
+    way a hung VM or a partition looks. The watch must notice, move on and
+    resume from its revision."""
+    p = "/t/frozen/"
+    with etcd_cluster(tmp_path) as cluster:
+        frozen = cluster.members[0]  # the client watches through m0 first
+        assert frozen.proc is not None
+        admin = EtcdAdmin(cluster.endpoints[1:])
+        client = EtcdClient(cluster.endpoints, timeout=1)
+        expected: set[str] = set()
+        written: dict[int, float] = {}
+        try:
+            async with running(EtcdSource(client, p)) as rec:
+                for i in range(3):
+                    admin.put(f"{p}{i:04d}", f"127.0.0.1:{6000 + i}")
+                    expected.add(url(6000 + i))
+                await rec.wait(lambda: rec.urls == expected, 3, "watching")
+                os.kill(frozen.proc.pid, signal.SIGSTOP)
+                stopped = time.monotonic()
+                for i in range(3, 40):  # changes keep coming through m1 and m2
+                    port = 6000 + i
+                    await asyncio.to_thread(admin.put, f"{p}{i:04d}", f"127.0.0.1:{port}")
+                    written[port] = time.monotonic()
+                    expected.add(url(port))
+                    if i % 3 == 0:
+                        await asyncio.to_thread(admin.delete, f"{p}{i - 3:04d}")
+                        expected.discard(url(port - 3))
+                    await asyncio.sleep(0.1)
+                await rec.wait(lambda: rec.urls == expected, 5, "every change seen")
+                first = min(p for p in written if p % 3)  # multiples of 3 are deleted later
+                seen = next(
+                    at for s, at in zip(rec.sets, rec.seen_at, strict=True)
+                    if url(first) in {f.url for f in s}
+                )  # fmt: skip
+                print(f"frozen member left: first change seen {seen - stopped:.2f} s after SIGSTOP")
+                assert seen - stopped < 5, f"watching again after {seen - stopped:.2f} s"
+                # The member is back: the watch stays where it is and still follows.
+                os.kill(frozen.proc.pid, signal.SIGCONT)
+                admin.put(f"{p}last", "127.0.0.1:6999")
+                await rec.wait(lambda: url(6999) in (rec.urls or ()), 2, "after SIGCONT")
+        finally:
+            if frozen.proc is not None:
+                os.kill(frozen.proc.pid, signal.SIGCONT)  # then killed by PID as the others
             await client.close()

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from harness.backends import Backend
+from harness.backends import Backend, wait_for
 from harness.etcd_server import EtcdAdmin, EtcdMember, etcd_member
 from harness.gateway import config, gateway, url
 from pyproxyd.server import Gateway
@@ -308,3 +311,175 @@ def test_push_refuses_an_invalid_document_a_stale_revision_and_no_etcd(
     done = push(cfg, other)
     assert done.returncode == 2
     assert "cannot read" in done.stderr
+
+
+# -- workers: the supervisor watches the key for its workers --------------------------------
+
+
+async def fresh_statuses(port: int, path: str, n: int = 24) -> list[int]:
+    """n requests at once, each on a new connection: the kernel spreads them
+    over the workers (SO_REUSEPORT), so n of them reach every worker."""
+
+    async def one() -> int:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+            return r.status
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_with_workers_a_push_reaches_every_worker_and_a_bad_one_none(
+    tmp_path: Path, etcd: EtcdMember
+) -> None:
+    from tests.e2e.test_workers import instance
+
+    admin = EtcdAdmin([etcd.url])
+    async with Backend(name="a") as a:
+        body = shared(etcd, a.url).split("[etcd]", 1)[1]
+        admin.put(KEY, DOC.format(prefix="v1"))
+        async with instance(tmp_path, 3, "[etcd]" + body) as inst:
+            # The workers started on the document, not on the file alone.
+            assert await fresh_statuses(inst.port, "/v1/echo") == [200] * 24
+            assert await fresh_statuses(inst.port, "/file/echo") == [404] * 24
+            # Written straight to the key (`push` is a process start slower): timed from
+            # the write.
+            pushed = time.monotonic()
+            revision = admin.put(KEY, DOC.format(prefix="v2"))
+            while True:
+                started = time.monotonic() - pushed
+                v2 = await fresh_statuses(inst.port, "/v2/echo")
+                v1 = await fresh_statuses(inst.port, "/v1/echo")
+                if v2 == [200] * 24 and v1 == [404] * 24:
+                    break
+                assert started < 5, (v1, v2)
+            print(f"every worker on v2 {started:.3f} s after the write")
+            assert started < 1.0  # every worker within 1 s of the write
+
+            # An invalid document: reported once by the supervisor, no worker tries it.
+            admin.put(KEY, DOC.format(prefix="v3").replace('"app"', '"nope"'))
+            async with aiohttp.ClientSession() as s:
+
+                async def reported() -> bool:
+                    async with s.get(f"http://127.0.0.1:{inst.admin}/admin/config") as r:
+                        return bool((await r.json())["last_reload_error"])
+
+                await until(reported)
+                async with s.get(f"http://127.0.0.1:{inst.admin}/admin/config") as r:
+                    cfg_view = await r.json()
+            assert cfg_view["last_reload_error"] == [
+                f"{KEY}: routes[0].upstream: unknown upstream 'nope' (line 5)"
+            ]
+            assert cfg_view["config_revision"] == revision
+            assert await fresh_statuses(inst.port, "/v2/echo") == [200] * 24
+            assert await fresh_statuses(inst.port, "/v3/echo") == [404] * 24
+
+            # A worker that dies is restarted on the document serving, not the file's.
+            killed = inst.workers[0]
+            os.kill(killed, signal.SIGKILL)
+            await wait_for(lambda: len(inst.workers) == 3 and killed not in inst.workers, 20)
+            await inst.gw.wait_ready(inst.admin, timeout=30)
+            assert await fresh_statuses(inst.port, "/v2/echo") == [200] * 24
+        lines = [json.loads(x) for x in inst.gw.output.decode().splitlines() if x.startswith("{")]
+        events = [x["event"] for x in lines]
+        assert events.count("worker_config_reloaded") == 3  # v2, once in each worker
+        assert "worker_config_reload_failed" not in events
+        assert events.count("config_reload_failed") == 1  # v3, once, by the supervisor
+
+
+def watchers(etcd: EtcdMember) -> int:
+    """The watches etcd holds open now (its own gauge)."""
+    with urllib.request.urlopen(etcd.url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("etcd_debugging_mvcc_watcher_total "):
+                return int(float(line.split()[1]))
+    raise AssertionError("no etcd_debugging_mvcc_watcher_total")
+
+
+async def worker_sets(admin_port: int) -> list[set[str]]:
+    """Each worker's targets of `app`, from the supervisor's /admin/upstreams."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{admin_port}/admin/upstreams") as r,
+    ):
+        body = await r.json()
+    return [{t["url"] for t in w["upstreams"]["app"]["targets"]} for w in body["workers"]]
+
+
+async def test_with_workers_one_watch_and_every_worker_the_same_targets(
+    tmp_path: Path, etcd: EtcdMember
+) -> None:
+    from tests.e2e.test_workers import instance
+
+    admin = EtcdAdmin([etcd.url])
+    async with Backend(name="a") as a, Backend(name="b") as b:
+        admin.put(f"{PREFIX}a", f"127.0.0.1:{a.port}")
+        admin.put(f"{PREFIX}b", f"127.0.0.1:{b.port}")
+        # A long etcd.timeout: /readyz must come from the answer, not from the wait.
+        body = discovered(etcd).split("[etcd]", 1)[1].replace('timeout = "2s"', 'timeout = "20s"')
+        started = time.monotonic()
+        async with instance(tmp_path, 3, "[etcd]" + body) as inst:
+            assert time.monotonic() - started < 15
+            assert watchers(etcd) == 1  # the supervisor's, relayed to 3 workers
+            a_url, b_url = f"http://127.0.0.1:{a.port}", f"http://127.0.0.1:{b.port}"
+            assert await worker_sets(inst.admin) == [{a_url, b_url}] * 3
+            assert await fresh_statuses(inst.port, "/echo") == [200] * 24
+
+            admin.delete(f"{PREFIX}b")
+            changed = time.monotonic()
+            while await worker_sets(inst.admin) != [{a_url}] * 3:
+                assert time.monotonic() - changed < 1.0, await worker_sets(inst.admin)
+                await asyncio.sleep(0.02)
+
+            # A restarted worker starts with the set the others serve.
+            killed = inst.workers[0]
+            os.kill(killed, signal.SIGKILL)
+            await wait_for(lambda: len(inst.workers) == 3 and killed not in inst.workers, 20)
+            await inst.gw.wait_ready(inst.admin, timeout=30)
+            assert await worker_sets(inst.admin) == [{a_url}] * 3
+            assert await fresh_statuses(inst.port, "/echo") == [200] * 24
+            assert watchers(etcd) == 1
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{inst.admin}/metrics") as r,
+            ):
+                text = await r.text()
+            # Counted once for the instance, not once per worker.
+            assert 'pyproxyd_discovery_updates_total{result="applied",upstream="app"} 2.0' in text
+            assert 'pyproxyd_discovery_targets{upstream="app"} 1.0' in text
+        lines = [json.loads(x) for x in inst.gw.output.decode().splitlines() if x.startswith("{")]
+        changes = [x for x in lines if x["event"] == "discovery_changed"]
+        # Logged once per instance: the first answer, then b leaving.
+        assert [(c["added"], c["removed"]) for c in changes] == [
+            (sorted([a_url, b_url]), []),
+            ([], [b_url]),
+        ]
+
+
+async def test_with_workers_dns_is_asked_once_per_instance(tmp_path: Path) -> None:
+    from harness.dns_server import DnsServer
+    from tests.e2e.test_workers import instance
+
+    dns = await DnsServer().start()
+    try:
+        async with Backend(name="a") as a:
+            dns.set_a("svc.test", ["127.0.0.1"], ttl=1)
+            body = f"""
+[dns]
+nameservers = ["{dns.address}"]
+[upstreams.app]
+discovery = {{ dns = "svc.test:{a.port}" }}
+[[routes]]
+id = "app"
+path = "/**"
+upstream = "app"
+"""
+            async with instance(tmp_path, 3, body) as inst:
+                target = f"http://127.0.0.1:{a.port}"
+                assert await worker_sets(inst.admin) == [{target}] * 3
+                before = dns.queries("svc.test", "A")
+                await asyncio.sleep(3.2)
+                asked = dns.queries("svc.test", "A") - before
+                # TTL 1 s: about 3 questions from the one resolver (3 workers asking: 9).
+                assert 2 <= asked <= 5, asked
+                assert await fresh_statuses(inst.port, "/echo") == [200] * 24
+    finally:
+        await dns.close()

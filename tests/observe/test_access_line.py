@@ -80,3 +80,21 @@ async def test_a_grpc_call_without_a_status_logs_null(tmp_path: Path) -> None:
     ex = RequestInfo()
     ex.grpc = True  # e.g. the client left before any answer
     assert _line(tmp_path, ex)["grpc_status"] is None
+
+
+async def test_durations_are_written_to_the_microsecond(tmp_path: Path) -> None:
+    """duration_ms is made of integers (see AccessLog.request): rounded, zero-padded."""
+    saved = dict(plog._output)
+    try:
+        plog.configure("json", "info", str(tmp_path / "access.log"))
+        log = plog.AccessLog()
+        for ms in (0.0004, 0.0006, 1.9996, 7.05, 12345.6789):
+            log.request("GET", RequestInfo(), ms)
+        log.flush()
+        lines = (tmp_path / "access.log").read_text().splitlines()
+    finally:
+        plog._output.update(saved)
+    written = [line.split('"duration_ms":')[1].split(",")[0] for line in lines]
+    assert written == ["0.000", "0.001", "2.000", "7.050", "12345.679"]
+    stamps = [json.loads(line)["timestamp"] for line in lines]
+    assert all(len(s) == len("2026-12-06T15:00:00.000000Z") for s in stamps)

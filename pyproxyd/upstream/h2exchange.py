@@ -1,0 +1,309 @@
+"""The upstream HTTP/2 exchange: one request as one stream on a pooled
+connection (h2pool.py), whatever protocol the client spoke.
+
+The pipeline plans every request as an HTTP/1.1 head (proxy/prepare.py);
+`h2_headers` translates it: the request line becomes :method and :path,
+Host becomes :authority, hop-by-hop fields are dropped (`te: trailers` is
+kept when the client asked for trailers or speaks gRPC: gRPC servers
+require it), and a chunked body is unframed again into DATA frames.
+
+The request body is sent by a task of its own while the response comes
+back, so a stream may carry both directions at once (gRPC streaming). A
+stream the upstream refused, or one above a GOAWAY's last-stream-id, never
+reached it: it is sent again on another connection (its body replayed, up
+to REPLAY_LIMIT), once, invisible to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from hpack import NeverIndexedHeaderTuple
+
+from .. import errors
+from .h2conn import H2Stream, H2UpstreamConnection, StreamError
+from .h2pool import H2Pool
+from .h2response import H2Response
+from .http1 import REPLAY_LIMIT
+from .pool import Multiplexed
+
+# Never sent upstream on HTTP/2 (RFC 9113 8.2.2); Host becomes :authority.
+CONNECTION_SPECIFIC = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"te",
+        b"http2-settings",
+        b"trailer",
+    }
+)
+# Values new with every request: sent as literals never indexed, so they neither
+# churn the HPACK dynamic table nor slow down its (linear) searches.
+PER_REQUEST = frozenset(
+    {b"x-request-id", b"traceparent", b"x-forwarded-for", b"content-length", b"authorization"}
+)
+# Tries of one request on one target when streams are refused (GOAWAY, REFUSED_STREAM).
+STREAM_TRIES = 3
+
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def parse_grpc_timeout(value: str) -> float | None:
+    """Seconds of a `grpc-timeout` value ("1S", "250m", up to 8 digits); None if invalid."""
+    value = value.strip()
+    digits, unit = value[:-1], value[-1:]
+    if not (0 < len(digits) <= 8 and digits.isdigit()) or unit not in _GRPC_UNITS:
+        return None
+    return int(digits) * _GRPC_UNITS[unit]
+
+
+def grpc_timeout(seconds: float) -> bytes:
+    """A `grpc-timeout` value for `seconds` (at most 8 digits, rounded up)."""
+    millis = max(1, int(seconds * 1000 + 0.999))
+    if millis < 10**8:
+        return b"%dm" % millis
+    return b"%dS" % min(10**8 - 1, int(seconds + 0.999))
+
+
+def h2_headers(
+    head: bytes, scheme: bytes, te_trailers: bool, timeout: bytes | None
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """(HTTP/2 header list, body chunked) of an HTTP/1.1 request head.
+
+    `timeout`: a grpc-timeout value that replaces the client's (or is added).
+    """
+    lines = head.split(b"\r\n")
+    method, target, _ = lines[0].split(b" ", 2)
+    authority = b""
+    chunked = False
+    out: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(b":")
+        lname = name.strip().lower()
+        value = value.strip()
+        if lname in CONNECTION_SPECIFIC:
+            if lname == b"host":
+                authority = value
+            elif lname == b"transfer-encoding":
+                chunked = value.lower().endswith(b"chunked")
+            continue
+        if lname == b"grpc-timeout" and timeout is not None:
+            continue
+        if lname in PER_REQUEST:
+            out.append(NeverIndexedHeaderTuple(lname, value))
+        else:
+            out.append((lname, value))
+    headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
+               (b":path", target)]  # fmt: skip
+    if te_trailers:
+        headers.append((b"te", b"trailers"))
+    if timeout is not None:
+        headers.append(NeverIndexedHeaderTuple(b"grpc-timeout", timeout))
+    headers.extend(out)
+    return headers, chunked
+
+
+def unchunk(piece: bytes) -> bytes:
+    """The data of one piece of bodies.chunked(): exactly one chunk each."""
+    end = piece.index(b"\r\n")
+    size = int(piece[:end], 16)
+    return piece[end + 2 : end + 2 + size]
+
+
+class _Refused(Exception):
+    """The stream never reached the upstream (refused, above a GOAWAY)."""
+
+
+class BodyPump:
+    """The request body, sent by a task of its own on the current stream.
+
+    When a stream is refused, `attach()` gives it the next one: what was
+    consumed so far is sent again first (kept up to REPLAY_LIMIT)."""
+
+    def __init__(self, body: AsyncIterator[bytes], chunked: bool, timeout: float) -> None:
+        self.it = body.__aiter__()
+        self.chunked = chunked
+        self.timeout = timeout  # for an upstream that keeps its window shut
+        self.sent: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.done = False
+        self.error: errors.GatewayError | None = None  # the client's side failed
+        self.stream: H2Stream | None = None
+        self.conn: H2UpstreamConnection | None = None  # the stream's
+        self.task: asyncio.Task[None] | None = None
+        self._attached: asyncio.Future[None] | None = None
+
+    def attach(self, conn: H2UpstreamConnection, stream: H2Stream) -> None:
+        self.stream, self.conn = stream, conn
+        task = self.task
+        if task is None or task.done():
+            # The first stream, or the body was all sent before the stream was refused.
+            self.task = conn.loop.create_task(self._run(replay=task is not None))
+        elif self._attached is not None and not self._attached.done():
+            self._attached.set_result(None)
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def _next(self) -> bytes | None:
+        try:
+            piece = await self.it.__anext__()
+        except StopAsyncIteration:
+            self.done = True
+            return None
+        except errors.GatewayError:
+            raise
+        except Exception as exc:  # the client side failed (reset, bad framing)
+            raise errors.BadRequest(f"could not read the request body: {exc}") from exc
+        data = unchunk(piece) if self.chunked else piece
+        if not data and self.chunked:
+            self.done = True  # the last-chunk
+            return None
+        if not self.overflow:
+            self.size += len(data)
+            if self.size > REPLAY_LIMIT:
+                self.overflow = True
+                self.sent.clear()
+            else:
+                self.sent.append(data)
+        return data
+
+    async def _run(self, replay: bool) -> None:
+        while True:
+            stream, conn = self.stream, self.conn
+            assert stream is not None and conn is not None
+            try:
+                if replay:
+                    for chunk in self.sent:
+                        await conn.send_data(stream, chunk, self._deadline(conn))
+                while not self.done:
+                    data = await self._next()
+                    if data:
+                        await conn.send_data(stream, data, self._deadline(conn))
+                conn.end_stream(stream)
+                return
+            except TimeoutError:
+                conn.reset(stream)
+                stream.fail(f"upstream kept its flow-control window shut for {self.timeout:g}s")
+                return
+            except StreamError:
+                pass
+            except errors.GatewayError as exc:
+                self.error = exc
+                conn.reset(stream)
+                stream.fail(exc.detail)
+                return
+            if self.overflow or not stream.refused:
+                return  # the exchange reports the stream's failure
+            replay = True
+            if self.stream is stream:
+                self._attached = conn.loop.create_future()
+                await self._attached
+
+    def _deadline(self, conn: H2UpstreamConnection) -> float:
+        return conn.loop.time() + self.timeout
+
+
+async def exchange(
+    pool: H2Pool,
+    headers: list[tuple[bytes, bytes]],
+    pump: BodyPump | None,
+    timeout: float,
+) -> H2Response:
+    """Send one request as a stream; return once the response head is in.
+
+    Raises UpstreamConnectError for what never reached the upstream (safe to
+    try elsewhere), BadGateway / UpstreamTimeout otherwise."""
+    tries = 0
+    while True:
+        tries += 1
+        conn = await pool.acquire()
+        try:
+            stream = conn.open_stream(headers, end_stream=pump is None)
+        except StreamError as exc:
+            pool.release(conn)
+            if tries < STREAM_TRIES:
+                continue
+            _cancel(pump)
+            raise errors.UpstreamConnectError(str(exc)) from None
+        if pump is not None:
+            pump.attach(conn, stream)
+        try:
+            await _head(conn, stream, pump, timeout)
+        except _Refused as exc:
+            conn.forget(stream)
+            pool.release(conn)
+            if tries < STREAM_TRIES and (pump is None or not pump.overflow):
+                continue
+            _cancel(pump)
+            if pump is not None and pump.size:
+                # Never processed, but the body is spent: no other target can have it.
+                err = errors.BadGateway(f"{exc} (not sent again)")
+                err.response_started = False
+                raise err from None
+            raise errors.UpstreamConnectError(f"{exc} (not sent again)") from None
+        except BaseException:
+            # A failure, a timeout or a cancel (the client left): the stream is
+            # reset with CANCEL, so the upstream stops working on it.
+            conn.reset(stream)
+            conn.forget(stream)
+            pool.release(conn)
+            _cancel(pump)
+            raise
+        return H2Response(pool, conn, stream, pump, timeout)
+
+
+def _cancel(pump: BodyPump | None) -> None:
+    if pump is not None:
+        pump.cancel()
+
+
+async def _head(
+    conn: H2UpstreamConnection, stream: H2Stream, pump: BodyPump | None, timeout: float
+) -> None:
+    deadline = conn.loop.time() + timeout
+    while not stream.head_done:
+        if pump is not None and pump.error is not None:
+            raise pump.error
+        if stream.error is not None:
+            if stream.refused:
+                raise _Refused(stream.error)
+            err = errors.BadGateway(stream.error)
+            err.response_started = False
+            raise err
+        if not await stream.wait(deadline):
+            raise errors.UpstreamTimeout(
+                f"upstream sent no response head within {timeout:g}s (read_timeout)"
+            )
+
+
+async def send(
+    multiplexed: Multiplexed,
+    head: bytes,
+    body: AsyncIterator[bytes] | None,
+    *,
+    te_trailers: bool,
+    grpc_deadline: float | None,
+    read_timeout: float | None,
+) -> H2Response:
+    """exchange() for a planned HTTP/1.1 head (proxy/forward.py), on a
+    TargetPool's HTTP/2 side."""
+    pool = multiplexed
+    assert isinstance(pool, H2Pool)
+    timeout = pool.settings.read_timeout if read_timeout is None else read_timeout
+    grpc = None
+    if grpc_deadline is not None:
+        grpc = grpc_timeout(grpc_deadline - asyncio.get_running_loop().time())
+    scheme = b"https" if pool.ssl is not None else b"http"
+    headers, chunked = h2_headers(head, scheme, te_trailers, grpc)
+    pump = BodyPump(body, chunked, timeout) if body is not None else None
+    return await exchange(pool, headers, pump, timeout)

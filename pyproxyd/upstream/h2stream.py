@@ -1,0 +1,170 @@
+"""One stream of an upstream HTTP/2 connection (h2conn.py): the response as
+it arrives, and the waits of the exchange (h2exchange.py) and its body pump.
+
+The response body is acknowledged (stream WINDOW_UPDATE) only as the relay
+takes it (`take`), so at most STREAM_WINDOW bytes of an answer wait here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+
+class Owner(Protocol):
+    """What a stream needs of its connection (h2conn.H2UpstreamConnection)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def acknowledge(self, stream: H2Stream, size: int) -> None: ...
+
+
+# Response bytes one stream may have waiting before the upstream must stop.
+STREAM_WINDOW = 256 * 1024
+
+
+class StreamError(Exception):
+    """A stream cannot go on: reset, refused, or its connection failed."""
+
+
+class H2Stream:
+    """One request/response exchange on an H2UpstreamConnection."""
+
+    __slots__ = (
+        "_ack",
+        "_chunks",
+        "_waiter",
+        "_window",
+        "buffered",
+        "conn",
+        "ended",
+        "error",
+        "headers",
+        "local_closed",
+        "refused",
+        "status",
+        "stream_id",
+        "trailers",
+    )
+
+    def __init__(self, conn: Owner, stream_id: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.status = 0  # of the final response head; 0 until it is in
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self._chunks: list[bytes] = []
+        self.buffered = 0  # body bytes received and not taken yet
+        self._ack = 0  # flow-controlled bytes taken and not yet handed back
+        self.ended = False  # the upstream sent END_STREAM
+        self.local_closed = False  # our side ended (END_STREAM or a reset)
+        self.error: str | None = None
+        self.refused = False  # never processed by the upstream: safe to send again
+        self._waiter: asyncio.Future[None] | None = None
+        self._window: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<H2Stream {self.stream_id} status={self.status} ended={self.ended}>"
+
+    @property
+    def head_done(self) -> bool:
+        return self.status != 0
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self._chunks)
+
+    @property
+    def closed(self) -> bool:
+        """Nothing more will come: the body ended or the stream failed."""
+        return self.ended or self.error is not None
+
+    # -- fed by the connection -----------------------------------------------------
+
+    def received(self, data: bytes, flow: int) -> None:
+        if data:
+            self._chunks.append(data)
+            self.buffered += len(data)
+        # Padding counts against the window too; it is handed back with the data.
+        self._ack += flow - len(data)
+        self.wake()
+
+    def fail(self, reason: str, *, refused: bool = False) -> None:
+        if self.error is None and not self.ended:
+            self.error = reason
+            self.refused = refused
+        self.wake()
+        self.window_opened()
+
+    def wake(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    # -- used by the exchange ---------------------------------------------------------
+
+    async def wait(self, deadline: float | None) -> bool:
+        """Until the next progress of the response; False when `deadline` passed first."""
+        fut: asyncio.Future[None] = self.conn.loop.create_future()
+        self._waiter = fut
+        return await _until(fut, deadline, self, "_waiter")
+
+    async def wait_window(self, deadline: float | None) -> bool:
+        """Until the upstream opens its window (or the stream fails); False on `deadline`."""
+        fut: asyncio.Future[None] = self.conn.loop.create_future()
+        self._window = fut
+        return await _until(fut, deadline, self, "_window")
+
+    def window_opened(self) -> None:
+        w = self._window
+        if w is not None:
+            self._window = None
+            if not w.done():
+                w.set_result(None)
+
+    def take(self) -> bytes:
+        """The body bytes received so far; their window goes back to the upstream."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._ack += len(data)
+        self.buffered = 0
+        # A quarter of the window at a time: fewer WINDOW_UPDATE frames, and an
+        # upstream that used up its window gets it back once the relay took it all.
+        if self._ack >= STREAM_WINDOW // 4:
+            self.conn.acknowledge(self, self._ack)
+            self._ack = 0
+        return data
+
+
+async def _until(fut: asyncio.Future[None], deadline: float | None, stream: H2Stream,
+                 slot: str) -> bool:  # fmt: skip
+    try:
+        async with asyncio.timeout_at(deadline):
+            await fut
+    except TimeoutError:
+        return False
+    finally:
+        if getattr(stream, slot) is fut:
+            setattr(stream, slot, None)
+    return True
+
+
+def response_head(stream: H2Stream, headers: list[tuple[bytes, bytes]]) -> None:
+    status = 0
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":status" and len(value) == 3 and value.isdigit():
+                status = int(value)
+        else:
+            kept.append((name, value))
+    if not 200 <= status <= 599:  # (1xx heads come as InformationalResponseReceived)
+        stream.fail("upstream sent a response without a valid :status")
+        return
+    stream.headers = kept
+    stream.status = status
+    stream.wake()
