@@ -115,11 +115,15 @@ class _Servicer:
     async def ServerStream(
         self, note: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        await self.server.enter("ServerStream", context)
-        for i in range(note.count):
-            if note.delay_ms:
-                await asyncio.sleep(note.delay_ms / 1000)
-            yield self.Note(text=f"{note.text}-{i}", count=i)
+        seen = await self.server.enter("ServerStream", context)
+        try:
+            for i in range(note.count):
+                if note.delay_ms:
+                    await asyncio.sleep(note.delay_ms / 1000)
+                yield self.Note(text=f"{note.text}-{i}", count=i)
+        except asyncio.CancelledError:
+            seen.cancelled.set()  # grpcio cancels the handler when the call is cancelled
+            raise
 
     async def ClientStream(
         self, notes: AsyncIterator[Any], context: grpc.aio.ServicerContext
