@@ -28,6 +28,7 @@ from .views import Reply, RequestView, ResponseView, to_reply
 log = get_logger("pyproxyd.middleware")
 
 RequestHook = Callable[[RequestView], Any]
+SAMPLE = 8  # one request in SAMPLE is timed for pyproxyd_middleware_seconds_total
 ResponseHook = Callable[[RequestView, ResponseView], Any]
 
 
@@ -63,8 +64,8 @@ class Chain:
     """The steps of one route, outermost first."""
 
     __slots__ = (
-        "async_response", "cors", "cors_at", "drop", "drops", "lazy", "names", "spent", "steps",
-        "timeout",
+        "async_response", "cors", "cors_at", "drop", "drops", "entered", "lazy", "names", "spent",
+        "steps", "timeout",
     )  # fmt: skip
 
     def __init__(
@@ -86,7 +87,11 @@ class Chain:
         self.lazy = _lazy(steps)
         # Seconds its requests spent in it, in all: the sampler turns the
         # growth into pyproxyd_middleware_seconds_total (no lookup per request).
+        # One request in SAMPLE is timed and counts SAMPLE times (the first
+        # one included): reading the clock four times a request was a fifth
+        # of what a chain of two cheap middlewares costs.
         self.spent = 0.0
+        self.entered = 0
 
     def response_drops(self, depth: int) -> tuple[frozenset[bytes], ...]:
         """For a response that passes the steps below `depth`: [i] is what
@@ -100,21 +105,27 @@ class Chain:
         """Run each on_request from step `start`; a Reply when one answered
         (view.depth then counts the steps outside it), else None with every
         step entered."""
+        if start == 0:
+            self.entered += 1
+            view.weight = SAMPLE if self.entered % SAMPLE == 1 else 0
+        if not view.weight:
+            return self._walk(view, start)
         started = perf_counter()
         try:
             return self._walk(view, start)
         finally:
-            view.spent += perf_counter() - started
+            view.spent += (perf_counter() - started) * view.weight
 
     async def _enter_async(
         self, view: RequestView, i: int, pending: Awaitable[Any]
     ) -> Reply | None:
         step = self.steps[i]
-        started = perf_counter()
+        started = perf_counter() if view.weight else 0.0
         try:
             result = await self._awaited(step, view, pending)
         finally:
-            view.spent += perf_counter() - started
+            if view.weight:
+                view.spent += (perf_counter() - started) * view.weight
         if result is not None:
             return _reply(step, view, result)
         outcome = self.enter(view, i + 1)
@@ -162,28 +173,34 @@ class Chain:
         nothing can be awaited (the chain has no async on_response). On a
         failure view.depth is left at the failing step: the 500 that follows
         passes only the steps outside it."""
+        if not view.weight:
+            self._leave(view, resp)
+            return
         started = perf_counter()
         try:
-            steps = self.steps
-            i = view.depth
-            while i > 0:
-                i -= 1
-                step = steps[i]
-                hook = step.on_response
-                if hook is None:
-                    continue
-                result = _call_out(step, hook, i, view, resp)
-                if result is not None and isawaitable(result):
-                    _discard(result)
-                    view.depth = i
-                    raise failed(step, view, TypeError("on_response returned an awaitable "
-                                                       "from a plain function"))  # fmt: skip
+            self._leave(view, resp)
         finally:
-            view.spent += perf_counter() - started
+            view.spent += (perf_counter() - started) * view.weight
+
+    def _leave(self, view: RequestView, resp: ResponseView) -> None:
+        steps = self.steps
+        i = view.depth
+        while i > 0:
+            i -= 1
+            step = steps[i]
+            hook = step.on_response
+            if hook is None:
+                continue
+            result = _call_out(step, hook, i, view, resp)
+            if result is not None and isawaitable(result):
+                _discard(result)
+                view.depth = i
+                raise failed(step, view, TypeError("on_response returned an awaitable "
+                                                   "from a plain function"))  # fmt: skip
 
     async def leave_async(self, view: RequestView, resp: ResponseView) -> None:
         """leave(), awaiting the hooks that are coroutines."""
-        started = perf_counter()
+        started = perf_counter() if view.weight else 0.0
         try:
             steps = self.steps
             i = view.depth
@@ -201,7 +218,8 @@ class Chain:
                         view.depth = i
                         raise
         finally:
-            view.spent += perf_counter() - started
+            if view.weight:
+                view.spent += (perf_counter() - started) * view.weight
 
 
 # What the gateway itself adds to an upstream's answer before the chain sees it.

@@ -41,6 +41,7 @@ class RequestView:
         "spent",
         "target",
         "upstream",
+        "weight",
     )  # fmt: skip
 
     def __init__(
@@ -82,6 +83,9 @@ class RequestView:
         # auth or limits still passes every on_response (CORS on a 401).
         self.depth = depth
         self.spent = 0.0  # seconds inside middlewares, for the metrics
+        # How many requests its timing stands for: the chain times one in
+        # SAMPLE (chain.py); a request answered before the chain ran is timed alone.
+        self.weight = 1
         self.failed: str | None = None  # the middleware that failed, for the metrics
 
     @property

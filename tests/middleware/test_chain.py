@@ -422,3 +422,19 @@ def test_time_inside_middlewares_is_counted() -> None:
     c.enter(view)
     c.leave(view, resp())
     assert view.spent > 0
+
+
+def test_one_request_in_sample_is_timed_and_counts_for_sample() -> None:
+    from pyproxyd.middleware.chain import SAMPLE
+
+    r = Recorder()
+    c = chain(r.step("a"))
+    views = []
+    for _ in range(2 * SAMPLE):
+        view = started(c)
+        c.enter(view)
+        c.leave(view, resp())
+        views.append(view)
+    assert [v.weight for v in views[:2]] == [SAMPLE, 0]  # the first request is timed
+    assert sum(1 for v in views if v.weight) == 2
+    assert all((v.spent > 0) == bool(v.weight) for v in views)
