@@ -208,6 +208,19 @@ def h2load(port: int, duration: str, conns: int, streams: int, grpc_body: Path |
     return {"rps": float(rate.group(1)), "requests": requests, "errors": failed}
 
 
+def writes(pid: int) -> int:
+    """write-family syscalls (write, writev; not send/sendmsg) of `pid`'s process tree."""
+    count = 0
+    for p in process_tree(pid):
+        try:
+            text = Path(f"/proc/{p}/io").read_text()
+        except OSError:
+            continue
+        m = re.search(r"syscw: (\d+)", text)
+        count += int(m.group(1)) if m else 0
+    return count
+
+
 def wrk_row(port: int, duration: str, connections: int) -> dict:
     rps, _p50, _p99, errors = wrk(port, duration, connections, PATH)
     return {"rps": rps, "requests": rps * float(duration.rstrip("s")), "errors": errors}
@@ -307,29 +320,38 @@ def profile(pid: int, run: Callable[[], object], seconds: float, out: Path) -> s
     return "\n".join([x for x in rep.splitlines() if x.strip() and not x.startswith("#")][:25])
 
 
-AREAS = (("/h2/", "h2 library"), ("/hpack/", "hpack library"), ("/hyperframe/", "hyperframe"),
-         ("asyncio", "asyncio"), ("pyproxyd", "pyproxyd"), ("uvloop", "uvloop"))  # fmt: skip
+H2_LIBS = ("h2", "hpack", "hyperframe")  # python-hyper's HTTP/2 stack, pure Python
+
+
+def where(frame: str) -> str:
+    """A py-spy frame 'func (pkg/mod.py:12)' -> 'pkg' (a C library: its file name)."""
+    m = re.search(r"\(([^)]*)\)$", frame)
+    path = m.group(1).split(":")[0] if m else "?"
+    return path.split("/")[0] if not path.startswith("/") else path.rsplit("/", 1)[-1]
 
 
 def summarize_spy(out: Path, top: int = 20) -> str:
-    """py-spy's raw stacks: share of samples by the leaf frame, and by where the leaf is."""
+    """py-spy's raw stacks: share of samples by leaf frame and by the leaf's package, and the
+    share spent inside the HTTP/2 libraries (any of their frames on the stack)."""
     leaves: dict[str, int] = {}
     areas: dict[str, int] = {}
-    total = 0
+    total = in_h2 = 0
     for line in out.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = re.sub(r":\d+\)$", ")", stack.split(";")[-1])
+        frames = stack.split(";")
+        leaf = re.sub(r":\d+\)$", ")", frames[-1])
         n = int(count)
         total += n
         leaves[leaf] = leaves.get(leaf, 0) + n
-        area = next((name for key, name in AREAS if key in leaf), "other (C, kernel, stdlib)")
-        areas[area] = areas.get(area, 0) + n
+        areas[where(leaf)] = areas.get(where(leaf), 0) + n
+        in_h2 += n if any(where(f) in H2_LIBS for f in frames) else 0
     if not total:
         return "(no samples)"
-    by_area = sorted(areas.items(), key=lambda x: -x[1])
-    lines = [f"{total} samples; by where the leaf frame is: "
+    by_area = sorted(areas.items(), key=lambda x: -x[1])[:8]
+    lines = [f"{total} samples; inside h2/hpack/hyperframe (inclusive): {in_h2 * 100 / total:.0f}%",
+             "self time by the leaf's package: "
              + ", ".join(f"{k} {v * 100 / total:.0f}%" for k, v in by_area)]  # fmt: skip
     for leaf, n in sorted(leaves.items(), key=lambda x: -x[1])[:top]:
         lines.append(f"  {n * 100 / total:5.1f}%  {leaf}")
@@ -346,7 +368,9 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=16, help="h2load's streams a connection")
     ap.add_argument("--base", type=Path, help="a checkout of the commit before HTTP/2 (compiled)")
     ap.add_argument("--idle", type=int, default=1000, help="idle h2c connections (0: skip)")
-    ap.add_argument("--profile", action="store_true", help="perf record pyproxyd (h2c, gRPC)")
+    ap.add_argument("--profile", action="store_true", help="profile pyproxyd (h2c, gRPC rows)")
+    ap.add_argument("--keep-profiles", type=Path, help="copy the raw profiles into this folder")
+    ap.add_argument("--rows", help="only these rows, comma-separated (default: all)")
     args = ap.parse_args()
     for tool, pkg in (("h2load", "nghttp2-client"), ("wrk", "wrk"), ("nginx", "nginx-light"),
                       ("caddy", "caddy"), ("taskset", "util-linux")):  # fmt: skip
@@ -393,6 +417,7 @@ def main() -> None:
             procs.append(start([*nginx, str(tmp / "backend.conf")], "0", tmp / "b.log"))
             grpc_cmd = [sys.executable, __file__, "--grpc-server", str(GRPC)]
             procs.append(start(grpc_cmd, "0", tmp / "grpc.log"))
+            pids["grpc"] = procs[-1].pid
             procs.append(start([*nginx, str(tmp / "proxy.conf")], "1", tmp / "n.log"))
             pids["nginx"] = procs[-1].pid
             caddy = ["env", "GOMAXPROCS=1", f"HOME={tmp / 'c'}", f"XDG_DATA_HOME={tmp / 'c'}",
@@ -439,25 +464,32 @@ def main() -> None:
             }
             if args.base:
                 rows["h1-base"] = ("h1-base", h1(H1_BASE))
+            if args.rows:
+                rows = {k: v for k, v in rows.items() if k in args.rows.split(",")}
             results = {k: [] for k in rows}
             names = list(rows)
             for r in range(args.rounds):  # bounded: rounds x rows runs of --duration
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     who, run = rows[name]
                     run(args.warmup)
-                    before = cpu_seconds(pids[who]) if who else 0.0
+                    pid = pids[who] if who else pids["grpc"]
+                    before, wrote = cpu_seconds(pid), writes(pid)
                     res = run(args.duration)
-                    used = cpu_seconds(pids[who]) - before if who else 0.0
-                    res["cpu_us"] = used * 1e6 / max(1.0, res["requests"]) if who else 0.0
+                    used = cpu_seconds(pid) - before
+                    res["cpu_us"] = used * 1e6 / max(1.0, res["requests"])
+                    res["writes"] = (writes(pid) - wrote) / max(1.0, res["requests"])
                     results[name].append(res)
                     print(f"round {r + 1} {name}: {res['rps']:.0f} req/s, "
                           f"{res['cpu_us']:.1f} us CPU a request, {res['errors']} errors",
                           file=sys.stderr)  # fmt: skip
             if args.profile:
-                for name in ("h2c-pyproxyd", "grpc-pyproxyd"):
+                for name in [x for x in ("h2c-pyproxyd", "grpc-pyproxyd") if x in rows]:
                     load = functools.partial(rows[name][1], args.duration)
                     out = tmp / f"{name}.prof"
                     profiles[name] = profile(pids["pyproxyd"], load, seconds, out)
+                    if args.keep_profiles:
+                        args.keep_profiles.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(out, args.keep_profiles / out.name)
             if args.idle:
                 for name, port in (("pyproxyd", IDLE), ("nginx", NGINX_H2C),
                                    ("caddy", CADDY_H2C)):  # fmt: skip
@@ -486,14 +518,16 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], checks: dic
           "load and backends on core 0; medians\n")  # fmt: skip
     print(f"pyproxyd modules compiled: {compiled}")
     print(f"gRPC unary checked with a grpcio client: {checks}\n")
-    print("| row | req/s | CPU us a request | req/s per core (1e6 / CPU us) | non-2xx/errors |")
-    print("|---|---:|---:|---:|---:|")
+    print("(grpc-direct's CPU and writes are the grpcio server's own; writes: write/writev "
+          "syscalls of the proxy's processes, /proc/PID/io syscw)\n")  # fmt: skip
+    print("| row | req/s | CPU us a request | req/s per core (1e6 / CPU us) | writes a request "
+          "| non-2xx/errors |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
     for name in results:
         cpu = med(name, "cpu_us")
-        per_core = f"{1e6 / cpu:,.0f}" if cpu else ""
-        cpu_s = f"{cpu:.1f}" if cpu else "(backend's own)"
         errors = sum(x["errors"] for x in results[name])
-        print(f"| {name} | {med(name, 'rps'):,.0f} | {cpu_s} | {per_core} | {errors} |")
+        print(f"| {name} | {med(name, 'rps'):,.0f} | {cpu:.1f} | {1e6 / (cpu or 1.0):,.0f} "
+              f"| {med(name, 'writes'):.2f} | {errors} |")  # fmt: skip
     print(
         "\nper-round ratios (median over rounds); 'per core' = the other's CPU a request / "
         "this one's:"
@@ -502,7 +536,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], checks: dic
              ("grpc-pyproxyd", "grpc-caddy"), ("grpc-pyproxyd", "grpc-nginx")]  # fmt: skip
     if "h1-base" in results:
         pairs.append(("h1-main", "h1-base"))
-    for a, b in pairs:
+    for a, b in [(a, b) for a, b in pairs if a in results and b in results]:
         print(f"  {a} / {b}: req/s {paired(a, b, 'rps'):.2f}x, "
               f"req/s per core {paired(b, a, 'cpu_us'):.2f}x")  # fmt: skip
     print(
