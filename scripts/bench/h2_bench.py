@@ -3,7 +3,11 @@
 
     bash scripts/compile.sh        # the numbers are for the compiled build
     PYTHONPATH=. .venv/bin/python scripts/bench/h2_bench.py [--duration 5s] [--rounds 5]
-        [--base ../wt-h1base] [--idle 1000] [--profile]
+        [--base ../wt-h1base] [--idle 1000] [--profile] [--rows h2c-pyproxyd,...]
+
+`--base`: a checkout of another commit (`git worktree add --detach DIR c02263f`,
+the one before HTTP/2), compiled there too; pyproxyd runs from each checkout
+(cwd and PYTHONPATH), so each imports its own code and build.
 
 Every proxy is pinned on core 1 (all started at once, only the one under test
 busy); the load tools and the backends share core 0. Backends: nginx
@@ -33,12 +37,18 @@ and the echoed message. Because other work on the host moves req/s by up to
 children included) per request is measured too: 1e6 / (CPU us a request) is
 its requests per second per core, what the issue's goal compares. Each row is
 compared with its peer of the same round and the median of those ratios
-printed. pyproxyd's `listening` line says how many modules run compiled.
+printed, and the write syscalls a request (/proc/PID/io `syscw`: write and
+writev, which all three use for sockets). How many modules each pyproxyd
+checkout runs compiled is printed (pyproxyd/compiled.py's status).
 
 With `--idle N` (default 1000): then N h2c connections that each made one
 request and stay open, to a fresh pyproxyd (one worker), to nginx and to
 Caddy: RSS of each before and after, KiB per connection. With `--profile`:
-`perf record` of pyproxyd during one h2c and one gRPC run, the top symbols.
+pyproxyd sampled during one more h2c and one more gRPC run, by py-spy
+(`record --native`: Python frames and the compiled modules' C functions;
+`pip install py-spy`) when found, else `perf record` (C symbols only); the
+share of samples inside h2/hpack/hyperframe, and the top leaf frames.
+`--keep-profiles DIR` keeps the raw stacks.
 
 Needs h2load, wrk, nginx, caddy, grpcio (`apt-get install -y nghttp2-client
 wrk nginx-light caddy`). Only 127.0.0.1, ports 18560-18579. Every process
@@ -179,7 +189,7 @@ def check_grpc(port: int) -> str:
         try:
             answer, outcome = call.with_call(MESSAGE, timeout=5)
         except grpc.RpcError as e:
-            return f"{e.code().name}: {e.details()}"  # type: ignore[attr-defined]
+            return f"{e.code().name}: {e.details()}"
     if outcome.code() != grpc.StatusCode.OK or answer != MESSAGE:
         return f"{outcome.code().name}, answer {answer!r}"
     return "OK"
