@@ -18,7 +18,7 @@ def test_idle_keys_expire_without_a_timer() -> None:
     for i in range(1000):
         store.take(f"k{i}", tb, 0.0)
     assert len(store) == 1000
-    # Much later, each request drops up to two idle keys from the LRU end.
+    # Much later, requests drop idle keys from the LRU end (two a request on average).
     for i in range(600):
         store.take("busy", tb, 10.0 + i)
     assert len(store) <= 1
