@@ -25,7 +25,7 @@ from .. import errors
 from .h2conn import H2Stream, H2UpstreamConnection, StreamError
 from .h2pool import H2Pool
 from .h2response import H2Response
-from .http1 import REPLAY_LIMIT
+from .http1 import ReplayBody
 from .pool import Multiplexed
 
 # Never sent upstream on HTTP/2 (RFC 9113 8.2.2); Host becomes :authority.
@@ -128,13 +128,9 @@ class BodyPump:
     consumed so far is sent again first (kept up to REPLAY_LIMIT)."""
 
     def __init__(self, body: AsyncIterator[bytes], chunked: bool, timeout: float) -> None:
-        self.it = body.__aiter__()
+        self.body = ReplayBody(body)  # what was sent, kept for a stream that is refused
         self.chunked = chunked
         self.timeout = timeout  # for an upstream that keeps its window shut
-        self.sent: list[bytes] = []
-        self.size = 0
-        self.overflow = False
-        self.done = False
         self.error: errors.GatewayError | None = None  # the client's side failed
         self.stream: H2Stream | None = None
         self.conn: H2UpstreamConnection | None = None  # the stream's
@@ -155,26 +151,15 @@ class BodyPump:
             self.task.cancel()
 
     async def _next(self) -> bytes | None:
-        try:
-            piece = await self.it.__anext__()
-        except StopAsyncIteration:
-            self.done = True
+        body = self.body
+        piece = await body.next(record=False)
+        if piece is None:
             return None
-        except errors.GatewayError:
-            raise
-        except Exception as exc:  # the client side failed (reset, bad framing)
-            raise errors.BadRequest(f"could not read the request body: {exc}") from exc
         data = unchunk(piece) if self.chunked else piece
         if not data and self.chunked:
-            self.done = True  # the last-chunk
+            body.done = True  # the last-chunk
             return None
-        if not self.overflow:
-            self.size += len(data)
-            if self.size > REPLAY_LIMIT:
-                self.overflow = True
-                self.sent.clear()
-            else:
-                self.sent.append(data)
+        body.keep(data)  # kept de-chunked: a replay goes out as DATA frames
         return data
 
     async def _run(self, replay: bool) -> None:
@@ -183,9 +168,9 @@ class BodyPump:
             assert stream is not None and conn is not None
             try:
                 if replay:
-                    for chunk in self.sent:
+                    for chunk in self.body.sent:
                         await conn.send_data(stream, chunk, self._deadline(conn))
-                while not self.done:
+                while not self.body.done:
                     data = await self._next()
                     if data:
                         await conn.send_data(stream, data, self._deadline(conn))
@@ -202,7 +187,7 @@ class BodyPump:
                 conn.reset(stream)
                 stream.fail(exc.detail)
                 return
-            if self.overflow or not stream.refused:
+            if self.body.overflow or not stream.refused:
                 return  # the exchange reports the stream's failure
             replay = True
             if self.stream is stream:
@@ -242,10 +227,10 @@ async def exchange(
         except _Refused as exc:
             conn.forget(stream)
             pool.release(conn)
-            if tries < STREAM_TRIES and (pump is None or not pump.overflow):
+            if tries < STREAM_TRIES and (pump is None or not pump.body.overflow):
                 continue
             _cancel(pump)
-            if pump is not None and pump.size:
+            if pump is not None and pump.body.size:
                 # Never processed, but the body is spent: no other target can have it.
                 err = errors.BadGateway(f"{exc} (not sent again)")
                 err.response_started = False

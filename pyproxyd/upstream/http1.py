@@ -22,6 +22,7 @@ __all__ = [
     "READ_HIGH_WATER",
     "REPLAY_LIMIT",
     "InFlight",
+    "ReplayBody",
     "UpstreamConnection",
     "UpstreamResponse",
     "exchange",
@@ -141,8 +142,10 @@ class UpstreamResponse:
         self._pool.release(conn, reusable=False)
 
 
-class _Body:
-    """The request body iterator, shared by the first try and a replay."""
+class ReplayBody:
+    """The request body iterator, shared by the first try and a replay: what
+    was read is kept (up to REPLAY_LIMIT) to be sent again. The h2 exchange
+    reads through one too."""
 
     __slots__ = ("done", "it", "overflow", "sent", "size")
 
@@ -154,6 +157,7 @@ class _Body:
         self.done = False
 
     async def next(self, record: bool) -> bytes | None:
+        """The next piece, None at the end; a client-side failure is a 400."""
         try:
             chunk = await self.it.__anext__()
         except StopAsyncIteration:
@@ -163,14 +167,20 @@ class _Body:
             raise
         except Exception as exc:  # the client side failed (reset, bad framing)
             raise errors.BadRequest(f"could not read the request body: {exc}") from exc
-        if record and not self.overflow:
-            self.size += len(chunk)
-            if self.size > REPLAY_LIMIT:
-                self.overflow = True
-                self.sent.clear()
-            else:
-                self.sent.append(chunk)
+        if record:
+            self.keep(chunk)
         return chunk
+
+    def keep(self, chunk: bytes) -> None:
+        """Remember a piece sent, for a replay; past REPLAY_LIMIT none is kept."""
+        if self.overflow:
+            return
+        self.size += len(chunk)
+        if self.size > REPLAY_LIMIT:
+            self.overflow = True
+            self.sent.clear()
+        else:
+            self.sent.append(chunk)
 
 
 async def exchange(
@@ -190,7 +200,7 @@ async def exchange(
     """
     timeout = pool.settings.read_timeout if read_timeout is None else read_timeout
     conn = await pool.acquire()
-    sender = _Body(body) if body is not None else None
+    sender = ReplayBody(body) if body is not None else None
     return await _exchange_on(pool, conn, head, sender, is_head, timeout, conn.requests > 0)
 
 
@@ -298,7 +308,7 @@ async def _exchange_on(
     pool: TargetPool,
     conn: UpstreamConnection,
     head: bytes,
-    sender: _Body | None,
+    sender: ReplayBody | None,
     is_head: bool,
     timeout: float,
     reused: bool,
@@ -321,7 +331,7 @@ async def _attempt(
     pool: TargetPool,
     conn: UpstreamConnection,
     head: bytes,
-    body: _Body | None,
+    body: ReplayBody | None,
     is_head: bool,
     timeout: float,
     reused: bool,
@@ -367,7 +377,7 @@ async def _attempt(
 
 
 async def _send_body(
-    conn: UpstreamConnection, head: bytes, body: _Body, timeout: float, record: bool
+    conn: UpstreamConnection, head: bytes, body: ReplayBody, timeout: float, record: bool
 ) -> None:
     if body.sent:
         # Replay on a fresh connection: what the first try consumed, in one write.
