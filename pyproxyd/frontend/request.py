@@ -44,33 +44,20 @@ def status_line(status: int, reason: str) -> bytes:
     return line
 
 
-class RequestBody:
-    """The request body as it arrives, de-framed by the parser."""
+class BodyQueue:
+    """What the two frontends' request bodies share: chunks as they arrive,
+    the end or a failure, and one reader waiting for either. Each protocol
+    adds its own flow control (RequestBody here, StreamBody for HTTP/2)."""
 
-    __slots__ = ("_chunks", "_conn", "_continue", "_error", "_size", "_waiter", "eof", "total")
+    __slots__ = ("_chunks", "_continue", "_error", "_waiter", "eof", "total")
 
-    def __init__(self, conn: ClientConnection, expect_continue: bool) -> None:
-        self._conn = conn
+    def __init__(self, expect_continue: bool) -> None:
         self._chunks: list[bytes] = []
-        self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._continue = expect_continue  # 100 Continue is owed before the first read
         self.eof = False
         self.total = 0  # bytes received so far
-
-    @property
-    def awaits_continue(self) -> bool:
-        """The client waits for 100 Continue, which the first read sends."""
-        return self._continue
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        self.total += len(data)
-        if self._size > BODY_HIGH_WATER:
-            self._conn.pause_body()
-        self._wake()
 
     def feed_eof(self) -> None:
         self.eof = True
@@ -88,6 +75,36 @@ class RequestBody:
             if not w.done():
                 w.set_result(None)
 
+    def _take(self) -> bytes:
+        """Every chunk in, as one (several arrived ones are joined)."""
+        chunks = self._chunks
+        self._chunks = []
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class RequestBody(BodyQueue):
+    """The request body as it arrives, de-framed by the parser."""
+
+    __slots__ = ("_conn", "_size")
+
+    def __init__(self, conn: ClientConnection, expect_continue: bool) -> None:
+        super().__init__(expect_continue)
+        self._conn = conn
+        self._size = 0
+
+    @property
+    def awaits_continue(self) -> bool:
+        """The client waits for 100 Continue, which the first read sends."""
+        return self._continue
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        self.total += len(data)
+        if self._size > BODY_HIGH_WATER:
+            self._conn.pause_body()
+        self._wake()
+
     def __aiter__(self) -> RequestBody:
         """Each chunk as soon as it is in (several arrived ones are joined).
 
@@ -98,9 +115,7 @@ class RequestBody:
     async def __anext__(self) -> bytes:
         while True:
             if self._chunks:
-                chunks = self._chunks
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                self._chunks = []
+                data = self._take()
                 self._size = 0
                 self._conn.resume_body()
                 return data

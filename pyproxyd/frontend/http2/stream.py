@@ -20,6 +20,7 @@ from hpack import NeverIndexedHeaderTuple as _NeverIndexed
 
 from ...errors import ClientGone
 from ...proxy.interface import Request
+from ..request import BodyQueue
 
 if TYPE_CHECKING:
     from .connection import H2ClientConnection
@@ -32,22 +33,16 @@ _NO_BODY = frozenset({204, 304})
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
 
 
-class StreamBody:
+class StreamBody(BodyQueue):
     """The request body as DATA frames bring it."""
 
-    __slots__ = ("_chunks", "_conn", "_continue", "_error", "_owed", "_waiter", "eof", "last",
-                 "stream_id", "total")  # fmt: skip
+    __slots__ = ("_conn", "_owed", "last", "stream_id")
 
     def __init__(self, conn: H2ClientConnection, stream_id: int, expect_continue: bool) -> None:
+        super().__init__(expect_continue)
         self._conn = conn
         self.stream_id = stream_id
-        self._continue = expect_continue  # 100 Continue is owed before the first read
-        self._chunks: list[bytes] = []
         self._owed = 0  # flow-controlled bytes received and not yet acknowledged
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self.eof = False
-        self.total = 0  # bytes received so far
         self.last = conn.loop.time()  # the last DATA frame, or the start of a wait for one
 
     @property
@@ -63,28 +58,12 @@ class StreamBody:
         self.last = self._conn.loop.time()
         self._wake()
 
-    def feed_eof(self) -> None:
-        self.eof = True
-        self._wake()
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.eof:
-            self._error = exc
-            self._wake()
-
     def discard(self) -> None:
         """The stream is over: what nobody will read gives its window back."""
         self._chunks = []
         owed, self._owed = self._owed, 0
         if owed:
             self._conn.acknowledge(self.stream_id, owed)
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
 
     def __aiter__(self) -> StreamBody:
         return self
@@ -94,9 +73,7 @@ class StreamBody:
             if self._error is not None:
                 raise self._error
             if self._chunks:
-                chunks = self._chunks
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                self._chunks = []
+                data = self._take()
                 owed, self._owed = self._owed, 0
                 if owed:
                     self._conn.acknowledge(self.stream_id, owed)
