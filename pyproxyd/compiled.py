@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib.machinery import ExtensionFileLoader
 from pathlib import Path
+from typing import Any
+
+try:  # class options that only mypyc reads (acyclic, free_list_len)
+    from mypy_extensions import mypyc_attr as mypyc_attr
+except ImportError:  # an interpreted install without mypy: the options change nothing
+
+    def mypyc_attr(*_flags: str, **_options: Any) -> Callable[[Any], Any]:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 # The request path: what runs per request or per header. Not here: modules
 # with async generators (mypyc cannot compile them: bodies.py), config and
@@ -43,6 +53,7 @@ MODULES = (
     "pyproxyd.resilience.retry",
     "pyproxyd.split",
     "pyproxyd.middleware.views",
+    "pyproxyd.middleware.edit",
     "pyproxyd.middleware.chain",
     "pyproxyd.middleware.template",
     "pyproxyd.middleware.builtins",

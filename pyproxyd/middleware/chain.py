@@ -23,6 +23,7 @@ from typing import Any
 from .. import errors
 from ..forwarding import RESPONSE_DROP_B
 from ..observe.logging import get_logger
+from .edit import HeaderEdit
 from .views import Reply, RequestView, ResponseView, to_reply
 
 log = get_logger("pyproxyd.middleware")
@@ -36,7 +37,8 @@ class Step:
     """One middleware of a chain: its name, its type and its two hooks."""
 
     __slots__ = (
-        "adds", "kind", "name", "on_request", "on_response", "removes", "response_async",
+        "adds", "edit_in", "edit_out", "kind", "name", "on_request", "on_response", "removes",
+        "response_async",
     )  # fmt: skip
 
     def __init__(
@@ -48,6 +50,8 @@ class Step:
         response_async: bool = False,
         removes: frozenset[bytes] = frozenset(),
         adds: frozenset[bytes] = frozenset(),
+        edit_in: HeaderEdit | None = None,
+        edit_out: HeaderEdit | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -58,6 +62,10 @@ class Step:
         # (and replaces), and those it adds, for the lazy response view.
         self.removes = removes
         self.adds = adds
+        # A `headers` step's edits: the walks call them as native methods in
+        # place of its hooks (which do the same through a Python-level call).
+        self.edit_in = edit_in
+        self.edit_out = edit_out
 
 
 class Chain:
@@ -136,6 +144,13 @@ class Chain:
         for i in range(start, len(steps)):
             step = steps[i]
             view.depth = i
+            edit = step.edit_in
+            if edit is not None:
+                try:
+                    edit.apply(view.pairs, view)
+                except Exception as exc:
+                    raise failed(step, view, exc) from exc
+                continue
             hook = step.on_request
             if hook is None:
                 continue
@@ -188,6 +203,10 @@ class Chain:
         while i > 0:
             i -= 1
             step = steps[i]
+            edit = step.edit_out
+            if edit is not None:
+                _edit_out(step, edit, i, view, resp)
+                continue
             hook = step.on_response
             if hook is None:
                 continue
@@ -207,6 +226,10 @@ class Chain:
             while i > 0:
                 i -= 1
                 step = steps[i]
+                edit = step.edit_out
+                if edit is not None:
+                    _edit_out(step, edit, i, view, resp)
+                    continue
                 hook = step.on_response
                 if hook is None:
                     continue
@@ -259,6 +282,16 @@ def _call_out(step: Step, hook: ResponseHook, i: int, view: RequestView, resp: R
     except errors.GatewayError:
         view.depth = i
         raise
+    except Exception as exc:
+        view.depth = i
+        raise failed(step, view, exc) from exc
+
+
+def _edit_out(step: Step, edit: HeaderEdit, i: int, view: RequestView, resp: ResponseView) -> None:
+    """_call_out() for a `headers` step's response edit."""
+    resp.at = i
+    try:
+        edit.apply_response(resp, view)
     except Exception as exc:
         view.depth = i
         raise failed(step, view, exc) from exc

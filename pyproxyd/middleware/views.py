@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..compiled import mypyc_attr
 from .headers import HeaderList, check_name, check_value
 
 Pairs = list[tuple[bytes, bytes]]
@@ -24,6 +25,7 @@ class RequestView:
 
     __slots__ = (
         "_headers",
+        "_host",
         "_source",
         "chain",
         "claims",
@@ -31,7 +33,6 @@ class RequestView:
         "consumer",
         "depth",
         "failed",
-        "host",
         "method",
         "pairs",
         "path",
@@ -49,7 +50,7 @@ class RequestView:
         method: str,
         path: str,
         query: str,
-        host: str,
+        host: str | None,
         client_ip: str,
         route: str,
         request_id: str,
@@ -62,7 +63,9 @@ class RequestView:
         self.method = method
         self.path = path  # normalised, without the query
         self.query = query  # the raw query string, "" when none
-        self.host = host
+        # None: the request's Host, read only if a middleware asks (a decode
+        # per request that a chain of built-ins never needs).
+        self._host = host
         self.client_ip = client_ip
         self.route = route
         self.request_id = request_id
@@ -87,6 +90,18 @@ class RequestView:
         # SAMPLE (chain.py); a request answered before the chain ran is timed alone.
         self.weight = 1
         self.failed: str | None = None  # the middleware that failed, for the metrics
+
+    @property
+    def host(self) -> str:
+        host = self._host
+        if host is None:
+            source: Any = self._source
+            host = self._host = source.host if source is not None else ""
+        return host
+
+    @host.setter
+    def host(self, value: str) -> None:
+        self._host = value
 
     @property
     def headers(self) -> HeaderList:
@@ -115,6 +130,10 @@ class RequestView:
         return f"<request {self.method} {self.path} route={self.route} id={self.request_id}>"
 
 
+# Acyclic: nothing a response view holds (header lists of byte pairs, sets,
+# bytes) can lead back to it, so it is left out of the garbage collector's
+# lists; its freed memory is kept for the next one (one is made a request).
+@mypyc_attr(acyclic=True, free_list_len=1)
 class ResponseView:
     """`resp`: the response on its way to the client; `status` and `headers`
     can be changed in `on_response` (the body streams past untouched).

@@ -208,7 +208,7 @@ def match(
 
 def _view(request: Request, ex: RequestInfo, chain: Chain) -> RequestView:
     return RequestView(
-        request.method, ex.path, ex.query or "", request.host, ex.client_ip, ex.route,
+        request.method, ex.path, ex.query or "", None, ex.client_ip, ex.route,
         ex.request_id, None, None, len(chain.steps), request, chain,
     )  # fmt: skip
 
@@ -341,7 +341,11 @@ def head(
 
     host = request.host
     lines = [f"{request.method} {target_path} HTTP/1.1\r\n".encode()]
-    lines.extend(b"%s: %s\r\n" % hv for hv in kept)
+    for name, value in kept:  # joined below: no formatting nor bytes object a header
+        lines.append(name)
+        lines.append(b": ")
+        lines.append(value)
+        lines.append(b"\r\n")
     if identity is not None and identity.forward:
         lines.append(identity.forward)  # forward_claims, prebuilt per verified token
     proto = b"https" if request.secure else b"http"

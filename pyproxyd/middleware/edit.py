@@ -1,0 +1,74 @@
+"""Compiled by mypyc (pyproxyd/compiled.py). One direction of a `headers`
+middleware: what it removes, sets and adds, applied to byte pairs or to the
+lazy response view. Its own module so that the chain can call it as a
+native method (no closure, no Python-level call per step); builtins.py
+builds it from the config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .template import Template, header_value
+from .views import Pairs, RequestView, ResponseView
+
+if TYPE_CHECKING:
+    from .models import HeaderOps
+
+
+class HeaderEdit:
+    """One direction's changes: remove (and the names set), then set, then add."""
+
+    __slots__ = ("added", "drop", "fixed", "fixed_raw", "lengths")
+
+    def __init__(self, ops: HeaderOps) -> None:
+        self.drop = frozenset(n.lower().encode() for n in [*ops.remove, *ops.set])
+        # A name of another length cannot match: most are passed without lower().
+        self.lengths = frozenset(len(n) for n in self.drop)
+        # set and add both append once the names set are gone; set first.
+        added = [
+            (name.encode("latin-1"), Template(value))
+            for name, value in [*ops.set.items(), *ops.add.items()]
+        ]
+        # Without a placeholder a value is rendered once, here.
+        self.fixed: tuple[tuple[bytes, bytes], ...] | None = None
+        self.fixed_raw = b""
+        if all(t.constant is not None for _, t in added):
+            self.fixed = tuple((n, header_value(t.constant or "")) for n, t in added)
+            self.fixed_raw = b"".join(b"%s: %s\r\n" % pair for pair in self.fixed)
+        self.added = tuple(added)
+
+    def names(self) -> frozenset[bytes]:
+        return frozenset(n.lower() for n, _ in self.added)
+
+    def __bool__(self) -> bool:
+        return bool(self.drop or self.added)
+
+    def apply(self, pairs: Pairs, view: RequestView) -> None:
+        drop = self.drop
+        if drop:
+            # In place, from the end: nothing is allocated when no name matches.
+            lengths = self.lengths
+            i = len(pairs)
+            while i:
+                i -= 1
+                name = pairs[i][0]
+                if len(name) in lengths and name.lower() in drop:
+                    del pairs[i]
+        fixed = self.fixed
+        if fixed is not None:
+            pairs.extend(fixed)
+            return
+        for name, template in self.added:
+            pairs.append((name, header_value(template.render(view))))
+
+    def apply_response(self, resp: ResponseView, view: RequestView) -> None:
+        if not resp.lazy:
+            self.apply(resp.pairs, view)
+            return
+        # Lazy: the chain's drops remove this step's names from the upstream's
+        # headers; what it adds goes on as rendered lines.
+        if self.fixed is not None:
+            resp.raw += self.fixed_raw
+            return
+        for name, template in self.added:
+            resp.raw += b"%s: %s\r\n" % (name, header_value(template.render(view)))
