@@ -28,6 +28,7 @@ class RequestView:
     __slots__ = (
         "_headers",
         "_host",
+        "_pairs",
         "_source",
         "chain",
         "claims",
@@ -36,7 +37,6 @@ class RequestView:
         "depth",
         "failed",
         "method",
-        "pairs",
         "path",
         "query",
         "request_id",
@@ -81,7 +81,9 @@ class RequestView:
         # as a type here, or observe/ (which reads proxy.record, which names
         # this view) would import in a circle.
         self.chain = chain
-        self.pairs: Pairs = []  # the headers going upstream (bound before on_request)
+        # The headers going upstream: the pipeline's own list, bound before
+        # on_request (an empty one is made only if something reads it before).
+        self._pairs: Pairs | None = None
         self._headers: HeaderList | None = None
         # How many of the chain's steps were entered: their on_response run,
         # in reverse. All of them until the chain starts, so that an error of
@@ -104,6 +106,17 @@ class RequestView:
     @host.setter
     def host(self, value: str) -> None:
         self._host = value
+
+    @property
+    def pairs(self) -> Pairs:
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self._pairs = []
+        return pairs
+
+    @pairs.setter
+    def pairs(self, value: Pairs) -> None:
+        self._pairs = value
 
     @property
     def headers(self) -> HeaderList:
