@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from harness.backends import Backend
 from harness.gateway import config, fetch, gateway, url
@@ -95,7 +96,7 @@ class Viewer:
 
     def on_response(self, req, resp):
         seen = {k: getattr(req, k) for k in ("method", "path", "query", "route", "upstream",
-                                              "request_id", "client_ip")}
+                                              "request_id", "client_ip", "host")}
         seen["sub"] = (req.claims or {}).get("sub")
         seen["upstream_status"] = resp.status
         resp.status = self.status
@@ -131,7 +132,7 @@ async def test_a_middleware_changes_the_response_status_and_headers(tmp_path: Pa
     assert json.loads(headers["X-Seen"]) == {
         "method": "GET", "path": "/v/status/404", "query": "x=1", "route": "viewed",
         "upstream": "app", "request_id": headers["X-Request-ID"], "client_ip": "127.0.0.1",
-        "sub": "alice", "upstream_status": 404,
+        "host": urlsplit(url(gw, "/")).netloc, "sub": "alice", "upstream_status": 404,
     }  # fmt: skip
 
 
