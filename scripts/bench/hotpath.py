@@ -15,8 +15,11 @@ Kernel time (about a quarter of a request under wrk) and uvloop's I/O are not
 in it, so it tells the cost of a code change much more steadily than wrk on
 this shared host. With `--against PATH` (another checkout, e.g. a
 `git worktree` of main) both run alternately, each in a fresh process pinned
-to the same core, and the ratio of medians is printed. A benchmark, not a
-test: nothing is asserted.
+to the same core, and the ratio of medians is printed. With `--paired`
+(`--flavour F`, `--requests 2560`): plain and F in one process, their rounds
+alternated and timed in the thread's CPU time, the median of the rounds'
+ratios a run: the steadiest ratio on a host that other work keeps busy. A
+benchmark, not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -100,7 +103,10 @@ class _Transport:
         self.closing = True
 
 
-async def _measure(requests: int, rounds: int, flavour: str) -> list[float]:
+async def _rig(flavour: str) -> Any:
+    """The gateway of one flavour, driven in process: a coroutine function
+    that sends one batch (a request on each client connection) and relays
+    the upstream's answers."""
     from pyproxyd.compile import compile_snapshot
     from pyproxyd.config_load import load
     from pyproxyd.frontend.connection import Frontend
@@ -163,6 +169,11 @@ async def _measure(requests: int, rounds: int, flavour: str) -> list[float]:
             raise SystemExit(f"unexpected answer: {answered[0][:200]!r}")
         answered.clear()
 
+    return batch
+
+
+async def _measure(requests: int, rounds: int, flavour: str) -> list[float]:
+    batch = await _rig(flavour)
     for _ in range(50):
         await batch()
     batches = max(1, requests // CLIENTS)
@@ -199,21 +210,48 @@ def _calibrate() -> float:
     return (time.perf_counter() - started) * 1e6
 
 
+async def _paired(requests: int, rounds: int, flavour: str) -> tuple[float, float, float]:
+    """plain and `flavour` in one process, their rounds alternated, timed in
+    this thread's CPU time: (plain us, flavour us, median of the rounds'
+    ratios). Time the host gives other processes does not count, and each
+    ratio compares rounds run side by side."""
+    rigs = [await _rig("plain"), await _rig(flavour)]
+    for _ in range(50):
+        for batch in rigs:
+            await batch()
+    batches = max(1, requests // CLIENTS)
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for k in (0, 1) if r % 2 == 0 else (1, 0):
+            started = time.thread_time()
+            for _ in range(batches):
+                await rigs[k]()
+            times[k].append((time.thread_time() - started) / (batches * CLIENTS) * 1e6)
+    ratios = [b / a for a, b in zip(*times, strict=True)]
+    return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
+
+
 def _child(requests: int, flavour: str) -> None:
     import uvloop
 
+    if flavour.startswith("paired:"):
+        flavour = flavour.partition(":")[2]
+        a, b, ratio = uvloop.run(_paired(requests, 120, flavour))
+        print(f"plain {a:.2f} us, {flavour} {b:.2f} us, median ratio {ratio:.3f}x")
+        return
     results = uvloop.run(_measure(requests, 7, flavour))
     print(statistics.median(results))
 
 
-def _run(checkout: Path, requests: int, flavour: str) -> float:
+def _run(checkout: Path, requests: int, flavour: str, raw: bool = False) -> Any:
     env = dict(os.environ, PYTHONPATH=str(checkout))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(requests), flavour]
     if sys.platform.startswith("linux"):  # the last core, where peers.sh puts the proxy
         cmd = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *cmd]
     out = subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), check=True,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    return float(out.stdout.strip().splitlines()[-1])
+    last = out.stdout.strip().splitlines()[-1]
+    return last if raw else float(last)
 
 
 def main() -> None:
@@ -223,10 +261,19 @@ def main() -> None:
                     help="the route compared with --against (default plain)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--requests", type=int, default=6400, help="per timed round (7 rounds a run)")
+    ap.add_argument("--paired", action="store_true",
+                    help="plain against --flavour in one process (this tree, or "
+                    "--against's), thread CPU time, 120 alternated rounds a run "
+                    "(--requests 2560 suits it)")  # fmt: skip
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _child(int(args.child[0]), args.child[1])
+        return
+    if args.paired:
+        for i in range(args.runs):
+            out = _run(args.against or REPO, args.requests, "paired:" + args.flavour, raw=True)
+            print(f"run {i + 1}: {out}", flush=True)
         return
     # Without --against: this tree's routes against `plain` (the three of
     # features_bench, or --flavour alone). With it: one route, this tree
