@@ -188,6 +188,7 @@ async def send(
                     h2,
                     plan.head_for(target.host_header),
                     plan.body,
+                    whole=plan.whole,
                     te_trailers=call is not None or takes_trailers(request),
                     grpc_deadline=call.deadline if call is not None else None,
                     read_timeout=upstream.read_timeout,
