@@ -237,12 +237,12 @@ async def exchange(
             stream = conn.open_stream(
                 headers, pump is None and not whole, whole if pump is None and whole else b""
             )
-        except StreamError as exc:
+        except StreamError as unopened:
             pool.release(conn)
             if tries < STREAM_TRIES:
                 continue
             _cancel(pump)
-            raise errors.UpstreamConnectError(str(exc)) from None
+            raise errors.UpstreamConnectError(str(unopened)) from None
         if pump is None and whole and not stream.local_closed:
             pump = BodyPump(_Once(whole), False, timeout)  # kept for the tries after
         if pump is not None:

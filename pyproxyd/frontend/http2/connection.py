@@ -189,11 +189,11 @@ class H2ClientConnection(asyncio.Protocol):
                 return
         try:
             events = self.h2.receive_data(data)
-        except ProtocolError as exc:  # h2 has queued its GOAWAY
-            self._fail(f"protocol error: {exc}")
+        except ProtocolError as refused:  # h2 has queued its GOAWAY
+            self._fail(f"protocol error: {refused}")
             return
-        except Exception as exc:  # a fault of h2's or ours: still no traceback out
-            log.error("internal_error", error=repr(exc), peer=self.peer)
+        except Exception as fault:  # a fault of h2's or ours: still no traceback out
+            log.error("internal_error", error=repr(fault), peer=self.peer)
             self._goodbye(ErrorCodes.INTERNAL_ERROR)
             return
         try:
@@ -201,8 +201,8 @@ class H2ClientConnection(asyncio.Protocol):
                 if self._lingering:
                     break
                 self._event(event)
-        except Exception as exc:
-            log.error("internal_error", error=repr(exc), peer=self.peer)
+        except Exception as fault:
+            log.error("internal_error", error=repr(fault), peer=self.peer)
             self._goodbye(ErrorCodes.INTERNAL_ERROR)
             return
         finally:
