@@ -26,8 +26,12 @@ Paths (every answer carries x-conn-id and x-stream-id):
 Misbehaviour by setting: `goaway_after = n` sends GOAWAY once a connection has
 received n streams, with last_stream_id the n-th; later streams are never
 answered. `refuse = n` resets the first n streams with REFUSED_STREAM.
-`max_concurrent_streams` is advertised in SETTINGS, `settings_delay` seconds
-after the connection opens.
+`max_concurrent_streams` and `initial_window` (INITIAL_WINDOW_SIZE) are
+advertised in SETTINGS, `settings_delay` seconds after the connection opens.
+
+Recorded: `received` requests (each knows whether its END_STREAM came in the
+same read as its HEADERS: `one_read`), `resets`, `goaways_received`, and
+`connection_window_updates` (WINDOW_UPDATE frames for the whole connection).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class Request:
         self.headers = {k.decode(): v.decode() for k, v in headers}
         self.body = b""
         self.ended = asyncio.Event()
+        self.one_read = False  # HEADERS and END_STREAM in one read (the body came whole)
         # /slowread: flow-controlled bytes not acknowledged yet (None: acknowledged as read)
         self.held: int | None = 0 if self.path.startswith("/slowread") else None
 
@@ -85,14 +90,14 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.backend.connections_opened += 1
         self.backend.open_connections += 1
+        wanted = {}
         if self.backend.max_concurrent_streams is not None:
+            wanted[SettingCodes.MAX_CONCURRENT_STREAMS] = self.backend.max_concurrent_streams
+        if self.backend.initial_window is not None:
+            wanted[SettingCodes.INITIAL_WINDOW_SIZE] = self.backend.initial_window
+        if wanted:
             # Replaced before the preface, so its first SETTINGS frame says it.
-            self.h2.local_settings = Settings(
-                client=False,
-                initial_values={
-                    SettingCodes.MAX_CONCURRENT_STREAMS: self.backend.max_concurrent_streams
-                },
-            )
+            self.h2.local_settings = Settings(client=False, initial_values=wanted)
         if self.backend.settings_delay:
             # A slow upstream: its preface (SETTINGS) comes late, input waits till then.
             self.early: list[bytes] | None = []
@@ -129,8 +134,10 @@ class _Conn(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        started = set()
         for ev in events:
             if isinstance(ev, RequestReceived):
+                started.add(ev.stream_id)
                 self.on_request(ev.stream_id, ev.headers)
             elif isinstance(ev, DataReceived):
                 req = self.requests.get(ev.stream_id)
@@ -143,6 +150,7 @@ class _Conn(asyncio.Protocol):
             elif isinstance(ev, StreamEnded):
                 req = self.requests.get(ev.stream_id)
                 if req is not None:
+                    req.one_read = ev.stream_id in started
                     req.ended.set()
             elif isinstance(ev, StreamReset):
                 self.backend.resets.append((self.conn_id, ev.stream_id, ev.error_code))
@@ -153,6 +161,8 @@ class _Conn(asyncio.Protocol):
                 if event is not None:
                     event.set()
             elif isinstance(ev, WindowUpdated):
+                if not ev.stream_id:
+                    self.backend.connection_window_updates += 1
                 for event in self.windows.values():
                     event.set()
             elif isinstance(ev, ConnectionTerminated):
@@ -301,7 +311,9 @@ class H2Backend:
         refuse: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         settings_delay: float = 0.0,
+        initial_window: int | None = None,
     ) -> None:
+        self.initial_window = initial_window
         self.settings_delay = settings_delay  # seconds before a connection's SETTINGS go out
         self.ssl_context = ssl_context  # TLS with ALPN "h2" (protocol = "h2" upstreams)
         self.max_concurrent_streams = max_concurrent_streams
@@ -310,6 +322,7 @@ class H2Backend:
         self.connections_opened = 0
         self.open_connections = 0
         self.goaways_received = 0
+        self.connection_window_updates = 0
         self.read_before_ack = 0  # /slowread: body bytes in before it acknowledged any
         self.received: list[Request] = []
         self.refused: list[Request] = []

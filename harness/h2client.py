@@ -78,9 +78,11 @@ class H2Client:
         window: int | None = None,
         ack: bool = True,
         settings: dict[int, int] | None = None,
+        checked: bool = True,
     ) -> H2Client:
         """Connect and send the preface (h2c with prior knowledge, or ALPN h2).
-        `window`: the client's initial stream window."""
+        `window`: the client's initial stream window. `checked=False`: h2 sends
+        header lists as given (malformed ones too), names and values unchanged."""
         context = None
         if tls:
             context = ssl.create_default_context()
@@ -92,7 +94,14 @@ class H2Client:
         )
         if tls:
             assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-        conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn = H2Connection(
+            H2Configuration(
+                client_side=True,
+                header_encoding="utf-8",
+                validate_outbound_headers=checked,
+                normalize_outbound_headers=checked,
+            )
+        )
         wanted = dict(settings or {})
         if window is not None:
             wanted[SettingCodes.INITIAL_WINDOW_SIZE] = window
@@ -190,6 +199,19 @@ class H2Client:
         head = [(":method", method), (":path", path), (":scheme", "http"),
                 (":authority", authority), *(headers or [])]  # fmt: skip
         self.conn.send_headers(sid, head, end_stream=end)
+        self.flush()
+        return sid
+
+    def send_whole(
+        self, method: str, path: str, body: bytes, headers: list[tuple[str, str]] | None = None
+    ) -> int:
+        """A request and all of its body (within the windows) in one write."""
+        sid = self.conn.get_next_available_stream_id()
+        self.streams[sid] = Stream()
+        head = [(":method", method), (":path", path), (":scheme", "http"),
+                (":authority", "localhost"), *(headers or [])]  # fmt: skip
+        self.conn.send_headers(sid, head)
+        self.conn.send_data(sid, body, end_stream=True)
         self.flush()
         return sid
 

@@ -26,6 +26,8 @@ MODULES = (
     "pyproxyd.frontend.connection",
     "pyproxyd.frontend.request",
     "pyproxyd.frontend.http2.stream",  # (its H2Request subclasses the compiled Request)
+    "pyproxyd.frontend.http2.headers",
+    "pyproxyd.frontend.http2.connection",
     "pyproxyd.proxy.interface",
     "pyproxyd.proxy.record",
     "pyproxyd.proxy.prepare",
@@ -38,6 +40,8 @@ MODULES = (
     "pyproxyd.upstream.connection",
     "pyproxyd.upstream.http1",
     "pyproxyd.upstream.h2response",
+    "pyproxyd.upstream.h2exchange",
+    "pyproxyd.upstream.h2conn",
     "pyproxyd.upstream.pool",
     "pyproxyd.observe.logging",
     "pyproxyd.observe.metrics",

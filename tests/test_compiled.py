@@ -78,3 +78,25 @@ def test_every_compiled_module_says_so_first() -> None:
     for name in MODULES:
         doc = ast.get_docstring(ast.parse(source(name).read_text())) or ""
         assert doc.splitlines()[0].startswith("Compiled by mypyc"), name
+
+
+def test_no_compiled_function_reuses_an_exception_name_for_two_types() -> None:
+    # mypyc gives an `except ... as NAME` variable the type of its first clause
+    # in the function: a later clause of another native type binding the same
+    # NAME raises TypeError instead of handling the exception.
+    import ast
+
+    from pyproxyd.compiled import MODULES, source
+
+    found = []
+    for name in MODULES:
+        for fn in ast.walk(ast.parse(source(name).read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            types: dict[str, set[str]] = {}
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ExceptHandler) and node.name:
+                    caught = ast.unparse(node.type) if node.type else "BaseException"
+                    types.setdefault(node.name, set()).add(caught)
+            found += [(name, fn.name, var) for var, kinds in types.items() if len(kinds) > 1]
+    assert found == []

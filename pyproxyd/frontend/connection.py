@@ -282,14 +282,14 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade as exc:
+        except HttpParserUpgrade as upgrade:
             self._upgraded = True
-            rest = data[exc.args[0] :] if exc.args else b""
+            rest = data[upgrade.args[0] :] if upgrade.args else b""
             if rest:
                 self._early.append(rest)
             return
-        except HttpParserCallbackError as exc:
-            cause = exc.__context__
+        except HttpParserCallbackError as failed:
+            cause = failed.__context__
             if isinstance(cause, _TooLarge):
                 self._refuse(errors.HeadersTooLarge())
             elif isinstance(cause, _Refused):
@@ -297,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 if not isinstance(cause, (ValueError, UnicodeError)):
                     log.error("internal_error", error=repr(cause))
-                self._refuse(errors.BadRequest(f"malformed request: {cause or exc}"[:200]))
+                self._refuse(errors.BadRequest(f"malformed request: {cause or failed}"[:200]))
             return
         except HttpParserError as exc:
             self._refuse(errors.BadRequest(f"malformed request: {exc}"[:200]))

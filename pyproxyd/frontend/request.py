@@ -81,6 +81,22 @@ class BodyQueue:
         self._chunks = []
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def whole(self) -> bytes | None:
+        """The whole body at once, when the client has sent all of it and none
+        of it was read (a small POST, a unary gRPC call: it can go upstream
+        with the head, without a reader); None otherwise."""
+        if not self.eof or self._error is not None or self._continue:
+            return None
+        chunks = self._chunks
+        if sum([len(c) for c in chunks]) != self.total:
+            return None  # a part was read already
+        data = self._take()
+        self._read()
+        return data
+
+    def _read(self) -> None:
+        """What the protocol owes the client once the queue was read."""
+
 
 class RequestBody(BodyQueue):
     """The request body as it arrives, de-framed by the parser."""
@@ -96,6 +112,10 @@ class RequestBody(BodyQueue):
     def awaits_continue(self) -> bool:
         """The client waits for 100 Continue, which the first read sends."""
         return self._continue
+
+    def _read(self) -> None:
+        self._size = 0
+        self._conn.resume_body()
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -116,8 +136,7 @@ class RequestBody(BodyQueue):
         while True:
             if self._chunks:
                 data = self._take()
-                self._size = 0
-                self._conn.resume_body()
+                self._read()
                 return data
             if self.eof:
                 raise StopAsyncIteration

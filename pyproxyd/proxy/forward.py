@@ -188,6 +188,7 @@ async def send(
                     h2,
                     plan.head_for(target.host_header),
                     plan.body,
+                    whole=plan.whole,
                     te_trailers=call is not None or takes_trailers(request),
                     grpc_deadline=call.deadline if call is not None else None,
                     read_timeout=upstream.read_timeout,
@@ -202,12 +203,12 @@ async def send(
                     is_head=is_head,
                     read_timeout=upstream.read_timeout,
                 )
-        except errors.UpstreamConnectError as err:
-            last, retry, passive = err, True, True  # never sent: always safe elsewhere
-        except errors.BadGateway as err:
-            last, retry, passive = err, idempotent and not err.response_started, False
-        except errors.UpstreamTimeout as err:
-            last, retry, passive = err, idempotent and not err.response_started, True
+        except errors.UpstreamConnectError as unsent:
+            last, retry, passive = unsent, True, True  # never sent: always safe elsewhere
+        except errors.BadGateway as broke:
+            last, retry, passive = broke, idempotent and not broke.response_started, False
+        except errors.UpstreamTimeout as late:
+            last, retry, passive = late, idempotent and not late.response_started, True
         except asyncio.CancelledError:
             if ticket is not None:
                 # The route's timeout (the client is still there) is the upstream's

@@ -37,7 +37,7 @@ class Plan:
     """Where a request goes and the head it goes with (the Host line is the
     target's unless the route preserves the client's)."""
 
-    __slots__ = ("body", "head", "host_line", "sync", "timeout", "upstream")
+    __slots__ = ("body", "head", "host_line", "sync", "timeout", "upstream", "whole")
 
     def __init__(
         self,
@@ -47,6 +47,7 @@ class Plan:
         body: AsyncIterator[bytes] | None,
         timeout: float | None,
         sync: bool = True,
+        whole: bytes | None = None,
     ) -> None:
         self.upstream = upstream
         self.head = head  # request line and headers, without Host and the final CRLF
@@ -54,6 +55,9 @@ class Plan:
         self.body = body  # framed for the upstream, or None
         self.timeout = timeout  # the route's, over the whole exchange
         self.sync = sync  # False when a middleware's on_response must be awaited
+        # The whole body, already in, for an HTTP/2 upstream (then `body` is None):
+        # it goes with the HEADERS, without a reader task or HTTP/1.1 framing.
+        self.whole = whole
 
     @property
     def immediate(self) -> bool:
@@ -365,12 +369,19 @@ def head(
         )
     )
     body: AsyncIterator[bytes] | None = None
+    whole: bytes | None = None
     length = request.content_length
     if request.body is not None:
-        body = limited(request, snap.server.client_max_body_size)
-        if length is None:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-            body = chunked(body)
+        limit = snap.server.client_max_body_size
+        if upstream.http2:
+            whole = request.body.whole()
+            if whole is not None and len(whole) > limit:
+                raise errors.PayloadTooLarge(f"request body is over {limit} bytes")
+        if whole is None:
+            body = limited(request, limit)
+            if length is None:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+                body = chunked(body)
     text = b"".join(lines)
     host_line = (
         b"Host: %s\r\n" % request.host.encode("latin-1", "replace") if route.preserve_host else None
@@ -379,7 +390,7 @@ def head(
         return proxy_websocket(request, upstream, text, host_line, ex)
     chain = route.chain
     return Plan(upstream, text, host_line, body, route.timeout,
-                chain is None or not chain.async_response)  # fmt: skip
+                chain is None or not chain.async_response, whole)  # fmt: skip
 
 
 def _is_websocket(seen: dict[bytes, list[bytes]]) -> bool:

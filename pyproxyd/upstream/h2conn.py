@@ -1,4 +1,5 @@
-"""One upstream HTTP/2 connection (h2c or h2): an asyncio.Protocol around the
+"""Compiled by mypyc (pyproxyd/compiled.py).
+One upstream HTTP/2 connection (h2c or h2): an asyncio.Protocol around the
 `h2` library's state machine, carrying many requests at once as streams.
 
 `h2` does the framing, HPACK and flow-control bookkeeping; this module owns
@@ -8,7 +9,10 @@ what the gateway decides on top of it:
   takes it (`H2Stream.take`), so a client that reads slowly slows its
   upstream instead of growing the gateway's memory: at most STREAM_WINDOW
   bytes wait per stream. The connection window is handed back on receipt, so
-  one slow stream does not stall the others on the connection.
+  one slow stream does not stall the others on the connection: in one
+  WINDOW_UPDATE once a sixteenth of it was received (a frame per response
+  cost a write and the upstream a frame to parse; the window stays far above
+  what the streams' own windows let in).
 * request DATA goes out only as the upstream's windows allow (`send_data`).
 * a GOAWAY retires the connection: no new streams; the streams above its
   last-stream-id were never processed and are marked `refused` (safe to send
@@ -44,8 +48,8 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, StreamClosedError
 from h2.settings import SettingCodes
-from hpack import Encoder
 
+from ..hpack_plain import PlainEncoder
 from .h2stream import STREAM_WINDOW, H2Stream, StreamError, response_head
 
 if TYPE_CHECKING:
@@ -55,15 +59,7 @@ __all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Stream", "H2UpstreamConnecti
 
 # The connection's receive window: handed back on receipt (see the docstring).
 CONNECTION_WINDOW = 16 * 1024 * 1024
-
-
-class _Encoder(Encoder):
-    """HPACK without Huffman-coding the literals: to an upstream on the same
-    host or LAN the bytes it saves cost more CPU than they are worth (it was
-    a third of encoding a request head, measured with cProfile)."""
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        return super().encode(headers, huffman=False)
+_WINDOW_BATCH = CONNECTION_WINDOW // 16
 
 
 class _H2(H2Connection):
@@ -94,11 +90,13 @@ class H2UpstreamConnection(asyncio.Protocol):
             H2Configuration(
                 client_side=True,
                 header_encoding=None,
+                # (h2's inbound normalising joins cookie fields, which answers have not.)
+                normalize_inbound_headers=False,
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
             )
         )
-        self.h2.encoder = _Encoder()
+        self.h2.encoder = PlainEncoder()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.active = 0  # streams lent out (opened or about to be), counted by the pool
@@ -113,6 +111,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drains: list[asyncio.Future[None]] = []
         self._window_waiters: list[H2Stream] = []
+        self._unacked = 0  # connection window received and not yet handed back
 
     def __repr__(self) -> str:
         state = "closed" if self.transport is None else ("goaway" if self.goaway else "open")
@@ -217,9 +216,13 @@ class H2UpstreamConnection(asyncio.Protocol):
             elif isinstance(event, InformationalResponseReceived):
                 pass  # 100 Continue, 103 Early Hints: the final head follows
         if received:
-            # The connection window goes back at once; streams hold their own.
-            with contextlib.suppress(H2Error):
-                self.h2.increment_flow_control_window(received)
+            # The connection window goes back on receipt; streams hold their own.
+            received += self._unacked
+            if received >= _WINDOW_BATCH:
+                with contextlib.suppress(H2Error):
+                    self.h2.increment_flow_control_window(received)
+                received = 0
+            self._unacked = received
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -250,8 +253,12 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     # -- streams -------------------------------------------------------------------------
 
-    def open_stream(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> H2Stream:
-        """A new stream carrying `headers` (the pool lent a slot for it)."""
+    def open_stream(
+        self, headers: list[tuple[bytes, bytes]], end_stream: bool, whole: bytes = b""
+    ) -> H2Stream:
+        """A new stream carrying `headers` (the pool lent a slot for it), and
+        `whole`, a body with nothing to follow, when the windows take all of it
+        (then the stream is closed on our side: `local_closed`)."""
         if not self.usable:
             raise StreamError(self.error or "upstream connection is closing")
         h2 = self.h2
@@ -259,6 +266,12 @@ class H2UpstreamConnection(asyncio.Protocol):
         stream = H2Stream(self, stream_id)
         try:
             h2.send_headers(stream_id, headers, end_stream=end_stream)
+            if whole and len(whole) <= h2.local_flow_control_window(stream_id):
+                size = h2.max_outbound_frame_size
+                for at in range(0, len(whole), size):
+                    last = at + size >= len(whole)
+                    h2.send_data(stream_id, whole[at : at + size], end_stream=last)
+                end_stream = True
         except H2Error as exc:
             raise StreamError(f"could not open a stream: {exc}") from None
         self.streams[stream_id] = stream

@@ -1,4 +1,5 @@
-"""The upstream HTTP/2 exchange: one request as one stream on a pooled
+"""Compiled by mypyc (pyproxyd/compiled.py).
+The upstream HTTP/2 exchange: one request as one stream on a pooled
 connection (h2pool.py), whatever protocol the client spoke.
 
 The pipeline plans every request as an HTTP/1.1 head (proxy/prepare.py);
@@ -198,14 +199,34 @@ class BodyPump:
         return conn.loop.time() + self.timeout
 
 
+class _Once:
+    """One chunk as a body (a whole body the windows could not take at once)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = self.data
+        if data is None:
+            raise StopAsyncIteration
+        self.data = None
+        return data
+
+
 async def exchange(
     pool: H2Pool,
     headers: list[tuple[bytes, bytes]],
     pump: BodyPump | None,
     timeout: float,
+    whole: bytes | None = None,
 ) -> H2Response:
     """Send one request as a stream; return once the response head is in.
 
+    `whole`: the body, all of it in already (then `pump` is None): it goes
+    with the HEADERS when the windows allow, else by a pump like any body.
     Raises UpstreamConnectError for what never reached the upstream (safe to
     try elsewhere), BadGateway / UpstreamTimeout otherwise."""
     tries = 0
@@ -213,13 +234,17 @@ async def exchange(
         tries += 1
         conn = await pool.acquire()
         try:
-            stream = conn.open_stream(headers, end_stream=pump is None)
-        except StreamError as exc:
+            stream = conn.open_stream(
+                headers, pump is None and not whole, whole if pump is None and whole else b""
+            )
+        except StreamError as unopened:
             pool.release(conn)
             if tries < STREAM_TRIES:
                 continue
             _cancel(pump)
-            raise errors.UpstreamConnectError(str(exc)) from None
+            raise errors.UpstreamConnectError(str(unopened)) from None
+        if pump is None and whole and not stream.local_closed:
+            pump = BodyPump(_Once(whole), False, timeout)  # kept for the tries after
         if pump is not None:
             pump.attach(conn, stream)
         try:
@@ -276,6 +301,7 @@ async def send(
     head: bytes,
     body: AsyncIterator[bytes] | None,
     *,
+    whole: bytes | None = None,
     te_trailers: bool,
     grpc_deadline: float | None,
     read_timeout: float | None,
@@ -291,4 +317,4 @@ async def send(
     scheme = b"https" if pool.ssl is not None else b"http"
     headers, chunked = h2_headers(head, scheme, te_trailers, grpc)
     pump = BodyPump(body, chunked, timeout) if body is not None else None
-    return await exchange(pool, headers, pump, timeout)
+    return await exchange(pool, headers, pump, timeout, whole)

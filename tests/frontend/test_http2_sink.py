@@ -135,8 +135,11 @@ async def test_a_client_reset_calls_cancel_and_fails_the_body() -> None:
 
     spawn = in_task(run)
 
+    started: list[Request] = []
+
     def handler(request: Request) -> None:
         request.cancel = cancelled.set  # (set at once, as the proxy sets its own)
+        started.append(request)
         spawn(request)
 
     async with serving(handler) as port:
@@ -144,10 +147,38 @@ async def test_a_client_reset_calls_cancel_and_fails_the_body() -> None:
         try:
             sid = client.start("POST", "/upload", end=False)
             await client.send_body(sid, b"x" * 1000, end=False)
+            await wait_for(lambda: bool(started))  # (a reset in the same read: next test)
             client.reset(sid)
             await asyncio.wait_for(cancelled.wait(), TIMEOUT)
             await wait_for(lambda: bool(failed))
             assert [type(e).__name__ for e in failed] == ["ClientGone"]
+        finally:
+            await client.close()
+
+
+async def test_a_stream_reset_in_the_read_that_opened_it_never_reaches_the_handler() -> None:
+    """The handler starts once a read's frames are all in (so a body that came
+    with its HEADERS is whole); a stream already reset by then is dropped, the
+    cheapest answer to a rapid reset, and the connection goes on."""
+    seen: list[str] = []
+
+    def handler(request: Request) -> None:
+        seen.append(request.raw_path)
+        request.respond(200, [], b"ok")
+        request.handled()
+
+    async with serving(handler) as port:
+        client = await H2Client.open(port)
+        try:
+            conn = client.conn
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":path", "/gone"), (":scheme", "http"),
+                                    (":authority", "localhost")], end_stream=True)  # fmt: skip
+            conn.reset_stream(sid)
+            client.flush()  # HEADERS and RST_STREAM in one write
+            got = await client.request("GET", "/after")
+            assert got.status == 200 and got.body == b"ok"
+            assert seen == ["/after"]
         finally:
             await client.close()
 

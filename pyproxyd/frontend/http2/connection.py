@@ -1,4 +1,5 @@
-"""One HTTP/2 client connection: an asyncio.Protocol around h2's state machine.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+One HTTP/2 client connection: an asyncio.Protocol around h2's state machine.
 
 The HTTP/1.1 frontend hands a connection over (ALPN "h2", or the h2c
 preface on a plain port); from then on this protocol owns the transport.
@@ -43,6 +44,7 @@ from hyperframe.frame import GoAwayFrame
 
 from ... import errors
 from ...errors import ClientGone
+from ...hpack_plain import PlainEncoder
 from ...observe.logging import get_logger
 from ...proxy.interface import Request
 from ...sockets import half_close
@@ -92,8 +94,10 @@ _IDLE, _LINGER = 1, 2
 _CONFIG = H2Configuration(
     client_side=False,
     header_encoding=None,
-    validate_inbound_headers=True,
-    normalize_inbound_headers=True,
+    # headers.py checks a request's fields (one compiled pass, and a malformed
+    # request is an error of its stream, not the connection's) and joins cookies.
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
     # Names are lowered and connection-specific fields dropped in stream.py.
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
@@ -129,6 +133,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.local = local
         self.max_streams = front.max_streams  # (a reload's value applies to new connections)
         h2 = H2Connection(_CONFIG)
+        h2.encoder = PlainEncoder()
         h2.local_settings = _Settings(
             client=False,
             initial_values={
@@ -140,6 +145,9 @@ class H2ClientConnection(asyncio.Protocol):
         h2.decoder.max_header_list_size = front.hard_list
         self.h2 = h2
         self.streams: dict[int, H2Request] = {}
+        # Requests of the read being handled, started once all of its frames are
+        # in: a body that came with its HEADERS is then whole (Plan.whole).
+        self._starting: list[H2Request] = []
         self.guard = front.guard()
         self.write_paused = False
         self.deadline = 0.0
@@ -181,11 +189,11 @@ class H2ClientConnection(asyncio.Protocol):
                 return
         try:
             events = self.h2.receive_data(data)
-        except ProtocolError as exc:  # h2 has queued its GOAWAY
-            self._fail(f"protocol error: {exc}")
+        except ProtocolError as refused:  # h2 has queued its GOAWAY
+            self._fail(f"protocol error: {refused}")
             return
-        except Exception as exc:  # a fault of h2's or ours: still no traceback out
-            log.error("internal_error", error=repr(exc), peer=self.peer)
+        except Exception as fault:  # a fault of h2's or ours: still no traceback out
+            log.error("internal_error", error=repr(fault), peer=self.peer)
             self._goodbye(ErrorCodes.INTERNAL_ERROR)
             return
         try:
@@ -193,10 +201,13 @@ class H2ClientConnection(asyncio.Protocol):
                 if self._lingering:
                     break
                 self._event(event)
-        except Exception as exc:
-            log.error("internal_error", error=repr(exc), peer=self.peer)
+        except Exception as fault:
+            log.error("internal_error", error=repr(fault), peer=self.peer)
             self._goodbye(ErrorCodes.INTERNAL_ERROR)
             return
+        finally:
+            if self._starting:
+                self._start_all()
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -306,6 +317,9 @@ class H2ClientConnection(asyncio.Protocol):
             self._refuse_stream(sid, count=True)
             return
         parsed = parse_request(event.headers or [], front.max_line, front.max_head)
+        if parsed.malformed is not None:
+            self._malformed(sid, parsed.malformed)
+            return
         body = None
         if event.stream_ended is None:
             body = StreamBody(self, sid, parsed.expect_continue)
@@ -318,8 +332,19 @@ class H2ClientConnection(asyncio.Protocol):
         if parsed.error is not None:
             self._answer(req, parsed.error)
             return
+        self._starting.append(req)
+
+    def _start_all(self) -> None:
+        starting, self._starting = self._starting, []
+        for req in starting:
+            if req.gone:  # reset in the same read: the pipeline never saw it
+                self.done(req)
+            else:
+                self._start(req)
+
+    def _start(self, req: H2Request) -> None:
         try:
-            front.handler(req)
+            self.front.handler(req)
         except Exception as exc:  # the handler's own net failed: still no traceback out
             if not req.done:
                 log.error("internal_error", error=repr(exc))
@@ -333,6 +358,22 @@ class H2ClientConnection(asyncio.Protocol):
         with contextlib.suppress(H2Error):
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
         if count and self.guard.reset(self.loop.time()):
+            self._calm("rapid_reset")
+
+    def _malformed(self, sid: int, why: str) -> None:
+        """RFC 9113 8.1.1: RST_STREAM (PROTOCOL_ERROR), logged as the 400 an
+        HTTP/1.1 client would get; counted as a reset, so that a flood of them
+        ends as a rapid reset does."""
+        refused = self.front.refused
+        if refused is not None:
+            try:
+                refused("", "", self.peer, errors.BadRequest(f"malformed HTTP/2 request: {why}"),
+                        new_id(), "2")  # fmt: skip
+            except Exception as exc:  # bookkeeping must not cost the answer
+                log.error("internal_error", error=repr(exc))
+        with contextlib.suppress(H2Error):
+            self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        if self.guard.reset(self.loop.time()):
             self._calm("rapid_reset")
 
     def _answer(self, req: H2Request, err: errors.GatewayError) -> None:

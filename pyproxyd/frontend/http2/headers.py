@@ -1,8 +1,18 @@
-"""An HTTP/2 header list as the request head the pipeline reads.
+"""Compiled by mypyc (pyproxyd/compiled.py).
+An HTTP/2 header list as the request head the pipeline reads.
 
-h2 has checked the list's form already (pseudo-header fields first and
-once, lower-case names, no connection-specific fields). What is left is
-the gateway's own view, the same as for HTTP/1.1 (frontend/connection.py):
+First its form (RFC 9113 8.2 and 8.3), which h2 is told not to check: its
+checks are seven generators chained over every field, a few percent of an
+h2c request, and they end the whole connection where the RFC makes a
+malformed request an error of its stream only (8.1.1: RST_STREAM with
+PROTOCOL_ERROR). Here it is one pass, compiled: field names are lower-case
+tokens, values carry no NUL, CR or LF and no whitespace at either end,
+pseudo-header fields come first, once each, and only the request ones
+(:method always; :scheme and :path unless CONNECT; :protocol only with
+CONNECT), no connection-specific fields, `te` only as "trailers", Host and
+:authority agree when both are there and one of them is.
+
+Then the gateway's own view, the same as for HTTP/1.1 (frontend/connection.py):
 `:authority` is the Host, `cookie` fields are joined (RFC 9113 8.2.3),
 names with an underscore are dropped, and the sizes are capped by
 `server.max_header_size`.
@@ -11,7 +21,6 @@ names with an underscore are dropped, and the sizes are capped by
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import NamedTuple
 
 from ... import errors
@@ -24,6 +33,13 @@ from ..connection import PICKED
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PATH = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _AUTHORITY = re.compile(rb"[^\x00-\x20\x7f@/?#\\]*")
+# RFC 9110 5.1 and 5.5, lower-case as RFC 9113 8.2.1 requires.
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_VALUE = re.compile(rb"(?:[^\x00\r\n \t](?:[^\x00\r\n]*[^\x00\r\n \t])?)?")
+_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+_CONNECTION = frozenset(
+    {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
+)
 
 
 class ParsedHead(NamedTuple):
@@ -34,11 +50,63 @@ class ParsedHead(NamedTuple):
     content_length: int | None
     error: errors.GatewayError | None  # answered on the stream instead of the pipeline
     expect_continue: bool  # the client waits for 100 Continue before its body
+    malformed: str | None = None  # RFC 9113 8.1.1: the stream is reset (PROTOCOL_ERROR)
 
 
-def parse_request(
-    headers: Iterable[tuple[bytes, bytes]], max_line: int, max_head: int
-) -> ParsedHead:
+def malformed(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why the list is no well-formed HTTP/2 request head, or None."""
+    pseudo: set[bytes] = set()
+    regular = False
+    method = authority = host = None
+    for name, value in headers:
+        if not _VALUE.fullmatch(value):
+            return f"the value of {name!r} has NUL, CR, LF or surrounding whitespace"
+        if name[:1] == b":":
+            if regular:
+                return f"pseudo-header field {name!r} after a regular one"
+            if name not in _PSEUDO:
+                return f"pseudo-header field {name!r} is not one of a request"
+            if name in pseudo:
+                return f"pseudo-header field {name!r} twice"
+            pseudo.add(name)
+            if name == b":method":
+                method = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":path" and not value:
+                return "an empty :path"
+            continue
+        regular = True
+        if not _NAME.fullmatch(name):
+            return f"field name {name!r} is not a lower-case token"
+        if name in _CONNECTION:
+            return f"connection-specific field {name!r}"
+        if name == b"te" and value.lower() != b"trailers":
+            return "te other than trailers"
+        if name == b"host":
+            if host is not None:
+                return "two Host fields"
+            host = value
+    if method is None:
+        return "no :method"
+    if method == b"CONNECT" and b":protocol" not in pseudo:
+        if b":scheme" in pseudo or b":path" in pseudo:
+            return "CONNECT with :scheme or :path"
+    elif b":scheme" not in pseudo or b":path" not in pseudo:
+        return "no :scheme or no :path"
+    elif b":protocol" in pseudo and method != b"CONNECT":
+        return ":protocol without CONNECT"
+    if authority is None and host is None:
+        return "neither :authority nor Host"
+    if authority is not None and host is not None and authority != host:
+        return ":authority and Host differ"
+    return None
+
+
+def parse_request(headers: list[tuple[bytes, bytes]], max_line: int, max_head: int) -> ParsedHead:
+    why = malformed(headers)
+    if why is not None:
+        return ParsedHead("", "", [], {}, None, None, False, why)
     method = path = authority = host = b""
     extended = False
     raw: list[tuple[bytes, bytes]] = []

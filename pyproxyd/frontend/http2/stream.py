@@ -65,6 +65,11 @@ class StreamBody(BodyQueue):
         if owed:
             self._conn.acknowledge(self.stream_id, owed)
 
+    def _read(self) -> None:
+        owed, self._owed = self._owed, 0
+        if owed:
+            self._conn.acknowledge(self.stream_id, owed)
+
     def __aiter__(self) -> StreamBody:
         return self
 
@@ -74,9 +79,7 @@ class StreamBody(BodyQueue):
                 raise self._error
             if self._chunks:
                 data = self._take()
-                owed, self._owed = self._owed, 0
-                if owed:
-                    self._conn.acknowledge(self.stream_id, owed)
+                self._read()
                 return data
             if self.eof:
                 raise StopAsyncIteration
