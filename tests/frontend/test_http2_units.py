@@ -66,7 +66,7 @@ def test_a_host_header_stands_in_for_a_missing_authority() -> None:
     ],
 )
 def test_refused_heads(pairs: list[tuple[bytes, bytes]], error: type) -> None:
-    parsed = parse_request(head(*pairs), 128, 256)
+    parsed = parse_request(head((b":authority", b"x"), *pairs), 128, 256)
     assert isinstance(parsed.error, error)
 
 
@@ -78,10 +78,20 @@ def test_connect_and_extended_connect_are_not_implemented() -> None:
         assert isinstance(parsed.error, errors.NotImplementedCoding)
 
 
+def test_a_malformed_list_is_told_apart_from_a_refused_one() -> None:
+    """Malformed (RFC 9113 8.1.1: the stream is reset) is not an error the
+    gateway answers: the e2e cases are in tests/e2e/test_http2_malformed.py."""
+    parsed = parse_request(head((b"x-a", b"1"), (b":authority", b"x")), 8190, 65536)
+    assert parsed.malformed == "pseudo-header field b':authority' after a regular one"
+    assert parse_request(head(), 8190, 65536).malformed == "neither :authority nor Host"
+    fine = parse_request(head((b":authority", b"x"), (b"x-a", b"1")), 8190, 65536)
+    assert fine.malformed is None and fine.error is None
+
+
 def test_a_path_must_be_a_path() -> None:
-    bad = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"http://x/")]
+    bad = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"http://x/"), (b"host", b"x")]
     assert isinstance(parse_request(bad, 8190, 65536).error, errors.BadRequest)
-    star = [(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":path", b"*")]
+    star = [(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":path", b"*"), (b"host", b"x")]
     assert parse_request(star, 8190, 65536).error is None
 
 
