@@ -28,7 +28,7 @@ integer microseconds; tests check both give the same decisions.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 EPS = 1e-9  # float slack: n * T computed twice may differ in the last bit
 
@@ -179,3 +179,14 @@ def _prune(log: list[float], horizon: float) -> None:
 
 
 Algorithm = TokenBucket | LeakyBucket | SlidingWindow
+
+
+def decide(algo: Algorithm, state: Any, now: float) -> tuple[Decision, Any]:
+    """`algo.decide(state, now)`. Compiled, a bucket's is a native call: a method
+    called on the union is looked up by name and its arguments boxed and parsed,
+    which cost as much as the decision itself (the stores call this)."""
+    if isinstance(algo, TokenBucket):
+        return _gcra(state, now, 1.0 / algo.rate, algo.burst, False)
+    if isinstance(algo, LeakyBucket):
+        return _gcra(state, now, 1.0 / algo.rate, algo.burst + 1, algo.delay)
+    return algo.decide(state, now)
