@@ -152,8 +152,9 @@ class BucketPath:
         try:
             if slot >= 0:
                 mm = self.mm
-                # Typed: unpacked by index, not through an iterator (compiled).
-                row = cast(tuple[int, float, int, int, float], self.read(mm, slot))
+                # Typed: unpacked by index, not through an iterator (compiled); the
+                # fp stays an object, as the one it is compared with.
+                row = cast(tuple[Any, float, int, int, float], self.read(mm, slot))
                 count = row[3]
                 if row[0] == where[0] and count and not row[2]:
                     touched = row[1]

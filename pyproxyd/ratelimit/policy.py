@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 from ..auth.identity import Identity
 from ..errors import RateLimited, RateLimiterUnavailable
@@ -117,8 +117,8 @@ def _tier_fn(spec: Sequence[str]) -> KeyFn:
 
 class Policy:
     __slots__ = (
-        "algorithm", "default", "fallback", "key_fn", "name", "name_b", "on_error", "path",
-        "stats", "store", "tier_fn", "tiers",
+        "algorithm", "by_ip", "default", "fallback", "key_fn", "name", "name_b", "on_error",
+        "path", "stats", "store", "tier_fn", "tiers",
     )  # fmt: skip
 
     def __init__(
@@ -139,6 +139,7 @@ class Policy:
         self.name_b = name.encode()
         self.algorithm = algorithm
         self.key_fn = key_fn
+        self.by_ip = key_fn is compile_key("ip")  # the usual key: no call a request
         self.tier_fn = tier_fn
         self.default = default
         self.tiers = tiers
@@ -161,7 +162,7 @@ class Policy:
         return _take(cast(Local, self.store), key, algo, now)
 
     def resolve(self, request: KeyRequest, identity: Identity | None, ip: str) -> tuple[str, Tier]:
-        key = self.key_fn(request, identity, ip) or ANONYMOUS
+        key = (ip if self.by_ip else self.key_fn(request, identity, ip)) or ANONYMOUS
         if self.tier_fn is None:
             return key, self.default
         name = self.tier_fn(request, identity, ip)
@@ -337,11 +338,19 @@ def _render(pairs: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join([b"%s: %s\r\n" % hv for hv in pairs])
 
 
+# A reset in seconds, and a small bucket's remaining, rendered once.
+_NUMBERS: Final = tuple(str(n).encode() for n in range(1024))
+
+
+def _number(n: int) -> bytes:
+    return _NUMBERS[n] if 0 <= n < 1024 else str(n).encode()
+
+
 def _block(tier: Tier, d: Decision) -> bytes:
     """One policy's five header lines (Tier.block_parts filled in)."""
     p = tier.block_parts
-    left = str(d.remaining).encode()
-    reset = str(_seconds(d.reset)).encode()
+    left = _number(d.remaining)
+    reset = _number(_seconds(d.reset))
     # One join: one allocation, where a chain of + made one a part.
     return b"".join((p[0], left, p[1], reset, p[2], left, p[3], reset, p[4]))
 
