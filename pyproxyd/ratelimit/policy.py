@@ -90,9 +90,10 @@ class Tier(NamedTuple):
     policy_field_b: bytes  # '"name";q=..;w=..' of RateLimit-Policy
     quota_b: bytes  # X-RateLimit-Limit
     # The five header lines of an allowed request, cut where (remaining,
-    # reset, remaining, reset) go: one concatenation a request, native when
-    # compiled (a bytes %-format was twice the cost).
-    block_parts: tuple[bytes, bytes, bytes, bytes, bytes]
+    # reset, remaining, reset) go: one str join and one encode a request,
+    # native when compiled (bytes pieces joined cost a fifth more, chained +
+    # a third, a bytes %-format twice).
+    block_parts: tuple[str, str, str, str, str]
 
 
 def _tier_fn(spec: Sequence[str]) -> KeyFn:
@@ -339,11 +340,11 @@ def _render(pairs: list[tuple[bytes, bytes]]) -> bytes:
 
 
 # A reset in seconds, and a small bucket's remaining, rendered once.
-_NUMBERS: Final = tuple(str(n).encode() for n in range(1024))
+_NUMBERS: Final = tuple(str(n) for n in range(1024))
 
 
-def _number(n: int) -> bytes:
-    return _NUMBERS[n] if 0 <= n < 1024 else str(n).encode()
+def _number(n: int) -> str:
+    return _NUMBERS[n] if 0 <= n < 1024 else str(n)
 
 
 def _block(tier: Tier, d: Decision) -> bytes:
@@ -351,8 +352,7 @@ def _block(tier: Tier, d: Decision) -> bytes:
     p = tier.block_parts
     left = _number(d.remaining)
     reset = _number(_seconds(d.reset))
-    # One join: one allocation, where a chain of + made one a part.
-    return b"".join((p[0], left, p[1], reset, p[2], left, p[3], reset, p[4]))
+    return "".join((p[0], left, p[1], reset, p[2], left, p[3], reset, p[4])).encode()
 
 
 def _headers(decided: Sequence[tuple[Policy, Tier, Decision]]) -> list[tuple[bytes, bytes]]:
@@ -381,16 +381,15 @@ def _tier(spec: PolicySpec, label: str, lim: Limits) -> Tier:
     algo = make_algorithm(spec.algorithm, lim, spec.mode)
     fallback = algo if spec.backend == "redis" else None
     field = f'"{spec.name}";q={algo.quota};w={max(1, _seconds(algo.window))}'
-    quota = str(algo.quota).encode()
+    quota = str(algo.quota)
     parts = (
-        b"X-RateLimit-Limit: " + quota + b"\r\nX-RateLimit-Remaining: ",
-        b"\r\nX-RateLimit-Reset: ",
-        b"\r\nRateLimit-Policy: " + field.encode() + b'\r\nRateLimit: "' + spec.name.encode()
-        + b'";r=',
-        b";t=",
-        b"\r\n",
-    )  # fmt: skip
-    return Tier(label, algo, fallback, field.encode(), quota, parts)
+        f"X-RateLimit-Limit: {quota}\r\nX-RateLimit-Remaining: ",
+        "\r\nX-RateLimit-Reset: ",
+        f'\r\nRateLimit-Policy: {field}\r\nRateLimit: "{spec.name}";r=',
+        ";t=",
+        "\r\n",
+    )
+    return Tier(label, algo, fallback, field.encode(), quota.encode(), parts)
 
 
 def build_policy(
