@@ -27,15 +27,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from .algorithms import Algorithm, Decision, SlidingWindow, decide
 
 DEFAULT_MAX_KEYS = 200_000
 # Idle keys are looked for in batches: an iterator over the LRU end per call
-# cost a fifth of a decision.
-SWEEP_EVERY = 16
-SWEEP_KEYS = 32
+# cost a fifth of a decision. (Final: compiled, constants, not globals looked
+# up each call.)
+SWEEP_EVERY: Final = 16
+SWEEP_KEYS: Final = 32
 
 
 class LocalStore:
