@@ -28,25 +28,51 @@ integer microseconds; tests check both give the same decisions.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 EPS = 1e-9  # float slack: n * T computed twice may differ in the last bit
 
 
-class Decision(NamedTuple):
+class Decision:
     """One answer. Times are seconds from `now`.
 
     remaining: further requests that would be allowed right now;
     reset: until the limit is fully reset (bucket empty / oldest entry leaves);
     retry_after: when refused, until a retry would be allowed (else 0);
     delay: how long an allowed request must wait before it proceeds (leaky delay mode).
+
+    A class, not a NamedTuple: compiled, it is one allocation holding its numbers
+    unboxed (a NamedTuple was an argument tuple, the numbers' objects and a copy
+    into the subclass's tuple, each request). Not to be changed once made.
     """
 
-    allowed: bool
-    remaining: int
-    reset: float
-    retry_after: float
-    delay: float
+    __slots__ = ("allowed", "delay", "remaining", "reset", "retry_after")
+
+    def __init__(
+        self, allowed: bool, remaining: int, reset: float, retry_after: float, delay: float
+    ) -> None:
+        self.allowed = allowed
+        self.remaining = remaining
+        self.reset = reset
+        self.retry_after = retry_after
+        self.delay = delay
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(allowed={self.allowed}, remaining={self.remaining}, reset={self.reset}, "
+            f"retry_after={self.retry_after}, delay={self.delay})"
+        )
+
+    def __eq__(self, other: object) -> bool:  # by value, as the NamedTuple it was
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return (
+            self.allowed == other.allowed
+            and self.remaining == other.remaining
+            and self.reset == other.reset
+            and self.retry_after == other.retry_after
+            and self.delay == other.delay
+        )
 
 
 class TokenBucket(NamedTuple):
@@ -112,14 +138,8 @@ def _gcra(
     if new - now <= limit + EPS:
         # int() is floor() here: the quotient is above -1 (new - now <= limit + EPS)
         remaining = int((limit - (new - now)) / t + EPS)
-        return _decision(
-            Decision, (True, remaining, new - now, 0.0, start - now if delay else 0.0)
-        ), new
-    return _decision(Decision, (False, 0, start - now, new - now - limit, 0.0)), tat
-
-
-# Decision's own __new__ is Python code; tuple's is not (a request decides once).
-_decision = tuple.__new__
+        return Decision(True, remaining, new - now, 0.0, start - now if delay else 0.0), new
+    return Decision(False, 0, start - now, new - now - limit, 0.0), tat
 
 
 def _refund(tat: float | None, now: float, t: float) -> float | None:
@@ -179,3 +199,14 @@ def _prune(log: list[float], horizon: float) -> None:
 
 
 Algorithm = TokenBucket | LeakyBucket | SlidingWindow
+
+
+def decide(algo: Algorithm, state: Any, now: float) -> tuple[Decision, Any]:
+    """`algo.decide(state, now)`. Compiled, a bucket's is a native call: a method
+    called on the union is looked up by name and its arguments boxed and parsed,
+    which cost as much as the decision itself (the stores call this)."""
+    if isinstance(algo, TokenBucket):
+        return _gcra(state, now, 1.0 / algo.rate, algo.burst, False)
+    if isinstance(algo, LeakyBucket):
+        return _gcra(state, now, 1.0 / algo.rate, algo.burst + 1, algo.delay)
+    return algo.decide(state, now)

@@ -27,15 +27,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, cast
 
-from .algorithms import Algorithm, Decision, SlidingWindow
+from .algorithms import Algorithm, Decision, SlidingWindow, decide
 
 DEFAULT_MAX_KEYS = 200_000
 # Idle keys are looked for in batches: an iterator over the LRU end per call
-# cost a fifth of a decision.
-SWEEP_EVERY = 16
-SWEEP_KEYS = 32
+# cost a fifth of a decision. (Final: compiled, constants, not globals looked
+# up each call.)
+SWEEP_EVERY: Final = 16
+SWEEP_KEYS: Final = 32
 
 
 class LocalStore:
@@ -60,7 +61,7 @@ class LocalStore:
     def take(self, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
         """Decide for one request under `key`; returns (decision, refund token)."""
         states = self._states
-        decision, state = algo.decide(states.get(key), now)
+        decision, state = decide(algo, states.get(key), now)
         if state is None:
             states.pop(key, None)
         else:
@@ -138,6 +139,9 @@ class BucketPath:
         self.miss = miss
 
     def __call__(self, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
+        return self.take(key, algo, now)
+
+    def take(self, key: str, algo: Algorithm, now: float) -> tuple[Decision, Any]:
         where = self.places.get(key)
         if where is None:
             return self.miss(key, algo, now)
@@ -149,11 +153,15 @@ class BucketPath:
         try:
             if slot >= 0:
                 mm = self.mm
-                fp, touched, dirty, count, tat = self.read(mm, slot)
-                if fp == where[0] and count and not dirty:
+                # Typed: unpacked by index, not through an iterator (compiled); the
+                # fp stays an object, as the one it is compared with.
+                row = cast(tuple[Any, float, int, int, float], self.read(mm, slot))
+                count = row[3]
+                if row[0] == where[0] and count and not row[2]:
+                    touched = row[1]
                     if touched > now:
                         now = touched
-                    decision, state = algo.decide(tat, now)
+                    decision, state = decide(algo, row[4], now)
                     if state is None:
                         self.free(slot)
                     else:  # dirty and count as they were

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -23,7 +23,10 @@ from ..observe.metrics import RATELIMIT
 
 log = structlog.get_logger("pyproxyd.ratelimit")
 
-ALLOWED, REJECTED, DELAYED = 0, 1, 2
+# Final: compiled, a constant in the modules that import it, not a global looked up.
+ALLOWED: Final = 0
+REJECTED: Final = 1
+DELAYED: Final = 2
 RESULTS = ("allowed", "rejected", "delayed")
 SUMMARY_EVERY = 10.0
 MAX_KEYS = 10_000  # per policy and period, for the summary and the log throttle
@@ -31,32 +34,37 @@ TOP_KEYS = 10
 
 
 class PolicyStats:
-    """Decisions of one policy: cumulative per (route, tier), and per key this period."""
+    """Decisions of one policy: cumulative per (route, tier), and per key this period.
+
+    The request path counts through `counter(route, tier)` (a list it may keep:
+    counts are only ever added to, never replaced) and `count_key`; a period's
+    counts per (route, tier) are the cumulative ones less those at the last
+    summary, so a request touches no per-period table but the keys'.
+    """
 
     __slots__ = (
-        "_children", "_exported", "_logged", "algorithm", "counts", "keys", "name", "period",
+        "_children", "_exported", "_logged", "_summarised", "algorithm", "counts", "keys", "name",
     )  # fmt: skip
 
     def __init__(self, name: str, algorithm: str) -> None:
         self.name = name
         self.algorithm = algorithm
         self.counts: dict[tuple[str, str], list[int]] = {}  # (route, tier) -> per result
-        self.period: dict[tuple[str, str], list[int]] = {}
+        self._summarised: dict[tuple[str, str], list[int]] = {}  # counts at the last summary
         self.keys: dict[str, list[int]] = {}  # key -> [allowed, rejected] this period
         self._logged: dict[str, int] = {}  # key -> the second it was last logged
         self._children: dict[tuple[str, str, int], Any] = {}
         self._exported: dict[tuple[str, str], list[int]] = {}  # counts already in prometheus
 
-    def count(self, route: str, tier: str, key: str, result: int) -> None:
+    def counter(self, route: str, tier: str) -> list[int]:
+        """The cumulative counts of (route, tier), per result: add to them."""
         rt = (route, tier)
         c = self.counts.get(rt)
         if c is None:
             c = self.counts[rt] = [0, 0, 0]
-        c[result] += 1
-        p = self.period.get(rt)
-        if p is None:
-            p = self.period[rt] = [0, 0, 0]
-        p[result] += 1
+        return c
+
+    def count_key(self, key: str, result: int) -> None:
         k = self.keys.get(key)
         if k is None:
             if len(self.keys) >= MAX_KEYS:
@@ -65,6 +73,10 @@ class PolicyStats:
             if k is None:
                 k = self.keys[key] = [0, 0]
         k[result == REJECTED] += 1
+
+    def count(self, route: str, tier: str, key: str, result: int) -> None:
+        self.counter(route, tier)[result] += 1
+        self.count_key(key, result)
 
     def export(self) -> None:
         """Add what `counts` gained since the last call to the prometheus counter
@@ -106,12 +118,20 @@ class PolicyStats:
         )
 
     def summary(self) -> dict[str, Any] | None:
-        """The period's counts (and reset them); None when there were none."""
-        if not self.period:
+        """The period's counts (and start the next period); None when there were none."""
+        period = {}
+        for rt, counts in self.counts.items():
+            last = self._summarised.get(rt)
+            if last is None:
+                last = self._summarised[rt] = [0, 0, 0]
+            if counts != last:
+                period[rt] = [n - was for n, was in zip(counts, last, strict=True)]
+                last[:] = counts
+        if not period:
             return None
         routes = [
             {"route": r, "tier": t, **dict(zip(RESULTS, c, strict=True))}
-            for (r, t), c in sorted(self.period.items())
+            for (r, t), c in sorted(period.items())
         ]
         top = sorted(self.keys.items(), key=lambda kv: (-kv[1][1], -kv[1][0]))[:TOP_KEYS]
         out = {
@@ -121,7 +141,6 @@ class PolicyStats:
             "keys": len(self.keys),
             "top_keys": [{"key": k, "allowed": a, "rejected": r} for k, (a, r) in top],
         }
-        self.period = {}
         self.keys = {}
         return out
 

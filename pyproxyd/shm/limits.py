@@ -80,7 +80,7 @@ class SharedStore:
     """Limiter state of one policy, one per instance (see LocalStore for the interface)."""
 
     __slots__ = (
-        "_cap", "_hashed", "_mm", "_table", "_tag", "_window", "_zone", "evicted", "take",
+        "_cap", "_hashed", "_mm", "_table", "_tag", "_window", "_zone", "evicted", "path", "take",
     )  # fmt: skip
 
     local = True  # decides synchronously, as LocalStore
@@ -100,11 +100,14 @@ class SharedStore:
         # take(key, algo, now) -> (decision, refund token): for the buckets, the
         # compiled request path (ratelimit/local.py), which calls back _claim
         # under the lock and _take for a key it has no place for.
+        # `path`: the same BucketPath, for a compiled caller to call natively.
         self.take: Take = self._take
+        self.path: BucketPath | None = None
         if not self._window:
             slot = (_ONE_SLOT.unpack_from, _AFTER_FP.pack_into, _AFTER_FP_AT, zone.free)
             locks = (mutex_lock, mutex_unlock, taken)
-            self.take = BucketPath(self._hashed, self._mm, slot, locks, self._claim, self._take)
+            path = BucketPath(self._hashed, self._mm, slot, locks, self._claim, self._take)
+            self.take = self.path = path
 
     def __repr__(self) -> str:
         return f"<SharedStore {self._tag[:-1].decode()!r} {self._table!r}>"

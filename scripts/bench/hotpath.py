@@ -55,7 +55,11 @@ upstream = "backend"
 """
 # Issue 9's second target: the same route with a local token bucket that never
 # refuses, and with a cached RS256 JWT check: features_bench.py's rows.
-from features_bench import EXTRA as FLAVOURS  # noqa: E402
+# Issue 18's: any of them "-shared", compiled with a shared zone as a worker of
+# `workers > 1` is (local limits, breakers and ejection in pyproxyd/shm).
+from features_bench import EXTRA  # noqa: E402
+
+FLAVOURS = {**EXTRA, **{f"{k}-shared": v for k, v in EXTRA.items()}}
 
 REQUEST = b"GET /api/users/1 HTTP/1.1\r\nHost: 127.0.0.1:18200\r\n\r\n"
 BODY = b'{"id":1,"name":"user","email":"user@example.com","active":true}'
@@ -121,7 +125,7 @@ async def _rig(flavour: str) -> Any:
 
     request = REQUEST
     with tempfile.TemporaryDirectory() as d:
-        if flavour == "jwt":
+        if flavour.startswith("jwt"):
             from auth_bench import make_token  # writes jwks.json
 
             token = make_token(Path(d))
@@ -129,7 +133,12 @@ async def _rig(flavour: str) -> Any:
         path = Path(d, "gateway.toml")
         path.write_text(CONFIG + FLAVOURS[flavour])
         configure("json", "info", "/dev/null")
-        snap = compile_snapshot(load(path))
+        zone = None
+        if flavour.endswith("-shared"):
+            from pyproxyd.shm.zone import Zone
+
+            zone = Zone.create()
+        snap = compile_snapshot(load(path), zone=zone)
     proxy = Proxy(SnapshotHolder(snap), AccessLog())
     front = Frontend(proxy, header_timeout=60, keepalive_timeout=75, max_header_size=8190)
     loop = asyncio.get_running_loop()
@@ -280,6 +289,8 @@ def main() -> None:
     # against the other checkout.
     if args.against is not None:
         rows = [(args.against, args.flavour), (REPO, args.flavour)]
+    elif args.flavour.endswith("-shared") and args.flavour != "plain-shared":
+        rows = [(REPO, "plain-shared"), (REPO, args.flavour)]
     elif args.flavour != "plain":
         rows = [(REPO, "plain"), (REPO, args.flavour)]
     else:
