@@ -10,10 +10,10 @@ import base64
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any
 
-from hpack.exceptions import HPACKError, OversizedHeaderListError
-from hpack.hpack import Decoder, Encoder
-from hyperframe.exceptions import InvalidPaddingError
-from hyperframe.frame import (
+from ..hpack.exceptions import HPACKError, OversizedHeaderListError
+from ..hpack.hpack import Decoder, Encoder
+from ..hyperframe.exceptions import InvalidPaddingError
+from ..hyperframe.frame import (
     AltSvcFrame,
     ContinuationFrame,
     DataFrame,
@@ -68,7 +68,7 @@ from .windows import WindowManager
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Iterable
 
-    from hpack.struct import Header, HeaderWeaklyTyped
+    from ..hpack.struct import Header, HeaderWeaklyTyped
 
     from ._typing import Buffer
 

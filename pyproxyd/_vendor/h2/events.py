@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from .settings import ChangedSetting, SettingCodes, Settings, _setting_code_from_int
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hpack.struct import Header
-    from hyperframe.frame import Frame
+    from ..hpack.struct import Header
+    from ..hyperframe.frame import Frame
 
     from .errors import ErrorCodes
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hyperframe.exceptions import InvalidDataError, InvalidFrameError
-from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, PushPromiseFrame
+from ..hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from ..hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, PushPromiseFrame
 
 from .exceptions import FrameDataMissingError, FrameTooLargeError, ProtocolError
 

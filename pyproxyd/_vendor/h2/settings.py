@@ -12,7 +12,7 @@ import collections
 import enum
 from collections.abc import Iterator, MutableMapping
 
-from hyperframe.frame import SettingsFrame
+from ..hyperframe.frame import SettingsFrame
 
 from .errors import ErrorCodes
 from .exceptions import InvalidSettingsValueError

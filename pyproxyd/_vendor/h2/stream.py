@@ -9,8 +9,8 @@ from __future__ import annotations
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, cast
 
-from hpack import HeaderTuple
-from hyperframe.frame import AltSvcFrame, ContinuationFrame, DataFrame, Frame, HeadersFrame, PushPromiseFrame, RstStreamFrame, WindowUpdateFrame
+from ..hpack import HeaderTuple
+from ..hyperframe.frame import AltSvcFrame, ContinuationFrame, DataFrame, Frame, HeadersFrame, PushPromiseFrame, RstStreamFrame, WindowUpdateFrame
 
 from .errors import ErrorCodes, _error_code_from_int
 from .events import (
@@ -48,8 +48,8 @@ from .windows import WindowManager
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Generator, Iterable
 
-    from hpack.hpack import Encoder
-    from hpack.struct import Header, HeaderWeaklyTyped
+    from ..hpack.hpack import Encoder
+    from ..hpack.struct import Header, HeaderWeaklyTyped
 
     from .config import H2Configuration
 

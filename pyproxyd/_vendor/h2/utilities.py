@@ -9,14 +9,14 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
+from ..hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 
 from .exceptions import FlowControlError, ProtocolError
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Generator, Iterable
 
-    from hpack.struct import Header, HeaderWeaklyTyped
+    from ..hpack.struct import Header, HeaderWeaklyTyped
 
 SIGIL = ord(b":")
 INFORMATIONAL_START = ord(b"1")
