@@ -9,7 +9,7 @@ from pathlib import Path
 # The request path: what runs per request or per header. Not here: modules
 # with async generators (mypyc cannot compile them: bodies.py), config and
 # CLI code (runs once), and anything tests patch at module level.
-MODULES = (
+OWN = (
     "pyproxyd.forwarding",
     "pyproxyd.framing",
     "pyproxyd.keys",
@@ -48,6 +48,32 @@ MODULES = (
     "pyproxyd.middleware.builtins",
     "pyproxyd.middleware.cors",
 )
+
+# python-hyper's HTTP/2 stack, vendored to be compiled too (pyproxyd/_vendor/README.md
+# lists the patches mypyc needed). Not here: hpack.struct (HeaderTuple subclasses
+# tuple), h2.config (descriptors), h2._typing (types only), the packages' __init__.
+VENDORED = (
+    "pyproxyd._vendor.h2.connection",
+    "pyproxyd._vendor.h2.errors",
+    "pyproxyd._vendor.h2.events",
+    "pyproxyd._vendor.h2.exceptions",
+    "pyproxyd._vendor.h2.frame_buffer",
+    "pyproxyd._vendor.h2.settings",
+    "pyproxyd._vendor.h2.stream",
+    "pyproxyd._vendor.h2.utilities",
+    "pyproxyd._vendor.h2.windows",
+    "pyproxyd._vendor.hpack.exceptions",
+    "pyproxyd._vendor.hpack.hpack",
+    "pyproxyd._vendor.hpack.huffman",
+    "pyproxyd._vendor.hpack.huffman_constants",
+    "pyproxyd._vendor.hpack.huffman_table",
+    "pyproxyd._vendor.hpack.table",
+    "pyproxyd._vendor.hyperframe.exceptions",
+    "pyproxyd._vendor.hyperframe.flags",
+    "pyproxyd._vendor.hyperframe.frame",
+)
+
+MODULES = OWN + VENDORED
 
 
 PACKAGE = Path(__file__).resolve().parent  # this module is never compiled: a true path

@@ -10,6 +10,7 @@ import base64
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any
 
+from .._mypyc import mypyc_attr
 from ..hpack.exceptions import HPACKError, OversizedHeaderListError
 from ..hpack.hpack import Decoder, Encoder
 from ..hyperframe.exceptions import InvalidPaddingError
@@ -258,6 +259,8 @@ class H2ConnectionStateMachine:
             msg = "Input must be an instance of ConnectionInputs"
             raise ValueError(msg)  # noqa: TRY004
 
+        # pyproxyd: annotated for mypyc (no transition has a function yet)
+        func: Callable[[], list[Event]] | None
         try:
             func, target_state = self._transitions[(self.state, input_)]
         except KeyError as e:
@@ -273,6 +276,8 @@ class H2ConnectionStateMachine:
             return []
 
 
+# pyproxyd: upstream/h2conn.py subclasses it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class H2Connection:
     """
     A low-level HTTP/2 connection object. This handles building and receiving

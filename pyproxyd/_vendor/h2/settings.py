@@ -12,6 +12,7 @@ import collections
 import enum
 from collections.abc import Iterator, MutableMapping
 
+from .._mypyc import mypyc_attr
 from ..hyperframe.frame import SettingsFrame
 
 from .errors import ErrorCodes
@@ -89,6 +90,8 @@ class ChangedSetting:
         )
 
 
+# pyproxyd: frontend/http2/connection.py subclasses it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Settings(MutableMapping[SettingCodes | int, int]):
     """
     An object that encapsulates HTTP/2 settings state.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .._mypyc import mypyc_attr
 from .exceptions import HPACKDecodingError, InvalidTableSizeError, OversizedHeaderListError
 from .huffman import HuffmanEncoder
 from .huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
@@ -159,6 +160,8 @@ def _to_bytes(value: bytes | str | Any) -> bytes:
     return value.encode("utf-8")  # type: ignore
 
 
+# pyproxyd: upstream/h2conn.py subclasses it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Encoder:
     """
     An HPACK encoder object. This object takes HTTP headers and emits encoded

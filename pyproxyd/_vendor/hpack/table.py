@@ -1,7 +1,7 @@
 # flake8: noqa
 from collections import deque
 import logging
-from typing import Optional
+from typing import ClassVar, Optional
 
 from .exceptions import InvalidTableIndex
 
@@ -35,11 +35,11 @@ class HeaderTable:
     """
     #: Default maximum size of the dynamic table. See
     #:  RFC7540 Section 6.5.2.
-    DEFAULT_SIZE = 4096
+    DEFAULT_SIZE: ClassVar[int] = 4096
 
     #: Constant list of static headers. See RFC7541 Section
     #:  2.3.1 and Appendix A
-    STATIC_TABLE = (
+    STATIC_TABLE: ClassVar[tuple[tuple[bytes, bytes], ...]] = (
         (b':authority'                  , b''             ),  # noqa
         (b':method'                     , b'GET'          ),  # noqa
         (b':method'                     , b'POST'         ),  # noqa
@@ -103,9 +103,9 @@ class HeaderTable:
         (b'www-authenticate'            , b''             ),  # noqa
     )  # noqa
 
-    STATIC_TABLE_LENGTH = len(STATIC_TABLE)
+    STATIC_TABLE_LENGTH: ClassVar[int] = len(STATIC_TABLE)
 
-    STATIC_TABLE_MAPPING: dict[bytes, tuple[int, dict[bytes, int]]]
+    STATIC_TABLE_MAPPING: ClassVar[dict[bytes, tuple[int, dict[bytes, int]]]]
 
     def __init__(self) -> None:
         self._maxsize = HeaderTable.DEFAULT_SIZE

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import binascii
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from collections.abc import Iterable  # pragma: no cover
+
+from .._mypyc import trait
 
 from .exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError, UnknownFrameError
 from .flags import Flag, Flags
@@ -45,14 +47,14 @@ class Frame:
     """
 
     #: The flags defined on this type of frame.
-    defined_flags: list[Flag] = []
+    defined_flags: ClassVar[list[Flag]] = []
 
     #: The byte used to define the type of the frame.
-    type: int | None = None
+    type: ClassVar[int | None] = None
 
     # If 'has-stream', the frame's stream_id must be non-zero. If 'no-stream',
     # it must be zero. If 'either', it's not checked.
-    stream_association: str | None = None
+    stream_association: ClassVar[str | None] = None
 
     def __init__(self, stream_id: int, flags: Iterable[str] = ()) -> None:
         #: The stream identifier for the stream this frame was received on.
@@ -194,25 +196,27 @@ class Frame:
         raise NotImplementedError
 
 
+@trait
 class Padding:
     """
     Mixin for frames that contain padding. Defines extra fields that can be
     used and set by frames that can be padded.
+
+    (pyproxyd: a mypyc trait, so its frames set pad_length themselves.)
     """
 
-    def __init__(self, stream_id: int, pad_length: int = 0, **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)  # type: ignore
+    flags: Flags
 
-        #: The length of the padding to use.
-        self.pad_length = pad_length
+    #: The length of the padding to use.
+    pad_length: int
 
     def serialize_padding_data(self) -> bytes:
-        if "PADDED" in self.flags:  # type: ignore
+        if "PADDED" in self.flags:
             return _STRUCT_B.pack(self.pad_length)
         return b""
 
     def parse_padding_data(self, data: memoryview) -> int:
-        if "PADDED" in self.flags:  # type: ignore
+        if "PADDED" in self.flags:
             try:
                 self.pad_length = struct.unpack("!B", data[:1])[0]
             except struct.error as err:
@@ -234,28 +238,23 @@ class Padding:
         return self.pad_length
 
 
+@trait
 class Priority:
     """
     Mixin for frames that contain priority data. Defines extra fields that can
     be used and set by frames that contain priority data.
+
+    (pyproxyd: a mypyc trait, so its frames set these attributes themselves.)
     """
 
-    def __init__(self,
-                 stream_id: int,
-                 depends_on: int = 0x0,
-                 stream_weight: int = 0x0,
-                 exclusive: bool = False,
-                 **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)  # type: ignore
+    #: The stream ID of the stream on which this stream depends.
+    depends_on: int
 
-        #: The stream ID of the stream on which this stream depends.
-        self.depends_on = depends_on
+    #: The weight of the stream. This is an integer between 0 and 256.
+    stream_weight: int
 
-        #: The weight of the stream. This is an integer between 0 and 256.
-        self.stream_weight = stream_weight
-
-        #: Whether the exclusive bit was set.
-        self.exclusive = exclusive
+    #: Whether the exclusive bit was set.
+    exclusive: bool
 
     def serialize_priority_data(self) -> bytes:
         return _STRUCT_LB.pack(
@@ -275,7 +274,7 @@ class Priority:
         return 5
 
 
-class DataFrame(Padding, Frame):
+class DataFrame(Frame, Padding):
     """
     DATA frames convey arbitrary, variable-length sequences of octets
     associated with a stream. One or more DATA frames are used, for instance,
@@ -293,8 +292,10 @@ class DataFrame(Padding, Frame):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, data: bytes = b"", **kwargs: Any) -> None:
+    def __init__(self, stream_id: int, data: bytes = b"", *, pad_length: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(stream_id, **kwargs)
+        self.pad_length = pad_length
 
         #: The data contained on this frame.
         self.data = data
@@ -331,7 +332,7 @@ class DataFrame(Padding, Frame):
         return len(self.data) + padding_len
 
 
-class PriorityFrame(Priority, Frame):
+class PriorityFrame(Frame, Priority):
     """
     The PRIORITY frame specifies the sender-advised priority of a stream. It
     can be sent at any time for an existing stream. This enables
@@ -339,12 +340,23 @@ class PriorityFrame(Priority, Frame):
     """
 
     #: The flags defined for PRIORITY frames.
-    defined_flags: list[Flag] = []
+    defined_flags: ClassVar[list[Flag]] = []
 
     #: The type byte defined for PRIORITY frames.
     type = 0x02
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
+
+    def __init__(self,
+                 stream_id: int,
+                 depends_on: int = 0x0,
+                 stream_weight: int = 0x0,
+                 exclusive: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(stream_id, **kwargs)
+        self.depends_on = depends_on
+        self.stream_weight = stream_weight
+        self.exclusive = exclusive
 
     def _body_repr(self) -> str:
         return f"exclusive={self.exclusive}, depends_on={self.depends_on}, stream_weight={self.stream_weight}"
@@ -372,7 +384,7 @@ class RstStreamFrame(Frame):
     """
 
     #: The flags defined for RST_STREAM frames.
-    defined_flags: list[Flag] = []
+    defined_flags: ClassVar[list[Flag]] = []
 
     #: The type byte defined for RST_STREAM frames.
     type = 0x03
@@ -429,19 +441,19 @@ class SettingsFrame(Frame):
     # We need to define the known settings, they may as well be class
     # attributes.
     #: The byte that signals the SETTINGS_HEADER_TABLE_SIZE setting.
-    HEADER_TABLE_SIZE = 0x01
+    HEADER_TABLE_SIZE: ClassVar[int] = 0x01
     #: The byte that signals the SETTINGS_ENABLE_PUSH setting.
-    ENABLE_PUSH = 0x02
+    ENABLE_PUSH: ClassVar[int] = 0x02
     #: The byte that signals the SETTINGS_MAX_CONCURRENT_STREAMS setting.
-    MAX_CONCURRENT_STREAMS = 0x03
+    MAX_CONCURRENT_STREAMS: ClassVar[int] = 0x03
     #: The byte that signals the SETTINGS_INITIAL_WINDOW_SIZE setting.
-    INITIAL_WINDOW_SIZE = 0x04
+    INITIAL_WINDOW_SIZE: ClassVar[int] = 0x04
     #: The byte that signals the SETTINGS_MAX_FRAME_SIZE setting.
-    MAX_FRAME_SIZE = 0x05
+    MAX_FRAME_SIZE: ClassVar[int] = 0x05
     #: The byte that signals the SETTINGS_MAX_HEADER_LIST_SIZE setting.
-    MAX_HEADER_LIST_SIZE = 0x06
+    MAX_HEADER_LIST_SIZE: ClassVar[int] = 0x06
     #: The byte that signals SETTINGS_ENABLE_CONNECT_PROTOCOL setting.
-    ENABLE_CONNECT_PROTOCOL = 0x08
+    ENABLE_CONNECT_PROTOCOL: ClassVar[int] = 0x08
 
     def __init__(self, stream_id: int = 0, settings: dict[int, int] | None = None, **kwargs: Any) -> None:
         super().__init__(stream_id, **kwargs)
@@ -479,7 +491,7 @@ class SettingsFrame(Frame):
         self.body_len = body_len
 
 
-class PushPromiseFrame(Padding, Frame):
+class PushPromiseFrame(Frame, Padding):
     """
     The PUSH_PROMISE frame is used to notify the peer endpoint in advance of
     streams the sender intends to initiate.
@@ -496,8 +508,10 @@ class PushPromiseFrame(Padding, Frame):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, promised_stream_id: int = 0, data: bytes = b"", **kwargs: Any) -> None:
+    def __init__(self, stream_id: int, promised_stream_id: int = 0, data: bytes = b"", *,
+                 pad_length: int = 0, **kwargs: Any) -> None:
         super().__init__(stream_id, **kwargs)
+        self.pad_length = pad_length
 
         #: The stream ID that is promised by this frame.
         self.promised_stream_id = promised_stream_id
@@ -591,7 +605,7 @@ class GoAwayFrame(Frame):
     """
 
     #: The flags defined for GOAWAY frames.
-    defined_flags: list[Flag] = []
+    defined_flags: ClassVar[list[Flag]] = []
 
     #: The type byte defined for GOAWAY frames.
     type = 0x07
@@ -657,7 +671,7 @@ class WindowUpdateFrame(Frame):
     """
 
     #: The flags defined for WINDOW_UPDATE frames.
-    defined_flags: list[Flag] = []
+    defined_flags: ClassVar[list[Flag]] = []
 
     #: The type byte defined for WINDOW_UPDATE frames.
     type = 0x08
@@ -694,7 +708,7 @@ class WindowUpdateFrame(Frame):
         self.body_len = 4
 
 
-class HeadersFrame(Padding, Priority, Frame):
+class HeadersFrame(Frame, Padding, Priority):
     """
     The HEADERS frame carries name-value pairs. It is used to open a stream.
     HEADERS frames can be sent on a stream in the "open" or "half closed
@@ -720,8 +734,14 @@ class HeadersFrame(Padding, Priority, Frame):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, data: bytes = b"", **kwargs: Any) -> None:
+    def __init__(self, stream_id: int, data: bytes = b"", *, pad_length: int = 0,
+                 depends_on: int = 0x0, stream_weight: int = 0x0, exclusive: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(stream_id, **kwargs)
+        self.pad_length = pad_length
+        self.depends_on = depends_on
+        self.stream_weight = stream_weight
+        self.exclusive = exclusive
 
         #: The HPACK-encoded header block.
         self.data = data
@@ -871,12 +891,13 @@ class ExtensionFrame(Frame):
 
     def __init__(self, type: int, stream_id: int, flag_byte: int = 0x0, body: bytes = b"", **kwargs: Any) -> None:  # noqa: A002
         super().__init__(stream_id, **kwargs)
-        self.type = type
+        # pyproxyd: `type` is a class variable of every other frame (mypyc)
+        self.extension_type = type
         self.flag_byte = flag_byte
         self.body = body
 
     def _body_repr(self) -> str:
-        return f"type={self.type}, flag_byte={self.flag_byte}, body={_raw_data_repr(self.body)}"
+        return f"type={self.extension_type}, flag_byte={self.flag_byte}, body={_raw_data_repr(self.body)}"
 
     def parse_flags(self, flag_byte: int) -> None:  # type: ignore
         """
@@ -902,7 +923,7 @@ class ExtensionFrame(Frame):
         header = _STRUCT_HBBBL.pack(
             (self.body_len >> 8) & 0xFFFF,  # Length spread over top 24 bits
             self.body_len & 0xFF,
-            self.type,
+            self.extension_type,
             flags,
             self.stream_id & 0x7FFFFFFF,  # Stream ID is 32 bits.
         )
