@@ -51,7 +51,8 @@ OWN = (
 
 # python-hyper's HTTP/2 stack, vendored to be compiled too (pyproxyd/_vendor/README.md
 # lists the patches mypyc needed). Not here: hpack.struct (HeaderTuple subclasses
-# tuple), h2.config (descriptors), h2._typing (types only), the packages' __init__.
+# tuple), hpack.huffman_table (its 4096-entry literal exhausts mypyc), h2.config
+# (descriptors), h2._typing (types only), the packages' __init__.
 VENDORED = (
     "pyproxyd._vendor.h2.connection",
     "pyproxyd._vendor.h2.errors",
@@ -66,7 +67,7 @@ VENDORED = (
     "pyproxyd._vendor.hpack.hpack",
     "pyproxyd._vendor.hpack.huffman",
     "pyproxyd._vendor.hpack.huffman_constants",
-    "pyproxyd._vendor.hpack.huffman_table",
+    "pyproxyd._vendor.hpack.huffman_decode",
     "pyproxyd._vendor.hpack.table",
     "pyproxyd._vendor.hyperframe.exceptions",
     "pyproxyd._vendor.hyperframe.flags",

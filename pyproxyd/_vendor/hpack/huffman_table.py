@@ -69,57 +69,8 @@ iterations is 4x the number of bytes passed to the decoder.
 """
 from __future__ import annotations
 
-from .exceptions import HPACKDecodingError
-
-
-# This defines the state machine "class" at the top of the file. The reason we
-# do this is to keep the terrifing monster state table at the *bottom* of the
-# file so you don't have to actually *look* at the damn thing.
-def decode_huffman(huffman_string: bytes | bytearray | memoryview | None) -> bytes:
-    """
-    Given a bytestring of Huffman-encoded data for HPACK, returns a bytestring
-    of the decompressed data.
-    """
-    if not huffman_string:
-        return b""
-
-    state = 0
-    flags = 0
-    decoded_bytes = bytearray()
-
-    # pyproxyd: iterated as it comes (bytes, bytearray and memoryview all yield
-    # ints); the original's `huffman_string = bytearray(huffman_string)`, a
-    # parameter rebound to another type, crashes mypyc.
-
-    # This loop is unrolled somewhat. Because we use a nibble, not a byte, we
-    # need to handle each nibble twice. We unroll that: it makes the loop body
-    # a bit longer, but that's ok.
-    for input_byte in huffman_string:
-        index = (state * 16) + (input_byte >> 4)
-        state, flags, output_byte = HUFFMAN_TABLE[index]
-
-        if flags & HUFFMAN_FAIL:
-            msg = "Invalid Huffman string"
-            raise HPACKDecodingError(msg)
-
-        if flags & HUFFMAN_EMIT_SYMBOL:
-            decoded_bytes.append(output_byte)
-
-        index = (state * 16) + (input_byte & 0x0F)
-        state, flags, output_byte = HUFFMAN_TABLE[index]
-
-        if flags & HUFFMAN_FAIL:
-            msg = "Invalid Huffman string"
-            raise HPACKDecodingError(msg)
-
-        if flags & HUFFMAN_EMIT_SYMBOL:
-            decoded_bytes.append(output_byte)
-
-    if not (flags & HUFFMAN_COMPLETE):
-        msg = "Incomplete Huffman string"
-        raise HPACKDecodingError(msg)
-
-    return bytes(decoded_bytes)
+# pyproxyd: decode_huffman lives in huffman_decode.py, compiled by mypyc; this
+# module, the table, stays interpreted (mypyc runs out of memory on its literal).
 
 
 # Some decoder flags to control state transitions.
