@@ -104,6 +104,26 @@ STREAM_OPEN[StreamState.HALF_CLOSED_LOCAL] = True
 STREAM_OPEN[StreamState.HALF_CLOSED_REMOTE] = True
 
 
+class StreamTally:
+    """
+    pyproxyd: what H2Connection._open_streams used to find by walking every
+    stream on every new one: how many streams are open, by stream ID parity,
+    and which streams closed since it last looked. Kept by the state machines
+    of a connection's streams as their state changes.
+    """
+
+    def __init__(self) -> None:
+        self.open = [0, 0]
+        self.closed: list[int] = []
+
+    def moved(self, stream_id: int, before: StreamState, after: StreamState) -> None:
+        was_open = STREAM_OPEN[before]
+        if was_open != STREAM_OPEN[after]:
+            self.open[stream_id % 2] += -1 if was_open else 1
+        if after == StreamState.CLOSED:
+            self.closed.append(stream_id)
+
+
 class H2StreamStateMachine:
     """
     A single HTTP/2 stream state machine.
@@ -118,6 +138,9 @@ class H2StreamStateMachine:
     def __init__(self, stream_id: int) -> None:
         self.state = StreamState.IDLE
         self.stream_id = stream_id
+
+        # pyproxyd: the connection's StreamTally, told of every state change
+        self.tally: StreamTally | None = None
 
         #: Whether this peer is the client side of this stream.
         self.client: bool | None = None
@@ -139,6 +162,14 @@ class H2StreamStateMachine:
             msg = "Input must be an instance of StreamInputs"
             raise ValueError(msg)  # noqa: TRY004
 
+        before = self.state
+        try:
+            return self._process_input(input_)
+        finally:
+            if self.tally is not None and self.state != before:
+                self.tally.moved(self.stream_id, before, self.state)
+
+    def _process_input(self, input_: StreamInputs) -> list[Event]:
         try:
             func, target_state = _transitions[(self.state, input_)]
         except KeyError as err:

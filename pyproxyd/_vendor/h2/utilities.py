@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._mypyc import mypyc_attr
 from ..hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 
 from .exceptions import FlowControlError, ProtocolError
@@ -706,6 +707,8 @@ def validate_outbound_headers(headers: Iterable[Header],
 
 
 
+# pyproxyd: a native class over OrderedDict crashes the garbage collector
+@mypyc_attr(native_class=False)
 class SizeLimitDict(collections.OrderedDict[int, Any]):
 
     def __init__(self, *args: dict[int, int], **kwargs: Any) -> None:
