@@ -1527,12 +1527,12 @@ class H2Connection:
             self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
             msg = "Received frame with invalid padding."
             raise ProtocolError(msg) from e
-        except ProtocolError as e:
+        except ProtocolError as pe:  # pyproxyd: a name of its own (mypyc types a reused `as` name by its first clause)
             # For whatever reason, receiving the frame caused a protocol error.
             # We should prepare to emit a GoAway frame before throwing the
             # exception up further. No need for an event: the exception will
             # do fine.
-            self._terminate_connection(e.error_code)
+            self._terminate_connection(pe.error_code)
             raise
 
         return events
@@ -1561,7 +1561,7 @@ class H2Connection:
                 events = e._events
             else:
                 raise
-        except StreamIDTooLowError as e:
+        except StreamIDTooLowError as le:  # pyproxyd: a name of its own (mypyc types a reused `as` name by its first clause)
             # The stream ID seems invalid. This may happen when the closed
             # stream has been cleaned up, or when the remote peer has opened a
             # new stream with a higher stream ID than this one, forcing it
@@ -1569,15 +1569,15 @@ class H2Connection:
             #
             # Check how the stream was closed: depending on the mechanism, it
             # is either a stream error or a connection error.
-            if self._stream_is_closed_by_reset(e.stream_id):
+            if self._stream_is_closed_by_reset(le.stream_id):
                 # Closed by RST_STREAM is a stream error.
-                f = RstStreamFrame(e.stream_id)
+                f = RstStreamFrame(le.stream_id)
                 f.error_code = ErrorCodes.STREAM_CLOSED
                 self._prepare_for_sending([f])
                 events = []
-            elif self._stream_is_closed_by_end(e.stream_id):
+            elif self._stream_is_closed_by_end(le.stream_id):
                 # Closed by END_STREAM is a connection error.
-                raise StreamClosedError(e.stream_id) from e
+                raise StreamClosedError(le.stream_id) from le
             else:
                 # Closed implicitly, also a connection error, but of type
                 # PROTOCOL_ERROR.
@@ -2115,9 +2115,9 @@ def _decode_headers(decoder: Decoder, encoded_header_block: bytes) -> Iterable[H
         # accept.
         msg = f"Oversized header block: {e}"
         raise DenialOfServiceError(msg) from e
-    except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
+    except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as de:  # pyproxyd: a name of its own (mypyc types a reused `as` name by its first clause)
         # We should only need HPACKError here, but versions of HPACK older
         # than 2.1.0 throw all three others as well. For maximum
         # compatibility, catch all of them.
-        msg = f"Error decoding header block: {e}"
-        raise ProtocolError(msg) from e
+        msg = f"Error decoding header block: {de}"
+        raise ProtocolError(msg) from de

@@ -146,12 +146,12 @@ class FrameBuffer:
         # Try to parse the frame body
         try:
             f.parse_body(memoryview(self._data[9:9+length]))
-        except InvalidDataError as err:
+        except InvalidDataError as derr:  # pyproxyd: a name of its own (mypyc types a reused `as` name by its first clause)
             msg = "Received frame with non-compliant data"
-            raise ProtocolError(msg) from err
-        except InvalidFrameError as err:
+            raise ProtocolError(msg) from derr
+        except InvalidFrameError as ferr:
             msg = "Frame data missing or invalid"
-            raise FrameDataMissingError(msg) from err
+            raise FrameDataMissingError(msg) from ferr
 
         # At this point, as we know we'll use or discard the entire frame, we
         # can update the data.

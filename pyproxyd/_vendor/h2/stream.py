@@ -186,9 +186,9 @@ class H2StreamStateMachine:
                 except ProtocolError:
                     self.state = StreamState.CLOSED
                     raise
-                except AssertionError as err:  # pragma: no cover
+                except AssertionError as aerr:  # pragma: no cover  (pyproxyd: a name of its own, mypyc)
                     self.state = StreamState.CLOSED
-                    raise ProtocolError(err) from err
+                    raise ProtocolError(aerr) from aerr
 
             return []
 

@@ -138,9 +138,9 @@ class Frame:
 
         try:
             frame = FRAMES[typ_e](stream_id)
-        except KeyError as err:
+        except KeyError as kerr:  # pyproxyd: a name of its own (mypyc types a reused `as` name by its first clause)
             if strict:
-                raise UnknownFrameError(typ_e, length) from err
+                raise UnknownFrameError(typ_e, length) from kerr
             frame = ExtensionFrame(type=typ_e, stream_id=stream_id)
 
         frame.parse_flags(flags)
@@ -895,6 +895,11 @@ class ExtensionFrame(Frame):
         self.extension_type = type
         self.flag_byte = flag_byte
         self.body = body
+
+    @property
+    def type(self) -> int:  # type: ignore[override]
+        # pyproxyd: reads as before (the frame's own type byte)
+        return self.extension_type
 
     def _body_repr(self) -> str:
         return f"type={self.extension_type}, flag_byte={self.flag_byte}, body={_raw_data_repr(self.body)}"
