@@ -292,9 +292,9 @@ class DataFrame(Frame, Padding):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, data: bytes = b"", *, pad_length: int = 0,
+    def __init__(self, stream_id: int, data: bytes = b"", *, flags: Iterable[str] = (), pad_length: int = 0,
                  **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+        super().__init__(stream_id, flags, **kwargs)
         self.pad_length = pad_length
 
         #: The data contained on this frame.
@@ -352,8 +352,8 @@ class PriorityFrame(Frame, Priority):
                  depends_on: int = 0x0,
                  stream_weight: int = 0x0,
                  exclusive: bool = False,
-                 **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+                 *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
         self.depends_on = depends_on
         self.stream_weight = stream_weight
         self.exclusive = exclusive
@@ -391,8 +391,8 @@ class RstStreamFrame(Frame):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, error_code: int = 0, **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+    def __init__(self, stream_id: int, error_code: int = 0, *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
 
         #: The error code used when resetting the stream.
         self.error_code = error_code
@@ -455,10 +455,10 @@ class SettingsFrame(Frame):
     #: The byte that signals SETTINGS_ENABLE_CONNECT_PROTOCOL setting.
     ENABLE_CONNECT_PROTOCOL: ClassVar[int] = 0x08
 
-    def __init__(self, stream_id: int = 0, settings: dict[int, int] | None = None, **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+    def __init__(self, stream_id: int = 0, settings: dict[int, int] | None = None, *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
 
-        if settings and "ACK" in kwargs.get("flags", ()):
+        if settings and "ACK" in flags:
             msg = "Settings must be empty if ACK flag is set."
             raise InvalidDataError(msg)
 
@@ -508,9 +508,9 @@ class PushPromiseFrame(Frame, Padding):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, promised_stream_id: int = 0, data: bytes = b"", *,
+    def __init__(self, stream_id: int, promised_stream_id: int = 0, data: bytes = b"", *, flags: Iterable[str] = (),
                  pad_length: int = 0, **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+        super().__init__(stream_id, flags, **kwargs)
         self.pad_length = pad_length
 
         #: The stream ID that is promised by this frame.
@@ -569,8 +569,8 @@ class PingFrame(Frame):
 
     stream_association = _STREAM_ASSOC_NO_STREAM
 
-    def __init__(self, stream_id: int = 0, opaque_data: bytes = b"", **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+    def __init__(self, stream_id: int = 0, opaque_data: bytes = b"", *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
 
         #: The opaque data sent in this PING frame, as a bytestring.
         self.opaque_data = opaque_data
@@ -617,8 +617,8 @@ class GoAwayFrame(Frame):
                  last_stream_id: int = 0,
                  error_code: int = 0,
                  additional_data: bytes = b"",
-                 **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+                 *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
 
         #: The last stream ID definitely seen by the remote peer.
         self.last_stream_id = last_stream_id
@@ -678,8 +678,8 @@ class WindowUpdateFrame(Frame):
 
     stream_association = _STREAM_ASSOC_EITHER
 
-    def __init__(self, stream_id: int, window_increment: int = 0, **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+    def __init__(self, stream_id: int, window_increment: int = 0, *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
 
         #: The amount the flow control window is to be incremented.
         self.window_increment = window_increment
@@ -734,10 +734,10 @@ class HeadersFrame(Frame, Padding, Priority):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, data: bytes = b"", *, pad_length: int = 0,
+    def __init__(self, stream_id: int, data: bytes = b"", *, flags: Iterable[str] = (), pad_length: int = 0,
                  depends_on: int = 0x0, stream_weight: int = 0x0, exclusive: bool = False,
                  **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+        super().__init__(stream_id, flags, **kwargs)
         self.pad_length = pad_length
         self.depends_on = depends_on
         self.stream_weight = stream_weight
@@ -798,8 +798,8 @@ class ContinuationFrame(Frame):
 
     stream_association = _STREAM_ASSOC_HAS_STREAM
 
-    def __init__(self, stream_id: int, data: bytes = b"", **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+    def __init__(self, stream_id: int, data: bytes = b"", *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
 
         #: The HPACK-encoded header block.
         self.data = data
@@ -835,8 +835,8 @@ class AltSvcFrame(Frame):
 
     stream_association = _STREAM_ASSOC_EITHER
 
-    def __init__(self, stream_id: int, origin: bytes = b"", field: bytes = b"", **kwargs: Any) -> None:
-        super().__init__(stream_id, **kwargs)
+    def __init__(self, stream_id: int, origin: bytes = b"", field: bytes = b"", *, flags: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(stream_id, flags, **kwargs)
 
         if not isinstance(origin, bytes):
             msg = "AltSvc origin must be a bytestring."
@@ -889,8 +889,8 @@ class ExtensionFrame(Frame):
 
     stream_association = _STREAM_ASSOC_EITHER
 
-    def __init__(self, type: int, stream_id: int, flag_byte: int = 0x0, body: bytes = b"", **kwargs: Any) -> None:  # noqa: A002
-        super().__init__(stream_id, **kwargs)
+    def __init__(self, type: int, stream_id: int, flag_byte: int = 0x0, body: bytes = b"", *, flags: Iterable[str] = (), **kwargs: Any) -> None:  # noqa: A002
+        super().__init__(stream_id, flags, **kwargs)
         # pyproxyd: `type` is a class variable of every other frame (mypyc)
         self.extension_type = type
         self.flag_byte = flag_byte
