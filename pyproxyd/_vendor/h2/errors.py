@@ -10,6 +10,7 @@ https://tools.ietf.org/html/rfc7540#section-11.4
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class ErrorCodes(enum.IntEnum):
@@ -62,7 +63,9 @@ class ErrorCodes(enum.IntEnum):
     HTTP_1_1_REQUIRED = 0xd
 
 
-def _error_code_from_int(code: int) -> ErrorCodes | int:
+# pyproxyd: Any (for ErrorCodes | int): mypyc reduces that union to int, and a
+# compiled caller then handed on a plain int, not the ErrorCodes member
+def _error_code_from_int(code: int) -> Any:
     """
     Given an integer error code, returns either one of :class:`ErrorCodes
     <h2.errors.ErrorCodes>` or, if not present in the known set of codes,
