@@ -57,8 +57,8 @@ OWN = (
 # checks them and raises), hpack.hpack (a HeaderTuple, a tuple subclass, would
 # lose its class: mypyc unboxes it as a plain tuple), the exceptions modules (a
 # compiled exception class loses its class-level defaults: ProtocolError's
-# error_code), h2.errors (compiled, _error_code_from_int handed back a plain int,
-# not the ErrorCodes member), h2._typing (types only), the packages' __init__.
+# error_code), h2.errors (nothing hot), h2._typing (types only), the packages'
+# __init__.
 VENDORED = (
     "pyproxyd._vendor.h2.connection",
     "pyproxyd._vendor.h2.frame_buffer",
