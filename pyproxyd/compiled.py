@@ -19,7 +19,7 @@ except ImportError:  # an interpreted install without mypy: the options change n
 # The request path: what runs per request or per header. Not here: modules
 # with async generators (mypyc cannot compile them: bodies.py), config and
 # CLI code (runs once), and anything tests patch at module level.
-MODULES = (
+OWN = (
     "pyproxyd.forwarding",
     "pyproxyd.framing",
     "pyproxyd.keys",
@@ -63,6 +63,32 @@ MODULES = (
     "pyproxyd.middleware.builtins",
     "pyproxyd.middleware.cors",
 )
+
+# python-hyper's HTTP/2 stack, vendored to be compiled too (pyproxyd/_vendor/README.md
+# lists the patches mypyc needed). Not here: hpack.struct (HeaderTuple subclasses
+# tuple), hpack.huffman_table (its 4096-entry literal exhausts mypyc), h2.config
+# (descriptors), h2.events and h2.settings (their declared types are looser than
+# what they hold: None in an int, a sentinel object() in a list; a compiled module
+# checks them and raises), hpack.hpack (a HeaderTuple, a tuple subclass, would
+# lose its class: mypyc unboxes it as a plain tuple), the exceptions modules (a
+# compiled exception class loses its class-level defaults: ProtocolError's
+# error_code), h2.errors (nothing hot), h2._typing (types only), the packages'
+# __init__.
+VENDORED = (
+    "pyproxyd._vendor.h2.connection",
+    "pyproxyd._vendor.h2.frame_buffer",
+    "pyproxyd._vendor.h2.stream",
+    "pyproxyd._vendor.h2.utilities",
+    "pyproxyd._vendor.h2.windows",
+    "pyproxyd._vendor.hpack.huffman",
+    "pyproxyd._vendor.hpack.huffman_constants",
+    "pyproxyd._vendor.hpack.huffman_decode",
+    "pyproxyd._vendor.hpack.table",
+    "pyproxyd._vendor.hyperframe.flags",
+    "pyproxyd._vendor.hyperframe.frame",
+)
+
+MODULES = OWN + VENDORED
 
 
 PACKAGE = Path(__file__).resolve().parent  # this module is never compiled: a true path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpack import Encoder
+from pyproxyd._vendor.hpack import Encoder
 
 
 class PlainEncoder(Encoder):

@@ -31,10 +31,10 @@ import contextlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
+from pyproxyd._vendor.h2.config import H2Configuration
+from pyproxyd._vendor.h2.connection import ConnectionState, H2Connection
+from pyproxyd._vendor.h2.errors import ErrorCodes
+from pyproxyd._vendor.h2.events import (
     ConnectionTerminated,
     DataReceived,
     InformationalResponseReceived,
@@ -46,8 +46,8 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, StreamClosedError
-from h2.settings import SettingCodes
+from pyproxyd._vendor.h2.exceptions import H2Error, StreamClosedError
+from pyproxyd._vendor.h2.settings import SettingCodes
 
 from ..hpack_plain import PlainEncoder
 from .h2stream import STREAM_WINDOW, H2Stream, StreamError, response_head

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from hpack import NeverIndexedHeaderTuple
+from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple
 
 from .. import errors
 from .h2conn import H2Stream, H2UpstreamConnection, StreamError

@@ -24,10 +24,10 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
+from pyproxyd._vendor.h2.config import H2Configuration
+from pyproxyd._vendor.h2.connection import H2Connection
+from pyproxyd._vendor.h2.errors import ErrorCodes
+from pyproxyd._vendor.h2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,
@@ -38,9 +38,9 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from pyproxyd._vendor.h2.exceptions import H2Error, ProtocolError
+from pyproxyd._vendor.h2.settings import SettingCodes, Settings
+from pyproxyd._vendor.hyperframe.frame import GoAwayFrame
 
 from ... import errors
 from ...errors import ClientGone

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpack import NeverIndexedHeaderTuple as _NeverIndexed
+from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple as _NeverIndexed
 
 from ...errors import ClientGone
 from ...proxy.interface import Request

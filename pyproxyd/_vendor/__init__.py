@@ -1,0 +1,1 @@
+"""Third-party code shipped inside pyproxyd: README.md says what, which version, and why."""
