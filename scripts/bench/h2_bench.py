@@ -330,13 +330,29 @@ def profile(pid: int, run: Callable[[], object], seconds: float, out: Path) -> s
     return "\n".join([x for x in rep.splitlines() if x.strip() and not x.startswith("#")][:25])
 
 
-H2_LIBS = ("h2", "hpack", "hyperframe")  # python-hyper's HTTP/2 stack, pure Python
+H2_LIBS = ("h2", "hpack", "hyperframe")  # python-hyper's HTTP/2 stack (vendored)
+
+
+# A compiled function of the vendored stack: mypyc names it by its module's
+# shortest unique suffix (CPyDef_h2___connection___..., CPyDef_frame___...).
+_COMPILED_H2 = re.compile(
+    r"^CPy\w*?_(h2|hpack|hyperframe|frame_buffer|utilities|windows|table|huffman\w*|frame|flags)___"
+)
+_PACKAGE = {"frame_buffer": "h2", "utilities": "h2", "windows": "h2", "table": "hpack",
+            "frame": "hyperframe", "flags": "hyperframe"}  # fmt: skip
 
 
 def where(frame: str) -> str:
-    """A py-spy frame 'func (pkg/mod.py:12)' -> 'pkg' (a C library: its file name)."""
+    """A py-spy frame 'func (pkg/mod.py:12)' -> 'pkg' (a C library: its file name);
+    the vendored HTTP/2 stack (pyproxyd/_vendor/h2/..., or compiled) -> its package."""
     m = re.search(r"\(([^)]*)\)$", frame)
     path = m.group(1).split(":")[0] if m else "?"
+    if path.startswith("pyproxyd/_vendor/"):
+        return path.split("/")[2]
+    c = _COMPILED_H2.match(frame)
+    if c is not None:
+        name = c.group(1)
+        return "hpack" if name.startswith("huffman") else _PACKAGE.get(name, name)
     return path.split("/")[0] if not path.startswith("/") else path.rsplit("/", 1)[-1]
 
 
