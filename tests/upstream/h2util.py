@@ -11,10 +11,11 @@ import aiohttp
 from pyproxyd.server import Gateway
 
 
-def h2_upstream(url: str, *, protocol: str = "h2c", extra: str = "", route: str = "") -> str:
+def h2_upstream(*urls: str, protocol: str = "h2c", extra: str = "", route: str = "") -> str:
+    targets = ", ".join(f'{{ url = "{u}" }}' for u in urls)
     return f"""
 [upstreams.h2]
-targets = [{{ url = "{url}" }}]
+targets = [{targets}]
 protocol = "{protocol}"
 {extra}
 

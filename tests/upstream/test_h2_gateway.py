@@ -275,19 +275,7 @@ strip_prefix = 1
 
 async def test_a_body_refused_on_every_try_is_not_sent_elsewhere_empty(tmp_path: Path) -> None:
     async with H2Backend(refuse=3) as b1, H2Backend() as b2:
-        toml = config(f"""
-[upstreams.h2]
-targets = [{{ url = "{b1.url}" }}, {{ url = "{b2.url}" }}]
-protocol = "h2c"
-balance = "least_conn"
-retries = 1
-
-[[routes]]
-id = "h2"
-path = "/h2/**"
-upstream = "h2"
-strip_prefix = 1
-""")
+        toml = config(h2_upstream(b1.url, b2.url, extra='balance = "least_conn"\nretries = 1'))
         async with gateway(tmp_path, toml) as gw:
             status, _, _ = await fetch(url(gw, "/h2/echo"), "POST", data=b"payload")
             assert status == 502

@@ -55,19 +55,7 @@ async def test_a_whole_body_refused_on_every_try_goes_to_another_target(tmp_path
     """Unlike a streamed body (test_h2_gateway), a whole one is not spent by
     the tries: a target that refused every stream never processed it."""
     async with H2Backend(refuse=3) as b1, H2Backend() as b2:
-        toml = config(f"""
-[upstreams.h2]
-targets = [{{ url = "{b1.url}" }}, {{ url = "{b2.url}" }}]
-protocol = "h2c"
-balance = "least_conn"
-retries = 1
-
-[[routes]]
-id = "h2"
-path = "/h2/**"
-upstream = "h2"
-strip_prefix = 1
-""")
+        toml = config(h2_upstream(b1.url, b2.url, extra='balance = "least_conn"\nretries = 1'))
         async with gateway(tmp_path, toml) as gw:
             client = await H2Client.open(gw.ports[0])
             try:
