@@ -234,17 +234,16 @@ async def exchange(
         tries += 1
         conn = await pool.acquire()
         try:
-            stream = conn.open_stream(
-                headers, pump is None and not whole, whole if pump is None and whole else b""
-            )
+            stream = conn.open_stream(headers, pump is None and not whole, whole or b"")
         except StreamError as unopened:
             pool.release(conn)
             if tries < STREAM_TRIES:
                 continue
             _cancel(pump)
             raise errors.UpstreamConnectError(str(unopened)) from None
-        if pump is None and whole and not stream.local_closed:
-            pump = BodyPump(_Once(whole), False, timeout)  # kept for the tries after
+        if whole and not stream.local_closed:  # the windows took only part of it
+            pump = BodyPump(_Once(whole), False, timeout)
+            whole = None  # the pump has it now, for the tries after too
         if pump is not None:
             pump.attach(conn, stream)
         try:
