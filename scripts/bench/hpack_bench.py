@@ -39,7 +39,11 @@ REQUEST = [
     (b"x-request-id", b"6f1c0d2e9a7b4c3d"),
     (b"forwarded", b"for=127.0.0.1;proto=http"),
 ]
-RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"x-request-id", b"6f1c")]
+RESPONSE = [
+    (b":status", b"200"),
+    (b"content-type", b"application/grpc"),
+    (b"x-request-id", b"6f1c"),
+]
 TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
 
 
@@ -58,7 +62,7 @@ def encoding(make: Callable[[], object], calls: int) -> float:
         encoder = make()
         encode = encoder.encode  # type: ignore[attr-defined]
         for i in range(n):
-            request = REQUEST[:-2] + [(b"x-request-id", str(i).encode()), REQUEST[-1]]
+            request = [*REQUEST[:-2], (b"x-request-id", str(i).encode()), REQUEST[-1]]
             encode(request, huffman=False)
             encode(RESPONSE, huffman=False)
             encode(TRAILERS, huffman=False)
@@ -70,7 +74,7 @@ def decoding(make: Callable[[], object], calls: int) -> float:
     peer = hpack.Encoder()
     blocks = []
     for i in range(200):  # one connection's worth, the dynamic table warm
-        request = REQUEST[:-2] + [(b"x-request-id", str(i).encode()), REQUEST[-1]]
+        request = [*REQUEST[:-2], (b"x-request-id", str(i).encode()), REQUEST[-1]]
         blocks.append((peer.encode(request), peer.encode(RESPONSE), peer.encode(TRAILERS)))
 
     def run(n: int) -> None:
