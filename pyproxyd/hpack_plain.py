@@ -3,20 +3,21 @@ HPACK encoding for both HTTP/2 sides, stateless, as nginx encodes.
 
 Each field is either a full match in the static table (one byte) or a literal
 *without indexing* (by static name index when the name has one), never
-Huffman-coded; a sensitive field (a NeverIndexedHeaderTuple, what h2 marks so:
-`authorization`, short cookies) is a *never indexed* literal, whatever it matches.
-The dynamic table is never written, so a field's bytes depend on the field
-alone: they are cached per process, and a header block is a join of cached
-bytes. What a dynamic table would save is the bytes of the fields repeated on
-one connection (the names and values a proxy relays vary by client and call),
-at the price of a table search and an insert per field; hpack's Encoder cost
-11% of a gRPC call's CPU. Huffman coding was a Python loop over every byte (a
-third of encoding a request head) for a few bytes saved.
+Huffman-coded; a sensitive field (a NeverIndexedHeaderTuple, or a triple whose
+third item is true) is a *never indexed* literal, whatever it matches. The
+dynamic table is never written, so a field's bytes depend on the field alone:
+those of fields not sensitive are cached per process, and a header block is a
+join of cached bytes. What a dynamic table would save is the bytes of the
+fields repeated on one connection, at the price of a table search and an
+insert per field; hpack's Encoder cost 11% of a gRPC call's CPU. Huffman coding
+was a Python loop over every byte (a third of encoding a request head) for a
+few bytes saved.
 
 The peer's SETTINGS_HEADER_TABLE_SIZE still reaches `header_table_size` (h2
-sets it): a change is announced by a dynamic table size update at the start of
-the next block, as RFC 7541 4.2 asks and hpack's Encoder does, so the peer's
-view of our (empty) table stays within what it allows.
+sets it): a change is announced by dynamic table size updates at the start of
+the next block (the smallest size since the last block, then the last, as RFC
+7541 4.2 asks), so the peer's view of our (empty) table stays within what it
+allows.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def _static_tables() -> tuple[dict[tuple[bytes, bytes], int], dict[bytes, int]]:
 
 
 _STATIC_FULL, _STATIC_NAME = _static_tables()
+# Not sensitive fields: a token or a cookie is not kept beyond its request.
 _CACHE: dict[tuple[bytes, bytes], bytes] = {}
-_SENSITIVE_CACHE: dict[tuple[bytes, bytes], bytes] = {}
 
 
 def integer(value: int, prefix_bits: int, first: int) -> bytes:
@@ -91,8 +92,10 @@ def _to_bytes(value: Any) -> bytes:
 
 
 def cached_field(name: bytes, value: bytes, sensitive: bool) -> bytes:
-    """field(), through the per-process cache."""
-    cache = _SENSITIVE_CACHE if sensitive else _CACHE
+    """field(), through the per-process cache (for fields not sensitive)."""
+    if sensitive:
+        return field(name, value, True)
+    cache = _CACHE
     key = (name, value)
     encoded = cache.get(key)
     if encoded is None:

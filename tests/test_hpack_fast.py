@@ -145,6 +145,15 @@ def test_the_field_cache_is_bounded() -> None:
     assert (b"cookie", big) not in hpack_plain._CACHE
 
 
+def test_sensitive_fields_are_not_kept_in_the_cache() -> None:
+    encoder = PlainEncoder()
+    block = encoder.encode([(b"authorization", b"Bearer secret", True)])
+    assert block == b"\x1f\x08\x0dBearer secret"
+    block = encoder.encode([vendored.NeverIndexedHeaderTuple(b"x-token", b"secret")])
+    assert block == b"\x10\x07x-token\x06secret"
+    assert not [key for key in hpack_plain._CACHE if b"secret" in key[1]]
+
+
 def test_the_vendored_decoder_matches_the_reference_on_indexed_huffman_blocks() -> None:
     """Blocks from the reference Encoder (dynamic table, Huffman, never indexed),
     over one connection's worth of blocks so that the dynamic table is used."""
