@@ -28,6 +28,7 @@ OWN = (
     "pyproxyd.frontend.http2.stream",  # (its H2Request subclasses the compiled Request)
     "pyproxyd.frontend.http2.headers",
     "pyproxyd.frontend.http2.connection",
+    "pyproxyd.hpack_plain",
     "pyproxyd.proxy.interface",
     "pyproxyd.proxy.record",
     "pyproxyd.proxy.prepare",
@@ -65,21 +66,22 @@ OWN = (
 )
 
 # python-hyper's HTTP/2 stack, vendored to be compiled too (pyproxyd/_vendor/README.md
-# lists the patches mypyc needed). Not here: hpack.struct (HeaderTuple subclasses
+# lists the patches mypyc needed: hpack.hpack builds and holds its HeaderTuples as
+# Any, which mypyc would otherwise unbox as plain tuples; h2.events declares its
+# placeholder fields `X | Any`). Not here: hpack.struct (HeaderTuple subclasses
 # tuple), hpack.huffman_table (its 4096-entry literal exhausts mypyc), h2.config
-# (descriptors), h2.events and h2.settings (their declared types are looser than
-# what they hold: None in an int, a sentinel object() in a list; a compiled module
-# checks them and raises), hpack.hpack (a HeaderTuple, a tuple subclass, would
-# lose its class: mypyc unboxes it as a plain tuple), the exceptions modules (a
-# compiled exception class loses its class-level defaults: ProtocolError's
-# error_code), h2.errors (nothing hot), h2._typing (types only), the packages'
-# __init__.
+# (descriptors), h2.settings (read once a connection or a SETTINGS frame; Settings
+# is a MutableMapping), the exceptions modules (a compiled exception class loses
+# its class-level defaults: ProtocolError's error_code), h2.errors (nothing hot),
+# h2._typing (types only), the packages' __init__.
 VENDORED = (
     "pyproxyd._vendor.h2.connection",
+    "pyproxyd._vendor.h2.events",
     "pyproxyd._vendor.h2.frame_buffer",
     "pyproxyd._vendor.h2.stream",
     "pyproxyd._vendor.h2.utilities",
     "pyproxyd._vendor.h2.windows",
+    "pyproxyd._vendor.hpack.hpack",
     "pyproxyd._vendor.hpack.huffman",
     "pyproxyd._vendor.hpack.huffman_constants",
     "pyproxyd._vendor.hpack.huffman_decode",

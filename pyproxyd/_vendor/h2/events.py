@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from .settings import ChangedSetting, SettingCodes, Settings, _setting_code_from_int
 
+# pyproxyd: Frame and ErrorCodes imported at run time too: a compiled build
+# checks the attributes declared with them.
+from ..hyperframe.frame import Frame
+from .errors import ErrorCodes
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..hpack.struct import Header
-    from ..hyperframe.frame import Frame
-
-    from .errors import ErrorCodes
 
 
 kw_only = {"kw_only": True}
@@ -32,6 +34,11 @@ Some h2 events are instantiated by the state machine, but its attributes are
 subsequently populated by H2Stream. To make this work with strict type annotations
 on the events, they are temporarily set to this placeholder value.
 This value should never be exposed to users.
+
+pyproxyd: the fields that start as this placeholder are declared `X | Any`
+(`headers: list[Header] | Any`): what they hold, the placeholder then an X. A
+compiled build checks a field's declared type on every assignment, and would
+reject the placeholder in a field declared `list[Header]`.
 """
 
 
@@ -63,7 +70,7 @@ class RequestReceived(Event):
     stream_id: int
     """The Stream ID for the stream this request was made on."""
 
-    headers: list[Header] = _LAZY_INIT
+    headers: list[Header] | Any = _LAZY_INIT
     """The request headers."""
 
     stream_ended: StreamEnded | None = None
@@ -83,6 +90,14 @@ class RequestReceived(Event):
 
     .. versionadded:: 2.4.0
     """
+
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int, headers: list[Header] | Any = _LAZY_INIT, stream_ended: StreamEnded | None = None, priority_updated: PriorityUpdated | None = None) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.stream_ended = stream_ended
+        self.priority_updated = priority_updated
 
     def __repr__(self) -> str:
         return f"<RequestReceived stream_id:{self.stream_id}, headers:{self.headers}>"
@@ -106,7 +121,7 @@ class ResponseReceived(Event):
     stream_id: int
     """The Stream ID for the stream this response was made on."""
 
-    headers: list[Header] = _LAZY_INIT
+    headers: list[Header] | Any = _LAZY_INIT
     """The response headers."""
 
     stream_ended: StreamEnded | None = None
@@ -126,6 +141,14 @@ class ResponseReceived(Event):
 
     .. versionadded:: 2.4.0
     """
+
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int, headers: list[Header] | Any = _LAZY_INIT, stream_ended: StreamEnded | None = None, priority_updated: PriorityUpdated | None = None) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.stream_ended = stream_ended
+        self.priority_updated = priority_updated
 
     def __repr__(self) -> str:
         return f"<ResponseReceived stream_id:{self.stream_id}, headers:{self.headers}>"
@@ -152,7 +175,7 @@ class TrailersReceived(Event):
     stream_id: int
     """The Stream ID for the stream on which these trailers were received."""
 
-    headers: list[Header] = _LAZY_INIT
+    headers: list[Header] | Any = _LAZY_INIT
     """The trailers themselves."""
 
     stream_ended: StreamEnded | None = None
@@ -171,6 +194,14 @@ class TrailersReceived(Event):
 
     .. versionadded:: 2.4.0
     """
+
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int, headers: list[Header] | Any = _LAZY_INIT, stream_ended: StreamEnded | None = None, priority_updated: PriorityUpdated | None = None) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.stream_ended = stream_ended
+        self.priority_updated = priority_updated
 
     def __repr__(self) -> str:
         return f"<TrailersReceived stream_id:{self.stream_id}, headers:{self.headers}>"
@@ -258,7 +289,7 @@ class InformationalResponseReceived(Event):
     stream_id: int
     """The Stream ID for the stream this informational response was made on."""
 
-    headers: list[Header] = _LAZY_INIT
+    headers: list[Header] | Any = _LAZY_INIT
     """The headers for this informational response."""
 
     priority_updated: PriorityUpdated | None = None
@@ -269,6 +300,13 @@ class InformationalResponseReceived(Event):
 
     .. versionadded:: 2.4.0
     """
+
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int, headers: list[Header] | Any = _LAZY_INIT, priority_updated: PriorityUpdated | None = None) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.priority_updated = priority_updated
 
     def __repr__(self) -> str:
         return f"<InformationalResponseReceived stream_id:{self.stream_id}, headers:{self.headers}>"
@@ -288,10 +326,10 @@ class DataReceived(Event):
     stream_id: int
     """The Stream ID for the stream this data was received on."""
 
-    data: bytes = _LAZY_INIT
+    data: bytes | Any = _LAZY_INIT
     """The data itself."""
 
-    flow_controlled_length: int = _LAZY_INIT
+    flow_controlled_length: int | Any = _LAZY_INIT
     """
     The amount of data received that counts against the flow control
     window. Note that padding counts against the flow control window, so
@@ -307,6 +345,14 @@ class DataReceived(Event):
 
     .. versionadded:: 2.4.0
     """
+
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int, data: bytes | Any = _LAZY_INIT, flow_controlled_length: int | Any = _LAZY_INIT, stream_ended: StreamEnded | None = None) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.flow_controlled_length = flow_controlled_length
+        self.stream_ended = stream_ended
 
     def __repr__(self) -> str:
         return (
@@ -336,10 +382,16 @@ class WindowUpdated(Event):
     May be ``0`` if the connection window was changed.
     """
 
-    delta: int = _LAZY_INIT
+    delta: int | Any = _LAZY_INIT
     """
     The window delta.
     """
+
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int, delta: int | Any = _LAZY_INIT) -> None:
+        self.stream_id = stream_id
+        self.delta = delta
 
     def __repr__(self) -> str:
         return f"<WindowUpdated stream_id:{self.stream_id}, delta:{self.delta}>"
@@ -447,6 +499,11 @@ class StreamEnded(Event):
     stream_id: int
     """The Stream ID of the stream that was closed."""
 
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int) -> None:
+        self.stream_id = stream_id
+
     def __repr__(self) -> str:
         return f"<StreamEnded stream_id:{self.stream_id}>"
 
@@ -468,7 +525,7 @@ class StreamReset(Event):
     The Stream ID of the stream that was reset.
     """
 
-    error_code: ErrorCodes | int = _LAZY_INIT
+    error_code: ErrorCodes | int | Any = _LAZY_INIT
     """
     The error code given.
     """
@@ -477,6 +534,13 @@ class StreamReset(Event):
     """
     Whether the remote peer sent a RST_STREAM or we did.
     """
+
+    # pyproxyd: written out, so that a compiled build compiles it (dataclass's
+    # own __init__ is generated at import, interpreted)
+    def __init__(self, *, stream_id: int, error_code: ErrorCodes | int | Any = _LAZY_INIT, remote_reset: bool = True) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.remote_reset = remote_reset
 
     def __repr__(self) -> str:
         return f"<StreamReset stream_id:{self.stream_id}, error_code:{self.error_code!s}, remote_reset:{self.remote_reset}>"

@@ -137,6 +137,12 @@ class Settings(MutableMapping[SettingCodes | int, int]):
         # instead uses collections.deque to avoid repeated memory allocations.
         #
         # This contains the default values for HTTP/2.
+        #
+        # pyproxyd: the properties of these five read their deque directly
+        # (h2 reads initial_window_size and max_frame_size per stream and
+        # frame; through self[...] it was two Python calls): their first value
+        # is never the None that __getitem__ turns into a KeyError, which only
+        # a setting absent from here can hold.
         self._settings: dict[SettingCodes | int, collections.deque[int]] = {
             SettingCodes.HEADER_TABLE_SIZE: collections.deque([4096]),
             SettingCodes.ENABLE_PUSH: collections.deque([int(client)]),
@@ -183,7 +189,7 @@ class Settings(MutableMapping[SettingCodes | int, int]):
         The current value of the :data:`HEADER_TABLE_SIZE
         <h2.settings.SettingCodes.HEADER_TABLE_SIZE>` setting.
         """
-        return self[SettingCodes.HEADER_TABLE_SIZE]
+        return self._settings[SettingCodes.HEADER_TABLE_SIZE][0]  # pyproxyd: see _settings
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
@@ -195,7 +201,7 @@ class Settings(MutableMapping[SettingCodes | int, int]):
         The current value of the :data:`ENABLE_PUSH
         <h2.settings.SettingCodes.ENABLE_PUSH>` setting.
         """
-        return self[SettingCodes.ENABLE_PUSH]
+        return self._settings[SettingCodes.ENABLE_PUSH][0]  # pyproxyd: see _settings
 
     @enable_push.setter
     def enable_push(self, value: int) -> None:
@@ -207,7 +213,7 @@ class Settings(MutableMapping[SettingCodes | int, int]):
         The current value of the :data:`INITIAL_WINDOW_SIZE
         <h2.settings.SettingCodes.INITIAL_WINDOW_SIZE>` setting.
         """
-        return self[SettingCodes.INITIAL_WINDOW_SIZE]
+        return self._settings[SettingCodes.INITIAL_WINDOW_SIZE][0]  # pyproxyd: see _settings
 
     @initial_window_size.setter
     def initial_window_size(self, value: int) -> None:
@@ -219,7 +225,7 @@ class Settings(MutableMapping[SettingCodes | int, int]):
         The current value of the :data:`MAX_FRAME_SIZE
         <h2.settings.SettingCodes.MAX_FRAME_SIZE>` setting.
         """
-        return self[SettingCodes.MAX_FRAME_SIZE]
+        return self._settings[SettingCodes.MAX_FRAME_SIZE][0]  # pyproxyd: see _settings
 
     @max_frame_size.setter
     def max_frame_size(self, value: int) -> None:
@@ -231,7 +237,11 @@ class Settings(MutableMapping[SettingCodes | int, int]):
         The current value of the :data:`MAX_CONCURRENT_STREAMS
         <h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS>` setting.
         """
-        return self.get(SettingCodes.MAX_CONCURRENT_STREAMS, 2**32+1)
+        # pyproxyd: self.get() went through Mapping.get and __getitem__
+        values = self._settings.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+        if values is None or values[0] is None:
+            return 2**32+1
+        return values[0]
 
     @max_concurrent_streams.setter
     def max_concurrent_streams(self, value: int) -> None:
@@ -258,7 +268,7 @@ class Settings(MutableMapping[SettingCodes | int, int]):
         The current value of the :data:`ENABLE_CONNECT_PROTOCOL
         <h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL>` setting.
         """
-        return self[SettingCodes.ENABLE_CONNECT_PROTOCOL]
+        return self._settings[SettingCodes.ENABLE_CONNECT_PROTOCOL][0]  # pyproxyd: see _settings
 
     @enable_connect_protocol.setter
     def enable_connect_protocol(self, value: int) -> None:

@@ -252,6 +252,9 @@ class Encoder:
             header_block.append(self._encode_table_size_change())
             self.header_table.resized = False
 
+        # pyproxyd: Any, so that a compiled build does not cast each field to
+        # the tuple type declared for _dict_to_iterable's (see `header` below)
+        hpack_headers: Any
         if isinstance(headers, dict):
             # Turn the headers into a list of tuples if possible. This is the
             # natural way to interact with them in HPACK. Because dictionaries are
@@ -277,16 +280,20 @@ class Encoder:
                 ('customkey', 'sensitiveinfo', True),
             ]
             """
-            hpack_headers = iter(headers)  # type: ignore
+            hpack_headers = iter(headers)
 
         # Add each header to the header block
+        # pyproxyd: Any, and the class tested by type(): narrowed to a
+        # HeaderTuple, a compiled build would unbox it as a plain tuple.
+        header: Any
         for header in hpack_headers:
             sensitive = False
-            if isinstance(header, HeaderTuple):
+            kind: Any = type(header)
+            if kind is not tuple and issubclass(kind, HeaderTuple):
                 # HeaderTuple implies it's a 2-tuple with the sensitive information stored as instance attribute
-                sensitive = not header.indexable
+                sensitive = not kind.indexable
             elif len(header) > 2:
-                sensitive = header[2]
+                sensitive = bool(header[2])
 
             new_header = (_to_bytes(header[0]), _to_bytes(header[1]))
             header_block.append(self.add(new_header, sensitive, huffman))
@@ -494,70 +501,80 @@ class Decoder:
         :raises HPACKDecodingError: If an error is encountered while decoding
                                     the header block.
         """
-        log.debug("Decoding %s", data)
-
-        data_mem = memoryview(data)
-        headers: list[HeaderTuple] = []
-        data_len = len(data)
+        # pyproxyd: one loop over the block by position (hpack's sliced a
+        # memoryview and called a method per field), the fields built through
+        # Any-typed names (see _new_header) so that a compiled build keeps
+        # their class; same results and errors.
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        headers: list[Any] = []
+        table = self.header_table
+        limit = self.max_header_list_size
         inflated_size = 0
-        current_index = 0
+        pos = 0
+        end = len(data)
+        header: Any
+        name: bytes
+        value: bytes
 
-        while current_index < data_len:
-            # Work out what kind of header we're decoding.
-            # If the high bit is 1, it's an indexed field.
-            current = data[current_index]
-            indexed = bool(current & 0x80)
-
-            # Otherwise, if the second-highest bit is 1 it's a field that does
-            # alter the header table.
-            literal_index = bool(current & 0x40)
-
-            # Otherwise, if the third-highest bit is 1 it's an encoding context
-            # update.
-            encoding_update = bool(current & 0x20)
-
-            if indexed:
-                header, consumed = self._decode_indexed(
-                    data_mem[current_index:],
-                )
-            elif literal_index:
-                # It's a literal header that does affect the header table.
-                header, consumed = self._decode_literal_index(
-                    data_mem[current_index:],
-                )
-            elif encoding_update:
-                # It's an update to the encoding context. These are forbidden
-                # in a header block after any actual header.
+        while pos < end:
+            first = data[pos]
+            if first & 0x80:
+                # Indexed field.
+                index, pos = _decode_int(data, pos, 7)
+                if 0 < index <= _STATIC_LENGTH:
+                    header = _STATIC_HEADERS[index - 1]
+                    name, value = HeaderTable.STATIC_TABLE[index - 1]
+                else:
+                    name, value = table.get_by_index(index)
+                    header = _new_header(_HeaderTuple, (name, value))
+            elif first & 0x40 or not first & 0x20:
+                # A literal: with incremental indexing (6-bit name index), or
+                # without indexing / never indexed (4-bit name index).
+                should_index = bool(first & 0x40)
+                index, pos = _decode_int(data, pos, 6 if should_index else 4)
+                if index:
+                    name = table.get_by_index(index)[0]
+                else:
+                    name, pos = _decode_string(data, pos)
+                value, pos = _decode_string(data, pos)
+                if not should_index and first & 0x10:
+                    header = _new_header(_NeverIndexedHeaderTuple, (name, value))
+                else:
+                    header = _new_header(_HeaderTuple, (name, value))
+                if should_index:
+                    table.add(name, value)
+            else:
+                # An update to the encoding context. These are forbidden in a
+                # header block after any actual header.
                 if headers:
                     msg = "Table size update not at the start of the block"
                     raise HPACKDecodingError(msg)
-                consumed = self._update_encoding_context(
-                    data_mem[current_index:],
-                )
-                header = None
-            else:
-                # It's a literal header that does not affect the header table.
-                header, consumed = self._decode_literal_no_index(
-                    data_mem[current_index:],
-                )
+                new_size, pos = _decode_int(data, pos, 5)
+                if new_size > self.max_allowed_table_size:
+                    msg = "Encoder exceeded max allowable table size"
+                    raise InvalidTableSizeError(msg)
+                self.header_table_size = new_size
+                continue
 
-            if header:
-                headers.append(header)
-                inflated_size += table_entry_size(header[0], header[1])
-
-                if inflated_size > self.max_header_list_size:
-                    msg = f"A header list larger than {self.max_header_list_size} has been received"
-                    raise OversizedHeaderListError(msg)
-
-            current_index += consumed
+            headers.append(header)
+            inflated_size += 32 + len(name) + len(value)
+            if inflated_size > limit:
+                msg = f"A header list larger than {limit} has been received"
+                raise OversizedHeaderListError(msg)
 
         # Confirm that the table size is lower than the maximum. We do this
         # here to ensure that we catch when the max has been *shrunk* and the
         # remote peer hasn't actually done that.
         self._assert_valid_table_size()
 
+        if raw:
+            return headers
         try:
-            return [_unicode_if_needed(h, raw) for h in headers]
+            return [
+                _new_header(type(h), (h[0].decode("utf-8"), h[1].decode("utf-8")))
+                for h in headers
+            ]
         except UnicodeDecodeError as err:
             msg = "Unable to decode headers as UTF-8"
             raise HPACKDecodingError(msg) from err
@@ -571,110 +588,58 @@ class Decoder:
             msg = "Encoder did not shrink table size to within the max"
             raise InvalidTableSizeError(msg)
 
-    def _update_encoding_context(self, data: bytes | memoryview) -> int:
-        """
-        Handles a byte that updates the encoding context.
-        """
-        # We've been asked to resize the header table.
-        new_size, consumed = decode_integer(data, 5)
-        if new_size > self.max_allowed_table_size:
-            msg = "Encoder exceeded max allowable table size"
-            raise InvalidTableSizeError(msg)
-        self.header_table_size = new_size
-        return consumed
 
-    def _decode_indexed(self, data: bytes | memoryview) -> tuple[HeaderTuple, int]:
-        """
-        Decodes a header represented using the indexed representation.
-        """
-        index, consumed = decode_integer(data, 7)
-        header = HeaderTuple(*self.header_table.get_by_index(index))
-        log.debug("Decoded %s, consumed %d", header, consumed)
-        return header, consumed
+# pyproxyd: a HeaderTuple is a tuple subclass; code that mypyc compiles and
+# that types one as such unboxes it as a plain tuple (losing its class and
+# with it `indexable`). Built and held through these Any-typed names, it stays
+# an object. tuple.__new__ directly, as HeaderTuple.__new__ does (that one is
+# a Python-level call per field).
+_new_header: Any = tuple.__new__
+_HeaderTuple: Any = HeaderTuple
+_NeverIndexedHeaderTuple: Any = NeverIndexedHeaderTuple
+_STATIC_LENGTH = len(HeaderTable.STATIC_TABLE)
+_STATIC_HEADERS: list[Any] = [_new_header(HeaderTuple, entry) for entry in HeaderTable.STATIC_TABLE]
 
-    def _decode_literal_no_index(self, data: bytes | memoryview) -> tuple[HeaderTuple, int]:
-        return self._decode_literal(data, should_index=False)
 
-    def _decode_literal_index(self, data: bytes | memoryview) -> tuple[HeaderTuple, int]:
-        return self._decode_literal(data, should_index=True)
-
-    def _decode_literal(self, data: bytes | memoryview, should_index: bool) -> tuple[HeaderTuple, int]:
-        """
-        Decodes a header represented with a literal.
-        """
-        if isinstance(data, memoryview):
-            data = data.tobytes()  # pragma: no cover
-
-        total_consumed = 0
-
-        # When should_index is true, if the low six bits of the first byte are
-        # nonzero, the header name is indexed.
-        # When should_index is false, if the low four bits of the first byte
-        # are nonzero the header name is indexed.
-        if should_index:
-            indexed_name = data[0] & 0x3F
-            name_len = 6
-            not_indexable = False
-        else:
-            high_byte = data[0]
-            indexed_name = high_byte & 0x0F
-            name_len = 4
-            not_indexable = bool(high_byte & 0x10)
-
-        if indexed_name:
-            # Indexed header name.
-            index, consumed = decode_integer(data, name_len)
-            name = self.header_table.get_by_index(index)[0]
-
-            total_consumed = consumed
-            length = 0
-        else:
-            # Literal header name. The first byte was consumed, so we need to
-            # move forward.
-            data = data[1:]
-
-            length, consumed = decode_integer(data, 7)
-            name = data[consumed:consumed + length]
-            if len(name) != length:
-                msg = "Truncated header block"
-                raise HPACKDecodingError(msg)
-
-            if data[0] & 0x80:
-                name = decode_huffman(name)
-            total_consumed = consumed + length + 1  # Since we moved forward 1.
-
-        data = data[consumed + length:]
-
-        # The header value is definitely length-based.
-        length, consumed = decode_integer(data, 7)
-        value = data[consumed:consumed + length]
-        if len(value) != length:
-            msg = "Truncated header block"
+def _decode_int(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """
+    decode_integer() at ``data[pos]``: the integer and the position after it.
+    """
+    end = len(data)
+    if pos >= end:
+        msg = f"Unable to decode HPACK integer representation from {data[pos:]!r}"
+        raise HPACKDecodingError(msg)
+    max_number = (1 << prefix_bits) - 1
+    start = pos
+    number = data[pos] & max_number
+    pos += 1
+    if number < max_number:
+        return number, pos
+    shift = 0
+    while True:
+        if pos >= end:
+            msg = f"Unable to decode HPACK integer representation from {data[start:]!r}"
+            raise HPACKDecodingError(msg)
+        next_byte = data[pos]
+        pos += 1
+        number += (next_byte & 0x7F) << shift
+        if next_byte < 128:
+            return number, pos
+        shift += 7
+        if pos - start > VARINT_MAX_LENGTH:
+            msg = f"Variable integer representation is too long: {data[start:]!r}"
             raise HPACKDecodingError(msg)
 
-        if data[0] & 0x80:
-            value = decode_huffman(value)
 
-        # Updated the total consumed length.
-        total_consumed += length + consumed
-
-        # If we have been told never to index the header field, encode that in
-        # the tuple we use.
-        header: HeaderTuple
-        if not_indexable:
-            header = NeverIndexedHeaderTuple(name, value)
-        else:
-            header = HeaderTuple(name, value)
-
-        # If we've been asked to index this, add it to the header table.
-        if should_index:
-            self.header_table.add(name, value)
-
-        log.debug(
-            "Decoded %s, total consumed %d bytes, indexed %s",
-            header,
-            total_consumed,
-            should_index,
-        )
-
-        return header, total_consumed
+def _decode_string(data: bytes, pos: int) -> tuple[bytes, int]:
+    """
+    The string literal (RFC 7541 5.2) at ``data[pos]`` and the position after it.
+    """
+    length, start = _decode_int(data, pos, 7)
+    end = start + length
+    if end > len(data):
+        msg = "Truncated header block"
+        raise HPACKDecodingError(msg)
+    if data[pos] & 0x80:
+        return decode_huffman(data[start:end]), end
+    return data[start:end], end
