@@ -540,7 +540,15 @@ def utf8_encode_headers(headers: Iterable[HeaderWeaklyTyped]) -> list[Header]:
     any ``HeaderTuple``.
     """
     encoded_headers: list[Header] = []
+    header: Any  # pyproxyd: an object to mypyc, so that a HeaderTuple keeps its class
     for header in headers:
+        # pyproxyd: a pair of bytes (a tuple or HeaderTuple) is what this would
+        # rebuild; it is kept as it is (a tuple and a HeaderTuple per field
+        # otherwise, and HeaderTuple's constructor is interpreted).
+        if ((type(header) is tuple or isinstance(header, HeaderTuple)) and len(header) == 2
+                and isinstance(header[0], bytes) and isinstance(header[1], bytes)):
+            encoded_headers.append(header)
+            continue
         h = (_to_bytes(header[0]), _to_bytes(header[1]))
         if isinstance(header, HeaderTuple):
             encoded_headers.append(header.__class__(h[0], h[1]))
@@ -720,7 +728,11 @@ class SizeLimitDict(collections.OrderedDict[int, Any]):
     def __setitem__(self, key: int, value: Any | int) -> None:
         super().__setitem__(key, value)
 
-        self._check_size_limit()
+        # pyproxyd: the limit is checked here, the method called only when over it
+        # (one per stream closed: h2's bookkeeping of closed streams)
+        limit = self._size_limit
+        if limit is not None and len(self) > limit:
+            self._check_size_limit()
 
     def _check_size_limit(self) -> None:
         if self._size_limit is not None:
