@@ -532,6 +532,18 @@ def _to_bytes(v: bytes | str) -> bytes:
     return v if isinstance(v, bytes) else v.encode("utf-8")
 
 
+def _bytes_pair(header: object) -> bool:
+    """
+    pyproxyd: whether ``header`` is a ``tuple`` or ``HeaderTuple`` of two bytes.
+    A function of its own: narrowed by ``isinstance`` in the caller, mypyc
+    would unbox a ``HeaderTuple`` as a plain tuple, and it would lose its class
+    (a never-indexed field encoded as indexable).
+    """
+    if type(header) is not tuple and not isinstance(header, HeaderTuple):
+        return False
+    return len(header) == 2 and isinstance(header[0], bytes) and isinstance(header[1], bytes)
+
+
 def utf8_encode_headers(headers: Iterable[HeaderWeaklyTyped]) -> list[Header]:
     """
     Given an iterable of header two-tuples, rebuilds that as a list with the
@@ -545,8 +557,7 @@ def utf8_encode_headers(headers: Iterable[HeaderWeaklyTyped]) -> list[Header]:
         # pyproxyd: a pair of bytes (a tuple or HeaderTuple) is what this would
         # rebuild; it is kept as it is (a tuple and a HeaderTuple per field
         # otherwise, and HeaderTuple's constructor is interpreted).
-        if ((type(header) is tuple or isinstance(header, HeaderTuple)) and len(header) == 2
-                and isinstance(header[0], bytes) and isinstance(header[1], bytes)):
+        if _bytes_pair(header):
             encoded_headers.append(header)
             continue
         h = (_to_bytes(header[0]), _to_bytes(header[1]))
