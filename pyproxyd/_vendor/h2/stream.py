@@ -799,6 +799,19 @@ _transitions: dict[
 }
 
 
+# pyproxyd: every HeaderValidationFlags, indexed by its bits (is_client 1,
+# is_trailer 2, is_response_header 4, is_push_promise 8)
+_VALIDATION_FLAGS = [
+    HeaderValidationFlags(
+        is_client=bool(i & 1),
+        is_trailer=bool(i & 2),
+        is_response_header=bool(i & 4),
+        is_push_promise=bool(i & 8),
+    )
+    for i in range(16)
+]
+
+
 class H2Stream:
     """
     A low-level HTTP/2 stream object. This handles building and receiving
@@ -1327,12 +1340,12 @@ class H2Stream:
             events[0], (PushedStreamReceived, _PushedRequestSent),
         )
 
-        return HeaderValidationFlags(
-            is_client=self.state_machine.client or False,
-            is_trailer=is_trailer,
-            is_response_header=is_response_header,
-            is_push_promise=is_push_promise,
-        )
+        # pyproxyd: one of the 16 flag sets, built once (a NamedTuple's
+        # constructor is a Python function)
+        client = self.state_machine.client or False
+        return _VALIDATION_FLAGS[
+            client | (is_trailer << 1) | (is_response_header << 2) | (is_push_promise << 3)
+        ]
 
     def _build_headers_frames(self,
                               headers: Iterable[Header],
