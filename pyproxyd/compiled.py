@@ -41,6 +41,7 @@ OWN = (
     "pyproxyd.upstream.connection",
     "pyproxyd.upstream.http1",
     "pyproxyd.upstream.h2response",
+    "pyproxyd.upstream.h2stream",
     "pyproxyd.upstream.h2exchange",
     "pyproxyd.upstream.h2conn",
     "pyproxyd.upstream.pool",

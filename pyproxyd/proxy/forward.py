@@ -157,8 +157,9 @@ async def send(
     off the fast path, read the clock again. `first` is a try begun already.
     """
     upstream = plan.upstream
-    loop = asyncio.get_running_loop()
-    now = ex.started or loop.time()
+    # (the loop is asked for on the failure paths only: get_running_loop()
+    # makes a getpid() system call each time)
+    now = ex.started or asyncio.get_running_loop().time()
     if first is None:
         if upstream.budget is not None:
             upstream.budget.request(now)
@@ -214,7 +215,7 @@ async def send(
                 # The route's timeout (the client is still there) is the upstream's
                 # failure; a client that left says nothing about the upstream.
                 if request.client_connected:
-                    ticket.done(False, loop.time())
+                    ticket.done(False, asyncio.get_running_loop().time())
                 else:
                     ticket.abandon()
             raise
@@ -225,7 +226,7 @@ async def send(
         else:
             answered(ticket, health, up.status, now)
             return up
-        failed_at = loop.time()
+        failed_at = asyncio.get_running_loop().time()
         if ticket is not None:
             ticket.done(False, failed_at)
         if passive and health is not None:

@@ -112,6 +112,10 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._drains: list[asyncio.Future[None]] = []
         self._window_waiters: list[H2Stream] = []
         self._unacked = 0  # connection window received and not yet handed back
+        self._flush_soon_pending = False
+        # The upstream's SETTINGS_MAX_CONCURRENT_STREAMS, read when its SETTINGS
+        # come (h2's Settings answers each read through three Python calls).
+        self._remote_streams = self.h2.remote_settings.max_concurrent_streams
 
     def __repr__(self) -> str:
         state = "closed" if self.transport is None else ("goaway" if self.goaway else "open")
@@ -126,7 +130,7 @@ class H2UpstreamConnection(asyncio.Protocol):
     @property
     def capacity(self) -> int:
         """Streams it may carry at once: ours, or fewer if the upstream says so."""
-        return min(self.pool.max_streams, self.h2.remote_settings.max_concurrent_streams)
+        return min(self.pool.max_streams, self._remote_streams)
 
     @property
     def usable(self) -> bool:
@@ -205,6 +209,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             elif isinstance(event, WindowUpdated):
                 self._window_opened()
             elif isinstance(event, RemoteSettingsChanged):
+                self._remote_streams = self.h2.remote_settings.max_concurrent_streams
                 if not self.ready.done():
                     self.ready.set_result(None)
                 self._window_opened()  # INITIAL_WINDOW_SIZE may have grown
@@ -276,7 +281,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             raise StreamError(f"could not open a stream: {exc}") from None
         self.streams[stream_id] = stream
         stream.local_closed = end_stream
-        self._flush()
+        self._flush_soon()
         return stream
 
     async def send_data(self, stream: H2Stream, data: bytes, deadline: float | None) -> None:
@@ -313,7 +318,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         stream.local_closed = True
         with contextlib.suppress(H2Error):
             self.h2.end_stream(stream.stream_id)
-            self._flush()
+            self._flush_soon()
 
     def reset(self, stream: H2Stream, code: int = ErrorCodes.CANCEL) -> None:
         """Reset a stream the gateway gives up on (the client left, a timeout)."""
@@ -397,6 +402,19 @@ class H2UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
+
+    def _flush_soon(self) -> None:
+        """Write what h2 has ready at the end of this turn of the loop: the
+        streams the turn's requests opened leave in one write, not one each (a
+        write per request was the upstream side's largest single cost). Any
+        _flush() before then writes them too."""
+        if not self._flush_soon_pending:
+            self._flush_soon_pending = True
+            self.loop.call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_soon_pending = False
+        self._flush()
 
     async def _drained(self) -> None:
         while self._write_paused and self.transport is not None:

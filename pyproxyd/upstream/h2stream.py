@@ -1,4 +1,5 @@
-"""One stream of an upstream HTTP/2 connection (h2conn.py): the response as
+"""Compiled by mypyc (pyproxyd/compiled.py).
+One stream of an upstream HTTP/2 connection (h2conn.py): the response as
 it arrives, and the waits of the exchange (h2exchange.py) and its body pump.
 
 The response body is acknowledged (stream WINDOW_UPDATE) only as the relay

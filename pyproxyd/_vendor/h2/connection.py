@@ -30,7 +30,7 @@ from ..hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from .config import H2Configuration
+from .config import DummyLogger, H2Configuration
 from .errors import ErrorCodes, _error_code_from_int
 from .events import (
     AlternativeServiceAvailable,
@@ -75,6 +75,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class ConnectionState(Enum):
+    # pyproxyd: hashed by identity, in C (Enum's __hash__ is a Python method,
+    # called twice per state machine step for the transition table's key).
+    # Members compare by identity anyway; only their hash values change.
+    __hash__ = object.__hash__
+
     IDLE = 0
     CLIENT_OPEN = 1
     SERVER_OPEN = 2
@@ -82,6 +87,11 @@ class ConnectionState(Enum):
 
 
 class ConnectionInputs(Enum):
+    # pyproxyd: hashed by identity, in C (Enum's __hash__ is a Python method,
+    # called twice per state machine step for the transition table's key).
+    # Members compare by identity anyway; only their hash values change.
+    __hash__ = object.__hash__
+
     SEND_HEADERS = 0
     SEND_PUSH_PROMISE = 1
     SEND_DATA = 2
@@ -426,8 +436,11 @@ class H2Connection:
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         if not frames:
             return
-        self._data_to_send += b"".join(f.serialize() for f in frames)
-        assert all(f.body_len <= self.max_outbound_frame_size for f in frames)
+        # pyproxyd: loops, not two generators per call (each an object, compiled)
+        data = b"".join([f.serialize() for f in frames]) if len(frames) > 1 else frames[0].serialize()
+        self._data_to_send += data
+        for f in frames:
+            assert f.body_len <= self.max_outbound_frame_size
 
     def _open_streams(self, remainder: int) -> int:
         """
@@ -484,9 +497,10 @@ class H2Connection:
         :param stream_id: The ID of the stream to open.
         :param allowed_ids: What kind of stream ID is allowed.
         """
-        self.config.logger.debug(
-            "Attempting to initiate stream ID %d", stream_id,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Attempting to initiate stream ID %d", stream_id,
+            )
         outbound = self._stream_id_is_outbound(stream_id)
         highest_stream_id = (
             self.highest_outbound_stream_id if outbound else
@@ -506,12 +520,14 @@ class H2Connection:
             inbound_window_size=self.local_settings.initial_window_size,
             outbound_window_size=self.remote_settings.initial_window_size,
         )
-        self.config.logger.debug("Stream ID %d created", stream_id)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Stream ID %d created", stream_id)
         s.max_outbound_frame_size = self.max_outbound_frame_size
         s.state_machine.tally = self._tally
 
         self.streams[stream_id] = s
-        self.config.logger.debug("Current streams: %s", self.streams.keys())
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Current streams: %s", self.streams.keys())
 
         if outbound:
             self.highest_outbound_stream_id = stream_id
@@ -525,7 +541,8 @@ class H2Connection:
         Provides any data that needs to be sent at the start of the connection.
         Must be called for both clients and servers.
         """
-        self.config.logger.debug("Initializing connection")
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Initializing connection")
         self.state_machine.process_input(ConnectionInputs.SEND_SETTINGS)
         if self.config.client_side:
             preamble = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -535,9 +552,10 @@ class H2Connection:
         f = SettingsFrame(0)
         for setting, value in self.local_settings.items():
             f.settings[setting] = value
-        self.config.logger.debug(
-            "Send Settings frame: %s", self.local_settings,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Send Settings frame: %s", self.local_settings,
+            )
 
         self._data_to_send += preamble + f.serialize()
 
@@ -574,9 +592,10 @@ class H2Connection:
             For servers, returns nothing.
         :rtype: ``bytes`` or ``None``
         """
-        self.config.logger.debug(
-            "Upgrade connection. Current settings: %s", self.local_settings,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Upgrade connection. Current settings: %s", self.local_settings,
+            )
 
         frame_data = None
         # Begin by getting the preamble in place.
@@ -606,7 +625,8 @@ class H2Connection:
             ConnectionInputs.SEND_HEADERS if self.config.client_side
             else ConnectionInputs.RECV_HEADERS
         )
-        self.config.logger.debug("Process input %s", connection_input)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Process input %s", connection_input)
         self.state_machine.process_input(connection_input)
 
         # Set up stream 1.
@@ -680,9 +700,10 @@ class H2Connection:
             next_stream_id = 1 if self.config.client_side else 2
         else:
             next_stream_id = self.highest_outbound_stream_id + 2
-        self.config.logger.debug(
-            "Next available stream ID %d", next_stream_id,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Next available stream ID %d", next_stream_id,
+            )
         if next_stream_id > self.HIGHEST_ALLOWED_STREAM_ID:
             msg = "Exhausted allowed stream IDs"
             raise NoAvailableStreamIDError(msg)
@@ -793,9 +814,10 @@ class H2Connection:
 
         :returns: Nothing
         """
-        self.config.logger.debug(
-            "Send headers on stream ID %d", stream_id,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Send headers on stream ID %d", stream_id,
+            )
 
         # Check we can open the stream.
         if stream_id not in self.streams:
@@ -807,7 +829,9 @@ class H2Connection:
 
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         stream = self._get_or_create_stream(
-            stream_id, AllowedStreamIDs(self.config.client_side),
+            # pyproxyd: the member itself, not AllowedStreamIDs(bool) (an enum
+            # lookup by value, in Python, per stream)
+            stream_id, AllowedStreamIDs.ODD if self.config.client_side else AllowedStreamIDs.EVEN,
         )
 
         frames: list[Frame] = []
@@ -878,9 +902,10 @@ class H2Connection:
         :type pad_length: ``int``
         :returns: Nothing
         """
-        self.config.logger.debug(
-            "Send data on stream ID %d with len %d", stream_id, len(data),
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Send data on stream ID %d with len %d", stream_id, len(data),
+            )
         frame_size = len(data)
         if pad_length is not None:
             if not isinstance(pad_length, int):
@@ -891,9 +916,10 @@ class H2Connection:
                 raise ValueError(msg)
             # Account for padding bytes plus the 1-byte padding length field.
             frame_size += pad_length + 1
-        self.config.logger.debug(
-            "Frame size on stream ID %d is %d", stream_id, frame_size,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Frame size on stream ID %d is %d", stream_id, frame_size,
+            )
 
         if frame_size > 0 and frame_size > self.local_flow_control_window(stream_id):
             msg = f"Cannot send {frame_size} bytes, flow control window is {self.local_flow_control_window(stream_id)}"
@@ -910,10 +936,11 @@ class H2Connection:
         self._prepare_for_sending(frames)
 
         self.outbound_flow_control_window -= frame_size
-        self.config.logger.debug(
-            "Outbound flow control window size is %d",
-            self.outbound_flow_control_window,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Outbound flow control window size is %d",
+                self.outbound_flow_control_window,
+            )
         assert self.outbound_flow_control_window >= 0 or frame_size == 0
 
     def end_stream(self, stream_id: int) -> None:
@@ -931,7 +958,8 @@ class H2Connection:
         :raises StreamClosedError: If the stream ID corresponds to a stream
             that has been closed.
         """
-        self.config.logger.debug("End stream ID %d", stream_id)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("End stream ID %d", stream_id)
         self.state_machine.process_input(ConnectionInputs.SEND_DATA)
         frames = self._get_stream_by_id(stream_id).end_stream()
         self._prepare_for_sending(frames)
@@ -966,19 +994,21 @@ class H2Connection:
                 increment,
             )
 
-            self.config.logger.debug(
-                "Increase stream ID %d flow control window by %d",
-                stream_id, increment,
-            )
+            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+                self.config.logger.debug(
+                    "Increase stream ID %d flow control window by %d",
+                    stream_id, increment,
+                )
         else:
             self._inbound_flow_control_window_manager.window_opened(increment)
             f = WindowUpdateFrame(0)
             f.window_increment = increment
             frames = [f]
 
-            self.config.logger.debug(
-                "Increase connection flow control window by %d", increment,
-            )
+            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+                self.config.logger.debug(
+                    "Increase connection flow control window by %d", increment,
+                )
 
         self._prepare_for_sending(frames)
 
@@ -1007,9 +1037,10 @@ class H2Connection:
             :class:`HeaderTuple <hpack:hpack.HeaderTuple>` objects.
         :returns: Nothing
         """
-        self.config.logger.debug(
-            "Send Push Promise frame on stream ID %d", stream_id,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Send Push Promise frame on stream ID %d", stream_id,
+            )
 
         if not self.remote_settings.enable_push:
             msg = "Remote peer has disabled stream push"
@@ -1046,7 +1077,8 @@ class H2Connection:
                             PING frame.
         :returns: Nothing
         """
-        self.config.logger.debug("Send Ping frame")
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Send Ping frame")
 
         if not isinstance(opaque_data, bytes) or len(opaque_data) != 8:
             msg = f"Invalid value for ping data: {opaque_data!r}"
@@ -1074,7 +1106,8 @@ class H2Connection:
         :type error_code: ``int``
         :returns: Nothing
         """
-        self.config.logger.debug("Reset stream ID %d", stream_id)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Reset stream ID %d", stream_id)
         self.state_machine.process_input(ConnectionInputs.SEND_RST_STREAM)
         stream = self._get_stream_by_id(stream_id)
         frames = stream.reset_stream(error_code)
@@ -1098,7 +1131,8 @@ class H2Connection:
             by the sender. Defaults to ``highest_inbound_stream_id``.
         :returns: Nothing
         """
-        self.config.logger.debug("Close connection")
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Close connection")
         self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
 
         # Additional_data must be bytes
@@ -1123,9 +1157,10 @@ class H2Connection:
 
         :param new_settings: A dictionary of {setting: new value}
         """
-        self.config.logger.debug(
-            "Update connection settings to %s", new_settings,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Update connection settings to %s", new_settings,
+            )
         self.state_machine.process_input(ConnectionInputs.SEND_SETTINGS)
         self.local_settings.update(new_settings)
         s = SettingsFrame(0)
@@ -1365,10 +1400,11 @@ class H2Connection:
         :returns: Nothing
         :rtype: ``None``
         """
-        self.config.logger.debug(
-            "Ack received data on stream ID %d with size %d",
-            stream_id, acknowledged_size,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Ack received data on stream ID %d with size %d",
+                stream_id, acknowledged_size,
+            )
         if stream_id <= 0:
             msg = f"Stream ID {stream_id} is not valid for acknowledge_received_data"
             raise ValueError(msg)
@@ -1512,9 +1548,10 @@ class H2Connection:
         :returns: A list of events that the remote peer triggered by sending
             this data.
         """
-        self.config.logger.trace(
-            "Process received data on connection. Received data: %r", data,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.trace(
+                "Process received data on connection. Received data: %r", data,
+            )
 
         events: list[Event] = []
         self.incoming_buffer.add_data(data)
@@ -1546,7 +1583,8 @@ class H2Connection:
         """
         events: list[Event]
         # pyproxyd: formatted by the logger, if it logs (repr was 3% of CPU)
-        self.config.logger.trace("Received frame: %s", frame)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.trace("Received frame: %s", frame)
         try:
             # I don't love using __class__ here, maybe reconsider it.
             frames, events = self._frame_dispatch_table[frame.__class__](frame)
@@ -1620,7 +1658,8 @@ class H2Connection:
             ConnectionInputs.RECV_HEADERS,
         )
         stream = self._get_or_create_stream(
-            frame.stream_id, AllowedStreamIDs(not self.config.client_side),
+            # pyproxyd: the member itself (as in send_headers)
+            frame.stream_id, AllowedStreamIDs.EVEN if self.config.client_side else AllowedStreamIDs.ODD,
         )
         frames, stream_events = stream.receive_headers(
             headers,
@@ -1724,19 +1763,21 @@ class H2Connection:
             window_update_frame = WindowUpdateFrame(0)
             window_update_frame.window_increment = conn_increment
             frames.append(window_update_frame)
-            self.config.logger.debug(
-                "Received DATA frame on closed stream %d - "
-                "auto-emitted a WINDOW_UPDATE by %d",
-                frame.stream_id, conn_increment,
-            )
+            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+                self.config.logger.debug(
+                    "Received DATA frame on closed stream %d - "
+                    "auto-emitted a WINDOW_UPDATE by %d",
+                    frame.stream_id, conn_increment,
+                )
 
         rst_stream_frame = RstStreamFrame(exc.stream_id)
         rst_stream_frame.error_code = exc.error_code
         frames.append(rst_stream_frame)
-        self.config.logger.debug(
-            "Stream %s already CLOSED or cleaned up - auto-emitted a RST_FRAME",
-            frame.stream_id,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Stream %s already CLOSED or cleaned up - auto-emitted a RST_FRAME",
+                frame.stream_id,
+            )
         return frames, events + exc._events
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
@@ -1983,9 +2024,10 @@ class H2Connection:
         do. We do notify the user that we received one, however.
         """
         # All we do here is log.
-        self.config.logger.debug(
-            "Received unknown extension frame (ID %d)", frame.stream_id,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Received unknown extension frame (ID %d)", frame.stream_id,
+            )
         event = UnknownFrameReceived(frame=frame)
         return [], [event]
 

@@ -44,6 +44,7 @@ from .utilities import (
     validate_outbound_headers,
 )
 from .windows import WindowManager
+from .config import DummyLogger  # pyproxyd: loggers that log are called, the no-op one is not
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Generator, Iterable
@@ -65,6 +66,11 @@ class StreamState(IntEnum):
 
 
 class StreamInputs(Enum):
+    # pyproxyd: hashed by identity, in C (Enum's __hash__ is a Python method,
+    # called twice per state machine step for the transition table's key).
+    # Members compare by identity anyway; only their hash values change.
+    __hash__ = object.__hash__
+
     SEND_HEADERS = 0
     SEND_PUSH_PROMISE = 1
     SEND_RST_STREAM = 2
@@ -87,6 +93,9 @@ class StreamInputs(Enum):
 
 
 class StreamClosedBy(Enum):
+    # pyproxyd: hashed by identity, in C (as StreamInputs)
+    __hash__ = object.__hash__
+
     SEND_END_STREAM = 0
     RECV_END_STREAM = 1
     SEND_RST_STREAM = 2
@@ -790,6 +799,19 @@ _transitions: dict[
 }
 
 
+# pyproxyd: every HeaderValidationFlags, indexed by its bits (is_client 1,
+# is_trailer 2, is_response_header 4, is_push_promise 8)
+_VALIDATION_FLAGS = [
+    HeaderValidationFlags(
+        is_client=bool(i & 1),
+        is_trailer=bool(i & 2),
+        is_response_header=bool(i & 4),
+        is_push_promise=bool(i & 8),
+    )
+    for i in range(16)
+]
+
+
 class H2Stream:
     """
     A low-level HTTP/2 stream object. This handles building and receiving
@@ -875,7 +897,8 @@ class H2Stream:
         request/response of an upgraded connection. Places the stream into an
         appropriate state.
         """
-        self.config.logger.debug("Upgrading %r", self)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Upgrading %r", self)
 
         assert self.stream_id == 1
         input_ = (
@@ -894,7 +917,8 @@ class H2Stream:
         Returns a list of HEADERS/CONTINUATION frames to emit as either headers
         or trailers.
         """
-        self.config.logger.debug("Send headers %s on %r", headers, self)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Send headers %s on %r", headers, self)
 
         # Because encoding headers makes an irreversible change to the header
         # compression context, we make the state transition before we encode
@@ -918,9 +942,8 @@ class H2Stream:
         events = self.state_machine.process_input(input_)
 
         hf = HeadersFrame(self.stream_id)
-        hdr_validation_flags = self._build_hdr_validation_flags(events)
         frames = self._build_headers_frames(
-            bytes_headers, encoder, hf, hdr_validation_flags,
+            bytes_headers, encoder, hf, events,
         )
 
         if end_stream:
@@ -950,7 +973,8 @@ class H2Stream:
         stream header. Called on the stream that has the PUSH_PROMISE frame
         sent on it.
         """
-        self.config.logger.debug("Push stream %r", self)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Push stream %r", self)
 
         # Because encoding headers makes an irreversible change to the header
         # compression context, we make the state transition *first*.
@@ -961,12 +985,11 @@ class H2Stream:
 
         ppf = PushPromiseFrame(self.stream_id)
         ppf.promised_stream_id = related_stream_id
-        hdr_validation_flags = self._build_hdr_validation_flags(events)
 
         bytes_headers = utf8_encode_headers(headers)
 
         return self._build_headers_frames(
-            bytes_headers, encoder, ppf, hdr_validation_flags,
+            bytes_headers, encoder, ppf, events,
         )
 
 
@@ -992,9 +1015,10 @@ class H2Stream:
 
         .. warning:: Does not perform flow control checks.
         """
-        self.config.logger.debug(
-            "Send data on %r with end stream set to %s", self, end_stream,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Send data on %r with end stream set to %s", self, end_stream,
+            )
 
         self.state_machine.process_input(StreamInputs.SEND_DATA)
 
@@ -1020,7 +1044,8 @@ class H2Stream:
         """
         End a stream without sending data.
         """
-        self.config.logger.debug("End stream %r", self)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("End stream %r", self)
 
         self.state_machine.process_input(StreamInputs.SEND_END_STREAM)
         df = DataFrame(self.stream_id)
@@ -1032,9 +1057,10 @@ class H2Stream:
         Advertise an RFC 7838 alternative service. The semantics of this are
         better documented in the ``H2Connection`` class.
         """
-        self.config.logger.debug(
-            "Advertise alternative service of %r for %r", field_value, self,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Advertise alternative service of %r for %r", field_value, self,
+            )
         self.state_machine.process_input(StreamInputs.SEND_ALTERNATIVE_SERVICE)
         asf = AltSvcFrame(self.stream_id)
         asf.field = field_value
@@ -1044,10 +1070,11 @@ class H2Stream:
         """
         Increase the size of the flow control window for the remote side.
         """
-        self.config.logger.debug(
-            "Increase flow control window for %r by %d",
-            self, increment,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Increase flow control window for %r by %d",
+                self, increment,
+            )
         self.state_machine.process_input(StreamInputs.SEND_WINDOW_UPDATE)
         self._inbound_window_manager.window_opened(increment)
 
@@ -1064,19 +1091,19 @@ class H2Stream:
         stream. This is called on the stream that has the PUSH_PROMISE sent
         on it.
         """
-        self.config.logger.debug(
-            "Receive Push Promise on %r for remote stream %d",
-            self, promised_stream_id,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Receive Push Promise on %r for remote stream %d",
+                self, promised_stream_id,
+            )
         events = self.state_machine.process_input(
             StreamInputs.RECV_PUSH_PROMISE,
         )
         push_event = cast("PushedStreamReceived", events[0])
         push_event.pushed_stream_id = promised_stream_id
 
-        hdr_validation_flags = self._build_hdr_validation_flags(events)
         push_event.headers = self._process_received_headers(
-            headers, hdr_validation_flags, header_encoding,
+            headers, events, header_encoding,
         )
         return [], events
 
@@ -1086,7 +1113,8 @@ class H2Stream:
         called immediately after initialization. Sends no frames, simply
         updates the state machine.
         """
-        self.config.logger.debug("%r pushed by remote peer", self)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("%r pushed by remote peer", self)
         events = self.state_machine.process_input(
             StreamInputs.RECV_PUSH_PROMISE,
         )
@@ -1131,9 +1159,8 @@ class H2Stream:
             msg = "Trailers must have END_STREAM set"
             raise ProtocolError(msg)
 
-        hdr_validation_flags = self._build_hdr_validation_flags(events)
         headers_event.headers = self._process_received_headers(
-            headers, hdr_validation_flags, header_encoding,
+            headers, events, header_encoding,
         )
         return [], events
 
@@ -1141,10 +1168,11 @@ class H2Stream:
         """
         Receive some data.
         """
-        self.config.logger.debug(
-            "Receive data on %r with end stream %s and flow control length "
-            "set to %d", self, end_stream, flow_control_len,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Receive data on %r with end stream %s and flow control length "
+                "set to %d", self, end_stream, flow_control_len,
+            )
         events = self.state_machine.process_input(StreamInputs.RECV_DATA)
         data_event = cast("DataReceived", events[0])
         self._inbound_window_manager.window_consumed(flow_control_len)
@@ -1165,10 +1193,11 @@ class H2Stream:
         """
         Handle a WINDOW_UPDATE increment.
         """
-        self.config.logger.debug(
-            "Receive Window Update on %r for increment of %d",
-            self, increment,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Receive Window Update on %r for increment of %d",
+                self, increment,
+            )
         events = self.state_machine.process_input(
             StreamInputs.RECV_WINDOW_UPDATE,
         )
@@ -1204,7 +1233,8 @@ class H2Stream:
         but the type of error it is depends on the state of the stream and must
         transition the state of the stream, so we need to handle it.
         """
-        self.config.logger.debug("Receive Continuation frame on %r", self)
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug("Receive Continuation frame on %r", self)
         self.state_machine.process_input(
             StreamInputs.RECV_CONTINUATION,
         )
@@ -1216,9 +1246,10 @@ class H2Stream:
         An Alternative Service frame was received on the stream. This frame
         inherits the origin associated with this stream.
         """
-        self.config.logger.debug(
-            "Receive Alternative Service frame on stream %r", self,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Receive Alternative Service frame on stream %r", self,
+            )
 
         # If the origin is present, RFC 7838 says we have to ignore it.
         if frame.origin:
@@ -1242,9 +1273,10 @@ class H2Stream:
         """
         Close the stream locally. Reset the stream with an error code.
         """
-        self.config.logger.debug(
-            "Local reset %r with error code: %d", self, error_code,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Local reset %r with error code: %d", self, error_code,
+            )
         self.state_machine.process_input(StreamInputs.SEND_RST_STREAM)
 
         rsf = RstStreamFrame(self.stream_id)
@@ -1255,9 +1287,10 @@ class H2Stream:
         """
         Handle a stream being reset remotely.
         """
-        self.config.logger.debug(
-            "Remote reset %r with error code: %d", self, frame.error_code,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Remote reset %r with error code: %d", self, frame.error_code,
+            )
         events = self.state_machine.process_input(StreamInputs.RECV_RST_STREAM)
 
         if events:
@@ -1272,10 +1305,11 @@ class H2Stream:
         that was received on this stream. Pass that to the window manager and
         potentially return some WindowUpdate frames.
         """
-        self.config.logger.debug(
-            "Acknowledge received data with size %d on %r",
-            acknowledged_size, self,
-        )
+        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            self.config.logger.debug(
+                "Acknowledge received data with size %d on %r",
+                acknowledged_size, self,
+            )
         increment = self._inbound_window_manager.process_bytes(
             acknowledged_size,
         )
@@ -1306,36 +1340,44 @@ class H2Stream:
             events[0], (PushedStreamReceived, _PushedRequestSent),
         )
 
-        return HeaderValidationFlags(
-            is_client=self.state_machine.client or False,
-            is_trailer=is_trailer,
-            is_response_header=is_response_header,
-            is_push_promise=is_push_promise,
-        )
+        # pyproxyd: one of the 16 flag sets, built once (a NamedTuple's
+        # constructor is a Python function)
+        client = self.state_machine.client or False
+        return _VALIDATION_FLAGS[
+            client | (is_trailer << 1) | (is_response_header << 2) | (is_push_promise << 3)
+        ]
 
     def _build_headers_frames(self,
                               headers: Iterable[Header],
                               encoder: Encoder,
                               first_frame: HeadersFrame | PushPromiseFrame,
-                              hdr_validation_flags: HeaderValidationFlags) \
+                              events: list[Event]) \
             -> list[HeadersFrame | ContinuationFrame | PushPromiseFrame]:
         """
         Helper method to build headers or push promise frames.
         """
-        # We need to lowercase the header names, and to ensure that secure
-        # header fields are kept out of compression contexts.
-        if self.config.normalize_outbound_headers:
-            # also we may want to split outbound cookies to improve
-            # headers compression
-            should_split_outbound_cookies = self.config.split_outbound_cookies
+        # pyproxyd: takes the state machine's events, and builds the validation
+        # flags from them only when a check below reads them (a NamedTuple and
+        # three isinstance walks per header block otherwise).
+        config = self.config
+        normalize = config.normalize_outbound_headers
+        validate = config.validate_outbound_headers
+        if normalize or validate:
+            hdr_validation_flags = self._build_hdr_validation_flags(events)
+            # We need to lowercase the header names, and to ensure that secure
+            # header fields are kept out of compression contexts.
+            if normalize:
+                # also we may want to split outbound cookies to improve
+                # headers compression
+                should_split_outbound_cookies = config.split_outbound_cookies
 
-            headers = normalize_outbound_headers(
-                headers, hdr_validation_flags, should_split_outbound_cookies,
-            )
-        if self.config.validate_outbound_headers:
-            headers = validate_outbound_headers(
-                headers, hdr_validation_flags,
-            )
+                headers = normalize_outbound_headers(
+                    headers, hdr_validation_flags, should_split_outbound_cookies,
+                )
+            if validate:
+                headers = validate_outbound_headers(
+                    headers, hdr_validation_flags,
+                )
 
         encoded_headers = encoder.encode(headers)
 
@@ -1363,20 +1405,27 @@ class H2Stream:
 
     def _process_received_headers(self,
                                   headers: Iterable[Header],
-                                  header_validation_flags: HeaderValidationFlags,
+                                  events: list[Event],
                                   header_encoding: bool | str | None) -> list[Header]:
         """
         When headers have been received from the remote peer, run a processing
         pipeline on them to transform them into the appropriate form for
         attaching to an event.
         """
-        if self.config.normalize_inbound_headers:
-            headers = normalize_inbound_headers(
-                headers, header_validation_flags,
-            )
+        # pyproxyd: the validation flags are built from the events only when
+        # a step below reads them (as in _build_headers_frames).
+        config = self.config
+        normalize = config.normalize_inbound_headers
+        validate = config.validate_inbound_headers
+        if normalize or validate:
+            header_validation_flags = self._build_hdr_validation_flags(events)
+            if normalize:
+                headers = normalize_inbound_headers(
+                    headers, header_validation_flags,
+                )
 
-        if self.config.validate_inbound_headers:
-            headers = validate_headers(headers, header_validation_flags)
+            if validate:
+                headers = validate_headers(headers, header_validation_flags)
 
         if isinstance(header_encoding, str):
             headers = _decode_headers(headers, header_encoding)

@@ -532,6 +532,18 @@ def _to_bytes(v: bytes | str) -> bytes:
     return v if isinstance(v, bytes) else v.encode("utf-8")
 
 
+def _bytes_pair(header: object) -> bool:
+    """
+    pyproxyd: whether ``header`` is a ``tuple`` or ``HeaderTuple`` of two bytes.
+    A function of its own: narrowed by ``isinstance`` in the caller, mypyc
+    would unbox a ``HeaderTuple`` as a plain tuple, and it would lose its class
+    (a never-indexed field encoded as indexable).
+    """
+    if type(header) is not tuple and not isinstance(header, HeaderTuple):
+        return False
+    return len(header) == 2 and isinstance(header[0], bytes) and isinstance(header[1], bytes)
+
+
 def utf8_encode_headers(headers: Iterable[HeaderWeaklyTyped]) -> list[Header]:
     """
     Given an iterable of header two-tuples, rebuilds that as a list with the
@@ -540,7 +552,14 @@ def utf8_encode_headers(headers: Iterable[HeaderWeaklyTyped]) -> list[Header]:
     any ``HeaderTuple``.
     """
     encoded_headers: list[Header] = []
+    header: Any  # pyproxyd: an object to mypyc, so that a HeaderTuple keeps its class
     for header in headers:
+        # pyproxyd: a pair of bytes (a tuple or HeaderTuple) is what this would
+        # rebuild; it is kept as it is (a tuple and a HeaderTuple per field
+        # otherwise, and HeaderTuple's constructor is interpreted).
+        if _bytes_pair(header):
+            encoded_headers.append(header)
+            continue
         h = (_to_bytes(header[0]), _to_bytes(header[1]))
         if isinstance(header, HeaderTuple):
             encoded_headers.append(header.__class__(h[0], h[1]))
@@ -720,7 +739,11 @@ class SizeLimitDict(collections.OrderedDict[int, Any]):
     def __setitem__(self, key: int, value: Any | int) -> None:
         super().__setitem__(key, value)
 
-        self._check_size_limit()
+        # pyproxyd: the limit is checked here, the method called only when over it
+        # (one per stream closed: h2's bookkeeping of closed streams)
+        limit = self._size_limit
+        if limit is not None and len(self) > limit:
+            self._check_size_limit()
 
     def _check_size_limit(self) -> None:
         if self._size_limit is not None:
