@@ -176,7 +176,7 @@ class ResponseView:
         # drops[i]: the names the steps from i inward remove (and hop-by-hop).
         self.drops = drops
         self.raw = raw  # header lines added so far, rendered
-        self.at = 0  # the step whose on_response runs (set by the chain)
+        self.at = 0  # the step whose on_response runs (set by the chain; -1: all have)
         self._headers: HeaderList | None = None
 
     @property

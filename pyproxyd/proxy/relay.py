@@ -278,8 +278,10 @@ def _final(resp: ResponseView, status: int) -> tuple[Pairs, frozenset[bytes] | N
     frame the message: hop-by-hop names are dropped here. `status`: the
     upstream's (0 for an answer of the gateway's own)."""
     changed = resp.status != status
-    if resp.lazy and not (changed and resp.status in (204, 304)):
-        return resp.base, resp.drops[0], resp.raw
+    if resp.lazy:
+        if not (changed and resp.status in (204, 304)):
+            return resp.base, resp.drops[0], resp.raw
+        resp.at = -1  # every step has run: the list as the last one left it
     pairs = resp.pairs
     if status and changed and resp.status in (204, 304):
         # Now without a body: the upstream's Content-Length would announce one.

@@ -114,3 +114,24 @@ def test_a_chain_that_removes_what_it_adds_is_walked_over_a_list(
     assert not chain.lazy
     got, _ = client_gets(chain, lazy=False)
     assert removed not in [n.lower() for n, _ in got]
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_a_status_without_body_set_on_a_lazy_view_keeps_every_steps_headers(name: str) -> None:
+    """A python step that only sets 204: the list is made after the walk,
+    with what every step removed and added (the outermost one's too)."""
+    from pyproxyd.proxy.relay import _final
+
+    def no_content(view: RequestView, resp: ResponseView) -> None:
+        resp.status = 204
+
+    steps = [*CHAINS[name]([]), Step("empty", "python", None, no_content)]
+    chain = Chain(tuple(steps), 30.0)
+    lazy = ResponseView(200, None, UPSTREAM, chain.response_drops(len(steps)), RAW)
+    pairs = filter_response_headers(UPSTREAM, RESPONSE_DROP_B)
+    pairs.extend(header_lines(RAW))
+    eager = ResponseView(200, pairs)
+    chain.leave(request_view(depth=len(steps)), lazy)
+    chain.leave(request_view(depth=len(steps)), eager)
+    got, want = _final(lazy, 200)[0], _final(eager, 200)[0]
+    assert got == want and (b"Content-Length", b"2") not in got
