@@ -19,7 +19,11 @@ request), compiled build (scripts/compile.sh). Each round runs both rows (order
 rotated), a warm-up run before each measured run; the ratios printed are the
 medians of each round's ratio (the host's speed drifts within a minute), for
 req/s and for the CPU the instance used (utime + stime from /proc) per request,
-which holds whatever share of the core the instance got. Needs wrk and nginx
+which holds whatever share of the core the instance got. With `--side-by-side`
+both rows run at once (a wrk each, both gateways sharing core 1), so whatever
+the host does meanwhile touches both alike: the CPU ratio is then the
+steadiest measure on a busy host (the same config in both rows: 1.000x,
++-0.006 a round); req/s then says nothing. Needs wrk and nginx
 (`apt-get install -y wrk nginx-light`). Only 127.0.0.1, ports 18440-18444.
 Every process started here is stopped by PID at the end.
 """
@@ -29,7 +33,9 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 from features_bench import EXTRA, validate
 from proxy_bench import (
@@ -49,8 +55,45 @@ ROWS = {"plain": (18441, 18443), "middleware": (18442, 18444)}  # name -> (liste
 HERE = Path(__file__).resolve().parent  # bench_middleware.py, on server.python_path
 
 
+def _both(duration: str, connections: int) -> dict[str, tuple[float, float, float, int]]:
+    """A wrk run against each row, at the same time."""
+    got: dict[str, tuple[float, float, float, int]] = {}
+
+    def run(name: str) -> None:
+        got[name] = wrk(ROWS[name][0], duration, connections)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ROWS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
+def side_by_side(args: Any, pids: dict[str, int]) -> None:
+    """Both rows under load at once, `args.rounds` times: each one's CPU a
+    request, and the median of the rounds' ratios."""
+    seconds = float(args.duration.rstrip("s"))
+    ratios = []
+    for r in range(args.rounds):
+        _both(args.warmup, args.connections)
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        got = _both(args.duration, args.connections)
+        cpu = {
+            name: (cpu_seconds(pid) - before[name]) * 1e6 / max(1.0, got[name][0] * seconds)
+            for name, pid in pids.items()
+        }
+        ratios.append(cpu["middleware"] / (cpu["plain"] or 1.0))
+        print(f"round {r + 1}: plain {got['plain'][0]:.0f} req/s {cpu['plain']:.1f} us CPU a "
+              f"request, middleware {got['middleware'][0]:.0f} req/s {cpu['middleware']:.1f} us: "
+              f"{ratios[-1]:.3f}x", file=sys.stderr)  # fmt: skip
+    print(f"\n{args.rounds} rounds x {args.duration}, both rows at once on core 1; middleware "
+          f"against plain (median of per-round ratios): {statistics.median(ratios):.3f}x CPU a "
+          "request (target <= 1.05x)")  # fmt: skip
+
+
 def main() -> None:
-    args = wrk_args(__doc__)
+    args = wrk_args(__doc__, flags={"--side-by-side": "run both rows at once (see above)"})
     results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in ROWS}
     cpu: dict[str, list[float]] = {k: [] for k in ROWS}  # CPU us a request
     seconds = float(args.duration.rstrip("s"))
@@ -76,6 +119,9 @@ def main() -> None:
             for port, admin in ROWS.values():
                 wait_port(port)
                 wait_ready(admin)
+            if args.side_by_side:
+                side_by_side(args, pids)
+                return
             names = list(ROWS)
             for r in range(args.rounds):
                 for name in names[r % 2 :] + names[: r % 2]:

@@ -155,13 +155,18 @@ def wait_ready(admin_port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"pyproxyd not ready on admin port {admin_port} after {timeout}s")
 
 
-def wrk_args(doc: str, tools: tuple[str, ...] = ("wrk", "nginx")) -> argparse.Namespace:
-    """The options every wrk benchmark here takes, after checking its tools exist."""
+def wrk_args(
+    doc: str, tools: tuple[str, ...] = ("wrk", "nginx"), flags: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """The options every wrk benchmark here takes, after checking its tools
+    exist; `flags`: a bench's own on/off options (name -> help)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--duration", default="5s")
     ap.add_argument("--warmup", default="1s")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
+    for flag, text in (flags or {}).items():
+        ap.add_argument(flag, action="store_true", help=text)
     args = ap.parse_args()
     packages = {"wrk": "wrk", "nginx": "nginx-light", "redis-server": "redis-server"}
     for tool in tools:
