@@ -43,11 +43,9 @@ CONNECTION_SPECIFIC = frozenset(
         b"trailer",
     }
 )
-# Values new with every request: sent as literals never indexed, so they neither
-# churn the HPACK dynamic table nor slow down its (linear) searches.
-PER_REQUEST = frozenset(
-    {b"x-request-id", b"traceparent", b"x-forwarded-for", b"content-length", b"authorization"}
-)
+# Sent as never-indexed literals (RFC 7541 7.1.3), which hpack_plain.PlainEncoder
+# also keeps out of its per-process cache of encoded fields.
+SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 # Tries of one request on one target when streams are refused (GOAWAY, REFUSED_STREAM).
 STREAM_TRIES = 3
 
@@ -97,7 +95,7 @@ def h2_headers(
             continue
         if lname == b"grpc-timeout" and timeout is not None:
             continue
-        if lname in PER_REQUEST:
+        if lname in SENSITIVE:
             out.append(NeverIndexedHeaderTuple(lname, value))
         else:
             out.append((lname, value))
@@ -106,7 +104,7 @@ def h2_headers(
     if te_trailers:
         headers.append((b"te", b"trailers"))
     if timeout is not None:
-        headers.append(NeverIndexedHeaderTuple(b"grpc-timeout", timeout))
+        headers.append((b"grpc-timeout", timeout))
     headers.extend(out)
     return headers, chunked
 

@@ -643,10 +643,12 @@ class H2Connection:
         .. versionchanged:: 2.0.0
            Removed this function from the public API.
         """
-        try:
-            return self.streams[stream_id]
-        except KeyError:
+        # pyproxyd: a lookup, not try/except KeyError: every new stream raised
+        # the KeyError, and compiled code builds a traceback for it
+        stream = self.streams.get(stream_id)
+        if stream is None:
             return self._begin_new_stream(stream_id, allowed_ids)
+        return stream
 
     def _get_stream_by_id(self, stream_id: int | None) -> H2Stream:
         """

@@ -16,8 +16,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple as _NeverIndexed
-
 from ...errors import ClientGone
 from ...proxy.interface import Request
 from ..request import BodyQueue
@@ -171,11 +169,7 @@ class H2Request(Request):
                 name, sep, value = line.partition(b":")
                 if sep:
                     lname = name.strip().lower()
-                    if lname == b"x-request-id":
-                        # New on every answer: kept out of HPACK's table, where it
-                        # would only evict what repeats (and lengthen each search).
-                        out.append(_NeverIndexed(lname, value.strip()))
-                    elif lname not in CONNECTION_SPECIFIC:
+                    if lname not in CONNECTION_SPECIFIC:
                         out.append((lname, value.strip()))
         if length is not None and not keep_length:
             out.append((b"content-length", b"%d" % length))
