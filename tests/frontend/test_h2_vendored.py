@@ -20,6 +20,7 @@ from pyproxyd._vendor.h2.utilities import utf8_encode_headers
 from pyproxyd._vendor.hpack import HeaderTuple, NeverIndexedHeaderTuple
 from pyproxyd.frontend.http2.connection import _CONFIG as FRONT_CONFIG
 from pyproxyd.hpack_plain import PlainEncoder
+from pyproxyd.upstream.h2conn import client_config
 
 REQUEST: list[Any] = [
     (b":method", b"POST"),
@@ -37,15 +38,7 @@ TEXT_SECRET: Any = NeverIndexedHeaderTuple("authorization", "secret")
 
 def upstream_client() -> H2Connection:
     """Configured as upstream/h2conn.py configures its connections."""
-    conn = H2Connection(
-        H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-    )
+    conn = H2Connection(client_config())
     conn.encoder = PlainEncoder()
     conn.initiate_connection()
     return conn
