@@ -20,6 +20,7 @@ from pyproxyd._vendor.h2.utilities import utf8_encode_headers
 from pyproxyd._vendor.hpack import HeaderTuple, NeverIndexedHeaderTuple
 from pyproxyd.frontend.http2.connection import _CONFIG as FRONT_CONFIG
 from pyproxyd.hpack_plain import PlainEncoder
+from pyproxyd.upstream.h2check import response_malformed
 from pyproxyd.upstream.h2conn import client_config
 
 REQUEST: list[Any] = [
@@ -103,10 +104,9 @@ def test_a_grpc_call_between_two_vendored_connections() -> None:
     assert client.state_machine.state is ConnectionState.CLIENT_OPEN
 
 
-def test_inbound_checks_still_run_where_configured() -> None:
-    """The upstream side keeps h2's inbound validation: an upper-case name in a
-    response is a protocol error, as before the flags were built lazily."""
-    client = upstream_client()
+def _answer_upper_case(client: H2Connection) -> Any:
+    """`client` asks, a server with its outbound checks off answers a head with
+    an upper-case field name; what the client's receive_data returns."""
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(
             client_side=False, validate_outbound_headers=False, normalize_outbound_headers=False
@@ -118,12 +118,30 @@ def test_inbound_checks_still_run_where_configured() -> None:
     client.send_headers(1, REQUEST, end_stream=True)
     server.receive_data(client.data_to_send())
     server.send_headers(1, [(b":status", b"200"), (b"Content-Type", b"text/plain")])
+    return client.receive_data(server.data_to_send())
+
+
+def test_inbound_checks_still_run_where_configured() -> None:
+    """h2's inbound validation still runs where it is on (the lazily built
+    flags): an upper-case name in a response is a protocol error."""
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
     try:
-        client.receive_data(server.data_to_send())
+        _answer_upper_case(client)
     except ProtocolError as exc:
         assert "uppercase" in str(exc)
     else:
         raise AssertionError("an upper-case field name was accepted")
+
+
+def test_the_upstream_side_leaves_response_checks_to_h2check() -> None:
+    """The upstream connection turns h2's check of responses off: h2conn checks
+    them (h2check), failing the stream only, not the connection."""
+    client = upstream_client()
+    (response,) = [e for e in _answer_upper_case(client) if isinstance(e, ResponseReceived)]
+    why = response_malformed(response.headers, False)
+    assert why is not None and "b'Content-Type'" in why
+    assert client.state_machine.state is ConnectionState.CLIENT_OPEN
 
 
 def test_enum_members_hash_by_identity_and_stay_distinct() -> None:

@@ -269,21 +269,36 @@ class H2ConnectionStateMachine:
             msg = "Input must be an instance of ConnectionInputs"
             raise ValueError(msg)  # noqa: TRY004
 
-        # pyproxyd: annotated for mypyc (no transition has a function yet)
+        # pyproxyd: _TABLE[input].get(state), not _transitions[(state, input)]:
+        # two dict lookups by members hashed by identity, where the tuple key
+        # was built and hashed per step. Annotated for mypyc (no transition
+        # has a function yet).
         func: Callable[[], list[Event]] | None
-        try:
-            func, target_state = self._transitions[(self.state, input_)]
-        except KeyError as e:
+        transition = _TABLE[input_].get(self.state)
+        if transition is None:
             old_state = self.state
             self.state = ConnectionState.CLOSED
             msg = f"Invalid input {input_} in state {old_state}"
-            raise ProtocolError(msg) from e
+            raise ProtocolError(msg)
         else:
+            func, target_state = transition
             self.state = target_state
             if func is not None:  # pragma: no cover
                 return func()
 
             return []
+
+
+# pyproxyd: H2ConnectionStateMachine._transitions as process_input reads it,
+# by input then by state; a state missing has no transition.
+_TABLE: dict[ConnectionInputs, dict[ConnectionState, tuple[Any, ConnectionState]]] = {
+    input_: {
+        state: transition
+        for (state, key), transition in H2ConnectionStateMachine._transitions.items()
+        if key is input_
+    }
+    for input_ in ConnectionInputs
+}
 
 
 # pyproxyd: upstream/h2conn.py subclasses it

@@ -179,14 +179,17 @@ class H2StreamStateMachine:
                 self.tally.moved(self.stream_id, before, self.state)
 
     def _process_input(self, input_: StreamInputs) -> list[Event]:
-        try:
-            func, target_state = _transitions[(self.state, input_)]
-        except KeyError as err:
+        # pyproxyd: _TABLE[input][state], not _transitions[(state, input)]: a
+        # dict lookup by the member (hashed by identity) and a list index by
+        # the IntEnum, where the tuple key was built and hashed per step.
+        transition = _TABLE[input_][self.state]
+        if transition is None:
             old_state = self.state
             self.state = StreamState.CLOSED
             msg = f"Invalid input {input_} in state {old_state}"
-            raise ProtocolError(msg) from err
+            raise ProtocolError(msg)
         else:
+            func, target_state = transition
             previous_state = self.state
             self.state = target_state
             if func is not None:
@@ -796,6 +799,16 @@ _transitions: dict[
         (H2StreamStateMachine.send_on_closed_stream, StreamState.CLOSED),
     (StreamState.CLOSED, StreamInputs.SEND_END_STREAM):
         (H2StreamStateMachine.send_on_closed_stream, StreamState.CLOSED),
+}
+
+# pyproxyd: _transitions as H2StreamStateMachine reads it, by input then by
+# state (StreamState's value is the index); None where there is no transition.
+_Transition = tuple[
+    "Callable[[H2StreamStateMachine, StreamState], list[Event]] | None", StreamState,
+]
+_TABLE: dict[StreamInputs, list[_Transition | None]] = {
+    input_: [_transitions.get((state, input_)) for state in sorted(StreamState)]
+    for input_ in StreamInputs
 }
 
 

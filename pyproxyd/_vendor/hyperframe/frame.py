@@ -147,6 +147,8 @@ class Frame:
         return (frame, length)
 
     def parse_flags(self, flag_byte: int) -> Flags:
+        if not flag_byte:  # pyproxyd: most frames set none
+            return self.flags
         for flag, flag_bit in self.defined_flags:
             if flag_byte & flag_bit:
                 self.flags.add(flag)
