@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from enum import Enum, IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .._mypyc import mypyc_attr
 from ..hpack.exceptions import HPACKError, OversizedHeaderListError
@@ -139,7 +139,7 @@ class H2ConnectionStateMachine:
     # contains all allowed transitions: anything not in this map is invalid
     # and immediately causes a transition to ``closed``.
 
-    _transitions = {
+    _transitions: ClassVar[dict[tuple[ConnectionState, ConnectionInputs], tuple[Any, ConnectionState]]] = {  # pyproxyd: ClassVar (mypyc), read by _TABLE
         # State: idle
         (ConnectionState.IDLE, ConnectionInputs.SEND_HEADERS):
             (None, ConnectionState.CLIENT_OPEN),
@@ -1574,8 +1574,10 @@ class H2Connection:
         self.incoming_buffer.add_data(data)
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
 
+        buffer = self.incoming_buffer
         try:
-            for frame in self.incoming_buffer:
+            # pyproxyd: next_frame() is __next__ without StopIteration
+            while (frame := buffer.next_frame()) is not None:
                 events.extend(self._receive_frame(frame))
         except InvalidPaddingError as e:
             self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
@@ -1603,8 +1605,16 @@ class H2Connection:
         if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
             self.config.logger.trace("Received frame: %s", frame)
         try:
-            # I don't love using __class__ here, maybe reconsider it.
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+            # pyproxyd: DATA and HEADERS, most frames, called directly; a call
+            # through the table's bound method is a Python call.
+            cls = frame.__class__
+            if cls is DataFrame:
+                frames, events = self._receive_data_frame(cast("DataFrame", frame))
+            elif cls is HeadersFrame:
+                frames, events = self._receive_headers_frame(cast("HeadersFrame", frame))
+            else:
+                # I don't love using __class__ here, maybe reconsider it.
+                frames, events = self._frame_dispatch_table[cls](frame)
         except StreamClosedError as e:
             # If the stream was closed by RST_STREAM, we just send a RST_STREAM
             # to the remote peer. Otherwise, this is a connection error, and so
