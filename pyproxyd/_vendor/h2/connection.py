@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from enum import Enum, IntEnum
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from .._mypyc import mypyc_attr
 from ..hpack.exceptions import HPACKError, OversizedHeaderListError
@@ -291,7 +291,7 @@ class H2ConnectionStateMachine:
 
 # pyproxyd: H2ConnectionStateMachine._transitions as process_input reads it,
 # by input then by state; a state missing has no transition.
-_TABLE: dict[ConnectionInputs, dict[ConnectionState, tuple[Any, ConnectionState]]] = {
+_TABLE: Final[dict[ConnectionInputs, dict[ConnectionState, tuple[Any, ConnectionState]]]] = {  # (Final: a C global, mypyc)
     input_: {
         state: transition
         for (state, key), transition in H2ConnectionStateMachine._transitions.items()

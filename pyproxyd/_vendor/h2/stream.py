@@ -7,7 +7,7 @@ An implementation of a HTTP/2 stream.
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from ..hpack import HeaderTuple
 from ..hyperframe.frame import AltSvcFrame, ContinuationFrame, DataFrame, Frame, HeadersFrame, PushPromiseFrame, RstStreamFrame, WindowUpdateFrame
@@ -806,7 +806,7 @@ _transitions: dict[
 _Transition = tuple[
     "Callable[[H2StreamStateMachine, StreamState], list[Event]] | None", StreamState,
 ]
-_TABLE: dict[StreamInputs, list[_Transition | None]] = {
+_TABLE: Final[dict[StreamInputs, list[_Transition | None]]] = {  # (Final: a C global, mypyc)
     input_: [_transitions.get((state, input_)) for state in sorted(StreamState)]
     for input_ in StreamInputs
 }
@@ -1393,6 +1393,12 @@ class H2Stream:
                 )
 
         encoded_headers = encoder.encode(headers)
+
+        # pyproxyd: a block that fits one frame is not sliced into a list
+        if 0 < len(encoded_headers) <= (self.max_outbound_frame_size or 0):
+            first_frame.data = encoded_headers
+            first_frame.flags.add("END_HEADERS")
+            return [first_frame]
 
         # Slice into blocks of max_outbound_frame_size. Be careful with this:
         # it only works right because we never send padded frames or priority
