@@ -23,6 +23,7 @@ import re
 from typing import Final
 
 _NAME: Final = re.compile(rb"[\x21-\x39\x3b-\x40\x5b-\x7e]+")
+_VALUE: Final = re.compile(rb"(?:[^\x00\r\n \t](?:[^\x00\r\n]*[^\x00\r\n \t])?)?")
 _CONNECTION: Final = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 )
@@ -38,15 +39,7 @@ def response_malformed(headers: list[tuple[bytes, bytes]], trailers: bool) -> st
     status = False
     regular = False
     for name, value in headers:
-        if value and (
-            value[0] == 0x20
-            or value[0] == 0x09
-            or value[-1] == 0x20
-            or value[-1] == 0x09
-            or b"\r" in value
-            or b"\n" in value
-            or b"\x00" in value
-        ):
+        if not _VALUE.fullmatch(value):
             return f"the value of {name!r} has NUL, CR, LF or surrounding whitespace"
         if name[:1] == b":":
             if trailers:

@@ -12,24 +12,6 @@ class Flag(NamedTuple):
     bit: int
 
 
-# pyproxyd: the names of a frame class's `defined_flags` list, by the list's
-# identity (the entry holds the list, so the id stays its own), instead of a
-# set comprehension per frame. Bounded: lists made on the fly past that are
-# read each time, as before.
-_NAMES: dict[int, tuple[object, set[str]]] = {}
-_NAMES_MAX = 64
-
-
-def _valid_names(defined_flags: Iterable[Flag]) -> set[str]:
-    entry = _NAMES.get(id(defined_flags))
-    if entry is not None and entry[0] is defined_flags:
-        return entry[1]
-    names = {flag.name for flag in defined_flags}
-    if type(defined_flags) is list and len(_NAMES) < _NAMES_MAX:
-        _NAMES[id(defined_flags)] = (defined_flags, names)
-    return names
-
-
 class Flags(MutableSet):  # type: ignore
     """
     A simple MutableSet implementation that will only accept known flags as
@@ -40,27 +22,38 @@ class Flags(MutableSet):  # type: ignore
     """
 
     def __init__(self, defined_flags: Iterable[Flag]) -> None:
-        # (shared between the Flags of a frame class: never changed)
-        self._valid_flags = _valid_names(defined_flags)
+        # pyproxyd: the defined flags are kept as given (a frame class's list,
+        # shared) and searched when a flag is added, instead of a set of their
+        # names built for every frame, most of which never add one.
+        self._defined: list[Flag] = (
+            defined_flags if isinstance(defined_flags, list) else list(defined_flags)
+        )
         self._flags: set[str] = set()
+
+    @property
+    def _valid_flags(self) -> set[str]:
+        return {flag.name for flag in self._defined}
 
     def __repr__(self) -> str:
         return repr(sorted(self._flags))
 
+    # pyproxyd: the operators on the set, not its dunder methods looked up by name
     def __contains__(self, x: object) -> bool:
-        return self._flags.__contains__(x)
+        return x in self._flags
 
     def __iter__(self) -> Iterator[str]:
-        return self._flags.__iter__()
+        return iter(self._flags)
 
     def __len__(self) -> int:
-        return self._flags.__len__()
+        return len(self._flags)
 
     def discard(self, value: str) -> None:
         return self._flags.discard(value)
 
     def add(self, value: str) -> None:
-        if value not in self._valid_flags:
-            msg = f"Unexpected flag: {value}. Valid flags are: {self._valid_flags}"
-            raise ValueError(msg)
-        return self._flags.add(value)
+        for flag in self._defined:
+            if flag.name == value:
+                self._flags.add(value)
+                return
+        msg = f"Unexpected flag: {value}. Valid flags are: {self._valid_flags}"
+        raise ValueError(msg)
