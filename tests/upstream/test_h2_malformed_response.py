@@ -38,8 +38,13 @@ class BrokenUpstream(asyncio.Protocol):
     """Answers /bad with `bad_head` once an /ok request is in too, then /ok with
     "fine" once the gateway reset /bad's stream. Records resets and GOAWAYs."""
 
-    def __init__(self, bad_head: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self,
+        bad_head: list[tuple[bytes, bytes]],
+        bad_trailers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.bad_head = bad_head
+        self.bad_trailers = bad_trailers  # instead: a good head, a body, these trailers
         self.h2 = H2Connection(
             H2Configuration(
                 client_side=False,
@@ -70,7 +75,16 @@ class BrokenUpstream(asyncio.Protocol):
             elif isinstance(event, ConnectionTerminated):
                 self.goaways += 1
         bad, ok = self.paths.get(b"/bad"), self.paths.get(b"/ok")
-        if bad is not None and ok is not None:
+        if bad is not None and ok is not None and self.bad_trailers is not None:
+            if self.h2.streams[bad].open:
+                # The trailers end the stream: nothing is left to reset, so /ok
+                # is answered right after, on the same connection.
+                self.h2.send_headers(bad, [(b":status", b"200")])
+                self.h2.send_data(bad, b"partial")
+                self.h2.send_headers(bad, self.bad_trailers, end_stream=True)
+                self.h2.send_headers(ok, [(b":status", b"200"), (b"content-length", b"4")])
+                self.h2.send_data(ok, b"fine", end_stream=True)
+        elif bad is not None and ok is not None:
             if not self.resets and self.h2.streams[bad].open:
                 self.h2.send_headers(bad, self.bad_head)
                 # (no END_STREAM: the stream stays open here, so the gateway's
@@ -89,9 +103,9 @@ class BrokenUpstream(asyncio.Protocol):
 
 @asynccontextmanager
 async def broken_upstream(
-    bad_head: list[tuple[bytes, bytes]],
+    bad_head: list[tuple[bytes, bytes]], bad_trailers: list[tuple[bytes, bytes]] | None = None
 ) -> AsyncIterator[tuple[str, BrokenUpstream]]:
-    protocol = BrokenUpstream(bad_head)
+    protocol = BrokenUpstream(bad_head, bad_trailers)
     server = await asyncio.get_running_loop().create_server(lambda: protocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -123,6 +137,39 @@ async def test_a_malformed_response_fails_its_stream_only(tmp_path: Path, kind: 
     assert (ok_status, ok_body) == (200, b"fine")
     assert up.connections == 1 and up.goaways == 0
     assert up.resets == [(up.paths[b"/bad"], ErrorCodes.PROTOCOL_ERROR)]
+
+
+async def test_malformed_trailers_cut_their_response_only(tmp_path: Path) -> None:
+    """Trailers come after the head went to the client: that response is cut
+    off (no clean end), the other stream on the connection completes."""
+    bad_trailers = [(b"grpc-status", b"0"), (b":status", b"200")]
+    assert response_malformed(bad_trailers, True) is not None
+    async with (
+        broken_upstream([], bad_trailers) as (target, up),
+        gateway(tmp_path, config(h2_upstream(target))) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+
+        async def bad() -> tuple[int, bool]:
+            async with s.get(url(gw, "/h2/bad")) as r:
+                try:
+                    await r.read()
+                except aiohttp.ClientPayloadError:
+                    return r.status, False
+                return r.status, True
+
+        async def ok() -> tuple[int, bytes]:
+            async with s.get(url(gw, "/h2/ok")) as r:
+                return r.status, await r.read()
+
+        bad_task = asyncio.create_task(bad())
+        await wait_for(lambda: b"/bad" in up.paths)
+        (bad_status, bad_complete), ok_answer = await asyncio.wait_for(
+            asyncio.gather(bad_task, ok()), 10
+        )
+    assert bad_status == 200 and not bad_complete
+    assert ok_answer == (200, b"fine")
+    assert up.connections == 1 and up.goaways == 0
 
 
 GOOD = [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"x-e", b"")]
