@@ -44,6 +44,7 @@ OWN = (
     "pyproxyd.upstream.h2stream",
     "pyproxyd.upstream.h2exchange",
     "pyproxyd.upstream.h2conn",
+    "pyproxyd.upstream.h2check",
     "pyproxyd.upstream.pool",
     "pyproxyd.observe.logging",
     "pyproxyd.observe.metrics",
@@ -71,10 +72,11 @@ OWN = (
 # Any, which mypyc would otherwise unbox as plain tuples; h2.events declares its
 # placeholder fields `X | Any`). Not here: hpack.struct (HeaderTuple subclasses
 # tuple), hpack.huffman_table (its 4096-entry literal exhausts mypyc), h2.config
-# (descriptors), h2.settings (read once a connection or a SETTINGS frame; Settings
-# is a MutableMapping), the exceptions modules (a compiled exception class loses
-# its class-level defaults: ProtocolError's error_code), h2.errors (nothing hot),
-# h2._typing (types only), the packages' __init__.
+# (checks in __setattr__; read as plain attributes), h2.settings (read once a
+# connection or a SETTINGS frame; Settings is a MutableMapping), the exceptions
+# modules (a compiled exception class loses its class-level defaults:
+# ProtocolError's error_code), h2.errors (nothing hot), h2._typing (types only),
+# the packages' __init__.
 VENDORED = (
     "pyproxyd._vendor.h2.connection",
     "pyproxyd._vendor.h2.events",

@@ -50,6 +50,7 @@ from pyproxyd._vendor.h2.exceptions import H2Error, StreamClosedError
 from pyproxyd._vendor.h2.settings import SettingCodes
 
 from ..hpack_plain import PlainEncoder
+from .h2check import response_malformed
 from .h2stream import STREAM_WINDOW, H2Stream, StreamError, response_head
 
 if TYPE_CHECKING:
@@ -80,12 +81,14 @@ def client_config() -> H2Configuration:
     """h2's settings for an upstream connection. Outbound headers are built
     well-formed (h2exchange.h2_headers: names lower-case, values trimmed, no
     connection-specific ones): h2's checks of them cost a third of sending a
-    request. Inbound ones are checked."""
+    request. Inbound ones are checked by h2check, a malformed one failing its
+    stream only (h2 would end the connection)."""
     return H2Configuration(
         client_side=True,
         header_encoding=None,
         # (h2's inbound normalising joins cookie fields, which answers have not.)
         normalize_inbound_headers=False,
+        validate_inbound_headers=False,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
     )
@@ -192,11 +195,19 @@ class H2UpstreamConnection(asyncio.Protocol):
             elif isinstance(event, ResponseReceived):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
-                    response_head(stream, event.headers)
+                    why = response_malformed(event.headers, False)
+                    if why is None:
+                        response_head(stream, event.headers)
+                    else:
+                        self._malformed(stream, why)
             elif isinstance(event, TrailersReceived):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
-                    stream.trailers = list(event.headers)
+                    why = response_malformed(event.headers, True)
+                    if why is None:
+                        stream.trailers = list(event.headers)
+                    else:
+                        self._malformed(stream, why)
             elif isinstance(event, StreamEnded):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
@@ -222,7 +233,12 @@ class H2UpstreamConnection(asyncio.Protocol):
             elif isinstance(event, ConnectionTerminated):
                 self._goaway(event.last_stream_id, event.error_code or 0)
             elif isinstance(event, InformationalResponseReceived):
-                pass  # 100 Continue, 103 Early Hints: the final head follows
+                # 100 Continue, 103 Early Hints: the final head follows
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    why = response_malformed(event.headers, False)
+                    if why is not None:
+                        self._malformed(stream, why)
         if received:
             # The connection window goes back on receipt; streams hold their own.
             received += self._unacked
@@ -332,6 +348,16 @@ class H2UpstreamConnection(asyncio.Protocol):
         stream.local_closed = True
         if stream.error is None and not stream.ended:
             stream.error = "stream reset by the gateway"
+
+    def _malformed(self, stream: H2Stream, why: str) -> None:
+        """RFC 9113 8.1.1: a malformed response is an error of its stream. It
+        is reset (PROTOCOL_ERROR) and left out of `streams`, so what else comes
+        for it is dropped (its window handed back); its request gets a 502."""
+        self.streams.pop(stream.stream_id, None)
+        stream.local_closed = True
+        with contextlib.suppress(H2Error):
+            self.h2.reset_stream(stream.stream_id, ErrorCodes.PROTOCOL_ERROR)
+        stream.fail(f"upstream sent a malformed response: {why}")
 
     def forget(self, stream: H2Stream) -> None:
         """The exchange is over: buffered body bytes are dropped."""

@@ -20,6 +20,7 @@ from pyproxyd._vendor.h2.utilities import utf8_encode_headers
 from pyproxyd._vendor.hpack import HeaderTuple, NeverIndexedHeaderTuple
 from pyproxyd.frontend.http2.connection import _CONFIG as FRONT_CONFIG
 from pyproxyd.hpack_plain import PlainEncoder
+from pyproxyd.upstream.h2check import response_malformed
 from pyproxyd.upstream.h2conn import client_config
 
 REQUEST: list[Any] = [
@@ -103,10 +104,9 @@ def test_a_grpc_call_between_two_vendored_connections() -> None:
     assert client.state_machine.state is ConnectionState.CLIENT_OPEN
 
 
-def test_inbound_checks_still_run_where_configured() -> None:
-    """The upstream side keeps h2's inbound validation: an upper-case name in a
-    response is a protocol error, as before the flags were built lazily."""
-    client = upstream_client()
+def _answer_upper_case(client: H2Connection) -> Any:
+    """`client` asks, a server with its outbound checks off answers a head with
+    an upper-case field name; what the client's receive_data returns."""
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(
             client_side=False, validate_outbound_headers=False, normalize_outbound_headers=False
@@ -118,12 +118,30 @@ def test_inbound_checks_still_run_where_configured() -> None:
     client.send_headers(1, REQUEST, end_stream=True)
     server.receive_data(client.data_to_send())
     server.send_headers(1, [(b":status", b"200"), (b"Content-Type", b"text/plain")])
+    return client.receive_data(server.data_to_send())
+
+
+def test_inbound_checks_still_run_where_configured() -> None:
+    """h2's inbound validation still runs where it is on (the lazily built
+    flags): an upper-case name in a response is a protocol error."""
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
     try:
-        client.receive_data(server.data_to_send())
+        _answer_upper_case(client)
     except ProtocolError as exc:
         assert "uppercase" in str(exc)
     else:
         raise AssertionError("an upper-case field name was accepted")
+
+
+def test_the_upstream_side_leaves_response_checks_to_h2check() -> None:
+    """The upstream connection turns h2's check of responses off: h2conn checks
+    them (h2check), failing the stream only, not the connection."""
+    client = upstream_client()
+    (response,) = [e for e in _answer_upper_case(client) if isinstance(e, ResponseReceived)]
+    why = response_malformed(response.headers, False)
+    assert why is not None and "b'Content-Type'" in why
+    assert client.state_machine.state is ConnectionState.CLIENT_OPEN
 
 
 def test_enum_members_hash_by_identity_and_stay_distinct() -> None:
@@ -141,3 +159,62 @@ def test_a_logger_that_logs_is_still_called(tmp_path: Any) -> None:
     text = (tmp_path / "h2.log").read_text()
     assert "Send headers on stream ID 1" in text
     assert "Stream ID 1 created" in text
+
+
+def test_the_transition_tables_say_what_h2s_tables_say() -> None:
+    """The state machines read _TABLE (by input, then state); it is built from
+    h2's own `_transitions`, and must hold the same transition for every pair."""
+    from pyproxyd._vendor.h2 import connection as hconn
+    from pyproxyd._vendor.h2 import stream as hstream
+
+    for s_input in hstream.StreamInputs:
+        for s_state in hstream.StreamState:
+            got = hstream._TABLE[s_input][s_state]
+            assert got == hstream._transitions.get((s_state, s_input))
+    machine = hconn.H2ConnectionStateMachine
+    for c_input in ConnectionInputs:
+        for c_state in ConnectionState:
+            expected = machine._transitions.get((c_state, c_input))
+            assert hconn._TABLE[c_input].get(c_state) == expected
+
+
+def test_an_invalid_transition_closes_and_raises_as_before() -> None:
+    from pyproxyd._vendor.h2.connection import H2ConnectionStateMachine
+    from pyproxyd._vendor.h2.stream import H2StreamStateMachine, StreamState
+
+    stream = H2StreamStateMachine(1)
+    try:
+        stream.process_input(StreamInputs.SEND_DATA)  # idle: no DATA yet
+    except ProtocolError as exc:
+        assert str(exc) == f"Invalid input {StreamInputs.SEND_DATA} in state {StreamState.IDLE}"
+    else:
+        raise AssertionError("DATA on an idle stream was accepted")
+    assert stream.state is StreamState.CLOSED
+    conn = H2ConnectionStateMachine()
+    try:
+        conn.process_input(ConnectionInputs.SEND_DATA)
+    except ProtocolError as exc:
+        assert "Invalid input ConnectionInputs.SEND_DATA in state ConnectionState.IDLE" in str(exc)
+    else:
+        raise AssertionError("DATA on an idle connection was accepted")
+    assert conn.state is ConnectionState.CLOSED
+
+
+def test_config_options_are_checked_as_they_are_set() -> None:
+    config = H2Configuration(client_side=False, header_encoding="utf-8")
+    assert (config.client_side, config.header_encoding) == (False, "utf-8")
+    for name, value in (("client_side", 1), ("validate_inbound_headers", None)):
+        try:
+            setattr(config, name, value)
+        except ValueError as exc:
+            assert str(exc) == f"{name} must be a bool"
+        else:
+            raise AssertionError(f"{name} took a non-bool")
+    for bad in (True, 1):
+        try:
+            config.header_encoding = bad  # type: ignore[assignment]
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"header_encoding took {bad!r}")
+    assert config.client_side is False and config.header_encoding == "utf-8"

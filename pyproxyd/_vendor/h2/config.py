@@ -151,22 +151,23 @@ class H2Configuration:
     :type logger: ``logging.Logger``
     """
 
-    client_side = _BooleanConfigOption("client_side")
-    validate_outbound_headers = _BooleanConfigOption(
-        "validate_outbound_headers",
-    )
-    normalize_outbound_headers = _BooleanConfigOption(
-        "normalize_outbound_headers",
-    )
-    split_outbound_cookies = _BooleanConfigOption(
-        "split_outbound_cookies",
-    )
-    validate_inbound_headers = _BooleanConfigOption(
-        "validate_inbound_headers",
-    )
-    normalize_inbound_headers = _BooleanConfigOption(
-        "normalize_inbound_headers",
-    )
+    # pyproxyd: plain instance attributes, checked as they are set
+    # (__setattr__), where h2 had a Python descriptor per boolean option and a
+    # property for header_encoding: every read was a Python call, and the
+    # connection and its streams read them per frame. Same values, same errors.
+    client_side: bool
+    validate_outbound_headers: bool
+    normalize_outbound_headers: bool
+    split_outbound_cookies: bool
+    validate_inbound_headers: bool
+    normalize_inbound_headers: bool
+    #: Controls whether the headers emitted by this object in events are
+    #: transparently decoded to ``unicode`` strings, and what encoding is used
+    #: to do that decoding. This defaults to ``None``, meaning that headers
+    #: will be returned as bytes. To automatically decode headers (that is, to
+    #: return them as unicode strings), this can be set to the string name of
+    #: any encoding, e.g. ``'utf-8'``.
+    header_encoding: bool | str | None
 
     def __init__(self,
                  client_side: bool = True,
@@ -186,27 +187,27 @@ class H2Configuration:
         self.normalize_inbound_headers = normalize_inbound_headers
         self.logger = logger or DummyLogger(__name__)
 
-    @property
-    def header_encoding(self) -> bool | str | None:
-        """
-        Controls whether the headers emitted by this object in events are
-        transparently decoded to ``unicode`` strings, and what encoding is used
-        to do that decoding. This defaults to ``None``, meaning that headers
-        will be returned as bytes. To automatically decode headers (that is, to
-        return them as unicode strings), this can be set to the string name of
-        any encoding, e.g. ``'utf-8'``.
-        """
-        return self._header_encoding
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _BOOLEAN_OPTIONS:
+            if not isinstance(value, bool):
+                msg = f"{name} must be a bool"
+                raise ValueError(msg)  # noqa: TRY004
+        elif name == "header_encoding":
+            # Enforces constraints on the value of header encoding.
+            if not isinstance(value, (bool, str, type(None))):
+                msg = "header_encoding must be bool, string, or None"
+                raise ValueError(msg)  # noqa: TRY004
+            if value is True:
+                msg = "header_encoding cannot be True"
+                raise ValueError(msg)
+        object.__setattr__(self, name, value)
 
-    @header_encoding.setter
-    def header_encoding(self, value: bool | str | None) -> None:
-        """
-        Enforces constraints on the value of header encoding.
-        """
-        if not isinstance(value, (bool, str, type(None))):
-            msg = "header_encoding must be bool, string, or None"
-            raise ValueError(msg)  # noqa: TRY004
-        if value is True:
-            msg = "header_encoding cannot be True"
-            raise ValueError(msg)
-        self._header_encoding = value
+
+_BOOLEAN_OPTIONS = frozenset({
+    "client_side",
+    "validate_outbound_headers",
+    "normalize_outbound_headers",
+    "split_outbound_cookies",
+    "validate_inbound_headers",
+    "normalize_inbound_headers",
+})

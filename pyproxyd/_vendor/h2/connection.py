@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from enum import Enum, IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from .._mypyc import mypyc_attr
 from ..hpack.exceptions import HPACKError, OversizedHeaderListError
@@ -139,7 +139,7 @@ class H2ConnectionStateMachine:
     # contains all allowed transitions: anything not in this map is invalid
     # and immediately causes a transition to ``closed``.
 
-    _transitions = {
+    _transitions: ClassVar[dict[tuple[ConnectionState, ConnectionInputs], tuple[Any, ConnectionState]]] = {  # pyproxyd: ClassVar (mypyc), read by _TABLE
         # State: idle
         (ConnectionState.IDLE, ConnectionInputs.SEND_HEADERS):
             (None, ConnectionState.CLIENT_OPEN),
@@ -269,21 +269,36 @@ class H2ConnectionStateMachine:
             msg = "Input must be an instance of ConnectionInputs"
             raise ValueError(msg)  # noqa: TRY004
 
-        # pyproxyd: annotated for mypyc (no transition has a function yet)
+        # pyproxyd: _TABLE[input].get(state), not _transitions[(state, input)]:
+        # two dict lookups by members hashed by identity, where the tuple key
+        # was built and hashed per step. Annotated for mypyc (no transition
+        # has a function yet).
         func: Callable[[], list[Event]] | None
-        try:
-            func, target_state = self._transitions[(self.state, input_)]
-        except KeyError as e:
+        transition = _TABLE[input_].get(self.state)
+        if transition is None:
             old_state = self.state
             self.state = ConnectionState.CLOSED
             msg = f"Invalid input {input_} in state {old_state}"
-            raise ProtocolError(msg) from e
+            raise ProtocolError(msg)
         else:
+            func, target_state = transition
             self.state = target_state
             if func is not None:  # pragma: no cover
                 return func()
 
             return []
+
+
+# pyproxyd: H2ConnectionStateMachine._transitions as process_input reads it,
+# by input then by state; a state missing has no transition.
+_TABLE: Final[dict[ConnectionInputs, dict[ConnectionState, tuple[Any, ConnectionState]]]] = {  # (Final: a C global, mypyc)
+    input_: {
+        state: transition
+        for (state, key), transition in H2ConnectionStateMachine._transitions.items()
+        if key is input_
+    }
+    for input_ in ConnectionInputs
+}
 
 
 # pyproxyd: upstream/h2conn.py subclasses it
@@ -1559,8 +1574,10 @@ class H2Connection:
         self.incoming_buffer.add_data(data)
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
 
+        buffer = self.incoming_buffer
         try:
-            for frame in self.incoming_buffer:
+            # pyproxyd: next_frame() is __next__ without StopIteration
+            while (frame := buffer.next_frame()) is not None:
                 events.extend(self._receive_frame(frame))
         except InvalidPaddingError as e:
             self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
@@ -1588,8 +1605,16 @@ class H2Connection:
         if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
             self.config.logger.trace("Received frame: %s", frame)
         try:
-            # I don't love using __class__ here, maybe reconsider it.
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+            # pyproxyd: DATA and HEADERS, most frames, called directly; a call
+            # through the table's bound method is a Python call.
+            cls = frame.__class__
+            if cls is DataFrame:
+                frames, events = self._receive_data_frame(cast("DataFrame", frame))
+            elif cls is HeadersFrame:
+                frames, events = self._receive_headers_frame(cast("HeadersFrame", frame))
+            else:
+                # I don't love using __class__ here, maybe reconsider it.
+                frames, events = self._frame_dispatch_table[cls](frame)
         except StreamClosedError as e:
             # If the stream was closed by RST_STREAM, we just send a RST_STREAM
             # to the remote peer. Otherwise, this is a connection error, and so

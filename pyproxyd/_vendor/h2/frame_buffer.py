@@ -124,52 +124,67 @@ class FrameBuffer:
         return self
 
     def __next__(self) -> Frame:
-        # First, check that we have enough data to successfully parse the
-        # next frame header. If not, bail. Otherwise, parse it.
-        if len(self._data) < 9:
+        frame = self.next_frame()
+        if frame is None:
             raise StopIteration
+        return frame
 
-        try:
-            f, length = Frame.parse_frame_header(memoryview(self._data[:9]))
-        except (InvalidDataError, InvalidFrameError) as err:  # pragma: no cover
-            msg = f"Received frame with invalid header: {err!s}"
-            raise ProtocolError(msg) from err
+    def next_frame(self) -> Frame | None:
+        """
+        pyproxyd: what __next__ returns, or None where it raises StopIteration
+        (H2Connection.receive_data loops on it: a compiled function raising
+        builds a traceback entry, once per receive_data). A loop, where
+        __next__ recursed past a CONTINUATION frame it held back.
+        """
+        data = self._data
+        while True:
+            # First, check that we have enough data to successfully parse the
+            # next frame header. If not, bail. Otherwise, parse it.
+            if len(data) < 9:
+                return None
 
-        # Next, check that we have enough length to parse the frame body. If
-        # not, bail, leaving the frame header data in the buffer for next time.
-        if len(self._data) < length + 9:
-            raise StopIteration
+            try:
+                f, length = Frame.parse_frame_header(memoryview(data[:9]))
+            except (InvalidDataError, InvalidFrameError) as err:  # pragma: no cover
+                msg = f"Received frame with invalid header: {err!s}"
+                raise ProtocolError(msg) from err
 
-        # Confirm the frame has an appropriate length.
-        self._validate_frame_length(length)
+            # Next, check that we have enough length to parse the frame body. If
+            # not, bail, leaving the frame header data in the buffer for next time.
+            if len(data) < length + 9:
+                return None
 
-        # Try to parse the frame body
-        try:
-            f.parse_body(memoryview(self._data[9:9+length]))
-        except InvalidDataError as derr:  # pyproxyd: a name of its own (mypyc types a reused `as` name by its first clause)
-            msg = "Received frame with non-compliant data"
-            raise ProtocolError(msg) from derr
-        except InvalidFrameError as ferr:
-            msg = "Frame data missing or invalid"
-            raise FrameDataMissingError(msg) from ferr
+            # Confirm the frame has an appropriate length.
+            self._validate_frame_length(length)
 
-        # At this point, as we know we'll use or discard the entire frame, we
-        # can update the data.
-        # Deleting the consumed prefix mutates the bytearray in place instead
-        # of copying the remaining bytes into a new object, as slicing would.
-        # ``del s[i:j]`` is documented for mutable sequences in
-        # https://docs.python.org/3/library/stdtypes.html#mutable-sequence-types
-        # and CPython's bytearray tracks an internal offset (``ob_start`` in
-        # Objects/bytearrayobject.c) that makes repeated deletes from the
-        # front amortized O(1) per byte rather than O(len) per frame.
-        del self._data[:9+length]
+            # Try to parse the frame body
+            try:
+                f.parse_body(memoryview(data[9:9+length]))
+            except InvalidDataError as derr:  # pyproxyd: a name of its own (mypyc types a reused `as` name by its first clause)
+                msg = "Received frame with non-compliant data"
+                raise ProtocolError(msg) from derr
+            except InvalidFrameError as ferr:
+                msg = "Frame data missing or invalid"
+                raise FrameDataMissingError(msg) from ferr
 
-        # Pass the frame through the header buffer.
-        new_frame = self._update_header_buffer(f)
+            # At this point, as we know we'll use or discard the entire frame, we
+            # can update the data.
+            # Deleting the consumed prefix mutates the bytearray in place instead
+            # of copying the remaining bytes into a new object, as slicing would.
+            # ``del s[i:j]`` is documented for mutable sequences in
+            # https://docs.python.org/3/library/stdtypes.html#mutable-sequence-types
+            # and CPython's bytearray tracks an internal offset (``ob_start`` in
+            # Objects/bytearrayobject.c) that makes repeated deletes from the
+            # front amortized O(1) per byte rather than O(len) per frame.
+            del data[:9+length]
 
-        # If we got a frame we didn't understand or shouldn't yield, rather
-        # than return None it'd be better if we just tried to get the next
-        # frame in the sequence instead. Recurse back into ourselves to do
-        # that. This is safe because the amount of work we have to do here is
-        # strictly bounded by the length of the buffer.
-        return new_frame if new_frame is not None else self.__next__()
+            # Pass the frame through the header buffer.
+            new_frame = self._update_header_buffer(f)
+
+            # If we got a frame we didn't understand or shouldn't yield, rather
+            # than return None it'd be better if we just tried to get the next
+            # frame in the sequence instead. This is safe because the amount of
+            # work we have to do here is strictly bounded by the length of the
+            # buffer.
+            if new_frame is not None:
+                return new_frame

@@ -7,7 +7,7 @@ An implementation of a HTTP/2 stream.
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from ..hpack import HeaderTuple
 from ..hyperframe.frame import AltSvcFrame, ContinuationFrame, DataFrame, Frame, HeadersFrame, PushPromiseFrame, RstStreamFrame, WindowUpdateFrame
@@ -179,14 +179,17 @@ class H2StreamStateMachine:
                 self.tally.moved(self.stream_id, before, self.state)
 
     def _process_input(self, input_: StreamInputs) -> list[Event]:
-        try:
-            func, target_state = _transitions[(self.state, input_)]
-        except KeyError as err:
+        # pyproxyd: _TABLE[input][state], not _transitions[(state, input)]: a
+        # dict lookup by the member (hashed by identity) and a list index by
+        # the IntEnum, where the tuple key was built and hashed per step.
+        transition = _TABLE[input_][self.state]
+        if transition is None:
             old_state = self.state
             self.state = StreamState.CLOSED
             msg = f"Invalid input {input_} in state {old_state}"
-            raise ProtocolError(msg) from err
+            raise ProtocolError(msg)
         else:
+            func, target_state = transition
             previous_state = self.state
             self.state = target_state
             if func is not None:
@@ -798,6 +801,16 @@ _transitions: dict[
         (H2StreamStateMachine.send_on_closed_stream, StreamState.CLOSED),
 }
 
+# pyproxyd: _transitions as H2StreamStateMachine reads it, by input then by
+# state (StreamState's value is the index); None where there is no transition.
+_Transition = tuple[
+    "Callable[[H2StreamStateMachine, StreamState], list[Event]] | None", StreamState,
+]
+_TABLE: Final[dict[StreamInputs, list[_Transition | None]]] = {  # (Final: a C global, mypyc)
+    input_: [_transitions.get((state, input_)) for state in sorted(StreamState)]
+    for input_ in StreamInputs
+}
+
 
 # pyproxyd: every HeaderValidationFlags, indexed by its bits (is_client 1,
 # is_trailer 2, is_response_header 4, is_push_promise 8)
@@ -1380,6 +1393,12 @@ class H2Stream:
                 )
 
         encoded_headers = encoder.encode(headers)
+
+        # pyproxyd: a block that fits one frame is not sliced into a list
+        if 0 < len(encoded_headers) <= (self.max_outbound_frame_size or 0):
+            first_frame.data = encoded_headers
+            first_frame.flags.add("END_HEADERS")
+            return [first_frame]
 
         # Slice into blocks of max_outbound_frame_size. Be careful with this:
         # it only works right because we never send padded frames or priority

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import binascii
 import struct
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterable  # pragma: no cover
@@ -147,6 +147,8 @@ class Frame:
         return (frame, length)
 
     def parse_flags(self, flag_byte: int) -> Flags:
+        if not flag_byte:  # pyproxyd: most frames set none
+            return self.flags
         for flag, flag_bit in self.defined_flags:
             if flag_byte & flag_bit:
                 self.flags.add(flag)
@@ -960,4 +962,5 @@ _FRAME_CLASSES: list[type[Frame]] = [
 ]
 #: FRAMES maps the type byte for each frame to the class used to represent that
 #: frame.
-FRAMES = {cls.type: cls for cls in _FRAME_CLASSES}
+# pyproxyd: Final, a C global to compiled readers (parse_frame_header, per frame)
+FRAMES: Final = {cls.type: cls for cls in _FRAME_CLASSES}
