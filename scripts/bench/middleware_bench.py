@@ -141,11 +141,18 @@ def side_by_side(args: Any, tmp: Path) -> None:
 def main() -> None:
     # --route FILE: the middleware row's route lines from FILE (a variant of
     # the bench's config), taken off before wrk_args, which knows only flags.
+    # --keepalive N: the upstream's idle connections (32 by default, as every
+    # bench here; fewer than wrk's 64 connections, so 1-4% of requests open one).
     route = None
-    if "--route" in sys.argv:
-        at = sys.argv.index("--route")
-        route = sys.argv[at + 1]
-        del sys.argv[at : at + 2]
+    keepalive = 32
+    for option in ("--route", "--keepalive"):
+        if option in sys.argv:
+            at = sys.argv.index(option)
+            if option == "--route":
+                route = sys.argv[at + 1]
+            else:
+                keepalive = int(sys.argv[at + 1])
+            del sys.argv[at : at + 2]
     args = wrk_args(
         __doc__,
         flags={
@@ -167,12 +174,17 @@ def main() -> None:
             extra = EXTRA["plain"] if args.same else EXTRA[name]
             if name == "middleware" and route:
                 extra = Path(route).read_text()
-            conf.write_text(gateway_toml(port, BACKEND_PORT, admin=admin, server=server) + extra)
+            conf.write_text(
+                gateway_toml(port, BACKEND_PORT, admin=admin, server=server, keepalive=keepalive)
+                + extra
+            )
             validate(conf)
             # The same config in each place, for --side-by-side's swaps.
             for i, (listen, adm) in enumerate(ROWS.values()):
-                text = gateway_toml(listen, BACKEND_PORT, admin=adm, server=server) + extra
-                (tmp / f"{name}-{i}.toml").write_text(text)
+                text = gateway_toml(
+                    listen, BACKEND_PORT, admin=adm, server=server, keepalive=keepalive
+                )
+                (tmp / f"{name}-{i}.toml").write_text(text + extra)
         try:
             nginx = ["nginx", "-g", "daemon off;", "-c", str(tmp / "backend.conf")]
             procs.append(start(nginx, "0", tmp / "b.log"))
