@@ -56,7 +56,10 @@ class HeaderEdit:
                     del pairs[i]
         fixed = self.fixed
         if fixed is not None:
-            pairs.extend(fixed)
+            # append, not extend: list.extend goes through a generic slice
+            # assignment (callgrind: 220 instructions for one pair, against 40).
+            for pair in fixed:
+                pairs.append(pair)
             return
         for name, template in self.added:
             pairs.append((name, header_value(template.render(view))))
@@ -67,8 +70,11 @@ class HeaderEdit:
             return
         # Lazy: the chain's drops remove this step's names from the upstream's
         # headers; what it adds goes on as rendered lines.
+        # `a = a + b`, not `a += b`: mypyc makes the first a native bytes
+        # concatenation and the second a generic PyNumber_InPlaceAdd through the
+        # buffer protocol (callgrind: 60 instructions against 380).
         if self.fixed is not None:
-            resp.raw += self.fixed_raw
+            resp.raw = resp.raw + self.fixed_raw
             return
         for name, template in self.added:
-            resp.raw += b"%s: %s\r\n" % (name, header_value(template.render(view)))
+            resp.raw = resp.raw + b"%s: %s\r\n" % (name, header_value(template.render(view)))

@@ -22,8 +22,9 @@ req/s and for the CPU the instance used (utime + stime from /proc) per request,
 which holds whatever share of the core the instance got. With `--side-by-side`
 both rows run at once (a wrk each, both gateways sharing core 1), so whatever
 the host does meanwhile touches both alike: the CPU ratio is then the
-steadiest measure on a busy host (the same config in both rows: 1.000x,
-+-0.006 a round); req/s then says nothing. Needs wrk and nginx
+steadiest measure on a busy host; req/s then says nothing. The two rows
+swap places every round (the second place read about 1% dearer with the same
+config in both; `--same` runs that A/A check). Needs wrk and nginx
 (`apt-get install -y wrk nginx-light`). Only 127.0.0.1, ports 18440-18444.
 Every process started here is stopped by PID at the end.
 """
@@ -34,6 +35,8 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +58,17 @@ ROWS = {"plain": (18441, 18443), "middleware": (18442, 18444)}  # name -> (liste
 HERE = Path(__file__).resolve().parent  # bench_middleware.py, on server.python_path
 
 
-def _both(duration: str, connections: int) -> dict[str, tuple[float, float, float, int]]:
-    """A wrk run against each row, at the same time."""
+def _both(
+    duration: str, connections: int, ports: dict[str, int] | None = None
+) -> dict[str, tuple[float, float, float, int]]:
+    """A wrk run against each row (on `ports`, default ROWS'), at the same time."""
     got: dict[str, tuple[float, float, float, int]] = {}
+    where = ports or {name: listen for name, (listen, _) in ROWS.items()}
 
     def run(name: str) -> None:
-        got[name] = wrk(ROWS[name][0], duration, connections)
+        got[name] = wrk(where[name], duration, connections)
 
-    threads = [threading.Thread(target=run, args=(name,)) for name in ROWS]
+    threads = [threading.Thread(target=run, args=(name,)) for name in where]
     for t in threads:
         t.start()
     for t in threads:
@@ -70,30 +76,90 @@ def _both(duration: str, connections: int) -> dict[str, tuple[float, float, floa
     return got
 
 
-def side_by_side(args: Any, pids: dict[str, int]) -> None:
+def opened(admin: int) -> float:
+    """Upstream connections the instance has opened so far (its /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pyproxyd_upstream_connections_opened_total")
+    )
+
+
+def side_by_side(args: Any, tmp: Path) -> None:
     """Both rows under load at once, `args.rounds` times: each one's CPU a
-    request, and the median of the rounds' ratios."""
+    request, and the median of the rounds' ratios. The rows swap places
+    (ports, start order, wrk order) every round, the gateways started afresh:
+    with the same config in both, the second place measured about 1% dearer
+    (1.005-1.015x in five runs), which went to the middleware row each time."""
     seconds = float(args.duration.rstrip("s"))
     ratios = []
+    cmd = [sys.executable, "-m", "pyproxyd", "run", "--no-watch", "-c"]
     for r in range(args.rounds):
-        _both(args.warmup, args.connections)
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        got = _both(args.duration, args.connections)
-        cpu = {
-            name: (cpu_seconds(pid) - before[name]) * 1e6 / max(1.0, got[name][0] * seconds)
-            for name, pid in pids.items()
-        }
+        order = list(ROWS) if r % 2 == 0 else list(reversed(ROWS))  # row names, by place
+        place = {name: list(ROWS.values())[i] for i, name in enumerate(order)}
+        pids: dict[str, int] = {}
+        started = []
+        try:
+            for i, name in enumerate(order):
+                conf = tmp / f"{name}-{i}.toml"
+                started.append(start([*cmd, str(conf)], "1", tmp / f"{name}-{i}.log"))
+                pids[name] = started[-1].pid
+            for port, admin in place.values():
+                wait_port(port)
+                wait_ready(admin)
+            ports = {name: place[name][0] for name in order}
+            _both(args.warmup, args.connections, ports)
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            was = {name: opened(place[name][1]) for name in order}
+            got = _both(args.duration, args.connections, ports)
+            cpu = {
+                name: (cpu_seconds(pid) - before[name]) * 1e6 / max(1.0, got[name][0] * seconds)
+                for name, pid in pids.items()
+            }
+            # The sampler counts opened connections once a second: let it catch up.
+            time.sleep(1.2)
+            fresh = {
+                name: (opened(place[name][1]) - was[name]) * 100 / max(1.0, got[name][0] * seconds)
+                for name in order
+            }
+        finally:
+            stop(started)
         ratios.append(cpu["middleware"] / (cpu["plain"] or 1.0))
-        print(f"round {r + 1}: plain {got['plain'][0]:.0f} req/s {cpu['plain']:.1f} us CPU a "
-              f"request, middleware {got['middleware'][0]:.0f} req/s {cpu['middleware']:.1f} us: "
-              f"{ratios[-1]:.3f}x", file=sys.stderr)  # fmt: skip
-    print(f"\n{args.rounds} rounds x {args.duration}, both rows at once on core 1; middleware "
-          f"against plain (median of per-round ratios): {statistics.median(ratios):.3f}x CPU a "
-          "request (target <= 1.05x)")  # fmt: skip
+        print(f"round {r + 1} ({order[0]} first): plain {got['plain'][0]:.0f} req/s "
+              f"{cpu['plain']:.1f} us CPU a request, middleware {got['middleware'][0]:.0f} req/s "
+              f"{cpu['middleware']:.1f} us: {ratios[-1]:.3f}x; new upstream connections a "
+              f"request {fresh['plain']:.2f}% / {fresh['middleware']:.2f}%",
+              file=sys.stderr)  # fmt: skip
+    same = " (--same: both rows plain)" if args.same else ""
+    print(f"\n{args.rounds} rounds x {args.duration}, both rows at once on core 1, places "
+          f"swapped each round{same}; middleware against plain (median of per-round ratios): "
+          f"{statistics.median(ratios):.3f}x CPU a request (target <= 1.05x)")  # fmt: skip
 
 
 def main() -> None:
-    args = wrk_args(__doc__, flags={"--side-by-side": "run both rows at once (see above)"})
+    # --route FILE: the middleware row's route lines from FILE (a variant of
+    # the bench's config), taken off before wrk_args, which knows only flags.
+    # --keepalive N: the upstream's idle connections (32 by default, as every
+    # bench here; fewer than wrk's 64 connections, so 1-4% of requests open one).
+    route = None
+    keepalive = 32
+    for option in ("--route", "--keepalive"):
+        if option in sys.argv:
+            at = sys.argv.index(option)
+            if option == "--route":
+                route = sys.argv[at + 1]
+            else:
+                keepalive = int(sys.argv[at + 1])
+            del sys.argv[at : at + 2]
+    args = wrk_args(
+        __doc__,
+        flags={
+            "--side-by-side": "run both rows at once (see above)",
+            "--same": "with --side-by-side: the plain config in both rows (an A/A check)",
+        },
+    )
     results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in ROWS}
     cpu: dict[str, list[float]] = {k: [] for k in ROWS}  # CPU us a request
     seconds = float(args.duration.rstrip("s"))
@@ -105,12 +171,27 @@ def main() -> None:
         for name, (port, admin) in ROWS.items():
             conf = tmp / f"{name}.toml"
             server = f'python_path = ["{HERE}"]' if name == "middleware" else ""
-            conf.write_text(gateway_toml(port, BACKEND_PORT, admin=admin, server=server)
-                            + EXTRA[name])  # fmt: skip
+            extra = EXTRA["plain"] if args.same else EXTRA[name]
+            if name == "middleware" and route:
+                extra = Path(route).read_text()
+            conf.write_text(
+                gateway_toml(port, BACKEND_PORT, admin=admin, server=server, keepalive=keepalive)
+                + extra
+            )
             validate(conf)
+            # The same config in each place, for --side-by-side's swaps.
+            for i, (listen, adm) in enumerate(ROWS.values()):
+                text = gateway_toml(
+                    listen, BACKEND_PORT, admin=adm, server=server, keepalive=keepalive
+                )
+                (tmp / f"{name}-{i}.toml").write_text(text + extra)
         try:
             nginx = ["nginx", "-g", "daemon off;", "-c", str(tmp / "backend.conf")]
             procs.append(start(nginx, "0", tmp / "b.log"))
+            if args.side_by_side:
+                wait_port(BACKEND_PORT)
+                side_by_side(args, tmp)
+                return
             for name in ROWS:
                 cmd = [sys.executable, "-m", "pyproxyd", "run", "--no-watch", "-c"]
                 procs.append(start([*cmd, str(tmp / f"{name}.toml")], "1", tmp / f"{name}.log"))
@@ -119,9 +200,6 @@ def main() -> None:
             for port, admin in ROWS.values():
                 wait_port(port)
                 wait_ready(admin)
-            if args.side_by_side:
-                side_by_side(args, pids)
-                return
             names = list(ROWS)
             for r in range(args.rounds):
                 for name in names[r % 2 :] + names[: r % 2]:

@@ -248,6 +248,63 @@ def test_a_fault_is_logged_with_its_traceback_once_a_second(log_file: Path) -> N
     assert "bad input 1" in events[0]["traceback"]
 
 
+class Audit:
+    """A middleware object, as a factory returns one: its hooks are bound
+    methods, which the chain calls as their functions with the object."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def on_request(self, view: RequestView) -> None:
+        self.calls.append(("in", self, view))
+
+    def on_response(self, view: RequestView, resp: ResponseView) -> None:
+        self.calls.append(("out", self, view, resp))
+
+
+class AsyncAudit(Audit):
+    async def on_request(self, view: RequestView) -> Reply:  # type: ignore[override]
+        await asyncio.sleep(0)
+        self.calls.append(("in", self, view))
+        return Reply(202, [], b"from a method")
+
+
+def test_bound_method_hooks_get_their_object_and_the_views() -> None:
+    audit = Audit()
+    c = chain(Step("audit", "python", audit.on_request, audit.on_response))
+    view = started(c)
+    assert c.enter(view) is None
+    out = resp()
+    c.leave(view, out)
+    assert audit.calls == [("in", audit, view), ("out", audit, view, out)]
+
+
+def test_a_bound_method_that_raises_is_a_500_naming_its_middleware() -> None:
+    class Broken(Audit):
+        def on_response(self, view: RequestView, resp: ResponseView) -> None:
+            raise RuntimeError("boom")
+
+    broken = Broken()
+    c = chain(Step("broken", "python", broken.on_request, broken.on_response))
+    view = started(c)
+    assert c.enter(view) is None
+    with pytest.raises(errors.GatewayError, match="middleware 'broken' failed"):
+        c.leave(view, resp())
+    assert view.failed == "broken"
+    assert view.depth == 0
+
+
+async def test_an_async_bound_method_answers_with_its_object() -> None:
+    audit = AsyncAudit()
+    c = chain(Step("audit", "python", audit.on_request, None))
+    view = started(c)
+    pending = c.enter(view)
+    assert inspect.isawaitable(pending)
+    reply = await pending
+    assert isinstance(reply, Reply) and reply.status == 202 and reply.body == b"from a method"
+    assert audit.calls == [("in", audit, view)]
+
+
 # -- awaitable results --------------------------------------------------------------
 
 
