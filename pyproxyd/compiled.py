@@ -44,6 +44,7 @@ OWN = (
     "pyproxyd.upstream.h2stream",
     "pyproxyd.upstream.h2exchange",
     "pyproxyd.upstream.h2conn",
+    "pyproxyd.upstream.h2pool",  # (tests/upstream/test_h2_pool_rules.py: real connections)
     "pyproxyd.upstream.pool",
     "pyproxyd.observe.logging",
     "pyproxyd.observe.metrics",

@@ -1,4 +1,5 @@
-"""The HTTP/2 connections to one upstream target (protocol = "h2c" | "h2").
+"""Compiled by mypyc (pyproxyd/compiled.py).
+The HTTP/2 connections to one upstream target (protocol = "h2c" | "h2").
 
 The rules are the HTTP/1.1 pool's (pool.py), read for multiplexed
 connections:
@@ -295,9 +296,9 @@ class H2Pool:
                     f"connect to {self.label} timed out after {self.settings.connect_timeout:g}s"
                 )
                 raise errors.UpstreamConnectError(reason) from None
-            except (OSError, ValueError) as exc:  # refused, unreachable, TLS, not HTTP/2
+            except (OSError, ValueError) as refused:  # refused, unreachable, TLS, not HTTP/2
                 raise errors.UpstreamConnectError(
-                    f"connect to {self.label} failed: {exc or type(exc).__name__}"
+                    f"connect to {self.label} failed: {refused or type(refused).__name__}"
                 ) from None
         except BaseException as exc:
             if conn is not None:
