@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 PING_INTERVAL_MIN = 15.0
 
 
-class _Abandoned(ConnectionError):
+class _Abandoned(Exception):
     """The request opening a connection went away before it was open."""
 
 

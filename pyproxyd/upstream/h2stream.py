@@ -9,17 +9,12 @@ takes it (`take`), so at most STREAM_WINDOW bytes of an answer wait here.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-
-class Owner(Protocol):
-    """What a stream needs of its connection (h2conn.H2UpstreamConnection)."""
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    def acknowledge(self, stream: H2Stream, size: int) -> None: ...
-
+if TYPE_CHECKING:
+    # (typed as the class itself: compiled, its loop and acknowledge() are
+    # reached directly, not through attribute lookups by name)
+    from .h2conn import H2UpstreamConnection
 
 # Response bytes one stream may have waiting before the upstream must stop.
 STREAM_WINDOW = 256 * 1024
@@ -49,7 +44,7 @@ class H2Stream:
         "trailers",
     )
 
-    def __init__(self, conn: Owner, stream_id: int) -> None:
+    def __init__(self, conn: H2UpstreamConnection, stream_id: int) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.status = 0  # of the final response head; 0 until it is in
@@ -107,17 +102,39 @@ class H2Stream:
 
     # -- used by the exchange ---------------------------------------------------------
 
+    # A timer that ends a wait with False, not asyncio.timeout_at: that one
+    # cancels the task and uncancels it, a context manager and a Timeout per
+    # wait (3% of a gRPC call's CPU, py-spy). Written out in both waits: a
+    # coroutine of its own for the shared part cost a coroutine object and
+    # attribute access by name per wait.
+
     async def wait(self, deadline: float | None) -> bool:
         """Until the next progress of the response; False when `deadline` passed first."""
-        fut: asyncio.Future[bool] = self.conn.loop.create_future()
+        loop = self.conn.loop
+        fut: asyncio.Future[bool] = loop.create_future()
         self._waiter = fut
-        return await _until(fut, deadline, self, "_waiter")
+        handle = None if deadline is None else loop.call_at(deadline, _expire, fut)
+        try:
+            return await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if self._waiter is fut:
+                self._waiter = None
 
     async def wait_window(self, deadline: float | None) -> bool:
         """Until the upstream opens its window (or the stream fails); False on `deadline`."""
-        fut: asyncio.Future[bool] = self.conn.loop.create_future()
+        loop = self.conn.loop
+        fut: asyncio.Future[bool] = loop.create_future()
         self._window = fut
-        return await _until(fut, deadline, self, "_window")
+        handle = None if deadline is None else loop.call_at(deadline, _expire, fut)
+        try:
+            return await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if self._window is fut:
+                self._window = None
 
     def window_opened(self) -> None:
         w = self._window
@@ -139,21 +156,6 @@ class H2Stream:
             self.conn.acknowledge(self, self._ack)
             self._ack = 0
         return data
-
-
-async def _until(fut: asyncio.Future[bool], deadline: float | None, stream: H2Stream,
-                 slot: str) -> bool:  # fmt: skip
-    # A timer that ends the wait with False, not asyncio.timeout_at: that one
-    # cancels the task and uncancels it, a context manager and a Timeout per
-    # wait (3% of a gRPC call's CPU, py-spy).
-    handle = None if deadline is None else stream.conn.loop.call_at(deadline, _expire, fut)
-    try:
-        return await fut
-    finally:
-        if handle is not None:
-            handle.cancel()
-        if getattr(stream, slot) is fut:
-            setattr(stream, slot, None)
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:
