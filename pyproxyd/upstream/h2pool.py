@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from .. import errors
 from .h2conn import H2UpstreamConnection
+from .h2stream import StreamDeadlines
 
 if TYPE_CHECKING:
     from .pool import PoolSettings, TargetPool
@@ -92,6 +93,7 @@ class H2Pool:
         self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.deadlines = StreamDeadlines()  # of the waits on its streams (read_timeout)
 
     def __repr__(self) -> str:
         return (
@@ -245,6 +247,7 @@ class H2Pool:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # (self.deadlines runs on: the streams of retiring connections keep their timeouts)
 
     # -- internals ---------------------------------------------------------------------
 

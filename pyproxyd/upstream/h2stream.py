@@ -9,6 +9,7 @@ takes it (`take`), so at most STREAM_WINDOW bytes of an answer wait here.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,8 +21,73 @@ if TYPE_CHECKING:
 STREAM_WINDOW = 256 * 1024
 
 
+# Waits a StreamDeadlines keeps before the ones already over are dropped.
+COMPACT_AT = 256
+
+
 class StreamError(Exception):
     """A stream cannot go on: reset, refused, or its connection failed."""
+
+
+class StreamDeadlines:
+    """The deadlines of the waits on one pool's streams, under one timer.
+
+    A timer a wait (loop.call_at, then cancel) was 2% of a gRPC call's CPU
+    (py-spy). A pool's waits have one timeout, so their deadlines come in
+    order: they queue, one timer is armed for the first, and when it fires
+    the waits past their deadline end with False. A wait that ended before
+    leaves its entry behind, dropped when the queue is compacted (past
+    COMPACT_AT, and twice the waits still open) or reaches the front. A
+    deadline earlier than the last one queued (another timeout) gets a timer
+    of its own, as before."""
+
+    __slots__ = ("_handle", "_limit", "_waits")
+
+    def __init__(self) -> None:
+        self._waits: deque[tuple[float, asyncio.Future[bool]]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+        self._limit = COMPACT_AT
+
+    def __len__(self) -> int:
+        return len(self._waits)
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[bool], deadline: float
+    ) -> asyncio.TimerHandle | None:
+        """Ends `fut` with False at `deadline`; a handle to cancel when it has one of its own."""
+        waits = self._waits
+        if waits and deadline < waits[-1][0]:
+            return loop.call_at(deadline, _expire, fut)
+        waits.append((deadline, fut))
+        if len(waits) > self._limit:
+            self._compact()
+        if self._handle is None:
+            self._handle = loop.call_at(self._waits[0][0], self._fire, loop)
+        return None
+
+    def expire(self, now: float) -> float | None:
+        """End the waits whose deadline is `now` or before; the next deadline, if any."""
+        waits = self._waits
+        while waits:
+            deadline, fut = waits[0]
+            if fut.done():
+                waits.popleft()
+            elif deadline <= now:
+                waits.popleft()
+                fut.set_result(False)
+            else:
+                return deadline
+        return None
+
+    def _compact(self) -> None:
+        self._waits = deque(w for w in self._waits if not w[1].done())
+        self._limit = max(COMPACT_AT, 2 * len(self._waits))
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        after = self.expire(loop.time())
+        if after is not None:
+            self._handle = loop.call_at(after, self._fire, loop)
 
 
 class H2Stream:
@@ -102,18 +168,19 @@ class H2Stream:
 
     # -- used by the exchange ---------------------------------------------------------
 
-    # A timer that ends a wait with False, not asyncio.timeout_at: that one
-    # cancels the task and uncancels it, a context manager and a Timeout per
-    # wait (3% of a gRPC call's CPU, py-spy). Written out in both waits: a
+    # The pool's StreamDeadlines end a wait with False, not asyncio.timeout_at: that
+    # one cancels the task and uncancels it, a context manager and a Timeout
+    # per wait (3% of a gRPC call's CPU, py-spy). Written out in both waits: a
     # coroutine of its own for the shared part cost a coroutine object and
     # attribute access by name per wait.
 
     async def wait(self, deadline: float | None) -> bool:
         """Until the next progress of the response; False when `deadline` passed first."""
-        loop = self.conn.loop
+        conn = self.conn
+        loop = conn.loop
         fut: asyncio.Future[bool] = loop.create_future()
         self._waiter = fut
-        handle = None if deadline is None else loop.call_at(deadline, _expire, fut)
+        handle = None if deadline is None else conn.pool.deadlines.add(loop, fut, deadline)
         try:
             return await fut
         finally:
@@ -124,10 +191,11 @@ class H2Stream:
 
     async def wait_window(self, deadline: float | None) -> bool:
         """Until the upstream opens its window (or the stream fails); False on `deadline`."""
-        loop = self.conn.loop
+        conn = self.conn
+        loop = conn.loop
         fut: asyncio.Future[bool] = loop.create_future()
         self._window = fut
-        handle = None if deadline is None else loop.call_at(deadline, _expire, fut)
+        handle = None if deadline is None else conn.pool.deadlines.add(loop, fut, deadline)
         try:
             return await fut
         finally:
