@@ -45,6 +45,7 @@ OWN = (
     "pyproxyd.upstream.h2exchange",
     "pyproxyd.upstream.h2conn",
     "pyproxyd.upstream.h2check",
+    "pyproxyd.upstream.h2pool",  # (tests/upstream/test_h2_pool_rules.py: real connections)
     "pyproxyd.upstream.pool",
     "pyproxyd.observe.logging",
     "pyproxyd.observe.metrics",

@@ -5,13 +5,17 @@ Each field is either a full match in the static table (one byte) or a literal
 *without indexing* (by static name index when the name has one), never
 Huffman-coded; a sensitive field (a NeverIndexedHeaderTuple, or a triple whose
 third item is true) is a *never indexed* literal, whatever it matches. The
-dynamic table is never written, so a field's bytes depend on the field alone:
-those of fields not sensitive are cached per process, and a header block is a
-join of cached bytes. What a dynamic table would save is the bytes of the
-fields repeated on one connection, at the price of a table search and an
-insert per field; hpack's Encoder cost 11% of a gRPC call's CPU. Huffman coding
-was a Python loop over every byte (a third of encoding a request head) for a
-few bytes saved.
+dynamic table is never written, so a field's bytes depend on the field alone.
+What a dynamic table would save is the bytes of the fields repeated on one
+connection, at the price of a table search and an insert per field; hpack's
+Encoder cost 11% of a gRPC call's CPU. Huffman coding was a Python loop over
+every byte (a third of encoding a request head) for a few bytes saved.
+
+What is kept per process is per name: the name's part of a literal (both
+kinds) and its values with a full static match. A block is a join of those
+parts, the value's length and the value. (A cache of whole fields missed on
+every field that carries a per-request value, x-request-id, grpc-timeout,
+traceparent, content-length, and emptied itself every ~1,300 gRPC calls.)
 
 The peer's SETTINGS_HEADER_TABLE_SIZE still reaches `header_table_size` (h2
 sets it): a change is announced by dynamic table size updates at the start of
@@ -22,7 +26,7 @@ allows.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, final
 
 from pyproxyd._vendor.hpack import Encoder
 from pyproxyd._vendor.hpack.table import HeaderTable
@@ -33,11 +37,11 @@ _INDEXED: Final = 0x80
 _WITHOUT_INDEXING: Final = 0x00
 _NEVER_INDEXED: Final = 0x10
 
-# Fields of at most this many bytes are cached (a long cookie or token varies,
-# and would only fill the cache), and at most this many of them: when full, the
-# cache starts again empty (the fields of the traffic of the moment come back).
-CACHE_FIELD_BYTES: Final = 256
-CACHE_ENTRIES: Final = 4096
+# Names of at most this many bytes are kept, and at most this many of them:
+# when full, it starts again empty (the names of the traffic of the moment
+# come back).
+NAME_BYTES: Final = 256
+NAMES_KEPT: Final = 1024
 
 
 def _static_tables() -> tuple[dict[tuple[bytes, bytes], int], dict[bytes, int]]:
@@ -50,8 +54,6 @@ def _static_tables() -> tuple[dict[tuple[bytes, bytes], int], dict[bytes, int]]:
 
 
 _STATIC_FULL, _STATIC_NAME = _static_tables()
-# Not sensitive fields: a token or a cookie is not kept beyond its request.
-_CACHE: dict[tuple[bytes, bytes], bytes] = {}
 
 
 def integer(value: int, prefix_bits: int, first: int) -> bytes:
@@ -91,20 +93,64 @@ def _to_bytes(value: Any) -> bytes:
     return str(value).encode("utf-8")
 
 
-def cached_field(name: bytes, value: bytes, sensitive: bool) -> bytes:
-    """field(), through the per-process cache (for fields not sensitive)."""
+@final
+class Name:
+    """What a field name contributes to any field of that name: its literal
+    head (without indexing, never indexed), and its values with a full
+    static match, each as its one-byte indexed field."""
+
+    __slots__ = ("never", "plain", "static")
+
+    def __init__(self, name: bytes) -> None:
+        index = _STATIC_NAME.get(name, 0)
+        if index:
+            self.plain = integer(index, 4, _WITHOUT_INDEXING)
+            self.never = integer(index, 4, _NEVER_INDEXED)
+        else:
+            literal = integer(len(name), 7, 0) + name
+            self.plain = bytes((_WITHOUT_INDEXING,)) + literal
+            self.never = bytes((_NEVER_INDEXED,)) + literal
+        static: dict[bytes, bytes] = {}
+        for (static_name, value), full in _STATIC_FULL.items():
+            if static_name == name:
+                static[value] = bytes((_INDEXED | full,))
+        self.static: dict[bytes, bytes] | None = static or None
+
+
+# Per process: names are few (those of the traffic's header fields).
+_NAMES: dict[bytes, Name] = {}
+# A value's length, up to the 7-bit prefix's largest (most values).
+_LENGTHS: Final = [bytes((n,)) for n in range(127)]
+
+
+def name_of(name: bytes) -> Name:
+    names = _NAMES
+    entry = names.get(name)
+    if entry is None:
+        entry = Name(name)
+        if len(name) <= NAME_BYTES:
+            if len(names) >= NAMES_KEPT:
+                names.clear()
+            names[name] = entry
+    return entry
+
+
+def add_field(parts: list[bytes], name: bytes, value: bytes, sensitive: bool) -> None:
+    """field()'s bytes, appended to `parts` as the name's part, the length and the value."""
+    entry = name_of(name)
     if sensitive:
-        return field(name, value, True)
-    cache = _CACHE
-    key = (name, value)
-    encoded = cache.get(key)
-    if encoded is None:
-        encoded = field(name, value, sensitive)
-        if len(name) + len(value) <= CACHE_FIELD_BYTES:
-            if len(cache) >= CACHE_ENTRIES:
-                cache.clear()
-            cache[key] = encoded
-    return encoded
+        parts.append(entry.never)
+    else:
+        static = entry.static
+        if static is not None:
+            indexed = static.get(value)
+            if indexed is not None:
+                parts.append(indexed)
+                return
+        parts.append(entry.plain)
+    size = len(value)
+    parts.append(_LENGTHS[size] if size < 127 else integer(size, 7, 0))
+    parts.append(value)
 
 
 def size_updates(sizes: list[int]) -> bytes:
@@ -148,7 +194,7 @@ class PlainEncoder(Encoder):
                 sensitive = bool(header[2])
             else:
                 sensitive = False
-            parts.append(cached_field(_to_bytes(header[0]), _to_bytes(header[1]), sensitive))
+            add_field(parts, _to_bytes(header[0]), _to_bytes(header[1]), sensitive)
         return b"".join(parts)
 
 

@@ -135,14 +135,33 @@ def test_table_size_changes_are_announced_at_the_start_of_the_next_block() -> No
     assert encoder.encode([(b"a", b"1")]) == b"\x00\x01a\x011"
 
 
-def test_the_field_cache_is_bounded() -> None:
+def test_what_is_kept_per_name_is_bounded() -> None:
     encoder = PlainEncoder()
-    for i in range(hpack_plain.CACHE_ENTRIES * 2 + 10):
-        encoder.encode([(b"x-request-id", str(i).encode())])
-        assert len(hpack_plain._CACHE) <= hpack_plain.CACHE_ENTRIES
-    big = b"v" * (hpack_plain.CACHE_FIELD_BYTES + 1)
-    encoder.encode([(b"cookie", big)])
-    assert (b"cookie", big) not in hpack_plain._CACHE
+    for i in range(hpack_plain.NAMES_KEPT * 2 + 10):
+        block = encoder.encode([(b"x-%d" % i, b"v")])
+        assert block == hpack_plain.field(b"x-%d" % i, b"v", False)
+        assert len(hpack_plain._NAMES) <= hpack_plain.NAMES_KEPT
+    big = b"n" * (hpack_plain.NAME_BYTES + 1)
+    assert encoder.encode([(big, b"v")]) == hpack_plain.field(big, b"v", False)
+    assert big not in hpack_plain._NAMES
+
+
+def test_fields_are_encoded_as_field_says_whatever_was_kept_before() -> None:
+    """add_field (names kept) gives field()'s bytes (nothing kept), for every
+    static name with each of its static values and others, both kinds, a
+    name seen first sensitive then not and the other way round, and value
+    lengths around the 7-bit prefix's limit."""
+    hpack_plain._NAMES.clear()
+    values = [b"", b"x", b"v" * 126, b"v" * 127, b"v" * 128, b"v" * 300]
+    values += sorted({value for _, value in HeaderTable.STATIC_TABLE})
+    for first in (True, False):
+        for name in [*STATIC_NAMES, *OTHER_NAMES]:
+            for sensitive in (first, not first):
+                for value in values:
+                    parts: list[bytes] = []
+                    hpack_plain.add_field(parts, name, value, sensitive)
+                    assert b"".join(parts) == hpack_plain.field(name, value, sensitive)
+        hpack_plain._NAMES.clear()
 
 
 def test_sensitive_fields_are_not_kept_in_the_cache() -> None:
@@ -151,7 +170,9 @@ def test_sensitive_fields_are_not_kept_in_the_cache() -> None:
     assert block == b"\x1f\x08\x0dBearer secret"
     block = encoder.encode([vendored.NeverIndexedHeaderTuple(b"x-token", b"secret")])
     assert block == b"\x10\x07x-token\x06secret"
-    assert not [key for key in hpack_plain._CACHE if b"secret" in key[1]]
+    # only names are kept, never a value
+    kept = [(n, e.plain, e.never, e.static) for n, e in hpack_plain._NAMES.items()]
+    assert b"secret" not in repr(kept).encode()
 
 
 def test_the_vendored_decoder_matches_the_reference_on_indexed_huffman_blocks() -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 from scripts.import_graph import cycles, graph
 
 # Each pair names the other's type only (under TYPE_CHECKING): the connection
-# is handed its pool, the request its connection.
+# is handed its pool, the request its connection. The upstream HTTP/2
+# connection is in two such pairs, so they are one circle: it is handed its
+# pool, and hands itself to its streams (h2stream types it as the class, so
+# that compiled code reaches its attributes directly).
 TYPE_ONLY_PAIRS = [
     ["pyproxyd.frontend.connection", "pyproxyd.frontend.request"],
     ["pyproxyd.frontend.http2.connection", "pyproxyd.frontend.http2.stream"],
     ["pyproxyd.upstream.connection", "pyproxyd.upstream.pool"],
-    ["pyproxyd.upstream.h2conn", "pyproxyd.upstream.h2pool"],  # as the HTTP/1.1 pair
+    ["pyproxyd.upstream.h2conn", "pyproxyd.upstream.h2pool", "pyproxyd.upstream.h2stream"],
 ]
 
 

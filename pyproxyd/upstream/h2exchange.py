@@ -69,6 +69,49 @@ def grpc_timeout(seconds: float) -> bytes:
     return b"%dS" % min(10**8 - 1, int(seconds + 0.999))
 
 
+# What a field name of a planned head becomes on HTTP/2 (name_kind):
+_PLAIN = 0  # sent, lower-cased
+_HOST = 1  # :authority
+_FRAMING = 2  # transfer-encoding: tells whether the body is chunked; not sent
+_DROPPED = 3  # connection-specific
+_TIMEOUT = 4  # grpc-timeout: replaced when the gateway sets a deadline
+_SENSITIVE = 5  # a never-indexed literal
+# Names seen so far (as written in the head), at most KINDS_KEPT of at most
+# KIND_NAME_BYTES each, then it starts again empty: a head repeats the names of
+# the heads before it, and a lookup is cheaper than strip().lower() and three
+# set lookups.
+KINDS_KEPT = 1024
+KIND_NAME_BYTES = 64
+_KINDS: dict[bytes, tuple[bytes, int]] = {}
+
+
+def name_kind(name: bytes) -> tuple[bytes, int]:
+    """(the lower-case name, what becomes of the field) of a head's field name."""
+    kinds = _KINDS
+    entry = kinds.get(name)
+    if entry is not None:
+        return entry
+    lname = name.strip().lower()
+    if lname == b"host":
+        kind = _HOST
+    elif lname == b"transfer-encoding":
+        kind = _FRAMING
+    elif lname in CONNECTION_SPECIFIC:
+        kind = _DROPPED
+    elif lname == b"grpc-timeout":
+        kind = _TIMEOUT
+    elif lname in SENSITIVE:
+        kind = _SENSITIVE
+    else:
+        kind = _PLAIN
+    entry = (lname, kind)
+    if len(name) <= KIND_NAME_BYTES:
+        if len(kinds) >= KINDS_KEPT:
+            kinds.clear()
+        kinds[name] = entry
+    return entry
+
+
 def h2_headers(
     head: bytes, scheme: bytes, te_trailers: bool, timeout: bytes | None
 ) -> tuple[list[tuple[bytes, bytes]], bool]:
@@ -80,32 +123,44 @@ def h2_headers(
     method, target, _ = lines[0].split(b" ", 2)
     authority = b""
     chunked = False
-    out: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, _, value = line.partition(b":")
-        lname = name.strip().lower()
-        value = value.strip()
-        if lname in CONNECTION_SPECIFIC:
-            if lname == b"host":
-                authority = value
-            elif lname == b"transfer-encoding":
-                chunked = value.lower().endswith(b"chunked")
-            continue
-        if lname == b"grpc-timeout" and timeout is not None:
-            continue
-        if lname in SENSITIVE:
-            out.append(NeverIndexedHeaderTuple(lname, value))
-        else:
-            out.append((lname, value))
     headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
                (b":path", target)]  # fmt: skip
     if te_trailers:
         headers.append((b"te", b"trailers"))
     if timeout is not None:
         headers.append((b"grpc-timeout", timeout))
-    headers.extend(out)
+    for i in range(1, len(lines)):
+        line = lines[i]
+        size = len(line)
+        if not size:
+            continue
+        colon = line.find(b":")
+        if colon < 0:
+            name = line
+            value = b""
+        else:
+            name = line[:colon]
+            # The pipeline writes "name: value": one space is skipped without
+            # strip(), which only runs for whitespace at either end.
+            start = colon + 1
+            if start < size and line[start] == 32:
+                start += 1
+            value = line[start:]
+            if value and (value[0] <= 32 or value[-1] <= 32):
+                value = value.strip()
+        lname, kind = name_kind(name)
+        if kind == _PLAIN:
+            headers.append((lname, value))
+        elif kind == _HOST:
+            authority = value
+        elif kind == _FRAMING:
+            chunked = value.lower().endswith(b"chunked")
+        elif kind == _TIMEOUT:
+            if timeout is None:
+                headers.append((lname, value))
+        elif kind == _SENSITIVE:
+            headers.append(NeverIndexedHeaderTuple(lname, value))
+    headers[2] = (b":authority", authority)
     return headers, chunked
 
 

@@ -1,4 +1,5 @@
-"""The HTTP/2 connections to one upstream target (protocol = "h2c" | "h2").
+"""Compiled by mypyc (pyproxyd/compiled.py).
+The HTTP/2 connections to one upstream target (protocol = "h2c" | "h2").
 
 The rules are the HTTP/1.1 pool's (pool.py), read for multiplexed
 connections:
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from .. import errors
 from .h2conn import H2UpstreamConnection
+from .h2stream import StreamDeadlines
 
 if TYPE_CHECKING:
     from .pool import PoolSettings, TargetPool
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 PING_INTERVAL_MIN = 15.0
 
 
-class _Abandoned(ConnectionError):
+class _Abandoned(Exception):
     """The request opening a connection went away before it was open."""
 
 
@@ -91,6 +93,7 @@ class H2Pool:
         self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.deadlines = StreamDeadlines()  # of the waits on its streams (read_timeout)
 
     def __repr__(self) -> str:
         return (
@@ -244,6 +247,7 @@ class H2Pool:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # (self.deadlines runs on: the streams of retiring connections keep their timeouts)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -295,9 +299,9 @@ class H2Pool:
                     f"connect to {self.label} timed out after {self.settings.connect_timeout:g}s"
                 )
                 raise errors.UpstreamConnectError(reason) from None
-            except (OSError, ValueError) as exc:  # refused, unreachable, TLS, not HTTP/2
+            except (OSError, ValueError) as refused:  # refused, unreachable, TLS, not HTTP/2
                 raise errors.UpstreamConnectError(
-                    f"connect to {self.label} failed: {exc or type(exc).__name__}"
+                    f"connect to {self.label} failed: {refused or type(refused).__name__}"
                 ) from None
         except BaseException as exc:
             if conn is not None:

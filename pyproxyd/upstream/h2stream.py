@@ -9,24 +9,85 @@ takes it (`take`), so at most STREAM_WINDOW bytes of an answer wait here.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from collections import deque
+from typing import TYPE_CHECKING
 
-
-class Owner(Protocol):
-    """What a stream needs of its connection (h2conn.H2UpstreamConnection)."""
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    def acknowledge(self, stream: H2Stream, size: int) -> None: ...
-
+if TYPE_CHECKING:
+    # (typed as the class itself: compiled, its loop and acknowledge() are
+    # reached directly, not through attribute lookups by name)
+    from .h2conn import H2UpstreamConnection
 
 # Response bytes one stream may have waiting before the upstream must stop.
 STREAM_WINDOW = 256 * 1024
 
 
+# Waits a StreamDeadlines keeps before the ones already over are dropped.
+COMPACT_AT = 256
+
+
 class StreamError(Exception):
     """A stream cannot go on: reset, refused, or its connection failed."""
+
+
+class StreamDeadlines:
+    """The deadlines of the waits on one pool's streams, under one timer.
+
+    A timer a wait (loop.call_at, then cancel) was 2% of a gRPC call's CPU
+    (py-spy). A pool's waits have one timeout, so their deadlines come in
+    order: they queue, one timer is armed for the first, and when it fires
+    the waits past their deadline end with False. A wait that ended before
+    leaves its entry behind, dropped when the queue is compacted (past
+    COMPACT_AT, and twice the waits still open) or reaches the front. A
+    deadline earlier than the last one queued (another timeout) gets a timer
+    of its own, as before."""
+
+    __slots__ = ("_handle", "_limit", "_waits")
+
+    def __init__(self) -> None:
+        self._waits: deque[tuple[float, asyncio.Future[bool]]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+        self._limit = COMPACT_AT
+
+    def __len__(self) -> int:
+        return len(self._waits)
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[bool], deadline: float
+    ) -> asyncio.TimerHandle | None:
+        """Ends `fut` with False at `deadline`; a handle to cancel when it has one of its own."""
+        waits = self._waits
+        if waits and deadline < waits[-1][0]:
+            return loop.call_at(deadline, _expire, fut)
+        waits.append((deadline, fut))
+        if len(waits) > self._limit:
+            self._compact()
+        if self._handle is None:
+            self._handle = loop.call_at(self._waits[0][0], self._fire, loop)
+        return None
+
+    def expire(self, now: float) -> float | None:
+        """End the waits whose deadline is `now` or before; the next deadline, if any."""
+        waits = self._waits
+        while waits:
+            deadline, fut = waits[0]
+            if fut.done():
+                waits.popleft()
+            elif deadline <= now:
+                waits.popleft()
+                fut.set_result(False)
+            else:
+                return deadline
+        return None
+
+    def _compact(self) -> None:
+        self._waits = deque(w for w in self._waits if not w[1].done())
+        self._limit = max(COMPACT_AT, 2 * len(self._waits))
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        after = self.expire(loop.time())
+        if after is not None:
+            self._handle = loop.call_at(after, self._fire, loop)
 
 
 class H2Stream:
@@ -49,7 +110,7 @@ class H2Stream:
         "trailers",
     )
 
-    def __init__(self, conn: Owner, stream_id: int) -> None:
+    def __init__(self, conn: H2UpstreamConnection, stream_id: int) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.status = 0  # of the final response head; 0 until it is in
@@ -107,17 +168,41 @@ class H2Stream:
 
     # -- used by the exchange ---------------------------------------------------------
 
+    # The pool's StreamDeadlines end a wait with False, not asyncio.timeout_at: that
+    # one cancels the task and uncancels it, a context manager and a Timeout
+    # per wait (3% of a gRPC call's CPU, py-spy). Written out in both waits: a
+    # coroutine of its own for the shared part cost a coroutine object and
+    # attribute access by name per wait.
+
     async def wait(self, deadline: float | None) -> bool:
         """Until the next progress of the response; False when `deadline` passed first."""
-        fut: asyncio.Future[bool] = self.conn.loop.create_future()
+        conn = self.conn
+        loop = conn.loop
+        fut: asyncio.Future[bool] = loop.create_future()
         self._waiter = fut
-        return await _until(fut, deadline, self, "_waiter")
+        handle = None if deadline is None else conn.pool.deadlines.add(loop, fut, deadline)
+        try:
+            return await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if self._waiter is fut:
+                self._waiter = None
 
     async def wait_window(self, deadline: float | None) -> bool:
         """Until the upstream opens its window (or the stream fails); False on `deadline`."""
-        fut: asyncio.Future[bool] = self.conn.loop.create_future()
+        conn = self.conn
+        loop = conn.loop
+        fut: asyncio.Future[bool] = loop.create_future()
         self._window = fut
-        return await _until(fut, deadline, self, "_window")
+        handle = None if deadline is None else conn.pool.deadlines.add(loop, fut, deadline)
+        try:
+            return await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if self._window is fut:
+                self._window = None
 
     def window_opened(self) -> None:
         w = self._window
@@ -139,21 +224,6 @@ class H2Stream:
             self.conn.acknowledge(self, self._ack)
             self._ack = 0
         return data
-
-
-async def _until(fut: asyncio.Future[bool], deadline: float | None, stream: H2Stream,
-                 slot: str) -> bool:  # fmt: skip
-    # A timer that ends the wait with False, not asyncio.timeout_at: that one
-    # cancels the task and uncancels it, a context manager and a Timeout per
-    # wait (3% of a gRPC call's CPU, py-spy).
-    handle = None if deadline is None else stream.conn.loop.call_at(deadline, _expire, fut)
-    try:
-        return await fut
-    finally:
-        if handle is not None:
-            handle.cancel()
-        if getattr(stream, slot) is fut:
-            setattr(stream, slot, None)
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:

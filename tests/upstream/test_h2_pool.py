@@ -99,6 +99,42 @@ async def test_requests_wait_when_every_stream_of_every_connection_is_taken() ->
         await owner.aclose()
 
 
+async def test_read_timeouts_end_each_stream_wait_on_time_whatever_the_order() -> None:
+    """The pool's StreamDeadlines: streams that wait on one connection each
+    time out at their own read_timeout (a shorter one after a longer one
+    too), are reset, and leave the others alone."""
+    async with H2Backend() as b:
+        owner, pool = make_pool(b.port)
+        loop = asyncio.get_running_loop()
+
+        async def timed(path: str, timeout: float) -> tuple[str, float]:
+            started = loop.time()
+            try:
+                head = b"GET %s HTTP/1.1\r\nHost: t\r\n" % path.encode()
+                up = await send(pool, head, None, te_trailers=False, grpc_deadline=None,
+                                read_timeout=timeout)  # fmt: skip
+                while await up.read():
+                    pass
+                up.release()
+                outcome = "ok"
+            except errors.UpstreamTimeout:
+                outcome = "timeout"
+            return outcome, loop.time() - started
+
+        results = await asyncio.gather(
+            timed("/hang", 0.6),
+            timed("/hang", 0.2),  # queued after a later deadline: a timer of its own
+            timed("/slow?ms=100", 2.0),
+            timed("/hang", 0.4),
+        )
+        assert [outcome for outcome, _ in results] == ["timeout", "timeout", "ok", "timeout"]
+        for (_, took), timeout in zip(results, (0.6, 0.2, 0.1, 0.4), strict=True):
+            assert timeout <= took < timeout + 0.3
+        await wait_for(lambda: len(b.resets) == 3)
+        assert b.connections_opened == 1 and len(pool.deadlines) <= 4
+        await owner.aclose()
+
+
 async def test_an_http1_server_is_not_taken_for_an_h2c_one() -> None:
     async with Backend() as http1:
         owner, pool = make_pool(http1.port)

@@ -1,13 +1,22 @@
 """The HTTP/2 pool's rules, over connection states and `now` (no sockets):
-which connection a stream goes on, which ones expire, which are surplus."""
+which connection a stream goes on, which ones expire, which are surplus.
+
+The connections are real H2UpstreamConnections (h2pool is compiled and
+takes nothing else), put in each state as a connection gets there: the
+upstream's SETTINGS (its stream limit) fed to it as bytes, a GOAWAY-style
+retire(), and the counters the pool itself keeps."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
+from pyproxyd._vendor.h2.settings import SettingCodes
+from pyproxyd._vendor.hyperframe.frame import SettingsFrame
+from pyproxyd.upstream.h2conn import H2UpstreamConnection
 from pyproxyd.upstream.h2pool import H2Pool
 from pyproxyd.upstream.pool import PoolSettings, TargetPool
 
@@ -38,14 +47,67 @@ class Conn:
     usable: bool = True
 
 
-def pool(*conns: Conn) -> H2Pool:
-    p = H2Pool(TargetPool("127.0.0.1", 1, SETTINGS), SETTINGS, ping_timeout=2.0)
-    p.conns = list(conns)  # type: ignore[arg-type]
-    return p
+class Wire(asyncio.Transport):
+    """The socket's side of a connection: what it writes is kept, nothing is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
 
 
-def name(conn: Any) -> str | None:
-    return None if conn is None else str(conn.name)
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+NAMES: dict[int, str] = {}  # id(connection) -> its Conn's name
+
+
+def connect(p: H2Pool, loop: asyncio.AbstractEventLoop, spec: Conn) -> H2UpstreamConnection:
+    conn = H2UpstreamConnection(p, loop, False)
+    conn.connection_made(Wire())
+    # the upstream's SETTINGS, as they come off the wire
+    limit = {SettingCodes.MAX_CONCURRENT_STREAMS: spec.capacity}
+    conn.data_received(SettingsFrame(0, settings=limit).serialize())
+    assert conn.ready.done() and conn.capacity == min(SETTINGS.max_streams, spec.capacity)
+    if not spec.usable:
+        conn.retire()
+    conn.active, conn.requests = spec.active, spec.requests
+    conn.opened_at, conn.idle_since, conn.ping_sent_at = (
+        spec.opened_at, spec.idle_since, spec.ping_sent_at
+    )  # fmt: skip
+    NAMES[id(conn)] = spec.name
+    return conn
+
+
+@pytest.fixture
+def pool(loop: asyncio.AbstractEventLoop) -> Iterator[Callable[..., H2Pool]]:
+    def make(*specs: Conn) -> H2Pool:
+        p = H2Pool(TargetPool("127.0.0.1", 1, SETTINGS), SETTINGS, ping_timeout=2.0)
+        p.conns = [connect(p, loop, spec) for spec in specs]
+        return p
+
+    yield make
+    NAMES.clear()
+
+
+def name(conn: H2UpstreamConnection | None) -> str | None:
+    return None if conn is None else NAMES[id(conn)]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +132,9 @@ def name(conn: Any) -> str | None:
         ([Conn("a", usable=False), Conn("b", active=9)], 10.0, "b"),
     ],
 )
-def test_which_connection_a_new_stream_takes(conns: list[Conn], now: float, chosen: str) -> None:
+def test_which_connection_a_new_stream_takes(
+    pool: Callable[..., H2Pool], conns: list[Conn], now: float, chosen: str
+) -> None:
     assert name(pool(*conns).pick(now)) == chosen
 
 
@@ -85,16 +149,20 @@ def test_which_connection_a_new_stream_takes(conns: list[Conn], now: float, chos
         ([Conn("a", active=3, ping_sent_at=5.0)], 6.9, []),
     ],
 )
-def test_which_connections_expire(conns: list[Conn], now: float, expired: list[str]) -> None:
-    assert [c.name for c in pool(*conns).expired(now)] == expired  # type: ignore[attr-defined]
+def test_which_connections_expire(
+    pool: Callable[..., H2Pool], conns: list[Conn], now: float, expired: list[str]
+) -> None:
+    assert [name(c) for c in pool(*conns).expired(now)] == expired
 
 
-def test_idle_connections_over_keepalive_are_the_least_recently_used() -> None:
+def test_idle_connections_over_keepalive_are_the_least_recently_used(
+    pool: Callable[..., H2Pool],
+) -> None:
     p = pool(
         Conn("a", idle_since=3.0),
         Conn("b", idle_since=1.0),
         Conn("c", active=1),
         Conn("d", idle_since=2.0),
     )
-    assert [c.name for c in p.surplus()] == ["b"]  # type: ignore[attr-defined]
+    assert [name(c) for c in p.surplus()] == ["b"]
     assert (p.busy, p.idle, p.streams) == (1, 3, 1)

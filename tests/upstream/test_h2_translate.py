@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from pyproxyd.upstream.h2exchange import grpc_timeout, h2_headers, parse_grpc_timeout, unchunk
+from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple
+from pyproxyd.upstream import h2exchange
+from pyproxyd.upstream.h2exchange import (
+    CONNECTION_SPECIFIC,
+    SENSITIVE,
+    grpc_timeout,
+    h2_headers,
+    parse_grpc_timeout,
+    unchunk,
+)
 
 
 def test_the_request_line_and_host_become_pseudo_headers() -> None:
@@ -33,6 +44,78 @@ def test_te_is_sent_only_as_trailers_and_grpc_timeout_is_replaced() -> None:
     assert (b"te", b"gzip") not in headers and not any(n == b"te" for n, _ in headers)
     assert [v for n, v in headers if n == b"grpc-timeout"] == [b"250m"]
     assert (b":scheme", b"https") in headers
+
+
+def reference(
+    head: bytes, scheme: bytes, te_trailers: bool, timeout: bytes | None
+) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """h2_headers as it was written first: every line split, stripped and lowered."""
+    lines = head.split(b"\r\n")
+    method, target, _ = lines[0].split(b" ", 2)
+    authority = b""
+    chunked = False
+    out: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(b":")
+        lname = name.strip().lower()
+        value = value.strip()
+        if lname in CONNECTION_SPECIFIC:
+            if lname == b"host":
+                authority = value
+            elif lname == b"transfer-encoding":
+                chunked = value.lower().endswith(b"chunked")
+            continue
+        if lname == b"grpc-timeout" and timeout is not None:
+            continue
+        if lname in SENSITIVE:
+            out.append(NeverIndexedHeaderTuple(lname, value))
+        else:
+            out.append((lname, value))
+    headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
+               (b":path", target)]  # fmt: skip
+    if te_trailers:
+        headers.append((b"te", b"trailers"))
+    if timeout is not None:
+        headers.append((b"grpc-timeout", timeout))
+    headers.extend(out)
+    return headers, chunked
+
+
+NAMES = [
+    *(b"Host", b"host", b"Content-Type", b"X-Request-ID", b"transfer-encoding"),
+    *(b"Transfer-Encoding", b"Connection", b"TE", b"grpc-timeout", b"Grpc-Timeout"),
+    *(b"Authorization", b"proxy-authorization", b" X-Pad ", b"x-" + b"n" * 70, b"Trailer"),
+]
+VALUES = [
+    *(b"", b" ", b"v", b" v", b"v ", b"  v  ", b"\tv\t", b"a b", b"chunked", b"gzip, chunked"),
+    *(b"\x0bv\x0c", b":", b"a:b", b"\xc3\xa9"),
+]
+
+
+def test_heads_translate_as_the_reference_does_whatever_was_seen_before() -> None:
+    """Random heads (names in any case, padded, long, the special ones; values
+    with and without the space after the colon and whitespace at either end;
+    a line without a colon): the same lists, the same never-indexed fields,
+    whether the names were seen before or not."""
+    rng = random.Random(22)
+    h2exchange._KINDS.clear()
+    for round_ in range(600):
+        lines = [b"POST /p?q=1 HTTP/1.1"]
+        for _ in range(rng.randrange(0, 10)):
+            name, value = rng.choice(NAMES), rng.choice(VALUES)
+            sep = rng.choice([b": ", b":", b" : "])
+            lines.append(name + sep + value if rng.random() < 0.97 else name)
+        head = b"\r\n".join(lines) + b"\r\n"
+        args = (head, rng.choice([b"http", b"https"]), rng.random() < 0.5,
+                rng.choice([None, b"250m"]))  # fmt: skip
+        got, expected = h2_headers(*args), reference(*args)
+        assert got == expected, head
+        assert [type(f) for f in got[0]] == [type(f) for f in expected[0]], head
+        if round_ == 300:
+            h2exchange._KINDS.clear()
+    assert b"x-" + b"n" * 70 not in h2exchange._KINDS  # too long to be kept
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,63 @@ CONNECTION_SPECIFIC = frozenset(
 _NO_BODY = frozenset({204, 304})
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
 
+# What an answer's field name is on HTTP/2 (field_name()):
+_KEEP = 0
+_SPECIFIC = 1  # connection-specific: never sent
+_LENGTH = 2  # content-length
+_DATE = 3
+# Names seen so far, at most NAMES_KEPT of at most NAME_BYTES each (then it
+# starts again empty): answers repeat the names of the ones before them, and a
+# lookup is cheaper than lower() and the set lookups of a new bytes object.
+NAMES_KEPT = 1024
+NAME_BYTES = 64
+_NAMES: dict[bytes, tuple[bytes, int]] = {}
+
+
+def field_name(name: bytes) -> tuple[bytes, int]:
+    """(the lower-case name, what it is) of an answer's field name."""
+    names = _NAMES
+    entry = names.get(name)
+    if entry is not None:
+        return entry
+    lname = name.lower()
+    if lname in CONNECTION_SPECIFIC:
+        kind = _SPECIFIC
+    elif lname == b"content-length":
+        kind = _LENGTH
+    elif lname == b"date":
+        kind = _DATE
+    else:
+        kind = _KEEP
+    entry = (lname, kind)
+    if len(name) <= NAME_BYTES:
+        if len(names) >= NAMES_KEPT:
+            names.clear()
+        names[name] = entry
+    return entry
+
+
+def raw_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """HTTP/1.1 header lines (each "Name: value" and CRLF) as (name, value)
+    pairs, names as written, both stripped; a line without a colon is skipped."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in raw.split(b"\r\n"):
+        colon = line.find(b":")
+        if colon < 0:
+            continue
+        name = line[:colon]
+        start = colon + 1
+        if start < len(line) and line[start] == 32:
+            start += 1
+        value = line[start:]
+        # (strip() only for whitespace at either end: the gateway writes "name: value")
+        if value and (value[0] <= 32 or value[-1] <= 32):
+            value = value.strip()
+        if name and (name[0] <= 32 or name[-1] <= 32):
+            name = name.strip()
+        fields.append((name, value))
+    return fields
+
 
 class StreamBody(BodyQueue):
     """The request body as DATA frames bring it."""
@@ -155,22 +212,20 @@ class H2Request(Request):
         out: list[Any] = [(b":status", _STATUS.get(status) or b"%d" % status)]
         has_date = False
         for name, value in headers:
-            lname = name.lower()
-            if lname in CONNECTION_SPECIFIC or (drop is not None and lname in drop):
+            lname, kind = field_name(name)
+            if kind == _SPECIFIC or (drop is not None and lname in drop):
                 continue
-            if lname == b"content-length":
+            if kind == _LENGTH:
                 if not keep_length:
                     continue
-            elif lname == b"date":
+            elif kind == _DATE:
                 has_date = True
             out.append((lname, value))
         if raw:
-            for line in raw.split(b"\r\n"):
-                name, sep, value = line.partition(b":")
-                if sep:
-                    lname = name.strip().lower()
-                    if lname not in CONNECTION_SPECIFIC:
-                        out.append((lname, value.strip()))
+            for name, value in raw_fields(raw):
+                lname, kind = field_name(name)
+                if kind != _SPECIFIC:
+                    out.append((lname, value))
         if length is not None and not keep_length:
             out.append((b"content-length", b"%d" % length))
         if not has_date:
@@ -255,9 +310,12 @@ class H2Request(Request):
     def trailers(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
         if self.gone or not headers:
             return
-        self._trailers = [
-            (n.lower(), v) for n, v in headers if n.lower() not in CONNECTION_SPECIFIC
-        ]
+        trailers: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lname, kind = field_name(name)
+            if kind != _SPECIFIC:
+                trailers.append((lname, value))
+        self._trailers = trailers
         self.end()
 
     def end(self) -> None:
