@@ -106,3 +106,15 @@ def response_problem(coding: bytes | None, has_length: bool) -> str | None:
     if coding_problem(coding) is not None:
         return "upstream sent an unsupported Transfer-Encoding"
     return None
+
+
+def field_value(line: bytes, start: int) -> bytes:
+    """The value of a field line ("Name: value") whose colon is just before
+    `start`. The heads the gateway writes put one space there, skipped
+    without strip(), which runs only for whitespace at either end."""
+    if start < len(line) and line[start] == 32:
+        start += 1
+    value = line[start:]
+    if value and (value[0] <= 32 or value[-1] <= 32):
+        value = value.strip()
+    return value

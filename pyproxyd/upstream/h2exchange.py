@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple
 
 from .. import errors
+from ..framing import field_value
 from .h2conn import H2Stream, H2UpstreamConnection, StreamError
 from .h2pool import H2Pool
 from .h2response import H2Response
@@ -131,8 +132,7 @@ def h2_headers(
         headers.append((b"grpc-timeout", timeout))
     for i in range(1, len(lines)):
         line = lines[i]
-        size = len(line)
-        if not size:
+        if not line:
             continue
         colon = line.find(b":")
         if colon < 0:
@@ -140,14 +140,7 @@ def h2_headers(
             value = b""
         else:
             name = line[:colon]
-            # The pipeline writes "name: value": one space is skipped without
-            # strip(), which only runs for whitespace at either end.
-            start = colon + 1
-            if start < size and line[start] == 32:
-                start += 1
-            value = line[start:]
-            if value and (value[0] <= 32 or value[-1] <= 32):
-                value = value.strip()
+            value = field_value(line, colon + 1)
         lname, kind = name_kind(name)
         if kind == _PLAIN:
             headers.append((lname, value))

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ClientGone
+from ...framing import field_value
 from ...proxy.interface import Request
 from ..request import BodyQueue
 
@@ -75,13 +76,7 @@ def raw_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
         if colon < 0:
             continue
         name = line[:colon]
-        start = colon + 1
-        if start < len(line) and line[start] == 32:
-            start += 1
-        value = line[start:]
-        # (strip() only for whitespace at either end: the gateway writes "name: value")
-        if value and (value[0] <= 32 or value[-1] <= 32):
-            value = value.strip()
+        value = field_value(line, colon + 1)
         if name and (name[0] <= 32 or name[-1] <= 32):
             name = name.strip()
         fields.append((name, value))
