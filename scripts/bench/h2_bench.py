@@ -4,6 +4,7 @@
     bash scripts/compile.sh        # the numbers are for the compiled build
     PYTHONPATH=. .venv/bin/python scripts/bench/h2_bench.py [--duration 5s] [--rounds 5]
         [--base ../wt-h1base] [--idle 1000] [--profile] [--rows h2c-pyproxyd,...]
+        [--quota 20]
 
 `--base`: a checkout of another commit (`git worktree add --detach DIR c02263f`,
 the one before HTTP/2), compiled there too; pyproxyd runs from each checkout
@@ -41,6 +42,17 @@ printed, and the write syscalls a request (/proc/PID/io `syscw`: write and
 writev, which all three use for sockets). How many modules each pyproxyd
 checkout runs compiled is printed (pyproxyd/compiled.py's status).
 
+`--quota PCT` (as root, cgroup v1's cpu controller): each proxy may use
+only PCT% of core 1 (1 ms in 10 for 10%). Unlimited, a proxy that the
+backend keeps below a full core goes idle between calls; on this VM each
+wake-up from idle finds the caches cold, so its CPU a request depends on
+how often it sleeps as much as on its code (one call in flight: 320 us a
+gRPC call through pyproxyd, 88 with 128 in flight, and half as much with a
+busy loop at nice 19 keeping the core awake). With a quota below what the
+backend's calls need, every proxy is busy for all the time it may run: its
+req/s is what PCT% of a core serves, and req/s / PCT% is its requests per
+second per core (pick a PCT whose req/s stays below grpc-direct's).
+
 With `--idle N` (default 1000): then N h2c connections that each made one
 request and stay open, to a fresh pyproxyd (one worker), to nginx and to
 Caddy: RSS of each before and after, KiB per connection. With `--profile`:
@@ -59,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import re
@@ -91,6 +104,7 @@ H1_MAIN, H1_MAIN_ADMIN, H1_BASE, H1_BASE_ADMIN = 18564, 18565, 18566, 18567
 IDLE, IDLE_ADMIN = 18568, 18569  # a fresh pyproxyd for the idle connections
 NGINX_H2C, NGINX_GRPC, CADDY_H2C, CADDY_GRPC = 18570, 18571, 18572, 18573
 PATH = "/api/users/1"
+CGROUP = Path("/sys/fs/cgroup/cpu")  # --quota's (cgroup v1, as this machine mounts it)
 GRPC_PATH = "/echo.Echo/Unary"
 MESSAGE = b"\x0a\x05hello"  # echo.Note{text: "hello"}, the protobuf wire form
 GRPC_BODY = b"\x00" + struct.pack(">I", len(MESSAGE)) + MESSAGE  # uncompressed, length-prefixed
@@ -234,6 +248,20 @@ def writes(pid: int) -> int:
 def wrk_row(port: int, duration: str, connections: int) -> dict:
     rps, _p50, _p99, errors = wrk(port, duration, connections, PATH)
     return {"rps": rps, "requests": rps * float(duration.rstrip("s")), "errors": errors}
+
+
+def limit(pid: int, percent: int) -> Path:
+    """`pid` and its descendants in a cgroup of their own (cgroup v1's cpu
+    controller) allowed `percent`% of a core: 1 ms in 10 for 10%, so that a
+    proxy that gets more requests than that lets it serve is busy all the
+    time it may run, and its req/s is what that share of a core can do."""
+    group = CGROUP / f"h2bench-{pid}"
+    group.mkdir()
+    (group / "cpu.cfs_period_us").write_text("10000")
+    (group / "cpu.cfs_quota_us").write_text(str(percent * 100))
+    for p in process_tree(pid):
+        (group / "cgroup.procs").write_text(str(p))
+    return group
 
 
 def compiled_modules(checkout: Path) -> str:
@@ -397,6 +425,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="profile pyproxyd (h2c, gRPC rows)")
     ap.add_argument("--keep-profiles", type=Path, help="copy the raw profiles into this folder")
     ap.add_argument("--rows", help="only these rows, comma-separated (default: all)")
+    ap.add_argument("--quota", type=int, default=0, help="PCT: each proxy's share of a core")
     args = ap.parse_args()
     for tool, pkg in (("h2load", "nghttp2-client"), ("wrk", "wrk"), ("nginx", "nginx-light"),
                       ("caddy", "caddy"), ("taskset", "util-linux")):  # fmt: skip
@@ -412,6 +441,7 @@ def main() -> None:
     checks: dict[str, str] = {}
     idle: list[dict] = []
     profiles: dict[str, str] = {}
+    groups: list[Path] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "grpc.bin").write_bytes(GRPC_BODY)
@@ -459,6 +489,10 @@ def main() -> None:
                 pyproxyd("idle", REPO, "idle.toml")
             for port in (BACKEND, GRPC, NGINX_H2C, NGINX_GRPC, CADDY_H2C, CADDY_GRPC):
                 wait_port(port)
+            if args.quota:
+                for name in ("nginx", "caddy", "pyproxyd", "h1-main", "h1-base"):
+                    if name in pids:
+                        groups.append(limit(pids[name], args.quota))
             for admin in (
                 (PY_ADMIN, H1_MAIN_ADMIN)
                 + ((H1_BASE_ADMIN,) if args.base else ())
@@ -503,6 +537,7 @@ def main() -> None:
                     res = run(args.duration)
                     used = cpu_seconds(pid) - before
                     res["cpu_us"] = used * 1e6 / max(1.0, res["requests"])
+                    res["busy"] = used * 100 / seconds  # % of a core
                     res["writes"] = (writes(pid) - wrote) / max(1.0, res["requests"])
                     results[name].append(res)
                     print(f"round {r + 1} {name}: {res['rps']:.0f} req/s, "
@@ -523,6 +558,9 @@ def main() -> None:
                     idle.append(measure_idle(name, port, pid, args.idle))
         finally:
             stop(procs)
+            for group in groups:
+                with contextlib.suppress(OSError):
+                    group.rmdir()
 
     report(args, results, checks, compiled, idle, profiles, seconds)
 
@@ -539,21 +577,22 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], checks: dic
             x[key] / (y[key] or 1.0) for x, y in zip(results[a], results[b], strict=True)
         )
 
+    quota = f", each limited to {args.quota}% of it" if args.quota else ""
     print(f"\n{args.rounds} rounds x {args.duration}; h2load {args.h2_conns} connections x "
-          f"{args.streams} streams, wrk {args.connections} connections; proxies on core 1, "
-          "load and backends on core 0; medians\n")  # fmt: skip
+          f"{args.streams} streams, wrk {args.connections} connections; proxies on core 1"
+          f"{quota}, load and backends on core 0; medians\n")  # fmt: skip
     print(f"pyproxyd modules compiled: {compiled}")
     print(f"gRPC unary checked with a grpcio client: {checks}\n")
     print("(grpc-direct's CPU and writes are the grpcio server's own; writes: write/writev "
           "syscalls of the proxy's processes, /proc/PID/io syscw)\n")  # fmt: skip
-    print("| row | req/s | CPU us a request | req/s per core (1e6 / CPU us) | writes a request "
-          "| non-2xx/errors |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| row | req/s | CPU us a request | req/s per core (1e6 / CPU us) | core used "
+          "| writes a request | non-2xx/errors |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in results:
         cpu = med(name, "cpu_us")
         errors = sum(x["errors"] for x in results[name])
         print(f"| {name} | {med(name, 'rps'):,.0f} | {cpu:.1f} | {1e6 / (cpu or 1.0):,.0f} "
-              f"| {med(name, 'writes'):.2f} | {errors} |")  # fmt: skip
+              f"| {med(name, 'busy'):.0f}% | {med(name, 'writes'):.2f} | {errors} |")  # fmt: skip
     print(
         "\nper-round ratios (median over rounds); 'per core' = the other's CPU a request / "
         "this one's:"
