@@ -17,7 +17,8 @@ import asyncio
 import traceback
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
-from time import monotonic, perf_counter
+from time import monotonic
+from time import perf_counter as _perf_counter
 from types import MethodType
 from typing import Any, Final
 
@@ -33,6 +34,8 @@ RequestHook = Callable[[RequestView], Any]
 # One request in SAMPLE is timed for pyproxyd_middleware_seconds_total (Final:
 # a constant in the compiled code, not a module lookup per request).
 SAMPLE: Final = 8
+# Final: a C static, where a plain import is a lookup in the module's dict a call.
+perf_counter: Final = _perf_counter
 ResponseHook = Callable[[RequestView, ResponseView], Any]
 
 
@@ -162,7 +165,7 @@ class Chain:
             edit = step.edit_in
             if edit is not None:
                 try:
-                    edit.apply(view.pairs, view)
+                    edit.apply_request(view)
                 except Exception as exc:
                     raise failed(step, view, exc) from exc
                 continue
@@ -214,6 +217,7 @@ class Chain:
             view.spent += (perf_counter() - started) * view.weight
 
     def _leave(self, view: RequestView, resp: ResponseView) -> None:
+        # _edit_out() and _call_out() written out: a native call less a step.
         steps = self.steps
         i = view.depth
         while i > 0:
@@ -221,12 +225,26 @@ class Chain:
             step = steps[i]
             edit = step.edit_out
             if edit is not None:
-                _edit_out(step, edit, i, view, resp)
+                resp.at = i
+                try:
+                    edit.apply_response(resp, view)
+                except Exception as exc:
+                    view.depth = i
+                    raise failed(step, view, exc) from exc
                 continue
             hook = step.on_response
             if hook is None:
                 continue
-            result = _call_out(step, hook, i, view, resp)
+            resp.at = i
+            try:
+                owner = step.response_self
+                result = hook(view, resp) if owner is None else step.response_fn(owner, view, resp)
+            except errors.GatewayError:
+                view.depth = i
+                raise
+            except Exception as exc:
+                view.depth = i
+                raise failed(step, view, exc) from exc
             if result is not None and isawaitable(result):
                 _discard(result)
                 view.depth = i

@@ -28,6 +28,7 @@ class RequestView:
     __slots__ = (
         "_headers",
         "_host",
+        "_lines",
         "_pairs",
         "_source",
         "chain",
@@ -85,6 +86,10 @@ class RequestView:
         # on_request (an empty one is made only if something reads it before).
         self._pairs: Pairs | None = None
         self._headers: HeaderList | None = None
+        # Header lines the built-in `headers` steps added after `_pairs`,
+        # rendered ("Name: value\r\n"...): they go upstream as they are, one
+        # piece of the head; anything that reads the list puts them in it first.
+        self._lines = b""
         # How many of the chain's steps were entered: their on_response run,
         # in reverse. All of them until the chain starts, so that an error of
         # auth or limits still passes every on_response (CORS on a 401).
@@ -112,6 +117,9 @@ class RequestView:
         pairs = self._pairs
         if pairs is None:
             pairs = self._pairs = []
+        if len(self._lines):
+            pairs.extend(header_lines(self._lines))
+            self._lines = b""
         return pairs
 
     @pairs.setter
@@ -123,7 +131,15 @@ class RequestView:
         h = self._headers
         if h is None:
             h = self._headers = HeaderList(self.pairs)
+        elif len(self._lines):
+            _ = self.pairs  # the pending lines go into the list, which `h` shares
         return h
+
+    def add_lines(self, lines: bytes) -> None:
+        """Rendered header lines to go upstream after the list."""
+        pending = self._lines
+        # No concatenation (a new bytes object) for the first, usually the only one.
+        self._lines = lines if not len(pending) else pending + lines
 
     @property
     def client(self) -> Mapping[str, str]:
@@ -160,7 +176,7 @@ class ResponseView:
     answer. The list of pairs is made only when something asks for it (a
     python middleware's `resp.headers`, cors)."""
 
-    __slots__ = ("_headers", "_pairs", "_status", "at", "base", "drops", "raw")
+    __slots__ = ("_headers", "_pairs", "_status", "at", "base", "drops", "raw", "rid")
 
     def __init__(
         self,
@@ -169,13 +185,18 @@ class ResponseView:
         base: Pairs | None = None,
         drops: tuple[frozenset[bytes], ...] = (),
         raw: bytes = b"",
+        rid: str = "",
     ) -> None:
         self._status = status
         self._pairs = pairs
         self.base: Pairs = [] if base is None else base  # the upstream's list, never changed
         # drops[i]: the names the steps from i inward remove (and hop-by-hop).
         self.drops = drops
-        self.raw = raw  # header lines added so far, rendered
+        # The X-Request-ID the gateway adds first (when not ""), and the header
+        # lines added after it so far, rendered: lines() joins them once, at
+        # the end, so a step adding lines to an empty `raw` copies nothing.
+        self.rid = rid
+        self.raw = raw
         self.at = 0  # the step whose on_response runs (set by the chain; -1: all have)
         self._headers: HeaderList | None = None
 
@@ -190,9 +211,20 @@ class ResponseView:
             # The steps inside the running one have removed their names.
             drop = self.drops[self.at + 1]
             pairs = [h for h in self.base if h[0].lower() not in drop]
-            pairs.extend(header_lines(self.raw))
+            pairs.extend(header_lines(self.lines()))
             self._pairs = pairs
         return pairs
+
+    def add_lines(self, lines: bytes) -> None:
+        """Rendered header lines added to a lazy response."""
+        raw = self.raw
+        self.raw = lines if not len(raw) else raw + lines
+
+    def lines(self) -> bytes:
+        """What the gateway and the steps added to a lazy response, rendered."""
+        if not len(self.rid):
+            return self.raw
+        return b"X-Request-ID: %s\r\n%s" % (self.rid.encode(), self.raw)
 
     @property
     def status(self) -> int:

@@ -317,15 +317,20 @@ def _entered(
         raise errors.GatewayError(f"route {route.id!r} has no upstream and nothing answered")
     view = ex.call
     assert view is not None
-    headers = view.pairs
     if view.wrote:
         chain: Chain = view.chain
         drop = chain.drop
-        headers = [p for p in headers if p[0].lower() not in drop]
+        headers = [p for p in view.pairs if p[0].lower() not in drop]
         length = request.content_length
         if length is not None:  # the client's, whatever on_request did to the list
             headers.append((b"Content-Length", b"%d" % length))
-    return head(request, snap, ex, route, upstream, headers, seen, target_path, identity)
+        extra = b""
+    else:
+        # The list, and the lines the built-in steps added after it, as they are.
+        pairs = view._pairs
+        headers = pairs if pairs is not None else view.pairs
+        extra = view._lines
+    return head(request, snap, ex, route, upstream, headers, seen, target_path, identity, extra)
 
 
 def head(
@@ -338,8 +343,10 @@ def head(
     seen: dict[bytes, list[bytes]],
     target_path: str,
     identity: Identity | None,
+    extra: bytes = b"",
 ) -> Plan | Pending:
-    """The request head for the upstream."""
+    """The request head for the upstream; `extra`: header lines, rendered,
+    that follow `kept`."""
     if ex.query is not None:
         target_path = f"{target_path}?{ex.query}"
 
@@ -350,6 +357,8 @@ def head(
         lines.append(b": ")
         lines.append(value)
         lines.append(b"\r\n")
+    if len(extra):
+        lines.append(extra)
     if identity is not None and identity.forward:
         lines.append(identity.forward)  # forward_claims, prebuilt per verified token
     proto = b"https" if request.secure else b"http"

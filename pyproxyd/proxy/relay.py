@@ -48,17 +48,27 @@ def relay_now(request: Request, up: UpstreamResponse, ex: RequestInfo) -> bool:
     if not small(request, up):
         return False
     call = ex.call
-    if call is not None and _chain(call).async_response:
-        return False  # its on_response hooks are awaited: relay() does it
+    chain: Chain | None = None
+    if call is not None:
+        chain = call.chain
+        assert chain is not None
+        if chain.async_response:
+            return False  # its on_response hooks are awaited: relay() does it
     body = up.whole_body()
     if body is None:
         return False
     up.release()
     if ex.grpc:
         note_grpc_status(ex, up.headers)
-    if call is not None:
-        resp, failure = outgoing(ex, _upstream_view(up, ex, call))
-        _send(request, ex, resp, body if failure is None else failure, up.status, up.reason)
+    if call is not None and chain is not None:
+        resp = _upstream_view(up, ex, call, chain)
+        try:  # outgoing(), without its call, for when no hook fails
+            chain.leave(call, resp)
+        except GatewayError as err:
+            resp, first = _replacement(err, ex)
+            resp, failure = outgoing(ex, resp, first)
+            body = first if failure is None else failure
+        _send(request, ex, resp, body, up.status, up.reason)
         return True
     ex.status = up.status
     headers, drop, raw = _response_headers(up, ex)
@@ -91,7 +101,7 @@ async def relay(request: Request, up: UpstreamResponse, ex: RequestInfo) -> None
         note_grpc_status(ex, up.headers)  # a trailers-only answer carries it in its head
     call = ex.call
     if call is not None:
-        resp, failure = await outgoing_async(ex, _upstream_view(up, ex, call))
+        resp, failure = await outgoing_async(ex, _upstream_view(up, ex, call, _chain(call)))
         if failure is not None:  # a middleware's 500 replaces the upstream's answer
             up.abort()
             _send(request, ex, resp, failure, 0, "")
@@ -227,25 +237,29 @@ def _chain(call: RequestView) -> Chain:
     return chain
 
 
-def _upstream_view(up: UpstreamResponse, ex: RequestInfo, call: RequestView) -> ResponseView:
+def _upstream_view(
+    up: UpstreamResponse, ex: RequestInfo, call: RequestView, chain: Chain
+) -> ResponseView:
     """An upstream's answer as the chain sees it: lazy (nothing copied) unless
     its Connection header names more to drop or a step needs the list."""
-    chain = _chain(call)
-    raw = b"X-Request-ID: %s\r\n%s" % (ex.request_id.encode(), ex.limits)
     if chain.lazy and not up.lists_headers:
-        return ResponseView(up.status, None, up.headers, chain.response_drops(call.depth), raw)
+        drops = chain.response_drops(call.depth)
+        return ResponseView(up.status, None, up.headers, drops, ex.limits, ex.request_id)
+    raw = b"X-Request-ID: %s\r\n%s" % (ex.request_id.encode(), ex.limits)
     pairs = filter_response_headers(up.headers, RESPONSE_DROP_B)
     pairs.extend(header_lines(raw))
     return ResponseView(up.status, pairs)
 
 
-def outgoing(ex: RequestInfo, resp: ResponseView) -> tuple[ResponseView, bytes | None]:
+def outgoing(
+    ex: RequestInfo, resp: ResponseView, failure: bytes | None = None
+) -> tuple[ResponseView, bytes | None]:
     """The response after the on_response hooks, and None; or, when a hook
-    failed, the 500 (or 504) that replaces it, and its body."""
+    failed, the 500 (or 504) that replaces it, and its body. `failure`: the
+    body of `resp` when it already replaces a failed one."""
     call = ex.call
     assert call is not None
     chain = _chain(call)
-    failure: bytes | None = None
     while True:
         try:
             chain.leave(call, resp)
@@ -277,13 +291,14 @@ def _final(resp: ResponseView, status: int) -> tuple[Pairs, frozenset[bytes] | N
     """(headers, drop, raw) for Request.respond/start. A middleware cannot
     frame the message: hop-by-hop names are dropped here. `status`: the
     upstream's (0 for an answer of the gateway's own)."""
-    changed = resp.status != status
+    now = resp.status
+    changed = now != status
     if resp.lazy:
-        if not (changed and resp.status in (204, 304)):
-            return resp.base, resp.drops[0], resp.raw
+        if not (changed and now in (204, 304)):
+            return resp.base, resp.drops[0], resp.lines()
         resp.at = -1  # every step has run: the list as the last one left it
     pairs = resp.pairs
-    if status and changed and resp.status in (204, 304):
+    if status and changed and now in (204, 304):
         # Now without a body: the upstream's Content-Length would announce one.
         pairs = [p for p in pairs if p[0].lower() != b"content-length"]
     return pairs, HOP_BY_HOP_B, b""
@@ -297,10 +312,9 @@ def _send(
     status: int,
     reason: str,
 ) -> None:
-    ex.status = resp.status
+    now = ex.status = resp.status
     headers, drop, raw = _final(resp, status)
-    request.respond(resp.status, headers, body, reason if resp.status == status else "", drop,
-                    raw)  # fmt: skip
+    request.respond(now, headers, body, reason if now == status else "", drop, raw)
 
 
 def _encoded(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -101,6 +101,26 @@ async def test_headers_set_add_and_remove_in_both_directions(tmp_path: Path) -> 
     assert headers["Cache-Control"] == "no-store"
 
 
+async def test_response_headers_added_follow_the_request_id_and_rate_limit_ones(
+    tmp_path: Path,
+) -> None:
+    limit = '[rate_limits.rl]\nalgorithm = "token_bucket"\nrate = "100/m"\nburst = 10\n'
+    async with Backend() as b:
+        body = upstream(b) + HEADERS + limit
+        body += route("edited", "/e", '["edit"]', 'upstream = "app"\nrate_limit = "rl"')
+        async with gateway(tmp_path, config(body)) as gw:
+            status, headers, _ = await fetch(url(gw, "/e/echo"))
+    assert status == 200
+    added = ("x-conn-id", "x-frame-options", "cache-control")
+    ours = [k.lower() for k in headers if k.lower() in ("x-request-id", *added)]
+    limits = [k.lower() for k in headers if "ratelimit" in k.lower()]
+    assert ours == ["x-request-id", *added] and limits
+    names = [k.lower() for k in headers]
+    # In one block, in this order: the gateway's lines, then the step's.
+    at = names.index("x-request-id")
+    assert names[at : at + 1 + len(limits) + 3] == ["x-request-id", *limits, *added]
+
+
 TEMPLATES = """
 [middlewares.tmpl]
 type = "headers"

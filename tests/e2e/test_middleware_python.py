@@ -136,6 +136,52 @@ async def test_a_middleware_changes_the_response_status_and_headers(tmp_path: Pa
     }  # fmt: skip
 
 
+# A python middleware between two `headers` steps: it reads what the outer
+# one added (whose constant lines wait apart from the list until something
+# reads it) and adds its own, and the inner one removes a name both set.
+READER = """
+def make(options):
+    return Reader()
+
+class Reader:
+    def on_request(self, req):
+        req.headers.add("X-Seen", "first=" + req.headers.get("X-First", "none"))
+"""
+
+BETWEEN = """
+[middlewares.first]
+type = "headers"
+request = { set = { "X-First" = "1", "X-Both" = "first" } }
+[middlewares.second]
+type = "headers"
+request = { set = { "X-Second" = "2" }, remove = ["X-Both"] }
+[middlewares.third]
+type = "headers"
+request = { set = { "X-Both" = "third" } }
+"""
+
+
+async def test_built_in_request_headers_keep_their_order_and_show_to_python_ones(
+    tmp_path: Path,
+) -> None:
+    mod = module(tmp_path, READER)
+    async with Backend() as b:
+        body = upstream(b) + BETWEEN + python("reader", f"{mod}:make")
+        body += route("mixed", "/m", '["first", "reader", "second"]', 'upstream = "app"')
+        body += route("built", "/b", '["first", "second", "third"]', 'upstream = "app"')
+        async with gateway(tmp_path, with_path(body)) as gw:
+            sent = {"X-Client": "web", "X-Both": "client"}
+            _, _, mixed = await fetch(url(gw, "/m/echo"), headers=sent)
+            _, _, built = await fetch(url(gw, "/b/echo"), headers=sent)
+    names = ["x-client", "x-both", "x-first", "x-seen", "x-second"]
+    got = [(k.lower(), v) for k, v in json.loads(mixed)["headers"] if k.lower() in names]
+    assert got == [("x-client", "web"), ("x-first", "1"), ("x-seen", "first=1"),
+                   ("x-second", "2")]  # fmt: skip
+    got = [(k.lower(), v) for k, v in json.loads(built)["headers"] if k.lower() in names]
+    assert got == [("x-client", "web"), ("x-first", "1"), ("x-second", "2"),
+                   ("x-both", "third")]  # fmt: skip
+
+
 # -- order and short circuits ---------------------------------------------------------
 
 
