@@ -77,7 +77,7 @@ class HeaderEdit:
         head instead of a pair, and four pieces once it is written out;
         not while a HeaderList holds the list, which must show them."""
         fixed = self.fixed
-        if fixed is None or view._headers is not None:
+        if fixed is None or view.listed:
             self.apply(view.pairs, view)
             return
         if self.dropping:

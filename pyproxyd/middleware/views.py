@@ -135,6 +135,18 @@ class RequestView:
             _ = self.pairs  # the pending lines go into the list, which `h` shares
         return h
 
+    @property
+    def listed(self) -> bool:
+        """Whether a HeaderList (`headers`) holds the list: it must show every line."""
+        return self._headers is not None
+
+    def upstream_fields(self) -> tuple[Pairs, bytes]:
+        """The list going upstream, and the rendered lines that follow it."""
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self.pairs  # (which takes the lines in)
+        return pairs, self._lines
+
     def add_lines(self, lines: bytes) -> None:
         """Rendered header lines to go upstream after the list."""
         pending = self._lines

@@ -327,9 +327,7 @@ def _entered(
         extra = b""
     else:
         # The list, and the lines the built-in steps added after it, as they are.
-        pairs = view._pairs
-        headers = pairs if pairs is not None else view.pairs
-        extra = view._lines
+        headers, extra = view.upstream_fields()
     return head(request, snap, ex, route, upstream, headers, seen, target_path, identity, extra)
 
 
