@@ -7,6 +7,7 @@ An implementation of a HTTP/2 connection.
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
@@ -63,7 +64,7 @@ from .exceptions import (
 from .frame_buffer import FrameBuffer
 from .settings import ChangedSetting, SettingCodes, Settings
 from .stream import H2Stream, StreamClosedBy, StreamTally
-from .utilities import SizeLimitDict, guard_increment_window
+from .utilities import guard_increment_window
 from .windows import WindowManager
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -392,6 +393,7 @@ class H2Connection:
             },
         )
         self.remote_settings = Settings(client=not self.config.client_side)
+        # (the setters above filled the cached values below: _read_local_settings)
 
         # The current value of the connection flow control windows on the
         # connection.
@@ -423,9 +425,13 @@ class H2Connection:
         # Also used to determine whether we should consider a frame received
         # while a stream is closed as either a stream error or a connection
         # error.
-        self._closed_streams: dict[int, StreamClosedBy | None] = SizeLimitDict(
-            size_limit=self.MAX_CLOSED_STREAMS,
-        )
+        #
+        # pyproxyd: an OrderedDict whose size limit _open_streams (its only
+        # writer) keeps, where h2 had SizeLimitDict, an OrderedDict subclass
+        # (a Python class, for mypyc) whose __setitem__ was a Python-level call
+        # and a super() lookup per stream closed. The same entries, in the same
+        # order, the oldest dropped past MAX_CLOSED_STREAMS.
+        self._closed_streams: OrderedDict[int, StreamClosedBy | None] = OrderedDict()
 
         # The flow control window manager for the connection.
         self._inbound_flow_control_window_manager = WindowManager(
@@ -470,11 +476,51 @@ class H2Connection:
         if tally.closed:
             to_delete = sorted(tally.closed)
             tally.closed = []
+            closed = self._closed_streams
+            limit = self.MAX_CLOSED_STREAMS
             for stream_id in to_delete:
                 stream = self.streams.pop(stream_id)
-                self._closed_streams[stream_id] = stream.closed_by
+                closed[stream_id] = stream.closed_by
+                if len(closed) > limit:
+                    closed.popitem(last=False)
 
         return tally.open[remainder]
+
+    # pyproxyd: the settings h2 reads on every new stream (both initial windows,
+    # a side's MAX_CONCURRENT_STREAMS) are kept as plain attributes: Settings is
+    # an interpreted MutableMapping, and each read was a Python property call.
+    # A Settings' current values change only when it is acknowledged, which
+    # the connection does (_acknowledge_settings, _local_settings_acked), or
+    # when another Settings is assigned (the setters below): each refreshes
+    # them. (A caller that acknowledges or deletes a setting of a connection's
+    # Settings by hand, not h2's API, would be seen at the next of those.)
+    @property
+    def local_settings(self) -> Settings:
+        return self._local_settings
+
+    @local_settings.setter
+    def local_settings(self, settings: Settings) -> None:
+        self._local_settings = settings
+        self._read_local_settings()
+
+    @property
+    def remote_settings(self) -> Settings:
+        return self._remote_settings
+
+    @remote_settings.setter
+    def remote_settings(self, settings: Settings) -> None:
+        self._remote_settings = settings
+        self._read_remote_settings()
+
+    def _read_local_settings(self) -> None:
+        settings = self._local_settings
+        self._local_initial_window = settings.initial_window_size
+        self._local_max_streams = settings.max_concurrent_streams
+
+    def _read_remote_settings(self) -> None:
+        settings = self._remote_settings
+        self._remote_initial_window = settings.initial_window_size
+        self._remote_max_streams = settings.max_concurrent_streams
 
     @property
     def open_outbound_streams(self) -> int:
@@ -532,8 +578,8 @@ class H2Connection:
         s = H2Stream(
             stream_id,
             config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
+            inbound_window_size=self._local_initial_window,  # pyproxyd: see local_settings
+            outbound_window_size=self._remote_initial_window,
         )
         if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Stream ID %d created", stream_id)
@@ -838,7 +884,7 @@ class H2Connection:
 
         # Check we can open the stream.
         if stream_id not in self.streams:
-            max_open_streams = self.remote_settings.max_concurrent_streams
+            max_open_streams = self._remote_max_streams  # pyproxyd: see local_settings
             value = self.open_outbound_streams # take a copy due to the property accessor having side affects
             if (value + 1) > max_open_streams:
                 msg = f"Max outbound streams is {max_open_streams}, {value} open"
@@ -1501,6 +1547,7 @@ class H2Connection:
         self.state_machine.process_input(ConnectionInputs.SEND_SETTINGS)
 
         changes = self.remote_settings.acknowledge()
+        self._read_remote_settings()  # pyproxyd: see local_settings
 
         if SettingCodes.INITIAL_WINDOW_SIZE in changes:
             setting = changes[SettingCodes.INITIAL_WINDOW_SIZE]
@@ -1670,7 +1717,7 @@ class H2Connection:
         # If necessary, check we can open the stream. Also validate that the
         # stream ID is valid.
         if frame.stream_id not in self.streams:
-            max_open_streams = self.local_settings.max_concurrent_streams
+            max_open_streams = self._local_max_streams  # pyproxyd: see local_settings
             value = self.open_inbound_streams # take a copy due to the property accessor having side affects
             if (value + 1) > max_open_streams:
                 msg = f"Max inbound streams is {max_open_streams}, {value} open"
@@ -2063,6 +2110,7 @@ class H2Connection:
         Handle the local settings being ACKed, update internal state.
         """
         changes = self.local_settings.acknowledge()
+        self._read_local_settings()  # pyproxyd: see local_settings
 
         if SettingCodes.INITIAL_WINDOW_SIZE in changes:
             setting = changes[SettingCodes.INITIAL_WINDOW_SIZE]

@@ -1465,7 +1465,9 @@ class H2Stream:
 
         content_length = None
 
-        for n, v in headers:
+        # pyproxyd: pairs of bytes (received, decoded: always), read as such
+        # (see utilities.is_informational_response)
+        for n, v in cast("Iterable[tuple[bytes, bytes]]", headers):
             if n == b"content-length":
                 if not v.isdigit():
                     # https://www.rfc-editor.org/rfc/rfc9110.html#name-content-length
