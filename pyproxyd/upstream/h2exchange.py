@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple
 
@@ -32,7 +32,7 @@ from .http1 import ReplayBody
 from .pool import Multiplexed
 
 # Never sent upstream on HTTP/2 (RFC 9113 8.2.2); Host becomes :authority.
-CONNECTION_SPECIFIC = frozenset(
+CONNECTION_SPECIFIC: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -47,11 +47,11 @@ CONNECTION_SPECIFIC = frozenset(
 )
 # Sent as never-indexed literals (RFC 7541 7.1.3), which hpack_plain.PlainEncoder
 # also keeps out of its per-process cache of encoded fields.
-SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
+SENSITIVE: Final = frozenset({b"authorization", b"proxy-authorization"})
 # Tries of one request on one target when streams are refused (GOAWAY, REFUSED_STREAM).
-STREAM_TRIES = 3
+STREAM_TRIES: Final = 3
 
-_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
 def parse_grpc_timeout(value: str) -> float | None:
@@ -72,19 +72,19 @@ def grpc_timeout(seconds: float) -> bytes:
 
 
 # What a field name of a planned head becomes on HTTP/2 (name_kind):
-_PLAIN = 0  # sent, lower-cased
-_HOST = 1  # :authority
-_FRAMING = 2  # transfer-encoding: tells whether the body is chunked; not sent
-_DROPPED = 3  # connection-specific
-_TIMEOUT = 4  # grpc-timeout: replaced when the gateway sets a deadline
-_SENSITIVE = 5  # a never-indexed literal
+_PLAIN: Final = 0  # sent, lower-cased
+_HOST: Final = 1  # :authority
+_FRAMING: Final = 2  # transfer-encoding: tells whether the body is chunked; not sent
+_DROPPED: Final = 3  # connection-specific
+_TIMEOUT: Final = 4  # grpc-timeout: replaced when the gateway sets a deadline
+_SENSITIVE: Final = 5  # a never-indexed literal
 # Names seen so far (as written in the head), at most KINDS_KEPT of at most
 # KIND_NAME_BYTES each, then it starts again empty: a head repeats the names of
 # the heads before it, and a lookup is cheaper than strip().lower() and three
 # set lookups.
-KINDS_KEPT = 1024
-KIND_NAME_BYTES = 64
-_KINDS: dict[bytes, tuple[bytes, int]] = {}
+KINDS_KEPT: Final = 1024
+KIND_NAME_BYTES: Final = 64
+_KINDS: Final[dict[bytes, tuple[bytes, int]]] = {}
 
 
 def name_kind(name: bytes) -> tuple[bytes, int]:
@@ -121,11 +121,11 @@ def name_kind(name: bytes) -> tuple[bytes, int]:
 # slices, trims and looks the name up. Lines of names whose value changes from
 # request to request are not kept. The fields are immutable pairs (or
 # NeverIndexedHeaderTuples), shared by the lists they go into.
-LINES_KEPT = 1024
-LINE_BYTES = 128
-VOLATILE = frozenset({b"x-request-id", b"traceparent", b"tracestate", b"content-length",
+LINES_KEPT: Final = 1024
+LINE_BYTES: Final = 128
+VOLATILE: Final = frozenset({b"x-request-id", b"traceparent", b"tracestate", b"content-length",
                       b"grpc-timeout"})  # fmt: skip
-_LINES: dict[bytes, tuple[Any, int]] = {}  # (Any: a NeverIndexedHeaderTuple keeps its class)
+_LINES: Final[dict[bytes, tuple[Any, int]]] = {}  # (Any: a NeverIndexedHeaderTuple keeps its class)
 
 
 def _field(line: bytes) -> tuple[Any, int]:

@@ -32,6 +32,11 @@ from ..hyperframe.frame import (
 )
 
 from .config import DummyLogger, H2Configuration
+
+# pyproxyd: the class the per-call logging checks compare with, as a C static
+# (compiled, a Final; DummyLogger itself, from an interpreted module, is looked
+# up in this module's dict at every check)
+_DUMMY_LOGGER: Final = DummyLogger
 from .errors import ErrorCodes, _error_code_from_int
 from .events import (
     AlternativeServiceAvailable,
@@ -558,7 +563,7 @@ class H2Connection:
         :param stream_id: The ID of the stream to open.
         :param allowed_ids: What kind of stream ID is allowed.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Attempting to initiate stream ID %d", stream_id,
             )
@@ -581,13 +586,13 @@ class H2Connection:
             inbound_window_size=self._local_initial_window,  # pyproxyd: see local_settings
             outbound_window_size=self._remote_initial_window,
         )
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Stream ID %d created", stream_id)
         s.max_outbound_frame_size = self.max_outbound_frame_size
         s.state_machine.tally = self._tally
 
         self.streams[stream_id] = s
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Current streams: %s", self.streams.keys())
 
         if outbound:
@@ -602,7 +607,7 @@ class H2Connection:
         Provides any data that needs to be sent at the start of the connection.
         Must be called for both clients and servers.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Initializing connection")
         self.state_machine.process_input(ConnectionInputs.SEND_SETTINGS)
         if self.config.client_side:
@@ -613,7 +618,7 @@ class H2Connection:
         f = SettingsFrame(0)
         for setting, value in self.local_settings.items():
             f.settings[setting] = value
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send Settings frame: %s", self.local_settings,
             )
@@ -653,7 +658,7 @@ class H2Connection:
             For servers, returns nothing.
         :rtype: ``bytes`` or ``None``
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Upgrade connection. Current settings: %s", self.local_settings,
             )
@@ -686,7 +691,7 @@ class H2Connection:
             ConnectionInputs.SEND_HEADERS if self.config.client_side
             else ConnectionInputs.RECV_HEADERS
         )
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Process input %s", connection_input)
         self.state_machine.process_input(connection_input)
 
@@ -763,7 +768,7 @@ class H2Connection:
             next_stream_id = 1 if self.config.client_side else 2
         else:
             next_stream_id = self.highest_outbound_stream_id + 2
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Next available stream ID %d", next_stream_id,
             )
@@ -877,7 +882,7 @@ class H2Connection:
 
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send headers on stream ID %d", stream_id,
             )
@@ -965,7 +970,7 @@ class H2Connection:
         :type pad_length: ``int``
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send data on stream ID %d with len %d", stream_id, len(data),
             )
@@ -979,7 +984,7 @@ class H2Connection:
                 raise ValueError(msg)
             # Account for padding bytes plus the 1-byte padding length field.
             frame_size += pad_length + 1
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Frame size on stream ID %d is %d", stream_id, frame_size,
             )
@@ -999,7 +1004,7 @@ class H2Connection:
         self._prepare_for_sending(frames)
 
         self.outbound_flow_control_window -= frame_size
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Outbound flow control window size is %d",
                 self.outbound_flow_control_window,
@@ -1021,7 +1026,7 @@ class H2Connection:
         :raises StreamClosedError: If the stream ID corresponds to a stream
             that has been closed.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("End stream ID %d", stream_id)
         self.state_machine.process_input(ConnectionInputs.SEND_DATA)
         frames = self._get_stream_by_id(stream_id).end_stream()
@@ -1057,7 +1062,7 @@ class H2Connection:
                 increment,
             )
 
-            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
                 self.config.logger.debug(
                     "Increase stream ID %d flow control window by %d",
                     stream_id, increment,
@@ -1068,7 +1073,7 @@ class H2Connection:
             f.window_increment = increment
             frames = [f]
 
-            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
                 self.config.logger.debug(
                     "Increase connection flow control window by %d", increment,
                 )
@@ -1100,7 +1105,7 @@ class H2Connection:
             :class:`HeaderTuple <hpack:hpack.HeaderTuple>` objects.
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send Push Promise frame on stream ID %d", stream_id,
             )
@@ -1140,7 +1145,7 @@ class H2Connection:
                             PING frame.
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Send Ping frame")
 
         if not isinstance(opaque_data, bytes) or len(opaque_data) != 8:
@@ -1169,7 +1174,7 @@ class H2Connection:
         :type error_code: ``int``
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Reset stream ID %d", stream_id)
         self.state_machine.process_input(ConnectionInputs.SEND_RST_STREAM)
         stream = self._get_stream_by_id(stream_id)
@@ -1194,7 +1199,7 @@ class H2Connection:
             by the sender. Defaults to ``highest_inbound_stream_id``.
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Close connection")
         self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
 
@@ -1220,7 +1225,7 @@ class H2Connection:
 
         :param new_settings: A dictionary of {setting: new value}
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Update connection settings to %s", new_settings,
             )
@@ -1463,7 +1468,7 @@ class H2Connection:
         :returns: Nothing
         :rtype: ``None``
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Ack received data on stream ID %d with size %d",
                 stream_id, acknowledged_size,
@@ -1612,7 +1617,7 @@ class H2Connection:
         :returns: A list of events that the remote peer triggered by sending
             this data.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.trace(
                 "Process received data on connection. Received data: %r", data,
             )
@@ -1649,7 +1654,7 @@ class H2Connection:
         """
         events: list[Event]
         # pyproxyd: formatted by the logger, if it logs (repr was 3% of CPU)
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.trace("Received frame: %s", frame)
         try:
             # pyproxyd: DATA and HEADERS, most frames, called directly; a call
@@ -1837,7 +1842,7 @@ class H2Connection:
             window_update_frame = WindowUpdateFrame(0)
             window_update_frame.window_increment = conn_increment
             frames.append(window_update_frame)
-            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
                 self.config.logger.debug(
                     "Received DATA frame on closed stream %d - "
                     "auto-emitted a WINDOW_UPDATE by %d",
@@ -1847,7 +1852,7 @@ class H2Connection:
         rst_stream_frame = RstStreamFrame(exc.stream_id)
         rst_stream_frame.error_code = exc.error_code
         frames.append(rst_stream_frame)
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Stream %s already CLOSED or cleaned up - auto-emitted a RST_FRAME",
                 frame.stream_id,
@@ -2098,7 +2103,7 @@ class H2Connection:
         do. We do notify the user that we received one, however.
         """
         # All we do here is log.
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Received unknown extension frame (ID %d)", frame.stream_id,
             )
