@@ -112,7 +112,7 @@ class StreamClosedBy(Enum):
 # this is that we potentially check whether a stream in a given state is open
 # quite frequently: given that we check so often, we should do so in the
 # fastest and most performant way possible.
-STREAM_OPEN = [False for _ in range(len(StreamState))]
+STREAM_OPEN: Final = [False for _ in range(len(StreamState))]
 STREAM_OPEN[StreamState.OPEN] = True
 STREAM_OPEN[StreamState.HALF_CLOSED_LOCAL] = True
 STREAM_OPEN[StreamState.HALF_CLOSED_REMOTE] = True
@@ -819,7 +819,7 @@ _TABLE: Final[dict[StreamInputs, list[_Transition | None]]] = {  # (Final: a C g
 
 # pyproxyd: every HeaderValidationFlags, indexed by its bits (is_client 1,
 # is_trailer 2, is_response_header 4, is_push_promise 8)
-_VALIDATION_FLAGS = [
+_VALIDATION_FLAGS: Final = [
     HeaderValidationFlags(
         is_client=bool(i & 1),
         is_trailer=bool(i & 2),
