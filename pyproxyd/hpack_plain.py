@@ -118,7 +118,7 @@ class Name:
 
 
 # Per process: names are few (those of the traffic's header fields).
-_NAMES: dict[bytes, Name] = {}
+_NAMES: Final[dict[bytes, Name]] = {}
 # A value's length, up to the 7-bit prefix's largest (most values).
 _LENGTHS: Final = [bytes((n,)) for n in range(127)]
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pyproxyd._vendor.h2.config import H2Configuration
 from pyproxyd._vendor.h2.connection import ConnectionState, H2Connection
@@ -59,8 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["CONNECTION_WINDOW", "STREAM_WINDOW", "H2Stream", "H2UpstreamConnection", "StreamError"]
 
 # The connection's receive window: handed back on receipt (see the docstring).
-CONNECTION_WINDOW = 16 * 1024 * 1024
-_WINDOW_BATCH = CONNECTION_WINDOW // 16
+CONNECTION_WINDOW: Final = 16 * 1024 * 1024
+_WINDOW_BATCH: Final = CONNECTION_WINDOW // 16
 
 
 class _H2(H2Connection):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any, Final
 
 from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple
 
@@ -31,7 +32,7 @@ from .http1 import ReplayBody
 from .pool import Multiplexed
 
 # Never sent upstream on HTTP/2 (RFC 9113 8.2.2); Host becomes :authority.
-CONNECTION_SPECIFIC = frozenset(
+CONNECTION_SPECIFIC: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -46,11 +47,11 @@ CONNECTION_SPECIFIC = frozenset(
 )
 # Sent as never-indexed literals (RFC 7541 7.1.3), which hpack_plain.PlainEncoder
 # also keeps out of its per-process cache of encoded fields.
-SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
+SENSITIVE: Final = frozenset({b"authorization", b"proxy-authorization"})
 # Tries of one request on one target when streams are refused (GOAWAY, REFUSED_STREAM).
-STREAM_TRIES = 3
+STREAM_TRIES: Final = 3
 
-_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
 def parse_grpc_timeout(value: str) -> float | None:
@@ -71,19 +72,19 @@ def grpc_timeout(seconds: float) -> bytes:
 
 
 # What a field name of a planned head becomes on HTTP/2 (name_kind):
-_PLAIN = 0  # sent, lower-cased
-_HOST = 1  # :authority
-_FRAMING = 2  # transfer-encoding: tells whether the body is chunked; not sent
-_DROPPED = 3  # connection-specific
-_TIMEOUT = 4  # grpc-timeout: replaced when the gateway sets a deadline
-_SENSITIVE = 5  # a never-indexed literal
+_PLAIN: Final = 0  # sent, lower-cased
+_HOST: Final = 1  # :authority
+_FRAMING: Final = 2  # transfer-encoding: tells whether the body is chunked; not sent
+_DROPPED: Final = 3  # connection-specific
+_TIMEOUT: Final = 4  # grpc-timeout: replaced when the gateway sets a deadline
+_SENSITIVE: Final = 5  # a never-indexed literal
 # Names seen so far (as written in the head), at most KINDS_KEPT of at most
 # KIND_NAME_BYTES each, then it starts again empty: a head repeats the names of
 # the heads before it, and a lookup is cheaper than strip().lower() and three
 # set lookups.
-KINDS_KEPT = 1024
-KIND_NAME_BYTES = 64
-_KINDS: dict[bytes, tuple[bytes, int]] = {}
+KINDS_KEPT: Final = 1024
+KIND_NAME_BYTES: Final = 64
+_KINDS: Final[dict[bytes, tuple[bytes, int]]] = {}
 
 
 def name_kind(name: bytes) -> tuple[bytes, int]:
@@ -113,6 +114,35 @@ def name_kind(name: bytes) -> tuple[bytes, int]:
     return entry
 
 
+# Whole field lines seen so far -> (the field as sent, its name's kind), at most
+# LINES_KEPT of at most LINE_BYTES each, then it starts again empty: a head
+# repeats most lines of the heads before it (content-type, te, user-agent, the
+# X-Forwarded-* lines the gateway writes), and a hit is one lookup where a miss
+# slices, trims and looks the name up. Lines of names whose value changes from
+# request to request are not kept. The fields are immutable pairs (or
+# NeverIndexedHeaderTuples), shared by the lists they go into.
+LINES_KEPT: Final = 1024
+LINE_BYTES: Final = 128
+VOLATILE: Final = frozenset({b"x-request-id", b"traceparent", b"tracestate", b"content-length",
+                      b"grpc-timeout"})  # fmt: skip
+_LINES: Final[dict[bytes, tuple[Any, int]]] = {}  # (Any: a NeverIndexedHeaderTuple keeps its class)
+
+
+def _field(line: bytes) -> tuple[Any, int]:
+    """(the field to send, its name's kind) of one field line of a head."""
+    colon = line.find(b":")
+    if colon < 0:
+        name = line
+        value = b""
+    else:
+        name = line[:colon]
+        value = field_value(line, colon + 1)
+    lname, kind = name_kind(name)
+    if kind == _SENSITIVE:
+        return NeverIndexedHeaderTuple(lname, value), kind
+    return (lname, value), kind
+
+
 def h2_headers(
     head: bytes, scheme: bytes, te_trailers: bool, timeout: bytes | None
 ) -> tuple[list[tuple[bytes, bytes]], bool]:
@@ -124,35 +154,33 @@ def h2_headers(
     method, target, _ = lines[0].split(b" ", 2)
     authority = b""
     chunked = False
-    headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
-               (b":path", target)]  # fmt: skip
+    headers: list[Any] = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
+                          (b":path", target)]  # fmt: skip
     if te_trailers:
         headers.append((b"te", b"trailers"))
     if timeout is not None:
         headers.append((b"grpc-timeout", timeout))
+    kept = _LINES
     for i in range(1, len(lines)):
         line = lines[i]
         if not line:
             continue
-        colon = line.find(b":")
-        if colon < 0:
-            name = line
-            value = b""
-        else:
-            name = line[:colon]
-            value = field_value(line, colon + 1)
-        lname, kind = name_kind(name)
-        if kind == _PLAIN:
-            headers.append((lname, value))
+        entry = kept.get(line)
+        if entry is None:
+            entry = _field(line)
+            if len(line) <= LINE_BYTES and entry[0][0] not in VOLATILE:
+                if len(kept) >= LINES_KEPT:
+                    kept.clear()
+                kept[line] = entry
+        field, kind = entry
+        if kind in (_PLAIN, _SENSITIVE):
+            headers.append(field)
         elif kind == _HOST:
-            authority = value
+            authority = field[1]
         elif kind == _FRAMING:
-            chunked = value.lower().endswith(b"chunked")
-        elif kind == _TIMEOUT:
-            if timeout is None:
-                headers.append((lname, value))
-        elif kind == _SENSITIVE:
-            headers.append(NeverIndexedHeaderTuple(lname, value))
+            chunked = field[1].lower().endswith(b"chunked")
+        elif kind == _TIMEOUT and timeout is None:
+            headers.append(field)
     headers[2] = (b":authority", authority)
     return headers, chunked
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     # (typed as the class itself: compiled, its loop and acknowledge() are
@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from .h2conn import H2UpstreamConnection
 
 # Response bytes one stream may have waiting before the upstream must stop.
-STREAM_WINDOW = 256 * 1024
+STREAM_WINDOW: Final = 256 * 1024
 
 
 # Waits a StreamDeadlines keeps before the ones already over are dropped.
-COMPACT_AT = 256
+COMPACT_AT: Final = 256
 
 
 class StreamError(Exception):

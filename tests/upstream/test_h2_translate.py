@@ -101,6 +101,7 @@ def test_heads_translate_as_the_reference_does_whatever_was_seen_before() -> Non
     whether the names were seen before or not."""
     rng = random.Random(22)
     h2exchange._KINDS.clear()
+    h2exchange._LINES.clear()
     for round_ in range(600):
         lines = [b"POST /p?q=1 HTTP/1.1"]
         for _ in range(rng.randrange(0, 10)):
@@ -115,7 +116,37 @@ def test_heads_translate_as_the_reference_does_whatever_was_seen_before() -> Non
         assert [type(f) for f in got[0]] == [type(f) for f in expected[0]], head
         if round_ == 300:
             h2exchange._KINDS.clear()
+            h2exchange._LINES.clear()
     assert b"x-" + b"n" * 70 not in h2exchange._KINDS  # too long to be kept
+    assert 100 < len(h2exchange._LINES) <= h2exchange.LINES_KEPT  # lines were seen again
+
+
+def test_repeated_lines_are_kept_and_per_request_ones_are_not() -> None:
+    h2exchange._LINES.clear()
+    head = (
+        b"POST /a HTTP/1.1\r\nContent-Type: application/grpc\r\nX-Request-ID: 7\r\n"
+        b"Authorization: secret\r\ntraceparent: 00-1-2-01\r\nX-Long: " + b"v" * 130 + b"\r\n"
+        b"Host: h\r\n"
+    )
+    first, _ = h2_headers(head, b"http", True, None)
+    second, _ = h2_headers(head, b"http", True, None)
+    assert first == second == reference(head, b"http", True, None)[0]
+    assert set(h2exchange._LINES) == {
+        b"Content-Type: application/grpc", b"Authorization: secret", b"Host: h",
+    }  # fmt: skip
+    # A kept never-indexed field is still one, and what one list holds is not
+    # another's: the lists are new, their fields immutable.
+    assert [type(f) for f in second] == [type(f) for f in first]
+    assert type(second[7]) is NeverIndexedHeaderTuple
+    assert first is not second
+
+
+def test_the_kept_lines_start_again_when_full() -> None:
+    h2exchange._LINES.clear()
+    for i in range(h2exchange.LINES_KEPT + 5):
+        h2_headers(b"GET / HTTP/1.1\r\nX-N: %d\r\nHost: h\r\n" % i, b"http", False, None)
+    assert len(h2exchange._LINES) <= h2exchange.LINES_KEPT
+    assert b"X-N: %d" % (h2exchange.LINES_KEPT + 4) in h2exchange._LINES
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ An implementation of a HTTP/2 connection.
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
@@ -31,6 +32,11 @@ from ..hyperframe.frame import (
 )
 
 from .config import DummyLogger, H2Configuration
+
+# pyproxyd: the class the per-call logging checks compare with, as a C static
+# (compiled, a Final; DummyLogger itself, from an interpreted module, is looked
+# up in this module's dict at every check)
+_DUMMY_LOGGER: Final = DummyLogger
 from .errors import ErrorCodes, _error_code_from_int
 from .events import (
     AlternativeServiceAvailable,
@@ -63,7 +69,7 @@ from .exceptions import (
 from .frame_buffer import FrameBuffer
 from .settings import ChangedSetting, SettingCodes, Settings
 from .stream import H2Stream, StreamClosedBy, StreamTally
-from .utilities import SizeLimitDict, guard_increment_window
+from .utilities import guard_increment_window
 from .windows import WindowManager
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -392,6 +398,7 @@ class H2Connection:
             },
         )
         self.remote_settings = Settings(client=not self.config.client_side)
+        # (the setters above filled the cached values below: _read_local_settings)
 
         # The current value of the connection flow control windows on the
         # connection.
@@ -423,9 +430,13 @@ class H2Connection:
         # Also used to determine whether we should consider a frame received
         # while a stream is closed as either a stream error or a connection
         # error.
-        self._closed_streams: dict[int, StreamClosedBy | None] = SizeLimitDict(
-            size_limit=self.MAX_CLOSED_STREAMS,
-        )
+        #
+        # pyproxyd: an OrderedDict whose size limit _open_streams (its only
+        # writer) keeps, where h2 had SizeLimitDict, an OrderedDict subclass
+        # (a Python class, for mypyc) whose __setitem__ was a Python-level call
+        # and a super() lookup per stream closed. The same entries, in the same
+        # order, the oldest dropped past MAX_CLOSED_STREAMS.
+        self._closed_streams: OrderedDict[int, StreamClosedBy | None] = OrderedDict()
 
         # The flow control window manager for the connection.
         self._inbound_flow_control_window_manager = WindowManager(
@@ -470,11 +481,51 @@ class H2Connection:
         if tally.closed:
             to_delete = sorted(tally.closed)
             tally.closed = []
+            closed = self._closed_streams
+            limit = self.MAX_CLOSED_STREAMS
             for stream_id in to_delete:
                 stream = self.streams.pop(stream_id)
-                self._closed_streams[stream_id] = stream.closed_by
+                closed[stream_id] = stream.closed_by
+                if len(closed) > limit:
+                    closed.popitem(last=False)
 
         return tally.open[remainder]
+
+    # pyproxyd: the settings h2 reads on every new stream (both initial windows,
+    # a side's MAX_CONCURRENT_STREAMS) are kept as plain attributes: Settings is
+    # an interpreted MutableMapping, and each read was a Python property call.
+    # A Settings' current values change only when it is acknowledged, which
+    # the connection does (_acknowledge_settings, _local_settings_acked), or
+    # when another Settings is assigned (the setters below): each refreshes
+    # them. (A caller that acknowledges or deletes a setting of a connection's
+    # Settings by hand, not h2's API, would be seen at the next of those.)
+    @property
+    def local_settings(self) -> Settings:
+        return self._local_settings
+
+    @local_settings.setter
+    def local_settings(self, settings: Settings) -> None:
+        self._local_settings = settings
+        self._read_local_settings()
+
+    @property
+    def remote_settings(self) -> Settings:
+        return self._remote_settings
+
+    @remote_settings.setter
+    def remote_settings(self, settings: Settings) -> None:
+        self._remote_settings = settings
+        self._read_remote_settings()
+
+    def _read_local_settings(self) -> None:
+        settings = self._local_settings
+        self._local_initial_window = settings.initial_window_size
+        self._local_max_streams = settings.max_concurrent_streams
+
+    def _read_remote_settings(self) -> None:
+        settings = self._remote_settings
+        self._remote_initial_window = settings.initial_window_size
+        self._remote_max_streams = settings.max_concurrent_streams
 
     @property
     def open_outbound_streams(self) -> int:
@@ -512,7 +563,7 @@ class H2Connection:
         :param stream_id: The ID of the stream to open.
         :param allowed_ids: What kind of stream ID is allowed.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Attempting to initiate stream ID %d", stream_id,
             )
@@ -532,16 +583,16 @@ class H2Connection:
         s = H2Stream(
             stream_id,
             config=self.config,
-            inbound_window_size=self.local_settings.initial_window_size,
-            outbound_window_size=self.remote_settings.initial_window_size,
+            inbound_window_size=self._local_initial_window,  # pyproxyd: see local_settings
+            outbound_window_size=self._remote_initial_window,
         )
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Stream ID %d created", stream_id)
         s.max_outbound_frame_size = self.max_outbound_frame_size
         s.state_machine.tally = self._tally
 
         self.streams[stream_id] = s
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Current streams: %s", self.streams.keys())
 
         if outbound:
@@ -556,7 +607,7 @@ class H2Connection:
         Provides any data that needs to be sent at the start of the connection.
         Must be called for both clients and servers.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Initializing connection")
         self.state_machine.process_input(ConnectionInputs.SEND_SETTINGS)
         if self.config.client_side:
@@ -567,7 +618,7 @@ class H2Connection:
         f = SettingsFrame(0)
         for setting, value in self.local_settings.items():
             f.settings[setting] = value
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send Settings frame: %s", self.local_settings,
             )
@@ -607,7 +658,7 @@ class H2Connection:
             For servers, returns nothing.
         :rtype: ``bytes`` or ``None``
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Upgrade connection. Current settings: %s", self.local_settings,
             )
@@ -640,7 +691,7 @@ class H2Connection:
             ConnectionInputs.SEND_HEADERS if self.config.client_side
             else ConnectionInputs.RECV_HEADERS
         )
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Process input %s", connection_input)
         self.state_machine.process_input(connection_input)
 
@@ -717,7 +768,7 @@ class H2Connection:
             next_stream_id = 1 if self.config.client_side else 2
         else:
             next_stream_id = self.highest_outbound_stream_id + 2
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Next available stream ID %d", next_stream_id,
             )
@@ -831,14 +882,14 @@ class H2Connection:
 
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send headers on stream ID %d", stream_id,
             )
 
         # Check we can open the stream.
         if stream_id not in self.streams:
-            max_open_streams = self.remote_settings.max_concurrent_streams
+            max_open_streams = self._remote_max_streams  # pyproxyd: see local_settings
             value = self.open_outbound_streams # take a copy due to the property accessor having side affects
             if (value + 1) > max_open_streams:
                 msg = f"Max outbound streams is {max_open_streams}, {value} open"
@@ -919,7 +970,7 @@ class H2Connection:
         :type pad_length: ``int``
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send data on stream ID %d with len %d", stream_id, len(data),
             )
@@ -933,7 +984,7 @@ class H2Connection:
                 raise ValueError(msg)
             # Account for padding bytes plus the 1-byte padding length field.
             frame_size += pad_length + 1
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Frame size on stream ID %d is %d", stream_id, frame_size,
             )
@@ -953,7 +1004,7 @@ class H2Connection:
         self._prepare_for_sending(frames)
 
         self.outbound_flow_control_window -= frame_size
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Outbound flow control window size is %d",
                 self.outbound_flow_control_window,
@@ -975,7 +1026,7 @@ class H2Connection:
         :raises StreamClosedError: If the stream ID corresponds to a stream
             that has been closed.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("End stream ID %d", stream_id)
         self.state_machine.process_input(ConnectionInputs.SEND_DATA)
         frames = self._get_stream_by_id(stream_id).end_stream()
@@ -1011,7 +1062,7 @@ class H2Connection:
                 increment,
             )
 
-            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
                 self.config.logger.debug(
                     "Increase stream ID %d flow control window by %d",
                     stream_id, increment,
@@ -1022,7 +1073,7 @@ class H2Connection:
             f.window_increment = increment
             frames = [f]
 
-            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
                 self.config.logger.debug(
                     "Increase connection flow control window by %d", increment,
                 )
@@ -1054,7 +1105,7 @@ class H2Connection:
             :class:`HeaderTuple <hpack:hpack.HeaderTuple>` objects.
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send Push Promise frame on stream ID %d", stream_id,
             )
@@ -1094,7 +1145,7 @@ class H2Connection:
                             PING frame.
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Send Ping frame")
 
         if not isinstance(opaque_data, bytes) or len(opaque_data) != 8:
@@ -1123,7 +1174,7 @@ class H2Connection:
         :type error_code: ``int``
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Reset stream ID %d", stream_id)
         self.state_machine.process_input(ConnectionInputs.SEND_RST_STREAM)
         stream = self._get_stream_by_id(stream_id)
@@ -1148,7 +1199,7 @@ class H2Connection:
             by the sender. Defaults to ``highest_inbound_stream_id``.
         :returns: Nothing
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Close connection")
         self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
 
@@ -1174,7 +1225,7 @@ class H2Connection:
 
         :param new_settings: A dictionary of {setting: new value}
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Update connection settings to %s", new_settings,
             )
@@ -1417,7 +1468,7 @@ class H2Connection:
         :returns: Nothing
         :rtype: ``None``
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Ack received data on stream ID %d with size %d",
                 stream_id, acknowledged_size,
@@ -1501,6 +1552,7 @@ class H2Connection:
         self.state_machine.process_input(ConnectionInputs.SEND_SETTINGS)
 
         changes = self.remote_settings.acknowledge()
+        self._read_remote_settings()  # pyproxyd: see local_settings
 
         if SettingCodes.INITIAL_WINDOW_SIZE in changes:
             setting = changes[SettingCodes.INITIAL_WINDOW_SIZE]
@@ -1565,7 +1617,7 @@ class H2Connection:
         :returns: A list of events that the remote peer triggered by sending
             this data.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.trace(
                 "Process received data on connection. Received data: %r", data,
             )
@@ -1602,7 +1654,7 @@ class H2Connection:
         """
         events: list[Event]
         # pyproxyd: formatted by the logger, if it logs (repr was 3% of CPU)
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.trace("Received frame: %s", frame)
         try:
             # pyproxyd: DATA and HEADERS, most frames, called directly; a call
@@ -1670,7 +1722,7 @@ class H2Connection:
         # If necessary, check we can open the stream. Also validate that the
         # stream ID is valid.
         if frame.stream_id not in self.streams:
-            max_open_streams = self.local_settings.max_concurrent_streams
+            max_open_streams = self._local_max_streams  # pyproxyd: see local_settings
             value = self.open_inbound_streams # take a copy due to the property accessor having side affects
             if (value + 1) > max_open_streams:
                 msg = f"Max inbound streams is {max_open_streams}, {value} open"
@@ -1790,7 +1842,7 @@ class H2Connection:
             window_update_frame = WindowUpdateFrame(0)
             window_update_frame.window_increment = conn_increment
             frames.append(window_update_frame)
-            if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+            if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
                 self.config.logger.debug(
                     "Received DATA frame on closed stream %d - "
                     "auto-emitted a WINDOW_UPDATE by %d",
@@ -1800,7 +1852,7 @@ class H2Connection:
         rst_stream_frame = RstStreamFrame(exc.stream_id)
         rst_stream_frame.error_code = exc.error_code
         frames.append(rst_stream_frame)
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Stream %s already CLOSED or cleaned up - auto-emitted a RST_FRAME",
                 frame.stream_id,
@@ -2051,7 +2103,7 @@ class H2Connection:
         do. We do notify the user that we received one, however.
         """
         # All we do here is log.
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Received unknown extension frame (ID %d)", frame.stream_id,
             )
@@ -2063,6 +2115,7 @@ class H2Connection:
         Handle the local settings being ACKed, update internal state.
         """
         changes = self.local_settings.acknowledge()
+        self._read_local_settings()  # pyproxyd: see local_settings
 
         if SettingCodes.INITIAL_WINDOW_SIZE in changes:
             setting = changes[SettingCodes.INITIAL_WINDOW_SIZE]

@@ -46,6 +46,11 @@ from .utilities import (
 from .windows import WindowManager
 from .config import DummyLogger  # pyproxyd: loggers that log are called, the no-op one is not
 
+# pyproxyd: the class the per-call logging checks compare with, as a C static
+# (compiled, a Final; DummyLogger itself, from an interpreted module, is looked
+# up in this module's dict at every check)
+_DUMMY_LOGGER: Final = DummyLogger
+
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Generator, Iterable
 
@@ -107,7 +112,7 @@ class StreamClosedBy(Enum):
 # this is that we potentially check whether a stream in a given state is open
 # quite frequently: given that we check so often, we should do so in the
 # fastest and most performant way possible.
-STREAM_OPEN = [False for _ in range(len(StreamState))]
+STREAM_OPEN: Final = [False for _ in range(len(StreamState))]
 STREAM_OPEN[StreamState.OPEN] = True
 STREAM_OPEN[StreamState.HALF_CLOSED_LOCAL] = True
 STREAM_OPEN[StreamState.HALF_CLOSED_REMOTE] = True
@@ -814,7 +819,7 @@ _TABLE: Final[dict[StreamInputs, list[_Transition | None]]] = {  # (Final: a C g
 
 # pyproxyd: every HeaderValidationFlags, indexed by its bits (is_client 1,
 # is_trailer 2, is_response_header 4, is_push_promise 8)
-_VALIDATION_FLAGS = [
+_VALIDATION_FLAGS: Final = [
     HeaderValidationFlags(
         is_client=bool(i & 1),
         is_trailer=bool(i & 2),
@@ -910,7 +915,7 @@ class H2Stream:
         request/response of an upgraded connection. Places the stream into an
         appropriate state.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Upgrading %r", self)
 
         assert self.stream_id == 1
@@ -930,7 +935,7 @@ class H2Stream:
         Returns a list of HEADERS/CONTINUATION frames to emit as either headers
         or trailers.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Send headers %s on %r", headers, self)
 
         # Because encoding headers makes an irreversible change to the header
@@ -986,7 +991,7 @@ class H2Stream:
         stream header. Called on the stream that has the PUSH_PROMISE frame
         sent on it.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Push stream %r", self)
 
         # Because encoding headers makes an irreversible change to the header
@@ -1028,7 +1033,7 @@ class H2Stream:
 
         .. warning:: Does not perform flow control checks.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Send data on %r with end stream set to %s", self, end_stream,
             )
@@ -1057,7 +1062,7 @@ class H2Stream:
         """
         End a stream without sending data.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("End stream %r", self)
 
         self.state_machine.process_input(StreamInputs.SEND_END_STREAM)
@@ -1070,7 +1075,7 @@ class H2Stream:
         Advertise an RFC 7838 alternative service. The semantics of this are
         better documented in the ``H2Connection`` class.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Advertise alternative service of %r for %r", field_value, self,
             )
@@ -1083,7 +1088,7 @@ class H2Stream:
         """
         Increase the size of the flow control window for the remote side.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Increase flow control window for %r by %d",
                 self, increment,
@@ -1104,7 +1109,7 @@ class H2Stream:
         stream. This is called on the stream that has the PUSH_PROMISE sent
         on it.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Receive Push Promise on %r for remote stream %d",
                 self, promised_stream_id,
@@ -1126,7 +1131,7 @@ class H2Stream:
         called immediately after initialization. Sends no frames, simply
         updates the state machine.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("%r pushed by remote peer", self)
         events = self.state_machine.process_input(
             StreamInputs.RECV_PUSH_PROMISE,
@@ -1181,7 +1186,7 @@ class H2Stream:
         """
         Receive some data.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Receive data on %r with end stream %s and flow control length "
                 "set to %d", self, end_stream, flow_control_len,
@@ -1206,7 +1211,7 @@ class H2Stream:
         """
         Handle a WINDOW_UPDATE increment.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Receive Window Update on %r for increment of %d",
                 self, increment,
@@ -1246,7 +1251,7 @@ class H2Stream:
         but the type of error it is depends on the state of the stream and must
         transition the state of the stream, so we need to handle it.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug("Receive Continuation frame on %r", self)
         self.state_machine.process_input(
             StreamInputs.RECV_CONTINUATION,
@@ -1259,7 +1264,7 @@ class H2Stream:
         An Alternative Service frame was received on the stream. This frame
         inherits the origin associated with this stream.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Receive Alternative Service frame on stream %r", self,
             )
@@ -1286,7 +1291,7 @@ class H2Stream:
         """
         Close the stream locally. Reset the stream with an error code.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Local reset %r with error code: %d", self, error_code,
             )
@@ -1300,7 +1305,7 @@ class H2Stream:
         """
         Handle a stream being reset remotely.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Remote reset %r with error code: %d", self, frame.error_code,
             )
@@ -1318,7 +1323,7 @@ class H2Stream:
         that was received on this stream. Pass that to the window manager and
         potentially return some WindowUpdate frames.
         """
-        if type(self.config.logger) is not DummyLogger:  # pyproxyd: no call to a no-op
+        if type(self.config.logger) is not _DUMMY_LOGGER:  # pyproxyd: no call to a no-op
             self.config.logger.debug(
                 "Acknowledge received data with size %d on %r",
                 acknowledged_size, self,
@@ -1465,7 +1470,9 @@ class H2Stream:
 
         content_length = None
 
-        for n, v in headers:
+        # pyproxyd: pairs of bytes (received, decoded: always), read as such
+        # (see utilities.is_informational_response)
+        for n, v in cast("Iterable[tuple[bytes, bytes]]", headers):
             if n == b"content-length":
                 if not v.isdigit():
                     # https://www.rfc-editor.org/rfc/rfc9110.html#name-content-length

@@ -13,10 +13,12 @@ does not emit too many WINDOW_UPDATE frames.
 """
 from __future__ import annotations
 
+from typing import Final
+
 from .exceptions import FlowControlError
 
 # The largest acceptable value for a HTTP/2 flow control window.
-LARGEST_FLOW_CONTROL_WINDOW = 2**31 - 1
+LARGEST_FLOW_CONTROL_WINDOW: Final = 2**31 - 1
 
 
 class WindowManager:

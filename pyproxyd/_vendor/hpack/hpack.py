@@ -4,7 +4,7 @@ Implements the HPACK header compression algorithm as detailed by RFC 7541.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .._mypyc import mypyc_attr
 from .exceptions import HPACKDecodingError, InvalidTableSizeError, OversizedHeaderListError
@@ -23,12 +23,12 @@ INDEX_NONE = b"\x00"
 INDEX_NEVER = b"\x10"
 INDEX_INCREMENTAL = b"\x40"
 
-VARINT_MAX_LENGTH = 5 # octets, enough for encoding prefix + uint32
+VARINT_MAX_LENGTH: Final = 5 # octets, enough for encoding prefix + uint32
 
 # Precompute 2^i for 1-8 for use in prefix calcs.
 # Zero index is not used but there to save a subtraction
 # as prefix numbers are not zero indexed.
-_PREFIX_BIT_MAX_NUMBERS = [(2 ** i) - 1 for i in range(9)]
+_PREFIX_BIT_MAX_NUMBERS: Final = [(2 ** i) - 1 for i in range(9)]
 
 # We default the maximum header list we're willing to accept to 64kB. That's a
 # lot of headers, but if applications want to raise it they can do.
@@ -594,11 +594,11 @@ class Decoder:
 # with it `indexable`). Built and held through these Any-typed names, it stays
 # an object. tuple.__new__ directly, as HeaderTuple.__new__ does (that one is
 # a Python-level call per field).
-_new_header: Any = tuple.__new__
-_HeaderTuple: Any = HeaderTuple
-_NeverIndexedHeaderTuple: Any = NeverIndexedHeaderTuple
-_STATIC_LENGTH = len(HeaderTable.STATIC_TABLE)
-_STATIC_HEADERS: list[Any] = [_new_header(HeaderTuple, entry) for entry in HeaderTable.STATIC_TABLE]
+_new_header: Final[Any] = tuple.__new__
+_HeaderTuple: Final[Any] = HeaderTuple
+_NeverIndexedHeaderTuple: Final[Any] = NeverIndexedHeaderTuple
+_STATIC_LENGTH: Final = len(HeaderTable.STATIC_TABLE)
+_STATIC_HEADERS: Final[list[Any]] = [_new_header(HeaderTuple, entry) for entry in HeaderTable.STATIC_TABLE]
 
 
 def _decode_int(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:

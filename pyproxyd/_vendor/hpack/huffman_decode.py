@@ -28,25 +28,31 @@ def decode_huffman(huffman_string: bytes | bytearray | memoryview | None) -> byt
     # This loop is unrolled somewhat. Because we use a nibble, not a byte, we
     # need to handle each nibble twice. We unroll that: it makes the loop body
     # a bit longer, but that's ok.
+    # pyproxyd: the table and flags as locals (compiled, names imported from the
+    # interpreted huffman_table were looked up in this module's dict, six times a
+    # byte)
+    table = HUFFMAN_TABLE
+    fail = HUFFMAN_FAIL
+    emit = HUFFMAN_EMIT_SYMBOL
     for input_byte in huffman_string:
         index = (state * 16) + (input_byte >> 4)
-        state, flags, output_byte = HUFFMAN_TABLE[index]
+        state, flags, output_byte = table[index]
 
-        if flags & HUFFMAN_FAIL:
+        if flags & fail:
             msg = "Invalid Huffman string"
             raise HPACKDecodingError(msg)
 
-        if flags & HUFFMAN_EMIT_SYMBOL:
+        if flags & emit:
             decoded_bytes.append(output_byte)
 
         index = (state * 16) + (input_byte & 0x0F)
-        state, flags, output_byte = HUFFMAN_TABLE[index]
+        state, flags, output_byte = table[index]
 
-        if flags & HUFFMAN_FAIL:
+        if flags & fail:
             msg = "Invalid Huffman string"
             raise HPACKDecodingError(msg)
 
-        if flags & HUFFMAN_EMIT_SYMBOL:
+        if flags & emit:
             decoded_bytes.append(output_byte)
 
     if not (flags & HUFFMAN_COMPLETE):

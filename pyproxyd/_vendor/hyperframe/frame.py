@@ -27,18 +27,18 @@ FRAME_MAX_LEN = (2 ** 14)
 FRAME_MAX_ALLOWED_LEN = (2 ** 24) - 1
 
 # Stream association enumerations.
-_STREAM_ASSOC_HAS_STREAM = "has-stream"
-_STREAM_ASSOC_NO_STREAM = "no-stream"
-_STREAM_ASSOC_EITHER = "either"
+_STREAM_ASSOC_HAS_STREAM: Final = "has-stream"
+_STREAM_ASSOC_NO_STREAM: Final = "no-stream"
+_STREAM_ASSOC_EITHER: Final = "either"
 
 # Structs for packing and unpacking
-_STRUCT_HBBBL = struct.Struct(">HBBBL")
-_STRUCT_LL = struct.Struct(">LL")
-_STRUCT_HL = struct.Struct(">HL")
-_STRUCT_LB = struct.Struct(">LB")
-_STRUCT_L = struct.Struct(">L")
-_STRUCT_H = struct.Struct(">H")
-_STRUCT_B = struct.Struct(">B")
+_STRUCT_HBBBL: Final = struct.Struct(">HBBBL")
+_STRUCT_LL: Final = struct.Struct(">LL")
+_STRUCT_HL: Final = struct.Struct(">HL")
+_STRUCT_LB: Final = struct.Struct(">LB")
+_STRUCT_L: Final = struct.Struct(">L")
+_STRUCT_H: Final = struct.Struct(">H")
+_STRUCT_B: Final = struct.Struct(">B")
 
 
 class Frame:

@@ -52,9 +52,9 @@ _CONNECTION: Final = frozenset(
 # repeat what the ones before them sent, and a set lookup is a tenth of a check.
 KEPT: Final = 1024
 KEPT_BYTES: Final = 64
-_VALUES: set[bytes] = set()
-_PATHS: set[bytes] = set()
-_AUTHORITIES: set[bytes] = set()
+_VALUES: Final[set[bytes]] = set()
+_PATHS: Final[set[bytes]] = set()
+_AUTHORITIES: Final[set[bytes]] = set()
 
 
 def only(data: bytes, allowed: bytes) -> bool:
@@ -70,20 +70,25 @@ def _keep(kept: set[bytes], data: bytes) -> None:
 
 
 # What a regular field's name is to the parse (name_kind()):
-_INVALID = -1  # not a lower-case token: malformed
-_OTHER = 0
-_COOKIE = 1  # joined into one field
-_DROPPED = 2  # has an underscore: dropped, as on HTTP/1.1 (a CGI backend reads X_User as X-User)
-_HOST = 3
-_LENGTH = 4
-_AUTH = 5
-_EXPECT = 6
-_PICKED = 7  # read by the pipeline (connection.PICKED)
-_TE = 8  # only "trailers"
-_SPECIFIC = 9  # connection-specific: malformed
-_NAMES: dict[bytes, int] = {}  # well-formed names seen, and their kind (KEPT of them)
+_INVALID: Final = -1  # not a lower-case token: malformed
+_OTHER: Final = 0
+_COOKIE: Final = 1  # joined into one field
+# Has an underscore: dropped, as on HTTP/1.1 (a CGI backend reads X_User as X-User).
+_DROPPED: Final = 2
+_HOST: Final = 3
+_LENGTH: Final = 4
+_AUTH: Final = 5
+_EXPECT: Final = 6
+_PICKED: Final = 7  # read by the pipeline (connection.PICKED)
+_TE: Final = 8  # only "trailers"
+_SPECIFIC: Final = 9  # connection-specific: malformed
+_NAMES: Final[dict[bytes, int]] = {}  # well-formed names seen, and their kind (KEPT of them)
 # The pseudo-header fields of a request, each a bit of a set of those seen.
-_METHOD, _SCHEME, _AUTHORITY, _PATH, _PROTOCOL = 1, 2, 4, 8, 16
+_METHOD: Final = 1
+_SCHEME: Final = 2
+_AUTHORITY: Final = 4
+_PATH: Final = 8
+_PROTOCOL: Final = 16
 _PSEUDO_BITS: Final = {b":method": _METHOD, b":scheme": _SCHEME, b":authority": _AUTHORITY,
                        b":path": _PATH, b":protocol": _PROTOCOL}  # fmt: skip
 

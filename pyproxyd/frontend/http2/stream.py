@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ...errors import ClientGone
 from ...framing import field_value
@@ -25,23 +25,23 @@ if TYPE_CHECKING:
     from .connection import H2ClientConnection
 
 # Connection-specific fields (RFC 9113 8.2.2): never sent on HTTP/2.
-CONNECTION_SPECIFIC = frozenset(
+CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
 )
-_NO_BODY = frozenset({204, 304})
-_STATUS = {code: b"%d" % code for code in range(100, 600)}
+_NO_BODY: Final = frozenset({204, 304})
+_STATUS: Final = {code: b"%d" % code for code in range(100, 600)}
 
 # What an answer's field name is on HTTP/2 (field_name()):
-_KEEP = 0
-_SPECIFIC = 1  # connection-specific: never sent
-_LENGTH = 2  # content-length
-_DATE = 3
+_KEEP: Final = 0
+_SPECIFIC: Final = 1  # connection-specific: never sent
+_LENGTH: Final = 2  # content-length
+_DATE: Final = 3
 # Names seen so far, at most NAMES_KEPT of at most NAME_BYTES each (then it
 # starts again empty): answers repeat the names of the ones before them, and a
 # lookup is cheaper than lower() and the set lookups of a new bytes object.
-NAMES_KEPT = 1024
-NAME_BYTES = 64
-_NAMES: dict[bytes, tuple[bytes, int]] = {}
+NAMES_KEPT: Final = 1024
+NAME_BYTES: Final = 64
+_NAMES: Final[dict[bytes, tuple[bytes, int]]] = {}
 
 
 def field_name(name: bytes) -> tuple[bytes, int]:
