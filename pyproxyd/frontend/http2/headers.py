@@ -52,6 +52,17 @@ _CONNECTION: Final = frozenset(
 # repeat what the ones before them sent, and a set lookup is a tenth of a check.
 KEPT: Final = 1024
 KEPT_BYTES: Final = 64
+# Only these fields' values are kept, and paths only without a query: a
+# token, key, cookie or signed URL must not stay in the gateway's memory
+# after its request (these are what clients repeat on every request anyway).
+KEEP_VALUES_OF: Final = frozenset({
+    b":method", b":scheme", b":authority", b"content-type", b"te", b"user-agent", b"accept",
+    b"accept-encoding", b"accept-language", b"grpc-accept-encoding", b"grpc-encoding",
+    b"cache-control", b"pragma", b"content-length", b"origin", b"priority", b"dnt",
+    b"sec-fetch-mode", b"sec-fetch-site", b"sec-fetch-dest", b"sec-fetch-user",
+    b"sec-ch-ua", b"sec-ch-ua-mobile", b"sec-ch-ua-platform", b"upgrade-insecure-requests",
+    b"x-requested-with",
+})  # fmt: skip
 _VALUES: set[bytes] = set()
 _PATHS: set[bytes] = set()
 _AUTHORITIES: set[bytes] = set()
@@ -127,8 +138,9 @@ def valid_name(name: bytes) -> bool:
     return name_kind(name) != _INVALID
 
 
-def valid_value(value: bytes) -> bool:
-    """No NUL, CR or LF, and no space or tab at either end (RFC 9110 5.5, RFC 9113 8.2.1)."""
+def valid_value(value: bytes, name: bytes = b"") -> bool:
+    """No NUL, CR or LF, and no space or tab at either end (RFC 9110 5.5, RFC 9113 8.2.1).
+    Kept for the next request only when `name` is one of KEEP_VALUES_OF."""
     if not value or value in _VALUES:
         return True
     first = value[0]
@@ -137,7 +149,8 @@ def valid_value(value: bytes) -> bool:
         return False
     if len(value.translate(_IDENTITY, _NOT_IN_VALUE)) != len(value):
         return False
-    _keep(_VALUES, value)
+    if name in KEEP_VALUES_OF:
+        _keep(_VALUES, value)
     return True
 
 
@@ -151,7 +164,8 @@ def valid_path(path: bytes) -> bool:
         return True
     if not path or not only(path, PATH):
         return False
-    _keep(_PATHS, path)
+    if path.find(b"?") < 0:  # a query may carry a token or a signature
+        _keep(_PATHS, path)
     return True
 
 
@@ -204,7 +218,7 @@ def parse_request(headers: list[tuple[bytes, bytes]], max_line: int, max_head: i
     expect = False
     error: errors.GatewayError | None = None
     for name, value in headers:
-        if not valid_value(value):
+        if not valid_value(value, name):
             return _malformed(f"the value of {name!r} has NUL, CR, LF or surrounding whitespace")
         line = len(name) + len(value) + 2
         size += line
