@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from .framing import FRAMING
 
@@ -47,6 +48,20 @@ REPLACED_B = frozenset(
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+
+# The fields whose values a per-process cache may keep (the HTTP/2 request
+# check, the upstream head's translation to HTTP/2): what clients and the
+# gateway repeat on every request and that carries no secret. A token, key,
+# cookie, signed URL or per-request id is checked or translated each time,
+# so that it does not outlive its request in the gateway's memory.
+REPEATED_FIELDS: Final = frozenset({
+    b"content-type", b"te", b"user-agent", b"accept", b"accept-encoding", b"accept-language",
+    b"grpc-accept-encoding", b"grpc-encoding", b"cache-control", b"pragma", b"origin",
+    b"priority", b"dnt", b"sec-fetch-mode", b"sec-fetch-site", b"sec-fetch-dest",
+    b"sec-fetch-user", b"sec-ch-ua", b"sec-ch-ua-mobile", b"sec-ch-ua-platform",
+    b"upgrade-insecure-requests", b"x-requested-with", b"host", b"x-forwarded-for",
+    b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip", b"via",
+})  # fmt: skip
 
 # Addresses remembered per TrustedProxies (a module constant: mypyc compiles
 # this module, and a ClassVar on a frozen dataclass trips it).

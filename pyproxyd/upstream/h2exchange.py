@@ -24,6 +24,7 @@ from typing import Any, Final
 from pyproxyd._vendor.hpack import NeverIndexedHeaderTuple
 
 from .. import errors
+from ..forwarding import REPEATED_FIELDS
 from ..framing import field_value
 from .h2conn import H2Stream, H2UpstreamConnection, StreamError
 from .h2pool import H2Pool
@@ -118,13 +119,12 @@ def name_kind(name: bytes) -> tuple[bytes, int]:
 # LINES_KEPT of at most LINE_BYTES each, then it starts again empty: a head
 # repeats most lines of the heads before it (content-type, te, user-agent, the
 # X-Forwarded-* lines the gateway writes), and a hit is one lookup where a miss
-# slices, trims and looks the name up. Lines of names whose value changes from
-# request to request are not kept. The fields are immutable pairs (or
-# NeverIndexedHeaderTuples), shared by the lists they go into.
+# slices, trims and looks the name up. Only lines of forwarding.REPEATED_FIELDS
+# are kept: one whose value changes from request to request would only churn
+# it, and a credential must not outlive its request. The fields are immutable
+# pairs, shared by the lists they go into.
 LINES_KEPT: Final = 1024
 LINE_BYTES: Final = 128
-VOLATILE: Final = frozenset({b"x-request-id", b"traceparent", b"tracestate", b"content-length",
-                      b"grpc-timeout"})  # fmt: skip
 _LINES: Final[dict[bytes, tuple[Any, int]]] = {}  # (Any: a NeverIndexedHeaderTuple keeps its class)
 
 
@@ -168,7 +168,7 @@ def h2_headers(
         entry = kept.get(line)
         if entry is None:
             entry = _field(line)
-            if len(line) <= LINE_BYTES and entry[0][0] not in VOLATILE:
+            if len(line) <= LINE_BYTES and entry[0][0] in REPEATED_FIELDS:
                 if len(kept) >= LINES_KEPT:
                     kept.clear()
                 kept[line] = entry

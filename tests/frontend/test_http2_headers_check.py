@@ -45,7 +45,7 @@ CASES = [b"", b"a", b"ab", b" ", b"\t", b"a b", b"a\tb"] + [
 
 def verdicts(data: bytes) -> tuple[bool, ...]:
     return (
-        valid_value(data),
+        valid_value(data, b"user-agent"),  # one whose values are kept
         valid_path(data),
         valid_authority(data),
         valid_method(data),
@@ -88,19 +88,52 @@ def test_what_is_kept_is_bounded_and_only_short_well_formed_ones() -> None:
     headers._NAMES.clear()
     headers._VALUES.clear()
     assert not valid_name(b"X-Upper")
-    assert not valid_value(b" v")
+    assert not valid_value(b" v", b"accept")
     assert not headers._NAMES and not headers._VALUES
     long = b"x" * (headers.KEPT_BYTES + 1)
-    assert valid_name(long) and valid_value(long)
+    assert valid_name(long) and valid_value(long, b"accept")
     assert not headers._NAMES and not headers._VALUES
     for i in range(headers.KEPT + 10):
-        assert valid_name(b"x-%d" % i) and valid_value(b"%d" % i)
+        assert valid_name(b"x-%d" % i) and valid_value(b"%d" % i, b"accept")
         assert len(headers._NAMES) <= headers.KEPT and len(headers._VALUES) <= headers.KEPT
     assert b"x-%d" % (headers.KEPT + 9) in headers._NAMES
     assert b"%d" % (headers.KEPT + 9) in headers._VALUES
     # one kept stays well-formed; a malformed one like it is still refused after it
     assert valid_name(b"x-1030") and not valid_name(b"x-1030 ")
     assert valid_value(b"1030") and not valid_value(b"1030\n")
+
+
+def test_secrets_are_checked_but_never_kept() -> None:
+    """A token, key, cookie or signed query is checked like any value but
+    not kept past its request; what every request repeats is."""
+    for kept in KEPT:
+        kept.clear()
+    head = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"api.example"),
+        (b":path", b"/files/1?sig=s3cr3t-signature"),
+        (b"authorization", b"Bearer abc.def.ghi"),
+        (b"proxy-authorization", b"Basic dXNlcjpwYXNz"),
+        (b"x-api-key", b"key-0123456789"),
+        (b"cookie", b"session=0123456789"),
+        (b"user-agent", b"grpc-python/1.60"),
+        (b"content-type", b"application/grpc"),
+    ]
+    for _ in range(2):  # the second time from what the first one kept
+        parsed = parse_request(head, 8192, 65536)
+        assert parsed.malformed is None and parsed.error is None
+        assert parsed.path == "/files/1?sig=s3cr3t-signature"
+    kept = set().union(*KEPT)
+    for secret in (b"/files/1?sig=s3cr3t-signature", b"Bearer abc.def.ghi",
+                   b"Basic dXNlcjpwYXNz", b"key-0123456789", b"session=0123456789"):  # fmt: skip
+        assert secret not in kept
+    assert {b"GET", b"https", b"grpc-python/1.60", b"application/grpc"} <= headers._VALUES
+    assert b"api.example" in headers._AUTHORITIES
+    assert valid_path(b"/files/1") and b"/files/1" in headers._PATHS
+    # still refused after all that, kept or not
+    assert parse_request([*head[:4], (b"x-api-key", b"key\r\n")], 8192, 65536).malformed
+    assert not valid_path(b"/files/1?sig= x")
 
 
 @pytest.mark.parametrize(

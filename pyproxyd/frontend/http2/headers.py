@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from ... import errors
+from ...forwarding import REPEATED_FIELDS
 from ..connection import PICKED
 
 # The checks are byte-class tests, not regular expressions: two regex matches
@@ -52,6 +53,10 @@ _CONNECTION: Final = frozenset(
 # repeat what the ones before them sent, and a set lookup is a tenth of a check.
 KEPT: Final = 1024
 KEPT_BYTES: Final = 64
+# Only these fields' values are kept (forwarding.REPEATED_FIELDS and three
+# pseudo-header fields), and paths only without a query: a token, key, cookie
+# or signed URL must not stay in the gateway's memory after its request.
+KEEP_VALUES_OF: Final = REPEATED_FIELDS | {b":method", b":scheme", b":authority"}
 _VALUES: Final[set[bytes]] = set()
 _PATHS: Final[set[bytes]] = set()
 _AUTHORITIES: Final[set[bytes]] = set()
@@ -132,8 +137,9 @@ def valid_name(name: bytes) -> bool:
     return name_kind(name) != _INVALID
 
 
-def valid_value(value: bytes) -> bool:
-    """No NUL, CR or LF, and no space or tab at either end (RFC 9110 5.5, RFC 9113 8.2.1)."""
+def valid_value(value: bytes, name: bytes = b"") -> bool:
+    """No NUL, CR or LF, and no space or tab at either end (RFC 9110 5.5, RFC 9113 8.2.1).
+    Kept for the next request only when `name` is one of KEEP_VALUES_OF."""
     if not value or value in _VALUES:
         return True
     first = value[0]
@@ -142,7 +148,8 @@ def valid_value(value: bytes) -> bool:
         return False
     if len(value.translate(_IDENTITY, _NOT_IN_VALUE)) != len(value):
         return False
-    _keep(_VALUES, value)
+    if name in KEEP_VALUES_OF:
+        _keep(_VALUES, value)
     return True
 
 
@@ -156,7 +163,8 @@ def valid_path(path: bytes) -> bool:
         return True
     if not path or not only(path, PATH):
         return False
-    _keep(_PATHS, path)
+    if path.find(b"?") < 0:  # a query may carry a token or a signature
+        _keep(_PATHS, path)
     return True
 
 
@@ -209,7 +217,7 @@ def parse_request(headers: list[tuple[bytes, bytes]], max_line: int, max_head: i
     expect = False
     error: errors.GatewayError | None = None
     for name, value in headers:
-        if not valid_value(value):
+        if not valid_value(value, name):
             return _malformed(f"the value of {name!r} has NUL, CR, LF or surrounding whitespace")
         line = len(name) + len(value) + 2
         size += line
