@@ -42,7 +42,7 @@ from .ratelimit.policy import Limits, Policy, PolicySpec, RouteLimiter, build_po
 from .ratelimit.redis import RedisBackend
 from .resilience.breaker import Breaker, BreakerSettings, transition_logger
 from .resilience.retry import RetryBudget
-from .routing import Router, RouteRule, compile_rewrite, strip_segments
+from .routing import Router, RouteRule, upstream_path
 from .shm.resilience import share_breaker, share_health
 from .shm.zone import MAX_LOG, Zone
 from .snapshot import LogSettings, Route, ServerSettings, Snapshot, Split, Target, Upstream
@@ -320,16 +320,6 @@ def _health(
     return upstream_health
 
 
-def _path_fn(r: RouteConfig) -> Callable[[str, dict[str, str]], str]:
-    if r.rewrite is not None:
-        render = compile_rewrite(r.rewrite)
-        return lambda path, params: render(params)
-    if r.strip_prefix:
-        n = r.strip_prefix
-        return lambda path, params: strip_segments(path, n)
-    return lambda path, params: path
-
-
 # -- auth: the key source, the verifier and the consumers; one authenticator a route
 
 
@@ -507,7 +497,7 @@ def _route(
         id=r.id,
         upstream=upstreams[r.upstream] if r.upstream is not None else None,
         split=split,
-        path_fn=_path_fn(r),
+        path_fn=upstream_path(r.rewrite, r.strip_prefix),
         preserve_host=r.preserve_host,
         timeout=r.timeout,
         auth=_route_auth(r, auth),

@@ -245,14 +245,6 @@ def grpc_status(status: int) -> int:
     return _GRPC_STATUS.get(status, GRPC_UNKNOWN)
 
 
-def is_grpc(content_type: bytes | None) -> bool:
-    """application/grpc, application/grpc+proto, application/grpc;charset=... (not grpc-web)."""
-    if content_type is None or not content_type.startswith(b"application/grpc"):
-        return False
-    rest = content_type[16:17]
-    return rest in (b"", b"+", b";")
-
-
 def render_grpc(err: GatewayError) -> list[tuple[bytes, bytes]]:
     """The headers of a trailers-only gRPC answer (HTTP 200, no body) for an
     error the gateway answers itself; the message is the JSON one's,

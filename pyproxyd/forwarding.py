@@ -15,6 +15,16 @@ from typing import Final
 
 from .framing import FRAMING
 
+
+def is_grpc(content_type: bytes | None) -> bool:
+    """application/grpc, application/grpc+proto, application/grpc;charset=... (not
+    grpc-web). Here, compiled: it runs on every request."""
+    if content_type is None or not content_type.startswith(b"application/grpc"):
+        return False
+    rest = content_type[16:17]
+    return rest in (b"", b"+", b";")
+
+
 HOP_BY_HOP = frozenset(
     {
         "connection",

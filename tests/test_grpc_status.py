@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from pyproxyd import errors
+from pyproxyd import errors, forwarding
 
 
 def test_grpc_content_types_are_told_from_grpc_web_and_others() -> None:
-    assert errors.is_grpc(b"application/grpc")
-    assert errors.is_grpc(b"application/grpc+proto")
-    assert errors.is_grpc(b"application/grpc;charset=utf-8")
-    assert not errors.is_grpc(b"application/grpc-web")
-    assert not errors.is_grpc(b"application/grpcfoo")
-    assert not errors.is_grpc(b"application/json")
-    assert not errors.is_grpc(None)
+    assert forwarding.is_grpc(b"application/grpc")
+    assert forwarding.is_grpc(b"application/grpc+proto")
+    assert forwarding.is_grpc(b"application/grpc;charset=utf-8")
+    assert not forwarding.is_grpc(b"application/grpc-web")
+    assert not forwarding.is_grpc(b"application/grpcfoo")
+    assert not forwarding.is_grpc(b"application/json")
+    assert not forwarding.is_grpc(None)
 
 
 def test_each_json_status_of_the_contract_has_its_grpc_status() -> None:

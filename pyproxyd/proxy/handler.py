@@ -14,8 +14,8 @@ from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from ..errors import ClientGone, GatewayError, is_grpc
-from ..forwarding import client_address
+from ..errors import ClientGone, GatewayError
+from ..forwarding import client_address, is_grpc
 from ..middleware.views import Reply
 from ..observe.logging import get_logger
 from ..observe.metrics import RequestMetrics
