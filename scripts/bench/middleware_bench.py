@@ -24,7 +24,13 @@ both rows run at once (a wrk each, both gateways sharing core 1), so whatever
 the host does meanwhile touches both alike: the CPU ratio is then the
 steadiest measure on a busy host; req/s then says nothing. The two rows
 swap places every round (the second place read about 1% dearer with the same
-config in both; `--same` runs that A/A check). Needs wrk and nginx
+config in both; `--same` runs that A/A check). With `--one-process` one
+gateway serves both routes (paths of the same length) and wrk drives them in
+turns, `--pairs N` pairs of runs in each of `--rounds` fresh processes: the
+CPU its threads ran (schedstat, ns) over the requests the route answered
+(/metrics). Nothing then differs between the rows but the route, not the
+process (hash seed, memory layout) nor its place; what is left is the host's
+drift between two runs, which the number of pairs averages out. Needs wrk and nginx
 (`apt-get install -y wrk nginx-light`). Only 127.0.0.1, ports 18440-18444.
 Every process started here is stopped by PID at the end.
 """
@@ -138,6 +144,98 @@ def side_by_side(args: Any, tmp: Path) -> None:
           f"{statistics.median(ratios):.3f}x CPU a request (target <= 1.05x)")  # fmt: skip
 
 
+def run_ns(pid: int) -> int:
+    """Nanoseconds `pid`'s threads have run (/proc/PID/task/*/schedstat):
+    exact, where utime + stime count 10 ms ticks."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def served(admin: int) -> dict[str, float]:
+    """Requests answered so far, per route (pyproxyd_requests_total on /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("pyproxyd_requests_total{"):
+            route = line.split('route="', 1)[1].split('"', 1)[0]
+            counts[route] = counts.get(route, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+# --one-process: both routes in one gateway, on paths and ids of the same
+# length (the access log and the metrics' labels hold them).
+PATHS = {"plain": "/api/users/1", "middleware": "/apj/users/1"}
+IDS = {"plain": "plain", "middleware": "chain"}
+
+
+def one_process_toml(extra: str, keepalive: int, same: bool) -> str:
+    port, admin = ROWS["plain"]
+    text = gateway_toml(
+        port, BACKEND_PORT, admin=admin, server=f'python_path = ["{HERE}"]', keepalive=keepalive
+    )
+    text = text.replace('id = "all"\npath = "/**"', 'id = "plain"\npath = "/api/**"')
+    return text + (
+        '[[routes]]\nid = "chain"\npath = "/apj/**"\nupstream = "backend"\n'
+        + ("" if same else extra)
+    )
+
+
+def one_process(args: Any, tmp: Path, extra: str, keepalive: int) -> None:
+    """Both routes served by one gateway process, driven in turns: `args.rounds`
+    fresh processes (each with its own hash seed and memory layout), and in
+    each, `args.pairs` pairs of runs (plain then middleware, or the other
+    way, alternately). A run's cost is the CPU time the process's threads
+    ran (schedstat, in ns) over the requests its route answered (/metrics):
+    no process-to-process difference, no 10 ms ticks, no wrk count. Prints
+    the median of each process's pair ratios and the median of all pairs."""
+    conf = tmp / "one.toml"
+    conf.write_text(one_process_toml(extra, keepalive, args.same))
+    validate(conf)
+    port, admin = ROWS["plain"]
+    cmd = [sys.executable, "-m", "pyproxyd", "run", "--no-watch", "-c", str(conf)]
+    every: list[float] = []
+    medians: list[float] = []
+    for r in range(args.rounds):
+        proc = start(cmd, "1", tmp / f"one-{r}.log")
+        try:
+            wait_port(port)
+            wait_ready(admin)
+            for name in PATHS:
+                wrk(port, args.warmup, args.connections, PATHS[name])
+            ratios = []
+            for k in range(args.pairs):
+                order = list(PATHS) if k % 2 == 0 else list(reversed(PATHS))
+                cost: dict[str, float] = {}
+                for name in order:
+                    counted = served(admin).get(IDS[name], 0.0)
+                    ran, began = run_ns(proc.pid), time.monotonic()
+                    wrk(port, args.duration, args.connections, PATHS[name])
+                    ran, wall = run_ns(proc.pid) - ran, time.monotonic() - began
+                    n = served(admin).get(IDS[name], 0.0) - counted
+                    cost[name] = ran / 1e3 / max(1.0, n)
+                    busy = ran / 1e9 / wall
+                ratios.append(cost["middleware"] / cost["plain"])
+                print(f"process {r + 1} pair {k + 1}: plain {cost['plain']:.2f} us, middleware "
+                      f"{cost['middleware']:.2f} us a request: {ratios[-1]:.3f}x "
+                      f"(core busy {busy:.0%})", file=sys.stderr)  # fmt: skip
+        finally:
+            stop([proc])
+        every += ratios
+        medians.append(statistics.median(ratios))
+        print(f"process {r + 1}: median {medians[-1]:.3f}x", file=sys.stderr)
+    same = " (--same: no middlewares on either route)" if args.same else ""
+    print(f"\n{args.rounds} processes x {args.pairs} pairs of {args.duration} runs, one gateway "
+          f"on core 1 serving both routes{same}; middleware against plain, CPU a request: "
+          f"{statistics.median(every):.3f}x (median of all pairs; per process "
+          f"{', '.join(f'{m:.3f}' for m in medians)}; target <= 1.05x)")  # fmt: skip
+
+
 def main() -> None:
     # --route FILE: the middleware row's route lines from FILE (a variant of
     # the bench's config), taken off before wrk_args, which knows only flags.
@@ -153,13 +251,20 @@ def main() -> None:
             else:
                 keepalive = int(sys.argv[at + 1])
             del sys.argv[at : at + 2]
+    pairs = 6
+    if "--pairs" in sys.argv:
+        at = sys.argv.index("--pairs")
+        pairs = int(sys.argv[at + 1])
+        del sys.argv[at : at + 2]
     args = wrk_args(
         __doc__,
         flags={
+            "--one-process": "both routes in one gateway, driven in turns (see above)",
             "--side-by-side": "run both rows at once (see above)",
-            "--same": "with --side-by-side: the plain config in both rows (an A/A check)",
+            "--same": "with --side-by-side or --one-process: no middlewares (an A/A check)",
         },
     )
+    args.pairs = pairs
     results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in ROWS}
     cpu: dict[str, list[float]] = {k: [] for k in ROWS}  # CPU us a request
     seconds = float(args.duration.rstrip("s"))
@@ -191,6 +296,11 @@ def main() -> None:
             if args.side_by_side:
                 wait_port(BACKEND_PORT)
                 side_by_side(args, tmp)
+                return
+            if args.one_process:
+                wait_port(BACKEND_PORT)
+                extra = Path(route).read_text() if route else EXTRA["middleware"]
+                one_process(args, tmp, extra, keepalive)
                 return
             for name in ROWS:
                 cmd = [sys.executable, "-m", "pyproxyd", "run", "--no-watch", "-c"]
