@@ -140,12 +140,24 @@ class RequestView:
         """Whether a HeaderList (`headers`) holds the list: it must show every line."""
         return self._headers is not None
 
-    def upstream_fields(self) -> tuple[Pairs, bytes]:
-        """The list going upstream, and the rendered lines that follow it."""
-        pairs = self._pairs
-        if pairs is None:
-            pairs = self.pairs  # (which takes the lines in)
-        return pairs, self._lines
+    def upstream_fields(self, drop: frozenset[bytes], length: int | None) -> tuple[Pairs, bytes]:
+        """Past every on_request: the list going upstream, and the rendered
+        lines the built-in steps added after it (add_lines). What a python
+        middleware wrote through `headers` is checked again: it cannot forge
+        the headers the gateway sets itself (`drop`: forward_claims,
+        X-Forwarded-*, ...) nor frame the body (the client's Content-Length,
+        `length`, stays). The built-in steps cannot name those at all
+        (compile time). One call for both cases: the plain one is a few loads."""
+        h = self._headers
+        if h is None or not (h.changed or h.pairs is not self.pairs):
+            pairs = self._pairs
+            if pairs is None:
+                pairs = self.pairs  # (which takes the lines in)
+            return pairs, self._lines
+        headers = [p for p in self.pairs if p[0].lower() not in drop]
+        if length is not None:
+            headers.append((b"Content-Length", b"%d" % length))
+        return headers, b""
 
     def add_lines(self, lines: bytes) -> None:
         """Rendered header lines to go upstream after the list."""
@@ -162,12 +174,6 @@ class RequestView:
         if isinstance(source, Mapping):
             return source
         return source.lazy_headers
-
-    @property
-    def wrote(self) -> bool:
-        """Whether a middleware changed the headers through `headers`."""
-        h = self._headers
-        return h is not None and (h.changed or h.pairs is not self.pairs)
 
     def __repr__(self) -> str:
         return f"<request {self.method} {self.path} route={self.route} id={self.request_id}>"
