@@ -90,8 +90,8 @@ class Chain:
     """The steps of one route, outermost first."""
 
     __slots__ = (
-        "async_response", "cors", "cors_at", "drop", "drops", "entered", "lazy", "names", "spent",
-        "steps", "timeout",
+        "async_response", "cors", "cors_at", "drop", "drops", "lazy", "names", "spent",
+        "steps", "timeout", "untimed",
     )  # fmt: skip
 
     def __init__(
@@ -117,7 +117,7 @@ class Chain:
         # one included): reading the clock four times a request was a fifth
         # of what a chain of two cheap middlewares costs.
         self.spent = 0.0
-        self.entered = 0
+        self.untimed = 1  # requests until the next timed one (the first is)
 
     def response_drops(self, depth: int) -> tuple[frozenset[bytes], ...]:
         """For a response that passes the steps below `depth`: [i] is what
@@ -127,15 +127,21 @@ class Chain:
 
     # -- on the way in -------------------------------------------------------------
 
-    def enter(self, view: RequestView, start: int = 0) -> Reply | Awaitable[Reply | None] | None:
-        """Run each on_request from step `start`; a Reply when one answered
-        (view.depth then counts the steps outside it), else None with every
-        step entered."""
-        if start == 0:
-            self.entered += 1
-            view.weight = SAMPLE if self.entered % SAMPLE == 1 else 0
-        if not view.weight:
-            return self._walk(view, start)
+    def enter(self, view: RequestView) -> Reply | Awaitable[Reply | None] | None:
+        """Run each on_request; a Reply when one answered (view.depth then
+        counts the steps outside it), else None with every step entered.
+        Kept small (the timed walk is another function): the request path
+        runs with a cold instruction cache, so its code size is its cost."""
+        left = self.untimed - 1
+        if left:
+            self.untimed = left
+            view.weight = 0
+            return self._walk(view, 0)
+        self.untimed = SAMPLE
+        view.weight = SAMPLE
+        return self._timed(view, 0)
+
+    def _timed(self, view: RequestView, start: int) -> Reply | Awaitable[Reply | None] | None:
         started = perf_counter()
         try:
             return self._walk(view, start)
@@ -154,19 +160,22 @@ class Chain:
                 view.spent += (perf_counter() - started) * view.weight
         if result is not None:
             return _reply(step, view, result)
-        outcome = self.enter(view, i + 1)
+        outcome = self._timed(view, i + 1) if view.weight else self._walk(view, i + 1)
         return await outcome if isawaitable(outcome) else outcome
 
     def _walk(self, view: RequestView, start: int) -> Reply | Awaitable[Reply | None] | None:
+        # view.depth is set to a step's index only where the walk stops there
+        # (a fault, an answer, an await), and to len(steps) at the end: not a
+        # store a step.
         steps = self.steps
         for i in range(start, len(steps)):
             step = steps[i]
-            view.depth = i
             edit = step.edit_in
             if edit is not None:
                 try:
                     edit.apply_request(view)
                 except Exception as exc:
+                    view.depth = i
                     raise failed(step, view, exc) from exc
                 continue
             hook = step.on_request
@@ -176,11 +185,14 @@ class Chain:
                 owner = step.request_self
                 result = hook(view) if owner is None else step.request_fn(owner, view)
             except errors.GatewayError:
+                view.depth = i
                 raise
             except Exception as exc:
+                view.depth = i
                 raise failed(step, view, exc) from exc
             if result is None:
                 continue
+            view.depth = i
             if isawaitable(result):
                 return self._enter_async(view, i, result)
             return _reply(step, view, result)

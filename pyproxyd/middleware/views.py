@@ -86,7 +86,8 @@ class RequestView:
         # on_request (an empty one is made only if something reads it before).
         self._pairs: Pairs | None = None
         self._headers: HeaderList | None = None
-        # Header lines the built-in `headers` steps added after `_pairs`,
+        # Header lines the built-in `headers` steps added after `_pairs`
+        # (edit.HeaderEdit.apply_request, which reads and writes these fields itself),
         # rendered ("Name: value\r\n"...): they go upstream as they are, one
         # piece of the head; anything that reads the list puts them in it first.
         self._lines = b""
@@ -135,23 +136,25 @@ class RequestView:
             _ = self.pairs  # the pending lines go into the list, which `h` shares
         return h
 
-    @property
-    def listed(self) -> bool:
-        """Whether a HeaderList (`headers`) holds the list: it must show every line."""
-        return self._headers is not None
-
-    def upstream_fields(self) -> tuple[Pairs, bytes]:
-        """The list going upstream, and the rendered lines that follow it."""
-        pairs = self._pairs
-        if pairs is None:
-            pairs = self.pairs  # (which takes the lines in)
-        return pairs, self._lines
-
-    def add_lines(self, lines: bytes) -> None:
-        """Rendered header lines to go upstream after the list."""
-        pending = self._lines
-        # No concatenation (a new bytes object) for the first, usually the only one.
-        self._lines = lines if not len(pending) else pending + lines
+    def upstream_fields(self, drop: frozenset[bytes], length: int | None) -> tuple[Pairs, bytes]:
+        """Past every on_request: the list going upstream, and the rendered
+        lines the built-in steps added after it (edit.HeaderEdit.apply_request
+        writes `_lines`). What a python middleware wrote through `headers` is
+        checked again: it cannot forge the headers the gateway sets itself
+        (`drop`: forward_claims, X-Forwarded-*, ...) nor frame the body (the
+        client's Content-Length, `length`, stays). The built-in steps cannot
+        name those at all (compile time). One call for both cases: the plain
+        one is a few loads."""
+        h = self._headers
+        if h is None or not (h.changed or h.pairs is not self.pairs):
+            pairs = self._pairs
+            if pairs is None:
+                pairs = self.pairs  # (which takes the lines in)
+            return pairs, self._lines
+        headers = [p for p in self.pairs if p[0].lower() not in drop]
+        if length is not None:
+            headers.append((b"Content-Length", b"%d" % length))
+        return headers, b""
 
     @property
     def client(self) -> Mapping[str, str]:
@@ -162,12 +165,6 @@ class RequestView:
         if isinstance(source, Mapping):
             return source
         return source.lazy_headers
-
-    @property
-    def wrote(self) -> bool:
-        """Whether a middleware changed the headers through `headers`."""
-        h = self._headers
-        return h is not None and (h.changed or h.pairs is not self.pairs)
 
     def __repr__(self) -> str:
         return f"<request {self.method} {self.path} route={self.route} id={self.request_id}>"

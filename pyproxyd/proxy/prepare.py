@@ -29,7 +29,6 @@ from .record import RequestInfo
 if TYPE_CHECKING:
     from ..auth.identity import Identity
     from ..auth.route import TokenMemo
-    from ..middleware.chain import Chain
     from ..snapshot import Route, Snapshot, Upstream
 
 
@@ -205,16 +204,13 @@ def match(
         raise errors.NoRoute(f"no route for {request.method} {path}")
     route: Route = found.rule.target
     ex.route = route.id
-    if route.chain is not None:
-        ex.call = _view(request, ex, route.chain)
+    chain = route.chain
+    if chain is not None:  # the view, made here: a function less on the request's way
+        ex.call = RequestView(
+            request.method, path, query, None, ex.client_ip, route.id, ex.request_id,
+            None, None, len(chain.steps), request, chain,
+        )  # fmt: skip
     return route, found.params
-
-
-def _view(request: Request, ex: RequestInfo, chain: Chain) -> RequestView:
-    return RequestView(
-        request.method, ex.path, ex.query or "", None, ex.client_ip, ex.route,
-        ex.request_id, None, None, len(chain.steps), request, chain,
-    )  # fmt: skip
 
 
 def identify(
@@ -262,20 +258,24 @@ def plan(
         return head(request, snap, ex, route, upstream, kept, seen, target_path, identity)
     view = ex.call
     assert view is not None
-    view.pairs = kept
+    view._pairs = kept  # the attribute, not the setter: a native store, no call
     view.target = target_path
     view.upstream = ex.upstream or None
     if identity is not None:
         view.claims = identity.claims
         view.consumer = ex.consumer or None
     outcome = chain.enter(view)
-    if outcome is None:
-        return _entered(request, snap, ex, route, upstream, kept, seen, target_path, identity)
-    if isinstance(outcome, Reply):
-        return outcome
-    return _entered_later(
-        outcome, request, snap, ex, route, upstream, kept, seen, target_path, identity
-    )
+    if outcome is not None:
+        if isinstance(outcome, Reply):
+            return outcome
+        return _entered_later(
+            outcome, request, snap, ex, route, upstream, kept, seen, target_path, identity
+        )
+    # _entered(), written out: a function less on the way of every request.
+    if upstream is None:
+        raise errors.GatewayError(f"route {route.id!r} has no upstream and nothing answered")
+    headers, extra = view.upstream_fields(chain.drop, request.content_length)
+    return head(request, snap, ex, route, upstream, headers, seen, target_path, identity, extra)
 
 
 async def _entered_later(
@@ -293,42 +293,13 @@ async def _entered_later(
     reply = await outcome
     if reply is not None:
         return reply
-    step = _entered(request, snap, ex, route, upstream, kept, seen, target_path, identity)
-    return await step if isawaitable(step) else step
-
-
-def _entered(
-    request: Request,
-    snap: Snapshot,
-    ex: RequestInfo,
-    route: Route,
-    upstream: Upstream | None,
-    kept: list[tuple[bytes, bytes]],
-    seen: dict[bytes, list[bytes]],
-    target_path: str,
-    identity: Identity | None,
-) -> Plan | Pending:
-    """Past every on_request: the headers as the middlewares left them. What
-    a python middleware wrote is checked again: it cannot forge the headers
-    the gateway sets itself (forward_claims, X-Forwarded-*, ...) nor frame
-    the body (the client's Content-Length stays). The built-in ones cannot
-    name those at all (compile time)."""
     if upstream is None:
         raise errors.GatewayError(f"route {route.id!r} has no upstream and nothing answered")
     view = ex.call
-    assert view is not None
-    if view.wrote:
-        chain: Chain = view.chain
-        drop = chain.drop
-        headers = [p for p in view.pairs if p[0].lower() not in drop]
-        length = request.content_length
-        if length is not None:  # the client's, whatever on_request did to the list
-            headers.append((b"Content-Length", b"%d" % length))
-        extra = b""
-    else:
-        # The list, and the lines the built-in steps added after it, as they are.
-        headers, extra = view.upstream_fields()
-    return head(request, snap, ex, route, upstream, headers, seen, target_path, identity, extra)
+    assert view is not None and route.chain is not None
+    headers, extra = view.upstream_fields(route.chain.drop, request.content_length)
+    step = head(request, snap, ex, route, upstream, headers, seen, target_path, identity, extra)
+    return await step if isawaitable(step) else step
 
 
 def head(
