@@ -136,6 +136,14 @@ class RequestView:
             _ = self.pairs  # the pending lines go into the list, which `h` shares
         return h
 
+    def bind(self, pairs: Pairs, target: str, upstream: str | None) -> None:
+        """What the pipeline knows once the upstream is picked, before on_request:
+        the list going upstream (not through `pairs`: nothing waits to join it
+        yet), the path for the upstream and the upstream's name."""
+        self._pairs = pairs
+        self.target = target
+        self.upstream = upstream
+
     def upstream_fields(self, drop: frozenset[bytes], length: int | None) -> tuple[Pairs, bytes]:
         """Past every on_request: the list going upstream, and the rendered
         lines the built-in steps added after it (edit.HeaderEdit.apply_request

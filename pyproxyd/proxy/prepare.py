@@ -258,9 +258,7 @@ def plan(
         return head(request, snap, ex, route, upstream, kept, seen, target_path, identity)
     view = ex.call
     assert view is not None
-    view._pairs = kept  # the attribute, not the setter: a native store, no call
-    view.target = target_path
-    view.upstream = ex.upstream or None
+    view.bind(kept, target_path, ex.upstream or None)
     if identity is not None:
         view.claims = identity.claims
         view.consumer = ex.consumer or None
